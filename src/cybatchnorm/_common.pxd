@@ -1,0 +1,116 @@
+# Small inline helpers shared by the node kernels (_nodes.pyx) and the fused
+# kernels (_fused.pyx). Everything works on the (N, C, S) view of the data: S is
+# 1 for (N, D) input and the product of the spatial sizes otherwise, so one
+# channel's values in one row are a contiguous run of S elements.
+#
+# Determinism: a channel is always reduced by one thread, in one fixed order
+# (rows in order; inside a run, four interleaved partial sums combined the same
+# way), so results do not depend on the number of threads.
+from cython cimport floating
+
+
+cdef inline Py_ssize_t n_blocks(Py_ssize_t C, int n_threads) noexcept nogil:
+    # One contiguous block of channels per thread.
+    if C <= 0:
+        return 0
+    if C < n_threads:
+        return C
+    return n_threads
+
+
+cdef inline Py_ssize_t block_start(Py_ssize_t b, Py_ssize_t nb,
+                                   Py_ssize_t C) noexcept nogil:
+    return (b * C) // nb
+
+
+cdef inline double run_sum(const floating* p, Py_ssize_t S) noexcept nogil:
+    # Four partial sums break the add latency chain without reordering
+    # anything that depends on the thread count.
+    cdef double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0
+    cdef Py_ssize_t k = 0
+    while k + 4 <= S:
+        a0 += p[k]
+        a1 += p[k + 1]
+        a2 += p[k + 2]
+        a3 += p[k + 3]
+        k += 4
+    while k < S:
+        a0 += p[k]
+        k += 1
+    return (a0 + a1) + (a2 + a3)
+
+
+cdef inline double run_dot(const floating* p, const floating* q,
+                           Py_ssize_t S) noexcept nogil:
+    cdef double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0
+    cdef Py_ssize_t k = 0
+    while k + 4 <= S:
+        a0 += <double>p[k] * q[k]
+        a1 += <double>p[k + 1] * q[k + 1]
+        a2 += <double>p[k + 2] * q[k + 2]
+        a3 += <double>p[k + 3] * q[k + 3]
+        k += 4
+    while k < S:
+        a0 += <double>p[k] * q[k]
+        k += 1
+    return (a0 + a1) + (a2 + a3)
+
+
+cdef inline double run_sqdev(const floating* p, double m,
+                             Py_ssize_t S) noexcept nogil:
+    cdef double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0, d
+    cdef Py_ssize_t k = 0
+    while k + 4 <= S:
+        d = p[k] - m
+        a0 += d * d
+        d = p[k + 1] - m
+        a1 += d * d
+        d = p[k + 2] - m
+        a2 += d * d
+        d = p[k + 3] - m
+        a3 += d * d
+        k += 4
+    while k < S:
+        d = p[k] - m
+        a0 += d * d
+        k += 1
+    return (a0 + a1) + (a2 + a3)
+
+
+cdef inline void welford_block(const floating[:, :, ::1] x, Py_ssize_t c0,
+                               Py_ssize_t c1, double* mean,
+                               double* m2) noexcept nogil:
+    """Per-channel mean and sum of squared deviations of channels [c0, c1).
+
+    One pass over memory. For S == 1 it is Welford's update, row by row, over
+    the block's contiguous run (the loop over channels vectorizes). For S > 1
+    each run of S values gets an exact two-pass mean/m2 while it sits in cache,
+    merged into the channel's running pair by Chan's formula. Never
+    E[x^2] - E[x]^2, which cancels catastrophically for large means.
+    """
+    cdef Py_ssize_t N = x.shape[0], S = x.shape[2], nc = c1 - c0
+    cdef Py_ssize_t n, c
+    cdef const floating* row
+    cdef double inv, d, v, rm, q, w
+    for c in range(nc):
+        mean[c] = 0.0
+        m2[c] = 0.0
+    for n in range(N):
+        row = &x[n, c0, 0]
+        inv = 1.0 / (n + 1)
+        if S == 1:
+            for c in range(nc):
+                v = row[c]
+                d = v - mean[c]
+                mean[c] = mean[c] + d * inv
+                m2[c] = m2[c] + d * (v - mean[c])
+        else:
+            # merging a run of S into n*S values: weight of the new run is
+            # S / ((n + 1) S) = 1 / (n + 1); cross term n S S / ((n + 1) S)
+            w = (<double>n * S) * inv
+            for c in range(nc):
+                rm = run_sum(row + c * S, S) / S
+                q = run_sqdev(row + c * S, rm, S)
+                d = rm - mean[c]
+                mean[c] = mean[c] + d * inv
+                m2[c] = m2[c] + q + d * d * w

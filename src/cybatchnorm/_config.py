@@ -1,0 +1,37 @@
+"""show_config: what this build of cybatchnorm was compiled with."""
+import sys
+
+import numpy as np
+
+from . import _openmp
+from ._threads import effective_num_threads
+from ._version import __version__
+
+
+def show_config(file=None):
+    """Print the build configuration: OpenMP on or off, the compiler and
+    linker flags, and the threads a call with ``num_threads=None`` uses.
+
+    Parameters
+    ----------
+    file : file-like, optional
+        Where to print (default: ``sys.stdout``).
+
+    Examples
+    --------
+    >>> import cybatchnorm
+    >>> cybatchnorm.show_config()  # doctest: +ELLIPSIS
+    cybatchnorm ...
+      OpenMP: ...
+    """
+    cflags, ldflags = _openmp.build_flags()
+    lines = [
+        f"cybatchnorm {__version__}",
+        f"  OpenMP: {'enabled' if _openmp.openmp_enabled() else 'disabled (kernels run serially)'}",
+        f"  compile flags: {cflags}",
+        f"  link flags: {ldflags or '(none)'}",
+        f"  threads (num_threads=None): {effective_num_threads(None)}",
+        f"  numpy: {np.__version__}",
+        f"  python: {sys.version.split()[0]}",
+    ]
+    print("\n".join(lines), file=file or sys.stdout)

@@ -1,0 +1,369 @@
+"""Compiled kernels, one per node of the batch-norm graph and direction.
+
+Every kernel works on the (N, C, S) view of C-contiguous data (S = 1 for
+(N, D) input), writes into outputs the caller allocated, and runs without the
+GIL with OpenMP over blocks of channels. The kernels trust their caller:
+shapes, dtypes and contiguity are checked once, in Python, by
+``cybatchnorm.graph`` before any kernel runs.
+
+Naming: ``<node>_forward`` computes the node's value from its inputs,
+``<node>_backward`` maps the gradient of the node (``d<node>``) to the
+gradients of its inputs.
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport sqrt
+from libc.stdlib cimport malloc, free
+
+from cybatchnorm._common cimport (n_blocks, block_start, run_sum, run_dot,
+                                  welford_block)
+# The shim makes prange serial, not broken, in a build without OpenMP.
+cimport cybatchnorm._openmp
+
+cdef enum:
+    OP_ADD = 0
+    OP_SUB = 1
+    OP_MUL = 2
+
+
+# ---------------------------------------------------------------- helpers
+
+cdef inline void _colsum_block(const floating[:, :, ::1] a, Py_ssize_t c0,
+                               Py_ssize_t c1, double* acc) noexcept nogil:
+    # Per-channel sum over rows and runs; rows walked in order, each row's
+    # block read as one contiguous run.
+    cdef Py_ssize_t N = a.shape[0], S = a.shape[2], nc = c1 - c0, n, c
+    cdef const floating* row
+    for c in range(nc):
+        acc[c] = 0.0
+    for n in range(N):
+        row = &a[n, c0, 0]
+        if S == 1:
+            for c in range(nc):
+                acc[c] += row[c]
+        else:
+            for c in range(nc):
+                acc[c] += run_sum(row + c * S, S)
+
+
+cdef inline void _coldot_block(const floating[:, :, ::1] a,
+                               const floating[:, :, ::1] b, Py_ssize_t c0,
+                               Py_ssize_t c1, double* acc) noexcept nogil:
+    # Per-channel sum of a * b over rows and runs.
+    cdef Py_ssize_t N = a.shape[0], S = a.shape[2], nc = c1 - c0, n, c
+    cdef const floating* ra
+    cdef const floating* rb
+    for c in range(nc):
+        acc[c] = 0.0
+    for n in range(N):
+        ra = &a[n, c0, 0]
+        rb = &b[n, c0, 0]
+        if S == 1:
+            for c in range(nc):
+                acc[c] += <double>ra[c] * rb[c]
+        else:
+            for c in range(nc):
+                acc[c] += run_dot(ra + c * S, rb + c * S, S)
+
+
+cdef int _reduce(const floating[:, :, ::1] a, const floating[:, :, ::1] b,
+                 bint with_b, double scale, floating[::1] res,
+                 int n_threads) noexcept nogil:
+    """res[c] = scale * sum(a[:, c]) (or of a * b when with_b).
+
+    Returns the number of blocks whose scratch allocation failed.
+    """
+    cdef Py_ssize_t C = a.shape[1], nb = n_blocks(C, n_threads)
+    cdef Py_ssize_t b_, c0, c1, c
+    cdef double* acc
+    cdef int failed = 0
+    for b_ in prange(nb, schedule='static', num_threads=n_threads):
+        c0 = block_start(b_, nb, C)
+        c1 = block_start(b_ + 1, nb, C)
+        # thread-private accumulators: no shared-array += inside prange
+        acc = <double*>malloc((c1 - c0) * sizeof(double))
+        if acc == NULL:
+            failed += 1
+        else:
+            if with_b:
+                _coldot_block(a, b, c0, c1, acc)
+            else:
+                _colsum_block(a, c0, c1, acc)
+            for c in range(c1 - c0):
+                res[c0 + c] = <floating>(scale * acc[c])
+            free(acc)
+    return failed
+
+
+cdef inline void _per_channel_run(const floating* x, const floating* p,
+                                  floating* o, Py_ssize_t nc, Py_ssize_t S,
+                                  int op) noexcept nogil:
+    # o = x (op) p[channel] over nc channels of one row; S == 1 gets its own
+    # loops so the compiler vectorizes along the channels.
+    cdef Py_ssize_t c, s
+    cdef floating pc
+    if S == 1:
+        if op == OP_ADD:
+            for c in range(nc):
+                o[c] = x[c] + p[c]
+        elif op == OP_SUB:
+            for c in range(nc):
+                o[c] = x[c] - p[c]
+        else:
+            for c in range(nc):
+                o[c] = x[c] * p[c]
+    else:
+        for c in range(nc):
+            pc = p[c]
+            if op == OP_ADD:
+                for s in range(S):
+                    o[c * S + s] = x[c * S + s] + pc
+            elif op == OP_SUB:
+                for s in range(S):
+                    o[c * S + s] = x[c * S + s] - pc
+            else:
+                for s in range(S):
+                    o[c * S + s] = x[c * S + s] * pc
+
+
+cdef void _per_channel(const floating[:, :, ::1] x, const floating[::1] p,
+                       floating[:, :, ::1] out, int op,
+                       int n_threads) noexcept nogil:
+    # One task per (row, block of channels): every task writes a contiguous
+    # run, and small batches still spread over the threads.
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
+    cdef Py_ssize_t nb = n_blocks(C, n_threads), t, n, b_, c0, c1
+    for t in prange(N * nb, schedule='static', num_threads=n_threads):
+        n = t // nb
+        b_ = t % nb
+        c0 = block_start(b_, nb, C)
+        c1 = block_start(b_ + 1, nb, C)
+        _per_channel_run(&x[n, c0, 0], &p[c0], &out[n, c0, 0], c1 - c0, S, op)
+
+
+cdef void _broadcast(const floating[::1] p, double divisor,
+                     floating[:, :, ::1] out, int n_threads) noexcept nogil:
+    # out[n, c, :] = p[c] / divisor
+    cdef Py_ssize_t N = out.shape[0], C = out.shape[1], S = out.shape[2]
+    cdef Py_ssize_t n, c, s
+    cdef floating v
+    for n in prange(N, schedule='static', num_threads=n_threads):
+        for c in range(C):
+            v = <floating>(p[c] / divisor)
+            for s in range(S):
+                out[n, c, s] = v
+
+
+cdef Py_ssize_t _count(const floating[:, :, ::1] a) noexcept nogil:
+    # values per channel: the batch times the spatial size
+    return a.shape[0] * a.shape[2]
+
+
+# ------------------------------------------------------------ forward
+
+def mu_forward(const floating[:, :, ::1] x, floating[::1] mu, int n_threads):
+    """mu = mean(x) per channel, by the same one-pass update as the fused path."""
+    cdef Py_ssize_t C = x.shape[1], nb = n_blocks(C, n_threads)
+    cdef Py_ssize_t b_, c0, c1, c
+    cdef double* buf
+    cdef int failed = 0
+    for b_ in prange(nb, nogil=True, schedule='static', num_threads=n_threads):
+        c0 = block_start(b_, nb, C)
+        c1 = block_start(b_ + 1, nb, C)
+        buf = <double*>malloc(2 * (c1 - c0) * sizeof(double))
+        if buf == NULL:
+            failed += 1
+        else:
+            welford_block(x, c0, c1, buf, buf + (c1 - c0))
+            for c in range(c1 - c0):
+                mu[c0 + c] = <floating>buf[c]
+            free(buf)
+    if failed:
+        raise MemoryError("mu_forward: no memory for per-thread sums")
+
+
+def xmu_forward(const floating[:, :, ::1] x, const floating[::1] mu,
+                floating[:, :, ::1] xmu, int n_threads):
+    """xmu = x - mu, mu broadcast over the batch."""
+    with nogil:
+        _per_channel(x, mu, xmu, OP_SUB, n_threads)
+
+
+def sq_forward(const floating[:, :, ::1] xmu, floating[:, :, ::1] sq,
+               int n_threads):
+    """sq = xmu ** 2, elementwise."""
+    cdef Py_ssize_t N = xmu.shape[0], C = xmu.shape[1], S = xmu.shape[2]
+    cdef Py_ssize_t n, i
+    cdef const floating* a
+    cdef floating* o
+    for n in prange(N, nogil=True, schedule='static', num_threads=n_threads):
+        a = &xmu[n, 0, 0]
+        o = &sq[n, 0, 0]
+        for i in range(C * S):
+            o[i] = a[i] * a[i]
+
+
+def var_forward(const floating[:, :, ::1] sq, floating[::1] var,
+                int n_threads):
+    """var = mean(sq) per channel (accumulated in float64)."""
+    cdef Py_ssize_t M = _count(sq)
+    cdef int failed
+    with nogil:
+        failed = _reduce(sq, sq, False, 1.0 / M, var, n_threads)
+    if failed:
+        raise MemoryError("var_forward: no memory for per-thread sums")
+
+
+def sqrtvar_forward(const floating[::1] var, double eps, floating[::1] sqrtvar,
+                    int n_threads):
+    """sqrtvar = sqrt(var + eps). A (C,) loop: too small to share out."""
+    cdef Py_ssize_t c
+    with nogil:
+        for c in range(var.shape[0]):
+            sqrtvar[c] = <floating>sqrt(var[c] + eps)
+
+
+def ivar_forward(const floating[::1] sqrtvar, floating[::1] ivar,
+                 int n_threads):
+    """ivar = 1 / sqrtvar."""
+    cdef Py_ssize_t c
+    with nogil:
+        for c in range(sqrtvar.shape[0]):
+            ivar[c] = <floating>(1.0 / sqrtvar[c])
+
+
+def xhat_forward(const floating[:, :, ::1] xmu, const floating[::1] ivar,
+                 floating[:, :, ::1] xhat, int n_threads):
+    """xhat = xmu * ivar, ivar broadcast over the batch."""
+    with nogil:
+        _per_channel(xmu, ivar, xhat, OP_MUL, n_threads)
+
+
+def gammax_forward(const floating[:, :, ::1] xhat, const floating[::1] gamma,
+                   floating[:, :, ::1] gammax, int n_threads):
+    """gammax = gamma * xhat, gamma broadcast over the batch."""
+    with nogil:
+        _per_channel(xhat, gamma, gammax, OP_MUL, n_threads)
+
+
+def out_forward(const floating[:, :, ::1] gammax, const floating[::1] beta,
+                floating[:, :, ::1] out, int n_threads):
+    """out = gammax + beta, beta broadcast over the batch."""
+    with nogil:
+        _per_channel(gammax, beta, out, OP_ADD, n_threads)
+
+
+# ------------------------------------------------------------ backward
+
+def out_backward(const floating[:, :, ::1] dout, floating[::1] dbeta,
+                 int n_threads):
+    """dbeta = sum(dout) over the batch; dgammax is dout itself (not computed)."""
+    cdef int failed
+    with nogil:
+        failed = _reduce(dout, dout, False, 1.0, dbeta, n_threads)
+    if failed:
+        raise MemoryError("out_backward: no memory for per-thread sums")
+
+
+def gammax_backward(const floating[:, :, ::1] dgammax,
+                    const floating[:, :, ::1] xhat, const floating[::1] gamma,
+                    floating[::1] dgamma, floating[:, :, ::1] dxhat,
+                    int n_threads):
+    """dgamma = sum(dgammax * xhat); dxhat = dgammax * gamma."""
+    cdef int failed
+    with nogil:
+        failed = _reduce(dgammax, xhat, True, 1.0, dgamma, n_threads)
+        _per_channel(dgammax, gamma, dxhat, OP_MUL, n_threads)
+    if failed:
+        raise MemoryError("gammax_backward: no memory for per-thread sums")
+
+
+def xhat_backward(const floating[:, :, ::1] dxhat, const floating[:, :, ::1] xmu,
+                  const floating[::1] ivar, floating[::1] divar,
+                  floating[:, :, ::1] dxmu1, int n_threads):
+    """divar = sum(dxhat * xmu); dxmu1 = dxhat * ivar."""
+    cdef int failed
+    with nogil:
+        failed = _reduce(dxhat, xmu, True, 1.0, divar, n_threads)
+        _per_channel(dxhat, ivar, dxmu1, OP_MUL, n_threads)
+    if failed:
+        raise MemoryError("xhat_backward: no memory for per-thread sums")
+
+
+def ivar_backward(const floating[::1] divar, const floating[::1] sqrtvar,
+                  floating[::1] dsqrtvar, int n_threads):
+    """dsqrtvar = -divar / sqrtvar**2 (derivative of 1/t is -1/t**2)."""
+    cdef Py_ssize_t c
+    cdef double t
+    with nogil:
+        for c in range(divar.shape[0]):
+            t = sqrtvar[c]
+            dsqrtvar[c] = <floating>(-divar[c] / (t * t))
+
+
+def sqrtvar_backward(const floating[::1] dsqrtvar, const floating[::1] sqrtvar,
+                     floating[::1] dvar, int n_threads):
+    """dvar = 0.5 * dsqrtvar / sqrtvar (derivative of sqrt(var + eps))."""
+    cdef Py_ssize_t c
+    with nogil:
+        for c in range(dsqrtvar.shape[0]):
+            dvar[c] = <floating>(0.5 * dsqrtvar[c] / sqrtvar[c])
+
+
+def var_backward(const floating[::1] dvar, floating[:, :, ::1] dsq,
+                 int n_threads):
+    """dsq = dvar / M broadcast over the M = N * S values of each channel."""
+    with nogil:
+        _broadcast(dvar, <double>(dsq.shape[0] * dsq.shape[2]), dsq, n_threads)
+
+
+def sq_backward(const floating[:, :, ::1] dsq, const floating[:, :, ::1] xmu,
+                floating[:, :, ::1] dxmu2, int n_threads):
+    """dxmu2 = 2 * xmu * dsq, elementwise."""
+    cdef Py_ssize_t N = xmu.shape[0], C = xmu.shape[1], S = xmu.shape[2]
+    cdef Py_ssize_t n, i
+    cdef const floating* a
+    cdef const floating* g
+    cdef floating* o
+    for n in prange(N, nogil=True, schedule='static', num_threads=n_threads):
+        a = &xmu[n, 0, 0]
+        g = &dsq[n, 0, 0]
+        o = &dxmu2[n, 0, 0]
+        for i in range(C * S):
+            o[i] = 2 * a[i] * g[i]
+
+
+def xmu_backward(const floating[:, :, ::1] dxmu, floating[::1] dmu,
+                 int n_threads):
+    """dmu = -sum(dxmu) over the batch; dx1 is dxmu itself (not computed)."""
+    cdef int failed
+    with nogil:
+        failed = _reduce(dxmu, dxmu, False, -1.0, dmu, n_threads)
+    if failed:
+        raise MemoryError("xmu_backward: no memory for per-thread sums")
+
+
+def mu_backward(const floating[::1] dmu, floating[:, :, ::1] dx2,
+                int n_threads):
+    """dx2 = dmu / M broadcast over the M = N * S values of each channel."""
+    with nogil:
+        _broadcast(dmu, <double>(dx2.shape[0] * dx2.shape[2]), dx2, n_threads)
+
+
+def branch_sum(const floating[:, :, ::1] a, const floating[:, :, ::1] b,
+               floating[:, :, ::1] out, int n_threads):
+    """out = a + b: where two branches of the graph meet, gradients add.
+
+    ``out`` may be ``a`` itself (the sum is then taken in place).
+    """
+    cdef Py_ssize_t N = a.shape[0], C = a.shape[1], S = a.shape[2]
+    cdef Py_ssize_t n, i
+    cdef const floating* pa
+    cdef const floating* pb
+    cdef floating* o
+    for n in prange(N, nogil=True, schedule='static', num_threads=n_threads):
+        pa = &a[n, 0, 0]
+        pb = &b[n, 0, 0]
+        o = &out[n, 0, 0]
+        for i in range(C * S):
+            o[i] = pa[i] + pb[i]

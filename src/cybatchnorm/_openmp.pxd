@@ -1,0 +1,25 @@
+# The only place that touches OpenMP. Every kernel cimports from here, so a
+# compiler without OpenMP still builds the package and the kernels run serially
+# (Cython's prange degrades to a plain loop when _OPENMP is not defined).
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    #define CYBN_OPENMP_ENABLED 1
+    #else
+    #define CYBN_OPENMP_ENABLED 0
+    static int omp_get_max_threads(void) { return 1; }
+    static int omp_get_thread_num(void) { return 0; }
+    #endif
+    #ifndef CYBN_BUILD_CFLAGS
+    #define CYBN_BUILD_CFLAGS "unknown"
+    #endif
+    #ifndef CYBN_BUILD_LDFLAGS
+    #define CYBN_BUILD_LDFLAGS "unknown"
+    #endif
+    """
+    bint CYBN_OPENMP_ENABLED
+    const char* CYBN_BUILD_CFLAGS
+    const char* CYBN_BUILD_LDFLAGS
+    int omp_get_max_threads() noexcept nogil
+    int omp_get_thread_num() noexcept nogil

@@ -1,0 +1,20 @@
+"""Build facts of the compiled core: whether OpenMP is on and with which flags."""
+
+
+def openmp_enabled():
+    """Return True when the extension modules were compiled with OpenMP."""
+    return bool(CYBN_OPENMP_ENABLED)
+
+
+def omp_max_threads():
+    """Return OpenMP's current thread limit (1 in a build without OpenMP).
+
+    It follows ``OMP_NUM_THREADS`` and any limit set at run time, for example
+    by ``threadpoolctl.threadpool_limits``.
+    """
+    return omp_get_max_threads()
+
+
+def build_flags():
+    """Return ``(compile_flags, link_flags)`` the extensions were built with."""
+    return (CYBN_BUILD_CFLAGS.decode(), CYBN_BUILD_LDFLAGS.decode())

@@ -1,0 +1,121 @@
+"""Turning user input into the contiguous typed arrays the kernels expect.
+
+Every public entry point goes through these helpers before any kernel runs,
+so every error names the argument and what was expected. Nothing here ever
+writes to an input: conversions copy when they have to and never otherwise.
+
+Full-size arrays of shape (N, C, *spatial) are handed to the kernels as the
+(N, C, S) view, S being the product of the spatial sizes (1 for (N, D)).
+"""
+import math
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def as_array(name, value):
+    """``np.asarray(value)``, with a clear error naming ``name`` on failure."""
+    if isinstance(value, np.ndarray):
+        return value
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"{name}: expected an array-like of real numbers, got {type(value).__name__} ({exc})"
+        ) from None
+
+
+def computation_dtype(name, arr):
+    """The dtype ``arr`` is computed in: float32 and float64 as they are,
+    float16 in float32, integers and bools in float64; anything else raises."""
+    dt = arr.dtype
+    if dt.kind == "f":
+        if dt.itemsize <= 4:
+            return FLOAT_DTYPES[0]
+        if dt.itemsize == 8:
+            return FLOAT_DTYPES[1]
+    elif dt.kind in "biu":
+        return FLOAT_DTYPES[1]
+    raise TypeError(
+        f"{name}: expected real numbers (float16/32/64, integer or bool), got dtype {dt}"
+    )
+
+
+def check_dtype(name, arr):
+    """Raise TypeError unless ``arr`` holds real numbers a kernel can take."""
+    computation_dtype(name, arr)
+
+
+def full(name, value, dtype=None, shape=None):
+    """Validate a full-size array; return ``(view3d, shape, dtype)``.
+
+    ``dtype`` None picks the computation dtype from the array itself. With
+    ``shape`` given the array must have exactly that shape.
+    """
+    arr = as_array(name, value)
+    cdt = computation_dtype(name, arr)
+    if dtype is None:
+        dtype = cdt
+    if shape is not None:
+        if arr.shape != tuple(shape):
+            raise ValueError(f"{name}: expected shape {tuple(shape)}, got {arr.shape}")
+    elif arr.ndim < 2:
+        raise ValueError(
+            f"{name}: expected an array of shape (N, D) or (N, C, *spatial), "
+            f"got {arr.ndim} dimension(s) with shape {arr.shape}"
+        )
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name}: the batch is empty (N == 0 in shape {arr.shape})")
+    spatial = math.prod(arr.shape[2:])
+    if spatial == 0:
+        raise ValueError(f"{name}: a spatial axis has size 0 in shape {arr.shape}")
+    arr = np.ascontiguousarray(arr, dtype=dtype)
+    return arr.reshape(arr.shape[0], arr.shape[1], spatial), arr.shape, dtype
+
+
+def feature(name, value, C, dtype):
+    """Validate a per-channel array of shape (C,); return it contiguous in ``dtype``."""
+    arr = as_array(name, value)
+    check_dtype(name, arr)
+    if arr.shape != (C,):
+        raise ValueError(f"{name}: expected shape ({C},), one value per channel, got {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def shape_arg(name, value):
+    """Validate a shape tuple (N, C, *spatial) given as an argument."""
+    try:
+        shape = tuple(int(s) for s in value)
+    except TypeError:
+        raise TypeError(f"{name}: expected a tuple of ints, got {type(value).__name__}") from None
+    if len(shape) < 2 or min(shape) <= 0:
+        raise ValueError(f"{name}: expected (N, C, *spatial) with positive sizes, got {shape}")
+    return shape
+
+
+def view3d(shape):
+    """The (N, C, S) shape the kernels see for an array of ``shape``."""
+    return (shape[0], shape[1], math.prod(shape[2:]))
+
+
+def check_eps(eps):
+    """Validate ``eps``: a real number, finite and > 0; return it as float."""
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps: expected a positive finite real number, got {type(eps).__name__}")
+    eps = float(eps)
+    if not math.isfinite(eps) or eps <= 0:
+        raise ValueError(f"eps: expected a positive finite real number, got {eps}")
+    return eps
+
+
+def check_batch_count(shape):
+    """Training needs at least two values per feature to have a variance."""
+    count = shape[0] * math.prod(shape[2:])
+    if count < 2:
+        raise ValueError(
+            f"x: expected more than 1 value per feature in training "
+            f"(N x spatial size = {count} for shape {shape})"
+        )
+    return count

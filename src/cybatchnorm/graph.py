@@ -1,0 +1,421 @@
+"""The batch-norm computational graph, as data, and the walks over it.
+
+Forward, for x of shape (N, D) (or (N, C, *spatial), each channel normalized
+over the batch and the spatial axes)::
+
+    mu      = mean(x)            (C,)
+    xmu     = x - mu             full
+    sq      = xmu ** 2           full
+    var     = mean(sq)           (C,)
+    sqrtvar = sqrt(var + eps)    (C,)
+    ivar    = 1 / sqrtvar        (C,)
+    xhat    = xmu * ivar         full
+    gammax  = gamma * xhat       full
+    out     = gammax + beta      full
+
+:data:`NODES` lists these nodes in forward order. Each :class:`Node` carries
+the node's compiled kernels, wrapped so that they take and return plain numpy
+arrays: ``<node>_forward`` computes the node, ``<node>_backward`` turns the
+node's gradient ``d<node>`` into the gradients of its inputs. :func:`backward`
+walks the list in reverse and adds gradients where branches meet (``xmu``
+feeds both ``sq`` and ``xhat``; ``x`` feeds both ``mu`` and ``xmu``).
+"""
+from dataclasses import dataclass
+import re
+from typing import Callable, Tuple
+
+import numpy as np
+
+from . import _nodes
+from ._threads import effective_num_threads
+from ._validation import (as_array, check_batch_count, check_eps, computation_dtype,
+                          feature, full, shape_arg, view3d)
+
+__all__ = [
+    "Node", "NODES", "node", "forward", "backward",
+    "mu_forward", "mu_backward", "xmu_forward", "xmu_backward",
+    "sq_forward", "sq_backward", "var_forward", "var_backward",
+    "sqrtvar_forward", "sqrtvar_backward", "ivar_forward", "ivar_backward",
+    "xhat_forward", "xhat_backward", "gammax_forward", "gammax_backward",
+    "out_forward", "out_backward", "branch_sum",
+]
+
+
+def _empty_full(view, dtype):
+    return np.empty(view, dtype=dtype)
+
+
+# ------------------------------------------------------------------ forward
+
+def mu_forward(x, *, num_threads=None):
+    """``mu = mean(x)`` over the batch (and spatial axes): shape (C,)."""
+    x3, shape, dt = full("x", x)
+    mu = np.empty(shape[1], dt)
+    _nodes.mu_forward(x3, mu, effective_num_threads(num_threads))
+    return mu
+
+
+def xmu_forward(x, mu, *, num_threads=None):
+    """``xmu = x - mu``, mu broadcast along the batch: shape of x."""
+    x3, shape, dt = full("x", x)
+    mu = feature("mu", mu, shape[1], dt)
+    xmu = _empty_full(x3.shape, dt)
+    _nodes.xmu_forward(x3, mu, xmu, effective_num_threads(num_threads))
+    return xmu.reshape(shape)
+
+
+def sq_forward(xmu, *, num_threads=None):
+    """``sq = xmu ** 2``, elementwise: shape of xmu."""
+    a3, shape, dt = full("xmu", xmu)
+    sq = _empty_full(a3.shape, dt)
+    _nodes.sq_forward(a3, sq, effective_num_threads(num_threads))
+    return sq.reshape(shape)
+
+
+def var_forward(sq, *, num_threads=None):
+    """``var = mean(sq)`` over the batch: shape (C,). The biased variance."""
+    a3, shape, dt = full("sq", sq)
+    var = np.empty(shape[1], dt)
+    _nodes.var_forward(a3, var, effective_num_threads(num_threads))
+    return var
+
+
+def _vector(name, value):
+    # a lone (C,) input: its own length and dtype define the node's shape
+    arr = as_array(name, value)
+    if arr.ndim != 1:
+        raise ValueError(f"{name}: expected shape (C,), got {arr.shape}")
+    dt = computation_dtype(name, arr)
+    return np.ascontiguousarray(arr, dtype=dt), dt
+
+
+def sqrtvar_forward(var, eps, *, num_threads=None):
+    """``sqrtvar = sqrt(var + eps)``: shape (C,)."""
+    var, dt = _vector("var", var)
+    eps = check_eps(eps)
+    out = np.empty_like(var)
+    _nodes.sqrtvar_forward(var, eps, out, effective_num_threads(num_threads))
+    return out
+
+
+def ivar_forward(sqrtvar, *, num_threads=None):
+    """``ivar = 1 / sqrtvar``: shape (C,)."""
+    sqrtvar, dt = _vector("sqrtvar", sqrtvar)
+    out = np.empty_like(sqrtvar)
+    _nodes.ivar_forward(sqrtvar, out, effective_num_threads(num_threads))
+    return out
+
+
+def xhat_forward(xmu, ivar, *, num_threads=None):
+    """``xhat = xmu * ivar``, ivar broadcast along the batch: shape of xmu."""
+    a3, shape, dt = full("xmu", xmu)
+    ivar = feature("ivar", ivar, shape[1], dt)
+    out = _empty_full(a3.shape, dt)
+    _nodes.xhat_forward(a3, ivar, out, effective_num_threads(num_threads))
+    return out.reshape(shape)
+
+
+def gammax_forward(xhat, gamma, *, num_threads=None):
+    """``gammax = gamma * xhat``, gamma broadcast along the batch."""
+    a3, shape, dt = full("xhat", xhat)
+    gamma = feature("gamma", gamma, shape[1], dt)
+    out = _empty_full(a3.shape, dt)
+    _nodes.gammax_forward(a3, gamma, out, effective_num_threads(num_threads))
+    return out.reshape(shape)
+
+
+def out_forward(gammax, beta, *, num_threads=None):
+    """``out = gammax + beta``, beta broadcast along the batch."""
+    a3, shape, dt = full("gammax", gammax)
+    beta = feature("beta", beta, shape[1], dt)
+    out = _empty_full(a3.shape, dt)
+    _nodes.out_forward(a3, beta, out, effective_num_threads(num_threads))
+    return out.reshape(shape)
+
+
+# ----------------------------------------------------------------- backward
+
+def out_backward(dout, *, num_threads=None):
+    """Gradients of ``out = gammax + beta``: returns ``(dbeta, dgammax)``.
+
+    ``dbeta = sum(dout)`` over the batch (beta was broadcast, so its gradient
+    collects every row); ``dgammax`` is ``dout`` itself, an addition passes
+    the gradient through unchanged (the same array is returned).
+    """
+    g3, shape, dt = full("dout", dout)
+    dbeta = np.empty(shape[1], dt)
+    _nodes.out_backward(g3, dbeta, effective_num_threads(num_threads))
+    return dbeta, g3.reshape(shape)
+
+
+def gammax_backward(dgammax, xhat, gamma, *, num_threads=None):
+    """Gradients of ``gammax = gamma * xhat``: returns ``(dgamma, dxhat)``.
+
+    ``dgamma = sum(dgammax * xhat)`` over the batch, ``dxhat = dgammax * gamma``.
+    """
+    g3, shape, dt = full("dgammax", dgammax)
+    h3 = full("xhat", xhat, dt, shape)[0]
+    gamma = feature("gamma", gamma, shape[1], dt)
+    dgamma = np.empty(shape[1], dt)
+    dxhat = _empty_full(g3.shape, dt)
+    _nodes.gammax_backward(g3, h3, gamma, dgamma, dxhat, effective_num_threads(num_threads))
+    return dgamma, dxhat.reshape(shape)
+
+
+def xhat_backward(dxhat, xmu, ivar, *, num_threads=None):
+    """Gradients of ``xhat = xmu * ivar``: returns ``(divar, dxmu1)``.
+
+    ``divar = sum(dxhat * xmu)`` over the batch, ``dxmu1 = dxhat * ivar`` (the
+    first of the two gradients that reach xmu).
+    """
+    g3, shape, dt = full("dxhat", dxhat)
+    m3 = full("xmu", xmu, dt, shape)[0]
+    ivar = feature("ivar", ivar, shape[1], dt)
+    divar = np.empty(shape[1], dt)
+    dxmu1 = _empty_full(g3.shape, dt)
+    _nodes.xhat_backward(g3, m3, ivar, divar, dxmu1, effective_num_threads(num_threads))
+    return divar, dxmu1.reshape(shape)
+
+
+def ivar_backward(divar, sqrtvar, *, num_threads=None):
+    """Gradient of ``ivar = 1 / sqrtvar``: ``dsqrtvar = -divar / sqrtvar**2``."""
+    divar, dt = _vector("divar", divar)
+    sqrtvar = feature("sqrtvar", sqrtvar, divar.shape[0], dt)
+    out = np.empty_like(divar)
+    _nodes.ivar_backward(divar, sqrtvar, out, effective_num_threads(num_threads))
+    return out
+
+
+def sqrtvar_backward(dsqrtvar, sqrtvar, *, num_threads=None):
+    """Gradient of ``sqrtvar = sqrt(var + eps)``: ``dvar = 0.5 * dsqrtvar / sqrtvar``."""
+    dsqrtvar, dt = _vector("dsqrtvar", dsqrtvar)
+    sqrtvar = feature("sqrtvar", sqrtvar, dsqrtvar.shape[0], dt)
+    out = np.empty_like(dsqrtvar)
+    _nodes.sqrtvar_backward(dsqrtvar, sqrtvar, out, effective_num_threads(num_threads))
+    return out
+
+
+def var_backward(dvar, shape, *, num_threads=None):
+    """Gradient of ``var = mean(sq)``: ``dsq = dvar / M`` broadcast to ``shape``.
+
+    ``M`` is the number of values averaged per channel (N times the spatial
+    size); every one of them moved var by 1/M of its own change.
+    """
+    dvar, dt = _vector("dvar", dvar)
+    shape = _grad_shape(shape, dvar)
+    dsq = _empty_full(view3d(shape), dt)
+    _nodes.var_backward(dvar, dsq, effective_num_threads(num_threads))
+    return dsq.reshape(shape)
+
+
+def sq_backward(dsq, xmu, *, num_threads=None):
+    """Gradient of ``sq = xmu ** 2``: ``dxmu2 = 2 * xmu * dsq``."""
+    g3, shape, dt = full("dsq", dsq)
+    m3 = full("xmu", xmu, dt, shape)[0]
+    out = _empty_full(g3.shape, dt)
+    _nodes.sq_backward(g3, m3, out, effective_num_threads(num_threads))
+    return out.reshape(shape)
+
+
+def xmu_backward(dxmu, *, num_threads=None):
+    """Gradients of ``xmu = x - mu``: returns ``(dx1, dmu)``.
+
+    ``dx1`` is ``dxmu`` itself (the same array); ``dmu = -sum(dxmu)`` over the
+    batch, because mu was broadcast and subtracted.
+    """
+    g3, shape, dt = full("dxmu", dxmu)
+    dmu = np.empty(shape[1], dt)
+    _nodes.xmu_backward(g3, dmu, effective_num_threads(num_threads))
+    return g3.reshape(shape), dmu
+
+
+def mu_backward(dmu, shape, *, num_threads=None):
+    """Gradient of ``mu = mean(x)``: ``dx2 = dmu / M`` broadcast to ``shape``."""
+    dmu, dt = _vector("dmu", dmu)
+    shape = _grad_shape(shape, dmu)
+    dx2 = _empty_full(view3d(shape), dt)
+    _nodes.mu_backward(dmu, dx2, effective_num_threads(num_threads))
+    return dx2.reshape(shape)
+
+
+def branch_sum(a, b, *, num_threads=None, out=None):
+    """``a + b`` for two gradients of the same node arriving by two branches.
+
+    ``out`` may be ``a`` (a C-contiguous float array) to sum in place.
+    """
+    a3, shape, dt = full("a", a)
+    b3 = full("b", b, dt, shape)[0]
+    if out is None:
+        o3 = _empty_full(a3.shape, dt)
+    else:
+        if not (isinstance(out, np.ndarray) and out.dtype == dt and out.shape == shape
+                and out.flags.c_contiguous and out.flags.writeable):
+            raise ValueError(f"out: expected a writable C-contiguous {dt} array of shape {shape}")
+        o3 = out.reshape(a3.shape)
+    _nodes.branch_sum(a3, b3, o3, effective_num_threads(num_threads))
+    return o3.reshape(shape)
+
+
+def _grad_shape(shape, grad):
+    shape = shape_arg("shape", shape)
+    if shape[1] != grad.shape[0]:
+        raise ValueError(
+            f"shape: expected {grad.shape[0]} channels (shape[1]) to match the gradient, got {shape}"
+        )
+    return shape
+
+
+# -------------------------------------------------------------------- graph
+
+@dataclass(frozen=True)
+class Node:
+    """One node of the batch-norm graph.
+
+    Attributes
+    ----------
+    name : str
+        The node's name, the name of its value everywhere in the package.
+    inputs : tuple of str
+        Names of the forward inputs, in the order ``forward`` takes them.
+    kind : str
+        ``"full"`` for values shaped like x, ``"channel"`` for (C,) values.
+    op : str
+        The operation, as written in the docs.
+    forward : callable
+        Computes the node from its inputs.
+    saved : tuple of str
+        What ``backward`` needs besides the upstream gradient, by cache name.
+    grads : tuple of str
+        Names of the gradients ``backward`` returns, in order; each one is
+        ``d<input>`` plus a branch number where an input gets two.
+    backward : callable
+        ``backward(d<name>, *saved) -> grads``.
+    """
+
+    name: str
+    inputs: Tuple[str, ...]
+    kind: str
+    op: str
+    forward: Callable
+    saved: Tuple[str, ...]
+    grads: Tuple[str, ...]
+    backward: Callable
+
+    def targets(self):
+        """The input each returned gradient belongs to (``dxmu1`` -> ``xmu``)."""
+        return tuple(re.sub(r"\d+$", "", g[1:]) for g in self.grads)
+
+
+NODES = (
+    Node("mu", ("x",), "channel", "mean(x)", mu_forward,
+         ("shape",), ("dx2",), mu_backward),
+    Node("xmu", ("x", "mu"), "full", "x - mu", xmu_forward,
+         (), ("dx1", "dmu"), xmu_backward),
+    Node("sq", ("xmu",), "full", "xmu ** 2", sq_forward,
+         ("xmu",), ("dxmu2",), sq_backward),
+    Node("var", ("sq",), "channel", "mean(sq)", var_forward,
+         ("shape",), ("dsq",), var_backward),
+    Node("sqrtvar", ("var", "eps"), "channel", "sqrt(var + eps)", sqrtvar_forward,
+         ("sqrtvar",), ("dvar",), sqrtvar_backward),
+    Node("ivar", ("sqrtvar",), "channel", "1 / sqrtvar", ivar_forward,
+         ("sqrtvar",), ("dsqrtvar",), ivar_backward),
+    Node("xhat", ("xmu", "ivar"), "full", "xmu * ivar", xhat_forward,
+         ("xmu", "ivar"), ("divar", "dxmu1"), xhat_backward),
+    Node("gammax", ("xhat", "gamma"), "full", "gamma * xhat", gammax_forward,
+         ("xhat", "gamma"), ("dgamma", "dxhat"), gammax_backward),
+    Node("out", ("gammax", "beta"), "full", "gammax + beta", out_forward,
+         (), ("dbeta", "dgammax"), out_backward),
+)
+"""The graph's nodes in forward (topological) order."""
+
+
+def node(name):
+    """Return the :class:`Node` called ``name``."""
+    for n in NODES:
+        if n.name == name:
+            return n
+    raise KeyError(f"name: no node {name!r}; the nodes are {[n.name for n in NODES]}")
+
+
+def forward(x, gamma, beta, eps=1e-5, *, num_threads=None):
+    """Walk :data:`NODES` in order; return every value by name.
+
+    The result maps ``x``, ``gamma``, ``beta``, ``eps`` and each node name to
+    its value (validated inputs, node outputs), in the order they were made.
+    This is the textbook forward pass, one compiled kernel per node;
+    :func:`cybatchnorm.batchnorm_forward` computes the same values in two
+    fused passes.
+    """
+    x3, shape, dt = full("x", x)
+    check_batch_count(shape)
+    values = {
+        "x": x3.reshape(shape),
+        "gamma": feature("gamma", gamma, shape[1], dt),
+        "beta": feature("beta", beta, shape[1], dt),
+        "eps": check_eps(eps),
+    }
+    nt = effective_num_threads(num_threads)
+    for n in NODES:
+        values[n.name] = n.forward(*(values[i] for i in n.inputs), num_threads=nt)
+    return values
+
+
+def backward(dout, cache, *, num_threads=None, constants=(), keep=False):
+    """Walk :data:`NODES` in reverse, from ``dout`` to ``dx``, ``dgamma``, ``dbeta``.
+
+    Parameters
+    ----------
+    dout : ndarray
+        Gradient of the loss with respect to ``out``.
+    cache : object
+        Gives each name in a node's ``saved`` as an attribute (a
+        :class:`cybatchnorm.Cache`, or any object holding the values of a
+        :func:`forward` walk).
+    num_threads : int or None
+        Threads for every kernel; None uses all cores.
+    constants : iterable of str
+        Values treated as constants: gradients sent to them are dropped and
+        the nodes that made them are not visited. Eval mode uses
+        ``("mu", "ivar")``: the running statistics do not depend on x.
+    keep : bool
+        Keep every intermediate gradient; otherwise only the final ones.
+
+    Returns
+    -------
+    dict
+        ``"dx"``, ``"dgamma"``, ``"dbeta"`` and, with ``keep``, every gradient
+        by name in the order it was produced, including the branch sums
+        ``dxmu = dxmu1 + dxmu2`` and ``dx = dx1 + dx2``.
+    """
+    nt = effective_num_threads(num_threads)
+    constants = set(constants)
+    pending = {"out": dout}      # gradients waiting for their node, by node name
+    produced = {}
+    for n in reversed(NODES):
+        if n.name not in pending:   # nothing depends on this node via x
+            continue
+        g = pending.pop(n.name)
+        saved = [getattr(cache, s) for s in n.saved]
+        res = n.backward(g, *saved, num_threads=nt)
+        if len(n.grads) == 1:
+            res = (res,)
+        for gname, target, value in zip(n.grads, n.targets(), res):
+            if keep:
+                produced[gname] = value
+            if target in constants or target == "eps":
+                continue
+            if target in pending:
+                # two branches meet: their gradients add. In place only into a
+                # buffer this walk made and nobody else has seen.
+                first = pending[target]
+                inplace = not keep and not np.may_share_memory(first, dout)
+                value = branch_sum(first, value, num_threads=nt,
+                                   out=first if inplace else None)
+                if keep:
+                    produced["d" + target] = value
+            pending[target] = value
+    result = {"d" + k: pending[k] for k in ("x", "gamma", "beta")}
+    if keep:
+        produced.update(result)
+        return produced
+    return result

@@ -1,0 +1,188 @@
+"""BatchNorm: a layer with parameters, running statistics and train/eval modes."""
+import numbers
+import operator
+
+import numpy as np
+
+from .api import _forward, batchnorm_backward
+from ._validation import check_eps, full
+
+__all__ = ["BatchNorm"]
+
+
+class BatchNorm:
+    """Batch normalization layer for (N, C) or (N, C, *spatial) input.
+
+    Running statistics follow PyTorch's ``BatchNorm1d/2d`` exactly: each
+    training forward updates ``running = (1 - momentum) * running + momentum *
+    batch``, with the *unbiased* batch variance for ``running_var``;
+    ``momentum=None`` gives a cumulative average over all batches seen.
+
+    Parameters
+    ----------
+    num_features : int
+        C, the number of channels (axis 1 of the input).
+    eps : float, default 1e-5
+        Added to the variance; finite and > 0.
+    momentum : float in [0, 1] or None, default 0.1
+        Weight of the newest batch in the running statistics.
+    affine : bool, default True
+        Learn ``gamma`` (ones) and ``beta`` (zeros); otherwise both are None and
+        the output is just normalized.
+    track_running_stats : bool, default True
+        Keep ``running_mean`` and ``running_var``. Without them eval mode also
+        normalizes with the batch statistics.
+    dtype : float32 or float64, default numpy.float64
+        dtype of the parameters and running statistics.
+
+    Attributes
+    ----------
+    gamma, beta : ndarray (C,) or None
+        Learnable scale and shift.
+    dgamma, dbeta : ndarray (C,) or None
+        Their gradients, set by :meth:`backward`.
+    running_mean, running_var : ndarray (C,) or None
+        Running statistics (None without ``track_running_stats``).
+    num_batches_tracked : int
+        Training forwards seen since the statistics were reset.
+    training : bool
+        True in training mode (the default); see :meth:`train` and :meth:`eval`.
+
+    Examples
+    --------
+    >>> import numpy as np, cybatchnorm as bn
+    >>> layer = bn.BatchNorm(2)
+    >>> x = np.array([[0.0, 10.0], [2.0, 30.0]])
+    >>> out = layer.forward(x)
+    >>> layer.running_mean          # 0.9 * 0 + 0.1 * batch mean
+    array([0.1, 2. ])
+    >>> layer.running_var           # 0.9 * 1 + 0.1 * unbiased batch variance
+    array([ 1.1, 20.9])
+    >>> dx = layer.backward(np.ones_like(x))
+    >>> layer.dbeta
+    array([2., 2.])
+    >>> out_eval = layer.eval().forward(x)
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, dtype=np.float64, *, num_threads=None):
+        if isinstance(num_features, bool):
+            raise TypeError("num_features: expected a positive int, got a bool")
+        try:
+            num_features = operator.index(num_features)
+        except TypeError:
+            raise TypeError(
+                f"num_features: expected a positive int, got {type(num_features).__name__}"
+            ) from None
+        if num_features < 1:
+            raise ValueError(f"num_features: expected a positive int, got {num_features}")
+        if momentum is not None:
+            if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
+                raise TypeError(
+                    f"momentum: expected a number in [0, 1] or None, got {type(momentum).__name__}"
+                )
+            if not 0.0 <= float(momentum) <= 1.0:
+                raise ValueError(f"momentum: expected a number in [0, 1] or None, got {momentum}")
+            momentum = float(momentum)
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"dtype: expected float32 or float64, got {dtype!r}") from None
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
+        self.num_features = num_features
+        self.eps = check_eps(eps)
+        self.momentum = momentum
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        self.dtype = dtype
+        self.num_threads = num_threads
+        self.training = True
+        self.gamma = self.beta = self.dgamma = self.dbeta = None
+        self.running_mean = self.running_var = None
+        self.num_batches_tracked = 0
+        self._cache = None
+        self.reset_parameters()
+
+    def reset_running_stats(self):
+        """Running mean to zeros, running variance to ones, batch count to 0."""
+        if self.track_running_stats:
+            self.running_mean = np.zeros(self.num_features, self.dtype)
+            self.running_var = np.ones(self.num_features, self.dtype)
+        self.num_batches_tracked = 0
+
+    def reset_parameters(self):
+        """Reset the running statistics, ``gamma`` to ones and ``beta`` to zeros."""
+        self.reset_running_stats()
+        if self.affine:
+            self.gamma = np.ones(self.num_features, self.dtype)
+            self.beta = np.zeros(self.num_features, self.dtype)
+
+    def train(self, mode=True):
+        """Switch to training mode (``mode=False``: eval mode); returns self."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Switch to eval mode: normalize with the running statistics; returns self."""
+        return self.train(False)
+
+    def _params(self, dtype):
+        if self.affine:
+            return self.gamma, self.beta
+        return np.ones(self.num_features, dtype), np.zeros(self.num_features, dtype)
+
+    def forward(self, x):
+        """Normalize ``x`` (N, C, ...) and remember what :meth:`backward` needs.
+
+        Training mode uses the batch statistics and updates the running ones;
+        eval mode uses the running statistics (or the batch's, without
+        ``track_running_stats``).
+        """
+        x3, shape, dt = full("x", x)
+        if shape[1] != self.num_features:
+            raise ValueError(
+                f"x: expected {self.num_features} channels on axis 1, got shape {shape}"
+            )
+        gamma, beta = self._params(dt)
+        use_running = not self.training and self.track_running_stats
+        stats = (self.running_mean, self.running_var) if use_running else None
+        out, cache = _forward(x3.reshape(shape), gamma, beta, self.eps, self.num_threads, stats)
+        if self.training and self.track_running_stats:
+            self._update_running_stats(cache, shape)
+        self._cache = cache
+        return out
+
+    __call__ = forward
+
+    def _update_running_stats(self, cache, shape):
+        self.num_batches_tracked += 1
+        if self.momentum is None:   # cumulative moving average
+            f = 1.0 / self.num_batches_tracked
+        else:
+            f = self.momentum
+        m = cache.var.dtype.type(0) + shape[0] * int(np.prod(shape[2:]))
+        unbiased = cache.var.astype(self.dtype) * (m / (m - 1))
+        self.running_mean *= 1.0 - f
+        self.running_mean += f * cache.mu.astype(self.dtype)
+        self.running_var *= 1.0 - f
+        self.running_var += f * unbiased
+
+    def backward(self, dout):
+        """Gradient of the loss with respect to the last forward's input.
+
+        Returns ``dx`` and sets ``dgamma`` and ``dbeta`` (None without
+        ``affine``). In eval mode with running statistics the statistics are
+        constants, so ``dx = gamma * ivar * dout``.
+        """
+        if self._cache is None:
+            raise RuntimeError("backward: call forward first")
+        dx, dgamma, dbeta = batchnorm_backward(dout, self._cache, num_threads=self.num_threads)
+        if self.affine:
+            self.dgamma, self.dbeta = dgamma, dbeta
+        return dx
+
+    def __repr__(self):
+        return (f"BatchNorm({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, track_running_stats={self.track_running_stats}, "
+                f"dtype={self.dtype.name})")
