@@ -40,6 +40,23 @@ cdef inline double run_sum(const floating* p, Py_ssize_t S) noexcept nogil:
     return (a0 + a1) + (a2 + a3)
 
 
+cdef inline double run_sum_shifted(const floating* p, double K,
+                                   Py_ssize_t S) noexcept nogil:
+    # sum of (p - K), as run_sum
+    cdef double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0
+    cdef Py_ssize_t k = 0
+    while k + 4 <= S:
+        a0 += p[k] - K
+        a1 += p[k + 1] - K
+        a2 += p[k + 2] - K
+        a3 += p[k + 3] - K
+        k += 4
+    while k < S:
+        a0 += p[k] - K
+        k += 1
+    return (a0 + a1) + (a2 + a3)
+
+
 cdef inline double run_dot(const floating* p, const floating* q,
                            Py_ssize_t S) noexcept nogil:
     cdef double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0
@@ -78,29 +95,34 @@ cdef inline double run_sqdev(const floating* p, double m,
 
 
 cdef inline void welford_block(const floating[:, :, ::1] x, Py_ssize_t c0,
-                               Py_ssize_t c1, double* mean,
-                               double* m2) noexcept nogil:
+                               Py_ssize_t c1, double* mean, double* m2,
+                               double* shift) noexcept nogil:
     """Per-channel mean and sum of squared deviations of channels [c0, c1).
 
-    One pass over memory. For S == 1 it is Welford's update, row by row, over
+    One pass over memory, on data shifted by the channel's first value so the
+    running mean stays small and its rounding errors stay tiny even when the
+    data sit far from zero. For S == 1 it is Welford's update, row by row, over
     the block's contiguous run (the loop over channels vectorizes). For S > 1
     each run of S values gets an exact two-pass mean/m2 while it sits in cache,
     merged into the channel's running pair by Chan's formula. Never
     E[x^2] - E[x]^2, which cancels catastrophically for large means.
+    ``shift`` is scratch of the block's size.
     """
     cdef Py_ssize_t N = x.shape[0], S = x.shape[2], nc = c1 - c0
     cdef Py_ssize_t n, c
     cdef const floating* row
-    cdef double inv, d, v, rm, q, w
+    cdef const floating* run
+    cdef double inv, d, v, rm, q, w, K
     for c in range(nc):
         mean[c] = 0.0
         m2[c] = 0.0
+        shift[c] = x[0, c0 + c, 0]
     for n in range(N):
         row = &x[n, c0, 0]
         inv = 1.0 / (n + 1)
         if S == 1:
             for c in range(nc):
-                v = row[c]
+                v = row[c] - shift[c]
                 d = v - mean[c]
                 mean[c] = mean[c] + d * inv
                 m2[c] = m2[c] + d * (v - mean[c])
@@ -109,8 +131,12 @@ cdef inline void welford_block(const floating[:, :, ::1] x, Py_ssize_t c0,
             # S / ((n + 1) S) = 1 / (n + 1); cross term n S S / ((n + 1) S)
             w = (<double>n * S) * inv
             for c in range(nc):
-                rm = run_sum(row + c * S, S) / S
-                q = run_sqdev(row + c * S, rm, S)
-                d = rm - mean[c]
+                run = row + c * S
+                K = shift[c]
+                rm = run_sum_shifted(run, K, S) / S + K
+                q = run_sqdev(run, rm, S)
+                d = (rm - K) - mean[c]
                 mean[c] = mean[c] + d * inv
                 m2[c] = m2[c] + q + d * d * w
+    for c in range(nc):
+        mean[c] = mean[c] + shift[c]

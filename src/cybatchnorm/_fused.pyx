@@ -51,7 +51,7 @@ cdef int _forward_block(const floating[:, :, ::1] x, const floating[::1] gamma,
     # pass 1: statistics (iv holds m2 until it is turned into ivar), unless
     # they are given (eval mode: the running statistics)
     if not given_stats:
-        welford_block(x, c0, c1, m, iv)
+        welford_block(x, c0, c1, m, iv, g)   # g: scratch until filled below
     for c in range(nc):
         if given_stats:
             m[c] = mu[c0 + c]

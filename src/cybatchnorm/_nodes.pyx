@@ -170,11 +170,11 @@ def mu_forward(const floating[:, :, ::1] x, floating[::1] mu, int n_threads):
     for b_ in prange(nb, nogil=True, schedule='static', num_threads=n_threads):
         c0 = block_start(b_, nb, C)
         c1 = block_start(b_ + 1, nb, C)
-        buf = <double*>malloc(2 * (c1 - c0) * sizeof(double))
+        buf = <double*>malloc(3 * (c1 - c0) * sizeof(double))
         if buf == NULL:
             failed += 1
         else:
-            welford_block(x, c0, c1, buf, buf + (c1 - c0))
+            welford_block(x, c0, c1, buf, buf + (c1 - c0), buf + 2 * (c1 - c0))
             for c in range(c1 - c0):
                 mu[c0 + c] = <floating>buf[c]
             free(buf)

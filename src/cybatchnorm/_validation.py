@@ -90,8 +90,8 @@ def shape_arg(name, value):
         shape = tuple(int(s) for s in value)
     except TypeError:
         raise TypeError(f"{name}: expected a tuple of ints, got {type(value).__name__}") from None
-    if len(shape) < 2 or min(shape) <= 0:
-        raise ValueError(f"{name}: expected (N, C, *spatial) with positive sizes, got {shape}")
+    if len(shape) < 2 or shape[0] < 1 or shape[1] < 0 or min(shape[2:], default=1) < 1:
+        raise ValueError(f"{name}: expected (N, C, *spatial) with N and spatial sizes > 0, got {shape}")
     return shape
 
 

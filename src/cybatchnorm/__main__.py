@@ -1,0 +1,165 @@
+"""Command line: ``python -m cybatchnorm`` runs the demo, the package's main job.
+
+It normalizes a batch, walks the graph forward and backward node by node with
+the compiled kernels, prints every node's value and gradient, checks the
+gradients by centred finite differences and compares the staged backward with
+the fused one.
+"""
+import argparse
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+
+from . import graph
+from .api import batchnorm_backward, batchnorm_backward_fused, batchnorm_forward
+from .gradcheck import check_gradients
+from ._threads import effective_num_threads
+from ._validation import full
+
+# staged and fused agree to rounding; these are the promised tolerances
+AGREEMENT_TOL = {"float64": 1e-12, "float32": 1e-5}
+GRADCHECK_TOL = 1e-6
+GRADCHECK_MAX_VALUES = 512   # finite differences cost two forwards per value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):   # one line, not usage + message
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def build_parser():
+    """The argument parser of ``python -m cybatchnorm``."""
+    p = _Parser(
+        prog="python -m cybatchnorm",
+        description="Batch norm forward and staged backward, node by node, on a "
+                    "seeded batch (or your own), with a gradient check and the "
+                    "staged-vs-fused agreement.",
+    )
+    p.add_argument("--n", type=_positive_int, default=8,
+                   help="batch size N of the generated batch (default 8)")
+    p.add_argument("--d", type=_positive_int, default=4,
+                   help="number of features D of the generated batch (default 4)")
+    p.add_argument("--dtype", choices=("float64", "float32"), default=None,
+                   help="computation dtype (default: float64, or the --input file's)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the generated batch, gamma, beta and dout (default 0)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="OpenMP threads (default: all cores, honouring OMP_NUM_THREADS)")
+    p.add_argument("--input", metavar="FILE.npy", default=None,
+                   help="use this batch, shape (N, D) or (N, C, *spatial), "
+                        "instead of a generated one")
+    return p
+
+
+def _summary(a):
+    a = np.asarray(a, dtype=np.float64)
+    return f"mean {a.mean():+.3e}  std {a.std():.3e}"
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    scale = np.abs(b).max(initial=0.0)
+    return 0.0 if scale == 0 else float(np.abs(a - b).max() / scale)
+
+
+def _load_batch(args):
+    rng = np.random.default_rng(args.seed)
+    if args.input is None:
+        x = rng.normal(loc=3.0, scale=2.0, size=(args.n, args.d))
+        source = f"generated (seed {args.seed}, mean 3, std 2)"
+    else:
+        try:
+            x = np.load(args.input, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--input: cannot read {args.input!r}: {exc}") from None
+        source = f"from {args.input}"
+    x3, shape, dt = full("x", x, np.dtype(args.dtype) if args.dtype else None)
+    x = x3.reshape(shape)
+    C = shape[1]
+    gamma = rng.uniform(0.5, 2.0, C).astype(dt)
+    beta = rng.uniform(-1.0, 1.0, C).astype(dt)
+    dout = rng.standard_normal(shape).astype(dt)
+    return x, gamma, beta, dout, source
+
+
+def demo(args, out=None):
+    """Run the demo for parsed ``args``; return the exit status."""
+    out = out or sys.stdout
+    x, gamma, beta, dout, source = _load_batch(args)
+    nt = effective_num_threads(args.threads)
+    eps = 1e-5
+    w = lambda *s: print(*s, file=out)
+
+    # the textbook walk: one compiled kernel per node, forward then reverse
+    values = graph.forward(x, gamma, beta, eps, num_threads=nt)
+    saved = SimpleNamespace(shape=x.shape, **{k: v for k, v in values.items()})
+    grads = graph.backward(dout, saved, num_threads=nt, keep=True)
+    grads["dout"] = dout
+    w(f"cybatchnorm demo: x {x.shape} {x.dtype}, {source}, {nt} thread(s)")
+    w("")
+    w(f"{'node':8} {'operation':16} {'shape':>12}   {'value':34} gradient")
+    for name in ("x", "gamma", "beta") + tuple(n.name for n in graph.NODES):
+        op = "input" if name in ("x", "gamma", "beta") else graph.node(name).op
+        v = values[name]
+        g = grads.get("d" + name)
+        gtxt = f"d{name:8} {_summary(g)}" if g is not None else ""
+        w(f"{name:8} {op:16} {str(v.shape):>12}   {_summary(v):34} {gtxt}")
+    w("")
+    w("where branches meet, gradients add:")
+    for total, parts in (("dxmu", ("dxmu1", "dxmu2")), ("dx", ("dx1", "dx2"))):
+        w(f"  {total} = {' + '.join(parts)}: " + "   ".join(
+            f"{p} {_summary(grads[p])}" for p in parts))
+    w("")
+
+    # the public API on the same batch: staged and fused must agree
+    _, cache = batchnorm_forward(x, gamma, beta, eps, num_threads=nt)
+    staged = batchnorm_backward(dout, cache, num_threads=nt)
+    fused = batchnorm_backward_fused(dout, cache, num_threads=nt)
+    tol = AGREEMENT_TOL[x.dtype.name]
+    agree = {k: _rel(f, s) for k, s, f in zip(("dx", "dgamma", "dbeta"), staged, fused)}
+    ok_agree = max(agree.values()) <= tol
+    w("staged vs fused backward (max |fused - staged| / max |staged|): "
+      + ", ".join(f"{k} {v:.1e}" for k, v in agree.items())
+      + f"  -> {'AGREE' if ok_agree else 'DISAGREE'} (tolerance {tol:g})")
+
+    # centred differences in float64, on a slice when the batch is large
+    xs, gs, bs, ds = x, gamma, beta, dout
+    note = ""
+    if x.size > GRADCHECK_MAX_VALUES:
+        # a corner of the batch: enough rows for a meaningful variance
+        limits = (16, 16) if x.ndim == 2 else (8, 4) + (4,) * (x.ndim - 2)
+        corner = tuple(slice(0, k) for k in limits)
+        xs, ds, gs, bs = x[corner], dout[corner], gamma[corner[1]], beta[corner[1]]
+        note = f" on the corner x[{', '.join(f':{k}' for k in xs.shape)}]"
+    err = check_gradients(xs.astype(np.float64), gs, bs, ds, num_threads=nt)
+    ok_grad = err.passed(GRADCHECK_TOL)
+    w(f"gradient check{note} (centred differences, float64): "
+      f"dx {err.dx:.1e}, dgamma {err.dgamma:.1e}, dbeta {err.dbeta:.1e}"
+      f"  -> {'PASS' if ok_grad else 'FAIL'} (tolerance {GRADCHECK_TOL:g})")
+    return 0 if ok_agree and ok_grad else 1
+
+
+def main(argv=None):
+    """Entry point of ``python -m cybatchnorm``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return demo(args)
+    except (TypeError, ValueError, MemoryError) as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+# "ci": a fixed example budget, derandomized so a CI run is reproducible;
+# "long": for hand runs (HYPOTHESIS_PROFILE=long pytest tests/test_properties.py).
+settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", max_examples=60, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("long", max_examples=2000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
+
+
+SHAPES = [(16, 5), (7, 3, 4, 5), (9, 4, 6), (2, 1), (33, 65)]
+DTYPES = [np.float64, np.float32]

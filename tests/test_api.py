@@ -1,0 +1,227 @@
+"""The functional API against the numpy reference."""
+import numpy as np
+import pytest
+
+import cybatchnorm as bn
+from cybatchnorm import Cache
+from conftest import DTYPES, SHAPES
+import reference as ref
+
+# error of each dtype against the float64 reference, relative to scale
+TOL = {np.float64: 1e-12, np.float32: 2e-6}
+
+
+def make(rng, shape, dtype, mean=3.0, std=2.0):
+    C = shape[1]
+    x = rng.normal(mean, std, shape).astype(dtype)
+    gamma = rng.uniform(0.5, 2, C).astype(dtype)
+    beta = rng.uniform(-1, 1, C).astype(dtype)
+    dout = rng.normal(size=shape).astype(dtype)
+    return x, gamma, beta, dout
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_forward_matches_reference(rng, shape, dtype):
+    x, g, b, _ = make(rng, shape, dtype)
+    out, cache = bn.batchnorm_forward(x, g, b)
+    r = ref.forward(x, g, b)
+    assert out.dtype == dtype and out.shape == shape
+    assert ref.rel(out, r["out"]) < TOL[dtype]
+    for name in ("mu", "var", "sqrtvar", "ivar", "xmu", "xhat"):
+        got = getattr(cache, name)
+        assert got.dtype == dtype
+        assert ref.rel(got, r[name]) < TOL[dtype] * 5, name
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("which", ["staged", "fused"])
+def test_backward_matches_reference(rng, shape, dtype, which):
+    x, g, b, dout = make(rng, shape, dtype)
+    _, cache = bn.batchnorm_forward(x, g, b)
+    fn = bn.batchnorm_backward if which == "staged" else bn.batchnorm_backward_fused
+    dx, dgamma, dbeta = fn(dout, cache)
+    vals = ref.forward(x, g, b)
+    r = ref.backward_staged(dout, vals)
+    tol = TOL[dtype] * (10 if dtype == np.float64 else 20)
+    assert dx.shape == shape and dgamma.shape == dbeta.shape == (shape[1],)
+    assert dx.dtype == dgamma.dtype == dbeta.dtype == dtype
+    assert ref.dx_error(dx, r["dx"], dout, vals) < tol
+    assert ref.rel(dgamma, r["dgamma"]) < tol
+    assert ref.rel(dbeta, r["dbeta"]) < tol
+
+
+def test_reference_staged_equals_reference_fused(rng):
+    # the two references are independent derivations of the same gradient
+    x, g, b, dout = make(rng, (20, 6), np.float64)
+    vals = ref.forward(x, g, b)
+    s = ref.backward_staged(dout, vals)
+    f = ref.backward_fused(dout, vals)
+    assert ref.rel(f[0], s["dx"]) < 1e-13
+
+
+def test_large_mean_variance_is_exact():
+    # E[x^2] - E[x]^2 would lose every digit here; the package must not
+    rng = np.random.default_rng(7)
+    x = rng.normal(1e6, 1.0, (4000, 8))
+    out, cache = bn.batchnorm_forward(x, np.ones(8), np.zeros(8))
+    r = ref.forward(x, np.ones(8), np.zeros(8), dtype=np.longdouble)
+    assert ref.rel(cache.var, r["var"]) < 1e-9
+    assert ref.rel(cache.mu, r["mu"]) < 1e-15
+    assert ref.rel(out, r["out"]) < 1e-9
+    naive = (x ** 2).mean(0) - x.mean(0) ** 2
+    assert ref.rel(naive, r["var"]) > 1e-6  # the test data really is hard
+
+
+def test_large_mean_spatial():
+    rng = np.random.default_rng(8)
+    x = rng.normal(1e6, 1.0, (8, 3, 17, 19))
+    _, cache = bn.batchnorm_forward(x, np.ones(3), np.zeros(3))
+    r = ref.forward(x, np.ones(3), np.zeros(3), dtype=np.longdouble)
+    assert ref.rel(cache.var, r["var"]) < 1e-9
+
+
+def test_float32_accumulates_in_float64():
+    # 2**24 + k values round away if summed in float32
+    x = np.ones((1 << 17, 2), np.float32)
+    x[::2] = 3.0
+    out, cache = bn.batchnorm_forward(x, np.ones(2, np.float32), np.zeros(2, np.float32))
+    assert cache.mu.tolist() == [2.0, 2.0]
+    assert abs(float(cache.var[0]) - 1.0) < 1e-6
+
+
+@pytest.mark.parametrize("in_dtype, comp", [
+    (np.float16, np.float32), (np.int32, np.float64), (np.int64, np.float64),
+    (np.uint8, np.float64), (np.bool_, np.float64), (np.float32, np.float32),
+])
+def test_dtype_rules(rng, in_dtype, comp):
+    x = (rng.normal(size=(6, 3)) * 4).astype(in_dtype)
+    out, cache = bn.batchnorm_forward(x, np.ones(3), np.zeros(3))
+    assert out.dtype == comp and cache.dtype == comp
+    expect, _ = bn.batchnorm_forward(x.astype(comp), np.ones(3, comp), np.zeros(3, comp))
+    np.testing.assert_array_equal(out, expect)
+
+
+def test_gamma_beta_dout_cast_to_x_dtype(rng):
+    x, g, b, dout = make(rng, (8, 3), np.float32)
+    out, cache = bn.batchnorm_forward(x, g.astype(np.float64), b.astype(np.int64))
+    assert out.dtype == np.float32 and cache.gamma.dtype == np.float32
+    dx, dg, db = bn.batchnorm_backward(dout.astype(np.float64), cache)
+    assert dx.dtype == dg.dtype == db.dtype == np.float32
+
+
+def test_array_likes(rng):
+    x = [[1, 2], [3, 5], [4, 4]]
+    out, cache = bn.batchnorm_forward(x, [1, 1], (0, 0))
+    expect, _ = bn.batchnorm_forward(np.array(x, float), np.ones(2), np.zeros(2))
+    np.testing.assert_array_equal(out, expect)
+
+
+@pytest.mark.parametrize("layout", ["fortran", "sliced", "negative", "transposed", "readonly"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_layouts_give_the_contiguous_result(rng, layout, dtype):
+    base = rng.normal(2, 3, (24, 10)).astype(dtype)
+    if layout == "fortran":
+        x = np.asfortranarray(base)
+    elif layout == "sliced":
+        x = np.repeat(base, 2, axis=1)[:, ::2]
+    elif layout == "negative":
+        x = base[::-1, ::-1]
+    elif layout == "transposed":
+        x = base.T.copy().T
+    else:
+        x = base.copy()
+        x.flags.writeable = False
+    g, b = rng.uniform(size=10).astype(dtype), rng.uniform(size=10).astype(dtype)
+    dout = rng.normal(size=x.shape).astype(dtype)[::-1]
+    out, cache = bn.batchnorm_forward(x, g[::-1].copy()[::-1], b)
+    cont, ccache = bn.batchnorm_forward(np.ascontiguousarray(x), g, b)
+    np.testing.assert_array_equal(out, cont)
+    for fn in (bn.batchnorm_backward, bn.batchnorm_backward_fused):
+        for got, want in zip(fn(dout, cache), fn(np.ascontiguousarray(dout), ccache)):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_inputs_are_never_modified(rng):
+    x, g, b, dout = make(rng, (12, 4, 3), np.float64)
+    copies = [a.copy() for a in (x, g, b, dout)]
+    out, cache = bn.batchnorm_forward(x, g, b)
+    bn.batchnorm_backward(dout, cache)
+    bn.batchnorm_backward_fused(dout, cache)
+    for a, c in zip((x, g, b, dout), copies):
+        np.testing.assert_array_equal(a, c)
+    assert not np.shares_memory(out, x)
+
+
+def test_cache_is_a_snapshot(rng):
+    # updating gamma after the forward (an optimizer step) must not change
+    # the gradient of that forward
+    x, g, b, dout = make(rng, (10, 3), np.float64)
+    _, cache = bn.batchnorm_forward(x, g, b)
+    before = bn.batchnorm_backward(dout, cache)
+    g *= 5
+    after = bn.batchnorm_backward(dout, cache)
+    for a, c in zip(before, after):
+        np.testing.assert_array_equal(a, c)
+
+
+def test_cache_attributes_and_cost(rng):
+    x, g, b, _ = make(rng, (10, 3, 2), np.float32)
+    _, cache = bn.batchnorm_forward(x, g, b, eps=1e-3)
+    assert isinstance(cache, Cache)
+    assert cache.eps == 1e-3 and cache.shape == x.shape and cache.mode == "train"
+    for name in ("mu", "var", "sqrtvar", "ivar", "gamma", "beta"):
+        assert getattr(cache, name).shape == (3,)
+    for name in ("xmu", "xhat"):
+        assert getattr(cache, name).shape == x.shape
+        with pytest.raises(ValueError):
+            getattr(cache, name)[0] = 1.0   # read-only
+    assert cache.nbytes == 2 * x.nbytes + 6 * 3 * 4
+    with pytest.raises(AttributeError):
+        cache.mu = np.zeros(3)
+    assert "Cache(" in repr(cache)
+
+
+def test_constant_feature_gives_zero_not_nan():
+    x = np.array([[1.0, 2.0], [1.0, 4.0], [1.0, 6.0]])
+    out, cache = bn.batchnorm_forward(x, np.ones(2), np.zeros(2))
+    assert np.all(out[:, 0] == 0) and np.isfinite(out).all()
+    dx, dg, db = bn.batchnorm_backward(np.ones_like(x), cache)
+    assert np.isfinite(dx).all()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nonfinite_stays_in_its_feature(rng, bad, dtype):
+    x, g, b, dout = make(rng, (9, 5), dtype)
+    clean_out, clean_cache = bn.batchnorm_forward(x, g, b)
+    x2 = x.copy()
+    x2[4, 2] = bad
+    out, cache = bn.batchnorm_forward(x2, g, b)
+    assert np.isnan(out[:, 2]).any()
+    keep = [0, 1, 3, 4]
+    np.testing.assert_array_equal(out[:, keep], clean_out[:, keep])
+    for fn in (bn.batchnorm_backward, bn.batchnorm_backward_fused):
+        clean = fn(dout, clean_cache)
+        dx, dg, db = fn(dout, cache)
+        assert np.isnan(dx[:, 2]).any()
+        np.testing.assert_array_equal(dx[:, keep], clean[0][:, keep])
+        np.testing.assert_array_equal(dg[keep], clean[1][keep])
+
+
+def test_zero_features_is_empty_not_an_error():
+    x = np.zeros((4, 0))
+    out, cache = bn.batchnorm_forward(x, np.zeros(0), np.zeros(0))
+    assert out.shape == (4, 0)
+    dx, dg, db = bn.batchnorm_backward(np.zeros((4, 0)), cache)
+    assert dx.shape == (4, 0) and dg.shape == (0,)
+
+
+def test_public_names_have_docstrings():
+    for name in bn.__all__:
+        obj = getattr(bn, name)
+        if name != "__version__":
+            assert obj.__doc__ and obj.__doc__.strip(), name
+    for name in bn.graph.__all__:
+        assert getattr(bn.graph, name).__doc__, name

@@ -1,0 +1,83 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cybatchnorm.__main__ import main
+from cybatchnorm import graph
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "cybatchnorm", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_demo_default():
+    r = run()
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    for n in graph.NODES:   # every node with its shape and its gradient
+        row = next(l for l in lines if l.startswith(n.name + " "))
+        assert f"d{n.name} " in row
+        assert n.op in row
+    assert "AGREE" in r.stdout and "PASS" in r.stdout
+    assert "dxmu = dxmu1 + dxmu2" in r.stdout and "dx = dx1 + dx2" in r.stdout
+
+
+def test_demo_options(capsys):
+    assert main(["--n", "12", "--d", "5", "--dtype", "float32", "--seed", "3", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "(12, 5) float32" in out and "1 thread" in out
+
+
+def test_demo_is_seeded(capsys):
+    main(["--seed", "4"])
+    a = capsys.readouterr().out
+    main(["--seed", "4"])
+    assert capsys.readouterr().out == a
+    main(["--seed", "5"])
+    assert capsys.readouterr().out != a
+
+
+def test_demo_input_file(tmp_path, capsys):
+    f = tmp_path / "x.npy"
+    np.save(f, np.random.default_rng(0).normal(1, 2, (6, 3, 4, 4)))
+    assert main(["--input", str(f)]) == 0
+    assert "(6, 3, 4, 4)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--n", "0"], "--n"),
+    (["--d", "x"], "--d"),
+    (["--dtype", "int8"], "--dtype"),
+    (["--input", "does-not-exist.npy"], "--input"),
+    (["--n", "1"], "x: expected more than 1 value"),
+])
+def test_errors_are_one_line(args, needle):
+    r = run(*args)
+    assert r.returncode != 0
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_bad_input_file_contents(tmp_path):
+    f = tmp_path / "s.npy"
+    np.save(f, np.array(["a", "b"]))
+    r = run("--input", str(f))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_help():
+    r = run("--help")
+    assert r.returncode == 0
+    for opt in ("--n", "--d", "--dtype", "--seed", "--threads", "--input"):
+        assert opt in r.stdout
+
+
+def test_failed_check_exits_nonzero(monkeypatch, capsys):
+    import cybatchnorm.__main__ as cli
+    monkeypatch.setattr(cli, "GRADCHECK_TOL", 0.0)
+    assert main([]) == 1
+    assert "FAIL" in capsys.readouterr().out

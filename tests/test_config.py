@@ -1,0 +1,23 @@
+import io
+
+import cybatchnorm as bn
+from cybatchnorm import _openmp
+
+
+def test_show_config_reports_build():
+    buf = io.StringIO()
+    bn.show_config(file=buf)
+    text = buf.getvalue()
+    cflags, ldflags = _openmp.build_flags()
+    assert "-O3" in cflags
+    assert f"compile flags: {cflags}" in text
+    assert ("OpenMP: enabled" in text) == _openmp.openmp_enabled()
+    if _openmp.openmp_enabled():
+        assert "-fopenmp" in cflags and "-fopenmp" in ldflags   # compile and link
+    assert "threads (num_threads=None):" in text
+    assert bn.__version__ in text
+
+
+def test_show_config_prints(capsys):
+    bn.show_config()
+    assert "cybatchnorm" in capsys.readouterr().out

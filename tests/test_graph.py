@@ -1,0 +1,185 @@
+"""The graph as data, every node kernel against its numpy one-liner, and the walks."""
+import numpy as np
+import pytest
+
+import cybatchnorm as bn
+from cybatchnorm import graph
+from conftest import DTYPES
+import reference as ref
+
+ORDER = ["mu", "xmu", "sq", "var", "sqrtvar", "ivar", "xhat", "gammax", "out"]
+
+
+def test_nodes_in_forward_order():
+    assert [n.name for n in graph.NODES] == ORDER
+    assert graph.node("xhat").inputs == ("xmu", "ivar")
+    with pytest.raises(KeyError, match="name"):
+        graph.node("nope")
+
+
+def test_every_input_is_made_before_it_is_used():
+    made = {"x", "gamma", "beta", "eps"}
+    for n in graph.NODES:
+        assert set(n.inputs) <= made, n.name
+        made.add(n.name)
+
+
+def test_backward_grads_named_after_inputs():
+    for n in graph.NODES:
+        assert set(n.targets()) <= set(n.inputs), n.name
+        assert all(g.startswith("d") for g in n.grads)
+    assert graph.node("xhat").grads == ("divar", "dxmu1")
+    assert graph.node("sq").grads == ("dxmu2",)
+    assert graph.node("xmu").grads == ("dx1", "dmu")
+    assert graph.node("mu").grads == ("dx2",)
+    assert graph.node("out").grads == ("dbeta", "dgammax")
+    assert graph.node("gammax").grads == ("dgamma", "dxhat")
+
+
+def test_kinds():
+    kinds = {n.name: n.kind for n in graph.NODES}
+    assert {k for k, v in kinds.items() if v == "channel"} == {"mu", "var", "sqrtvar", "ivar"}
+
+
+@pytest.fixture(params=[(10, 4), (5, 3, 2, 3)], ids=["2d", "4d"])
+def case(request, rng):
+    shape = request.param
+    x = rng.normal(1.5, 2.0, shape)
+    g, b = rng.uniform(0.5, 2, shape[1]), rng.uniform(-1, 1, shape[1])
+    dout = rng.normal(size=shape)
+    vals = ref.forward(x, g, b)
+    return x, g, b, dout, vals, ref.backward_staged(dout, vals)
+
+
+def bc(v, like):
+    # (C,) broadcast along axis 1 of an (N, C, ...) array
+    return v.reshape((1, -1) + (1,) * (like.ndim - 2))
+
+
+def axes(a):
+    return (0,) + tuple(range(2, a.ndim))
+
+
+def close(a, b):
+    assert ref.rel(a, b) < 1e-13
+
+
+def test_forward_kernels_one_liners(case):
+    x, g, b, dout, v, d = case
+    close(graph.mu_forward(x), x.mean(axis=axes(x)))
+    close(graph.xmu_forward(x, v["mu"]), x - bc(v["mu"], x))
+    close(graph.sq_forward(v["xmu"]), v["xmu"] ** 2)
+    close(graph.var_forward(v["sq"]), v["sq"].mean(axis=axes(x)))
+    close(graph.sqrtvar_forward(v["var"], 1e-5), np.sqrt(v["var"] + 1e-5))
+    close(graph.ivar_forward(v["sqrtvar"]), 1 / v["sqrtvar"])
+    close(graph.xhat_forward(v["xmu"], v["ivar"]), v["xmu"] * bc(v["ivar"], x))
+    close(graph.gammax_forward(v["xhat"], g), bc(g, x) * v["xhat"])
+    close(graph.out_forward(v["gammax"], b), v["gammax"] + bc(b, x))
+
+
+def test_backward_kernels_one_liners(case):
+    x, g, b, dout, v, d = case
+    ax = axes(x)
+    dbeta, dgammax = graph.out_backward(dout)
+    close(dbeta, dout.sum(axis=ax))
+    assert np.shares_memory(dgammax, dout)   # passed through, not copied
+    dgamma, dxhat = graph.gammax_backward(dout, v["xhat"], g)
+    close(dgamma, (dout * v["xhat"]).sum(axis=ax))
+    close(dxhat, dout * bc(g, x))
+    divar, dxmu1 = graph.xhat_backward(d["dxhat"], v["xmu"], v["ivar"])
+    close(divar, (d["dxhat"] * v["xmu"]).sum(axis=ax))
+    close(dxmu1, d["dxhat"] * bc(v["ivar"], x))
+    close(graph.ivar_backward(d["divar"], v["sqrtvar"]), -d["divar"] / v["sqrtvar"] ** 2)
+    close(graph.sqrtvar_backward(d["dsqrtvar"], v["sqrtvar"]), 0.5 * d["dsqrtvar"] / v["sqrtvar"])
+    M = x.size // x.shape[1]
+    close(graph.var_backward(d["dvar"], x.shape), np.ones_like(x) * bc(d["dvar"], x) / M)
+    close(graph.sq_backward(d["dsq"], v["xmu"]), 2 * v["xmu"] * d["dsq"])
+    dx1, dmu = graph.xmu_backward(d["dxmu"])
+    assert np.shares_memory(dx1, d["dxmu"])
+    close(dmu, -d["dxmu"].sum(axis=ax))
+    close(graph.mu_backward(d["dmu"], x.shape), np.ones_like(x) * bc(d["dmu"], x) / M)
+    close(graph.branch_sum(d["dx1"], d["dx2"]), d["dx1"] + d["dx2"])
+
+
+def test_node_kernels_against_centred_differences(rng):
+    # each node's local derivative, checked numerically through the node alone
+    x = rng.normal(size=(4, 3))
+    h = 1e-6
+    sqrtvar = rng.uniform(0.5, 2, 3)
+    divar = rng.normal(size=3)
+    num = np.array([(np.sum(divar * graph.ivar_forward(sqrtvar + h * e))
+                     - np.sum(divar * graph.ivar_forward(sqrtvar - h * e))) / (2 * h)
+                    for e in np.eye(3)])
+    assert ref.rel(graph.ivar_backward(divar, sqrtvar), num) < 1e-8
+    dsq = rng.normal(size=(4, 3))
+    g = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        e = np.zeros_like(x)
+        e[i] = h
+        g[i] = (np.sum(dsq * graph.sq_forward(x + e)) - np.sum(dsq * graph.sq_forward(x - e))) / (2 * h)
+    assert ref.rel(graph.sq_backward(dsq, x), g) < 1e-8
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_forward_walk_matches_fused_forward(rng, dtype):
+    x = rng.normal(2, 3, (12, 4, 5)).astype(dtype)
+    g, b = np.full(4, 1.5, dtype), np.full(4, 0.25, dtype)
+    vals = graph.forward(x, g, b)
+    out, cache = bn.batchnorm_forward(x, g, b)
+    assert list(vals)[4:] == ORDER
+    tol = 1e-14 if dtype == np.float64 else 1e-6
+    assert ref.rel(vals["out"], out) < tol
+    np.testing.assert_array_equal(vals["mu"], cache.mu)   # same one-pass mean kernel
+    for name in ("var", "xmu", "xhat", "ivar"):
+        assert ref.rel(vals[name], getattr(cache, name)) < tol * 10, name
+
+
+def test_backward_walk_keeps_every_named_gradient(case):
+    x, g, b, dout, v, d = case
+    _, cache = bn.batchnorm_forward(x, g, b)
+    grads = graph.backward(dout, cache, keep=True)
+    expected = ["dbeta", "dgammax", "dgamma", "dxhat", "divar", "dxmu1", "dsqrtvar",
+                "dvar", "dsq", "dxmu2", "dxmu", "dx1", "dmu", "dx2", "dx"]
+    assert list(grads) == expected
+    for name in expected:
+        assert ref.rel(grads[name], d[name]) < 1e-11, name
+    # keep=True must not have summed in place into a gradient it reported
+    assert ref.rel(grads["dxmu1"], d["dxmu1"]) < 1e-12
+    assert ref.rel(grads["dx1"], d["dx1"]) < 1e-12
+
+
+def test_staged_backward_walks_the_node_kernels(monkeypatch, rng):
+    # batchnorm_backward must go through NODES; a broken node breaks it
+    x, dout = rng.normal(size=(6, 3)), rng.normal(size=(6, 3))
+    _, cache = bn.batchnorm_forward(x, np.ones(3), np.zeros(3))
+    good = bn.batchnorm_backward(dout, cache)
+    i = [n.name for n in graph.NODES].index("sq")
+    orig = graph.NODES[i]
+    broken = orig.__class__(**{**orig.__dict__, "backward": lambda dsq, xmu, num_threads: 3 * xmu * dsq})
+    monkeypatch.setattr(graph, "NODES", graph.NODES[:i] + (broken,) + graph.NODES[i + 1:])
+    bad = bn.batchnorm_backward(dout, cache)
+    assert ref.rel(bad[0], good[0]) > 1e-3
+    np.testing.assert_array_equal(bad[2], good[2])   # dbeta does not pass through sq
+
+
+def test_constants_cut_the_graph(rng):
+    x, dout = rng.normal(size=(6, 3)), rng.normal(size=(6, 3))
+    _, cache = bn.batchnorm_forward(x, np.ones(3) * 2, np.zeros(3))
+    grads = graph.backward(dout, cache, constants=("mu", "ivar"), keep=True)
+    assert "dsq" not in grads and "dx2" not in grads
+    close(grads["dx"], dout * 2 * cache.ivar)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: graph.xhat_backward(np.ones((3, 2)), np.ones((3, 3)), np.ones(2)), "xmu"),
+    (lambda: graph.xhat_backward(np.ones((3, 2)), np.ones((3, 2)), np.ones(3)), "ivar"),
+    (lambda: graph.mu_backward(np.ones(2), (3, 4)), "shape"),
+    (lambda: graph.var_backward(np.ones((2, 2)), (3, 2)), "dvar"),
+    (lambda: graph.sqrtvar_forward(np.ones(2), -1.0), "eps"),
+    (lambda: graph.mu_forward(np.ones(3)), "x"),
+    (lambda: graph.sq_forward(np.ones((2, 2), complex)), "xmu"),
+    (lambda: graph.branch_sum(np.ones((2, 2)), np.ones((2, 2)), out=np.ones((2, 2), np.float32)), "out"),
+])
+def test_node_functions_validate(call, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        call()

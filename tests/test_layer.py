@@ -1,0 +1,139 @@
+"""BatchNorm: running statistics as PyTorch keeps them, train/eval, gradients."""
+import numpy as np
+import pytest
+
+import cybatchnorm as bn
+from cybatchnorm import BatchNorm
+import reference as ref
+
+
+def batches(rng, shape=(8, 3), n=4):
+    return [rng.normal(2 + i, 1 + i, shape) for i in range(n)]
+
+
+def test_running_stats_by_hand(rng):
+    layer = BatchNorm(3, momentum=0.1)
+    xs = batches(rng)
+    rm, rv = np.zeros(3), np.ones(3)
+    for x in xs:
+        layer.forward(x)
+        rm = 0.9 * rm + 0.1 * x.mean(0)
+        rv = 0.9 * rv + 0.1 * x.var(0, ddof=1)   # unbiased, as PyTorch
+    np.testing.assert_allclose(layer.running_mean, rm, rtol=1e-13)
+    np.testing.assert_allclose(layer.running_var, rv, rtol=1e-13)
+    assert layer.num_batches_tracked == 4
+
+
+def test_cumulative_average_with_momentum_none(rng):
+    layer = BatchNorm(3, momentum=None)
+    xs = batches(rng)
+    for x in xs:
+        layer.forward(x)
+    np.testing.assert_allclose(layer.running_mean, np.mean([x.mean(0) for x in xs], 0), rtol=1e-13)
+    np.testing.assert_allclose(layer.running_var, np.mean([x.var(0, ddof=1) for x in xs], 0), rtol=1e-13)
+
+
+def test_spatial_running_stats(rng):
+    layer = BatchNorm(2)
+    x = rng.normal(3, 2, (4, 2, 3, 5))
+    layer.forward(x)
+    m = x.transpose(1, 0, 2, 3).reshape(2, -1)
+    np.testing.assert_allclose(layer.running_mean, 0.1 * m.mean(1), rtol=1e-13)
+    np.testing.assert_allclose(layer.running_var, 0.9 + 0.1 * m.var(1, ddof=1), rtol=1e-13)
+
+
+def test_eval_uses_running_stats_and_its_gradient(rng):
+    layer = BatchNorm(3)
+    layer.gamma[:] = [1.0, 2.0, 0.5]
+    layer.beta[:] = [0.0, 1.0, -1.0]
+    for x in batches(rng):
+        layer.forward(x)
+    rm, rv = layer.running_mean.copy(), layer.running_var.copy()
+    layer.eval()
+    assert not layer.training
+    x = rng.normal(size=(5, 3))
+    out = layer.forward(x)
+    np.testing.assert_allclose(out, layer.gamma * (x - rm) / np.sqrt(rv + 1e-5) + layer.beta, rtol=1e-13)
+    np.testing.assert_array_equal(layer.running_mean, rm)    # eval does not update
+    dout = rng.normal(size=x.shape)
+    dx = layer.backward(dout)
+    np.testing.assert_allclose(dx, dout * layer.gamma / np.sqrt(rv + 1e-5), rtol=1e-13)
+    np.testing.assert_allclose(layer.dgamma, (dout * (x - rm) / np.sqrt(rv + 1e-5)).sum(0), rtol=1e-12)
+    np.testing.assert_allclose(layer.dbeta, dout.sum(0), rtol=1e-13)
+    # the fused path gives the same eval gradient
+    fused = bn.batchnorm_backward_fused(dout, layer._cache)
+    np.testing.assert_allclose(fused[0], dx, rtol=1e-14)
+    # eval mode with one sample is fine: the statistics are not the batch's
+    layer.forward(x[:1])
+
+
+def test_eval_gradient_matches_finite_differences(rng):
+    layer = BatchNorm(2).eval()
+    layer.running_mean[:] = [0.5, -1.0]
+    layer.running_var[:] = [2.0, 0.25]
+    x, dout = rng.normal(size=(4, 2)), rng.normal(size=(4, 2))
+    layer.forward(x)
+    dx = layer.backward(dout)
+    h = 1e-6
+    num = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        e = np.zeros_like(x)
+        e[i] = h
+        num[i] = (np.sum(layer.forward(x + e) * dout) - np.sum(layer.forward(x - e) * dout)) / (2 * h)
+    assert ref.rel(dx, num) < 1e-8
+
+
+def test_train_backward_matches_functional(rng):
+    layer = BatchNorm(4, dtype=np.float32)
+    x, dout = rng.normal(size=(6, 4)).astype(np.float32), rng.normal(size=(6, 4)).astype(np.float32)
+    out = layer.forward(x)
+    dx = layer.backward(dout)
+    o2, cache = bn.batchnorm_forward(x, np.ones(4, np.float32), np.zeros(4, np.float32))
+    np.testing.assert_array_equal(out, o2)
+    np.testing.assert_array_equal(dx, bn.batchnorm_backward(dout, cache)[0])
+    assert layer.running_mean.dtype == np.float32
+
+
+def test_no_affine_no_tracking(rng):
+    layer = BatchNorm(3, affine=False, track_running_stats=False)
+    assert layer.gamma is None and layer.running_mean is None
+    x = rng.normal(size=(5, 3))
+    layer.eval()
+    out = layer.forward(x)       # no running stats: batch statistics even in eval
+    np.testing.assert_allclose(out, (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-5), rtol=1e-12)
+    layer.backward(np.ones_like(x))
+    assert layer.dgamma is None and layer.dbeta is None
+
+
+def test_train_eval_toggle_and_repr():
+    layer = BatchNorm(2)
+    assert layer.eval() is layer and not layer.training
+    assert layer.train() is layer and layer.training
+    assert "BatchNorm(2" in repr(layer)
+
+
+@pytest.mark.parametrize("kw, exc, name", [
+    (dict(num_features=0), ValueError, "num_features"),
+    (dict(num_features=2.5), TypeError, "num_features"),
+    (dict(num_features=True), TypeError, "num_features"),
+    (dict(num_features=2, eps=0), ValueError, "eps"),
+    (dict(num_features=2, momentum=1.5), ValueError, "momentum"),
+    (dict(num_features=2, momentum="0.1"), TypeError, "momentum"),
+    (dict(num_features=2, dtype=np.int32), TypeError, "dtype"),
+    (dict(num_features=2, dtype="nonsense"), TypeError, "dtype"),
+])
+def test_constructor_validates(kw, exc, name):
+    with pytest.raises(exc, match=f"^{name}"):
+        BatchNorm(**kw)
+
+
+def test_forward_validates_channels_and_backward_needs_forward(rng):
+    layer = BatchNorm(3)
+    with pytest.raises(RuntimeError, match="forward"):
+        layer.backward(np.ones((2, 3)))
+    with pytest.raises(ValueError, match="^x"):
+        layer.forward(np.ones((4, 2)))
+    with pytest.raises(ValueError, match="^x"):
+        layer.forward(np.ones((1, 3)))          # training needs 2 values
+    assert layer.num_batches_tracked == 0       # failed calls change nothing
+    np.testing.assert_array_equal(layer.running_mean, np.zeros(3))
