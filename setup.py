@@ -74,6 +74,12 @@ def _openmp_flags(compiler):
 class BuildExt(build_ext):
     """build_ext that adds -O3 and the probed OpenMP flags to every extension."""
 
+    def finalize_options(self):
+        super().finalize_options()
+        # always compile: the flags depend on the environment (OpenMP switch),
+        # so objects left in build/ by another configuration must not be reused
+        self.force = True
+
     def build_extensions(self):
         msvc = self.compiler.compiler_type == "msvc"
         cflags = ["/O2"] if msvc else ["-O3"]

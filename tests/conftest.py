@@ -22,3 +22,10 @@ def rng():
 
 SHAPES = [(16, 5), (7, 3, 4, 5), (9, 4, 6), (2, 1), (33, 65)]
 DTYPES = [np.float64, np.float32]
+
+
+def pytest_report_header(config):
+    import cybatchnorm
+    from cybatchnorm import _openmp
+    return (f"cybatchnorm {cybatchnorm.__version__} from {os.path.dirname(cybatchnorm.__file__)}; "
+            f"OpenMP {'on' if _openmp.openmp_enabled() else 'off'}")

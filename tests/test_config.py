@@ -21,3 +21,15 @@ def test_show_config_reports_build():
 def test_show_config_prints(capsys):
     bn.show_config()
     assert "cybatchnorm" in capsys.readouterr().out
+
+
+def test_build_has_openmp_when_expected():
+    # tox builds one wheel with OpenMP and one without; each env says which it tests
+    import os
+    import pytest
+    expect = os.environ.get("CYBATCHNORM_EXPECT_OPENMP")
+    if expect is None:
+        pytest.skip("CYBATCHNORM_EXPECT_OPENMP not set (set by tox)")
+    assert _openmp.openmp_enabled() == (expect == "1")
+    if expect == "0":
+        assert _openmp.omp_max_threads() == 1

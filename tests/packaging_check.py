@@ -1,0 +1,50 @@
+"""Packaging check, run by `tox -e packaging`.
+
+Builds the sdist and, from it, the wheel (``python -m build``); checks the sdist
+carries the Cython sources; installs the wheel into a fresh venv that has no
+Cython and runs a forward/backward there.
+"""
+import glob
+import os
+import subprocess
+import sys
+import tarfile
+import venv
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCES = ["_nodes.pyx", "_fused.pyx", "_openmp.pyx", "_openmp.pxd", "_common.pxd"]
+SMOKE = """
+import sys, numpy as np, cybatchnorm as bn
+try:
+    import Cython
+    sys.exit("Cython is importable in the clean venv")
+except ImportError:
+    pass
+x = np.random.default_rng(0).normal(3, 2, (32, 5))
+out, cache = bn.batchnorm_forward(x, np.ones(5), np.zeros(5))
+dx, dg, db = bn.batchnorm_backward(np.ones_like(x), cache)
+assert abs(out.mean()) < 1e-12 and np.abs(dx).max() < 1e-12
+print("wheel OK without Cython:", bn.__file__)
+"""
+
+
+def main(tmp):
+    dist = os.path.join(tmp, "dist")
+    subprocess.run([sys.executable, "-m", "build", "--outdir", dist, ROOT], check=True)
+    (sdist,) = glob.glob(os.path.join(dist, "*.tar.gz"))
+    (wheel,) = glob.glob(os.path.join(dist, "*.whl"))
+    with tarfile.open(sdist) as tf:
+        names = {os.path.basename(n) for n in tf.getnames()}
+    missing = [s for s in SOURCES if s not in names]
+    if missing:
+        sys.exit(f"sdist lacks {missing}")
+    print("sdist carries", ", ".join(SOURCES))
+    env_dir = os.path.join(tmp, "clean-venv")
+    venv.create(env_dir, with_pip=True, clear=True)
+    py = os.path.join(env_dir, "bin", "python")
+    subprocess.run([py, "-m", "pip", "install", "--quiet", wheel], check=True)
+    subprocess.run([py, "-c", SMOKE], check=True, cwd=tmp)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
