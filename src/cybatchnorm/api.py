@@ -125,7 +125,7 @@ def batchnorm_forward(x, gamma, beta, eps=1e-5, *, num_threads=None):
 
     Parameters
     ----------
-    x : array_like, shape (N, D) or (N, C, *spatial)
+    x : array_like, shape (N, D) or (N, C, spatial...)
         The batch. For more than two dimensions each channel (axis 1) is
         normalized over the batch and all spatial axes. float32 and float64
         are computed in their own precision, float16 in float32, integers and
@@ -210,7 +210,7 @@ def batchnorm_backward(dout, cache, *, num_threads=None):
     >>> dx, dgamma, dbeta = bn.batchnorm_backward(np.ones_like(x), cache)
     >>> dbeta
     array([3., 3.])
-    >>> np.abs(dx).max() < 1e-12     # a constant dout does not move a normalized output
+    >>> bool(np.abs(dx).max() < 1e-12)     # a constant dout does not move a normalized output
     True
     """
     g3, nt = _prepare_backward(dout, cache, num_threads)

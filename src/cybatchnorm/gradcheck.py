@@ -54,7 +54,7 @@ def check_gradients(x, gamma, beta, dout=None, h=1e-5, *, eps=1e-5, num_threads=
 
     Parameters
     ----------
-    x : array_like, shape (N, D) or (N, C, *spatial)
+    x : array_like, shape (N, D) or (N, C, spatial...)
     gamma, beta : array_like, shape (C,)
     dout : array_like, shape of x, optional
         Upstream gradient; by default a fixed random one (seed 0).

@@ -1,6 +1,6 @@
 """The batch-norm computational graph, as data, and the walks over it.
 
-Forward, for x of shape (N, D) (or (N, C, *spatial), each channel normalized
+Forward, for x of shape (N, D) (or (N, C, spatial...), each channel normalized
 over the batch and the spatial axes)::
 
     mu      = mean(x)            (C,)

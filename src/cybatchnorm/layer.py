@@ -11,7 +11,7 @@ __all__ = ["BatchNorm"]
 
 
 class BatchNorm:
-    """Batch normalization layer for (N, C) or (N, C, *spatial) input.
+    """Batch normalization layer for (N, C) or (N, C, spatial...) input.
 
     Running statistics follow PyTorch's ``BatchNorm1d/2d`` exactly: each
     training forward updates ``running = (1 - momentum) * running + momentum *

@@ -1,0 +1,80 @@
+"""Sphinx configuration of the cybatchnorm site (Markdown pages via MyST).
+
+Figures are never drawn by hand: before an HTML build, the scripts in
+docs/scripts/ regenerate everything under docs/_generated/ from the package
+itself (the graph from cybatchnorm.graph.NODES, the training curves from a run
+that uses cybatchnorm.BatchNorm).
+"""
+import os
+import sys
+
+import cybatchnorm
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "scripts"))
+
+project = "cybatchnorm"
+author = "the cybatchnorm developers"
+copyright = "2026, the cybatchnorm developers"
+release = cybatchnorm.__version__
+version = release
+
+extensions = [
+    "myst_parser",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.doctest",
+    "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",   # bundles MathJax into _static: math renders offline
+]
+
+myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
+myst_heading_anchors = 3
+source_suffix = {".md": "markdown"}
+exclude_patterns = ["_build", "scripts", "README.md"]
+templates_path = []
+html_static_path = []
+html_theme = "alabaster"
+html_title = "cybatchnorm: backprop through batch norm, node by node"
+html_theme_options = {"nosidebar": False}
+
+# autodoc / numpydoc-style docstrings through napoleon
+autodoc_member_order = "bysource"
+autodoc_typehints = "none"
+napoleon_numpy_docstring = True
+napoleon_google_docstring = False
+napoleon_use_rtype = False
+
+# nitpicky: every cross-reference must resolve, except the plain-words types
+# of numpydoc "Parameters" sections
+nitpicky = True
+nitpick_ignore_regex = [
+    (r"py:class", r"(array_like|ndarray|array|optional|callable|file-like|"
+                  r"int|float|str|bool|dict|tuple|object|None|default.*|"
+                  r"shape.*|float32|float64|numpy\..*|keyword-only|iterable.*|"
+                  r"of|or|in|x|C|N|D|spatial.*|float in.*|\(C,\)|\(N, .*|\d.*|\[0|1\])"),
+]
+
+# every doctest on the site and in the docstrings starts from these names
+doctest_global_setup = """
+import numpy as np
+import cybatchnorm as bn
+from cybatchnorm import graph
+np.set_printoptions(precision=4, suppress=True)
+"""
+doctest_test_doctest_blocks = "default"
+
+
+def _generate_figures(app):
+    if app.builder.name not in ("html", "dirhtml", "singlehtml"):
+        return   # doctest/linkcheck builds need no figures
+    out = os.path.join(HERE, "_generated")
+    os.makedirs(out, exist_ok=True)
+    import draw_graph
+    import digits_experiment
+    draw_graph.main(out)
+    digits_experiment.main(out)
+
+
+def setup(app):
+    app.connect("builder-inited", _generate_figures)
