@@ -177,7 +177,7 @@ def test_cache_attributes_and_cost(rng):
         assert getattr(cache, name).shape == x.shape
         with pytest.raises(ValueError):
             getattr(cache, name)[0] = 1.0   # read-only
-    assert cache.nbytes == 2 * x.nbytes + 6 * 3 * 4
+    assert cache.nbytes == 2 * x.nbytes + 6 * 3 * 4 + 2 * 3 * 8   # + float64 mu, ivar
     with pytest.raises(AttributeError):
         cache.mu = np.zeros(3)
     assert "Cache(" in repr(cache)

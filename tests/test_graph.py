@@ -129,7 +129,7 @@ def test_forward_walk_matches_fused_forward(rng, dtype):
     assert list(vals)[4:] == ORDER
     tol = 1e-14 if dtype == np.float64 else 1e-6
     assert ref.rel(vals["out"], out) < tol
-    np.testing.assert_array_equal(vals["mu"], cache.mu)   # same one-pass mean kernel
+    assert ref.rel(vals["mu"], cache.mu) < tol
     for name in ("var", "xmu", "xhat", "ivar"):
         assert ref.rel(vals[name], getattr(cache, name)) < tol * 10, name
 

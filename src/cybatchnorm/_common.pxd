@@ -94,21 +94,23 @@ cdef inline double run_sqdev(const floating* p, double m,
     return (a0 + a1) + (a2 + a3)
 
 
-cdef inline void welford_block(const floating[:, :, ::1] x, Py_ssize_t c0,
-                               Py_ssize_t c1, double* mean, double* m2,
-                               double* shift) noexcept nogil:
-    """Per-channel mean and sum of squared deviations of channels [c0, c1).
+cdef inline void welford_rows(const floating[:, :, ::1] x, Py_ssize_t r0,
+                              Py_ssize_t r1, Py_ssize_t c0, Py_ssize_t c1,
+                              const double* shift, double* mean,
+                              double* m2) noexcept nogil:
+    """Mean and sum of squared deviations of ``x - shift`` per channel, over
+    rows [r0, r1) and channels [c0, c1) (``shift``, ``mean``, ``m2`` are
+    indexed from 0 for channel c0).
 
-    One pass over memory, on data shifted by the channel's first value so the
-    running mean stays small and its rounding errors stay tiny even when the
-    data sit far from zero. For S == 1 it is Welford's update, row by row, over
-    the block's contiguous run (the loop over channels vectorizes). For S > 1
-    each run of S values gets an exact two-pass mean/m2 while it sits in cache,
-    merged into the channel's running pair by Chan's formula. Never
+    One pass over memory. Shifting by a value of the channel (its first one)
+    keeps the running mean small, so its rounding errors stay tiny even when
+    the data sit far from zero. For S == 1 it is Welford's update, row by row,
+    over the block's contiguous run (the loop over channels vectorizes). For
+    S > 1 each run of S values gets an exact two-pass mean/m2 while it sits in
+    cache, merged into the channel's running pair by Chan's formula. Never
     E[x^2] - E[x]^2, which cancels catastrophically for large means.
-    ``shift`` is scratch of the block's size.
     """
-    cdef Py_ssize_t N = x.shape[0], S = x.shape[2], nc = c1 - c0
+    cdef Py_ssize_t S = x.shape[2], nc = c1 - c0
     cdef Py_ssize_t n, c
     cdef const floating* row
     cdef const floating* run
@@ -116,10 +118,9 @@ cdef inline void welford_block(const floating[:, :, ::1] x, Py_ssize_t c0,
     for c in range(nc):
         mean[c] = 0.0
         m2[c] = 0.0
-        shift[c] = x[0, c0 + c, 0]
-    for n in range(N):
+    for n in range(r0, r1):
         row = &x[n, c0, 0]
-        inv = 1.0 / (n + 1)
+        inv = 1.0 / (n - r0 + 1)
         if S == 1:
             for c in range(nc):
                 v = row[c] - shift[c]
@@ -127,16 +128,14 @@ cdef inline void welford_block(const floating[:, :, ::1] x, Py_ssize_t c0,
                 mean[c] = mean[c] + d * inv
                 m2[c] = m2[c] + d * (v - mean[c])
         else:
-            # merging a run of S into n*S values: weight of the new run is
-            # S / ((n + 1) S) = 1 / (n + 1); cross term n S S / ((n + 1) S)
-            w = (<double>n * S) * inv
+            # merging a run of S into (n - r0) * S values: the new run weighs
+            # S / ((n - r0 + 1) S) = inv; the cross term is (n - r0) S * inv
+            w = (<double>(n - r0) * S) * inv
             for c in range(nc):
                 run = row + c * S
                 K = shift[c]
-                rm = run_sum_shifted(run, K, S) / S + K
-                q = run_sqdev(run, rm, S)
-                d = (rm - K) - mean[c]
+                rm = run_sum_shifted(run, K, S) / S
+                q = run_sqdev(run, rm + K, S)
+                d = rm - mean[c]
                 mean[c] = mean[c] + d * inv
                 m2[c] = m2[c] + q + d * d * w
-    for c in range(nc):
-        mean[c] = mean[c] + shift[c]

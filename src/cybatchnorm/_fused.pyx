@@ -4,70 +4,61 @@ The staged kernels in ``_nodes`` follow the graph one node at a time and make
 one pass over memory per node. These do the same arithmetic in as few passes
 as the maths allows:
 
-* forward: one pass for the statistics (Welford/Chan, never E[x^2] - E[x]^2),
-  one pass that writes ``out`` (and, for a full cache, ``xmu`` and ``xhat``);
+* forward: one pass for the statistics (shifted Welford/Chan, never
+  E[x^2] - E[x]^2), one pass that writes ``out`` (and, for a full cache,
+  ``xmu`` and ``xhat``): 1 read + 1 read and 1 write of x-sized memory;
 * backward: one pass for ``sum(dout)`` and ``sum(dout * xhat)``, one pass that
   writes ``dx = (gamma * ivar / M) * (M * dout - sum(dout) - xhat * sum(dout * xhat))``.
+  ``xhat`` is read from a full cache or recomputed from ``x`` (minimal cache).
 
-A thread owns a block of channels for both passes, so the block's statistics
-never leave the thread and no barrier is needed between the passes.
+Work is split into tasks over a fixed grid: K chunks of rows times blocks of
+channels. Every task walks the rows of its chunk and reads the contiguous run
+of its block in each row. Reductions write one partial result per (chunk,
+channel), merged afterwards chunk by chunk in order. K depends only on the
+shape (the caller picks it), never on the thread count, so results are
+bitwise identical for any number of threads, and a batch with fewer channels
+than threads still keeps every thread busy.
 """
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt
-from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy
 
-from cybatchnorm._common cimport (n_blocks, block_start, run_sum, run_dot,
-                                  welford_block)
+from cybatchnorm._common cimport run_sum, run_dot, welford_rows
 cimport cybatchnorm._openmp
 
 
-cdef int _forward_block(const floating[:, :, ::1] x, const floating[::1] gamma,
-                        const floating[::1] beta, double eps,
-                        floating[:, :, ::1] out, floating[:, :, ::1] xmu,
-                        floating[:, :, ::1] xhat, bint keep_nodes,
-                        floating[::1] mu, floating[::1] var,
-                        floating[::1] sqrtvar, floating[::1] ivar,
-                        bint given_stats, Py_ssize_t c0,
-                        Py_ssize_t c1) noexcept nogil:
-    cdef Py_ssize_t N = x.shape[0], S = x.shape[2], nc = c1 - c0
-    cdef Py_ssize_t n, c, s, k
-    cdef double* buf = <double*>malloc(4 * nc * sizeof(double))
-    cdef double* m
-    cdef double* iv
-    cdef double* g
-    cdef double* bt
-    cdef double v, sd, d, gc, ic, mc, bc
+cdef inline Py_ssize_t _fblock(Py_ssize_t S) noexcept nogil:
+    # channels per block: about 256 values per row, so a task's accumulators
+    # stay in L1 while its rows stream through
+    if S >= 256:
+        return 1
+    return 256 // S
+
+
+cdef inline Py_ssize_t _rstart(Py_ssize_t k, Py_ssize_t K, Py_ssize_t N) noexcept nogil:
+    return (k * N) // K
+
+
+# ------------------------------------------------------------------ forward
+
+cdef inline void _normalize_rows(const floating[:, :, ::1] x,
+                                 const floating[::1] gamma,
+                                 const floating[::1] beta,
+                                 const double[::1] m, const double[::1] iv,
+                                 floating[:, :, ::1] out,
+                                 floating[:, :, ::1] xmu,
+                                 floating[:, :, ::1] xhat, bint keep_nodes,
+                                 Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0,
+                                 Py_ssize_t c1) noexcept nogil:
+    # out = gamma * ((x - mu) * ivar) + beta in float64, rounded once
+    cdef Py_ssize_t S = x.shape[2], n, c, s, k
+    cdef double d, mc, ic, gc, bc
     cdef const floating* xr
     cdef floating* orow
     cdef floating* mrow = NULL
     cdef floating* hrow = NULL
-    if buf == NULL:
-        return 1
-    m = buf
-    iv = buf + nc
-    g = buf + 2 * nc
-    bt = buf + 3 * nc
-    # pass 1: statistics (iv holds m2 until it is turned into ivar), unless
-    # they are given (eval mode: the running statistics)
-    if not given_stats:
-        welford_block(x, c0, c1, m, iv, g)   # g: scratch until filled below
-    for c in range(nc):
-        if given_stats:
-            m[c] = mu[c0 + c]
-            v = var[c0 + c]
-        else:
-            v = iv[c] / (N * S)
-            mu[c0 + c] = <floating>m[c]
-            var[c0 + c] = <floating>v
-        sd = sqrt(v + eps)
-        sqrtvar[c0 + c] = <floating>sd
-        ivar[c0 + c] = <floating>(1.0 / sd)
-        iv[c] = 1.0 / sd
-        g[c] = gamma[c0 + c]
-        bt[c] = beta[c0 + c]
-    # pass 2: normalize, in float64, rounding once per stored value
-    for n in range(N):
+    for n in range(r0, r1):
         xr = &x[n, c0, 0]
         orow = &out[n, c0, 0]
         if keep_nodes:
@@ -75,20 +66,21 @@ cdef int _forward_block(const floating[:, :, ::1] x, const floating[::1] gamma,
             hrow = &xhat[n, c0, 0]
         if S == 1:
             if keep_nodes:
-                for c in range(nc):
-                    d = xr[c] - m[c]
+                for c in range(c1 - c0):
+                    d = xr[c] - m[c0 + c]
                     mrow[c] = <floating>d
-                    hrow[c] = <floating>(d * iv[c])
-                    orow[c] = <floating>(g[c] * (d * iv[c]) + bt[c])
+                    hrow[c] = <floating>(d * iv[c0 + c])
+                    orow[c] = <floating>(gamma[c0 + c] * (d * iv[c0 + c]) + beta[c0 + c])
             else:
-                for c in range(nc):
-                    orow[c] = <floating>(g[c] * ((xr[c] - m[c]) * iv[c]) + bt[c])
+                for c in range(c1 - c0):
+                    orow[c] = <floating>(gamma[c0 + c] * ((xr[c] - m[c0 + c]) * iv[c0 + c])
+                                         + beta[c0 + c])
         else:
-            for c in range(nc):
-                mc = m[c]
-                ic = iv[c]
-                gc = g[c]
-                bc = bt[c]
+            for c in range(c1 - c0):
+                mc = m[c0 + c]
+                ic = iv[c0 + c]
+                gc = gamma[c0 + c]
+                bc = beta[c0 + c]
                 k = c * S
                 if keep_nodes:
                     for s in range(S):
@@ -99,119 +91,221 @@ cdef int _forward_block(const floating[:, :, ::1] x, const floating[::1] gamma,
                 else:
                     for s in range(S):
                         orow[k + s] = <floating>(gc * ((xr[k + s] - mc) * ic) + bc)
-    free(buf)
-    return 0
 
 
 def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
             const floating[::1] beta, double eps, floating[:, :, ::1] out,
             floating[:, :, ::1] xmu, floating[:, :, ::1] xhat,
             bint keep_nodes, floating[::1] mu, floating[::1] var,
-            floating[::1] sqrtvar, floating[::1] ivar, bint given_stats,
-            int n_threads):
+            floating[::1] sqrtvar, floating[::1] ivar, double[::1] mu64,
+            double[::1] ivar64, bint given_stats, double[:, ::1] pmean,
+            double[:, ::1] pm2, double[::1] shift, int n_threads):
     """Batch statistics and normalized output in two passes over ``x``.
 
-    ``xmu`` and ``xhat`` are written only when ``keep_nodes`` is true (pass
-    ``out`` for both otherwise; it is then never touched through them). With
-    ``given_stats`` the statistics pass is skipped: ``mu`` and ``var`` are
-    read (eval mode) and only ``sqrtvar`` and ``ivar`` are written.
+    ``pmean``/``pm2`` (K, C) hold the per-chunk partial statistics, K being
+    the number of row chunks; ``shift`` (C,) is scratch. The statistics are
+    written to ``mu``, ``var``, ``sqrtvar``, ``ivar`` in x's dtype and to
+    ``mu64``/``ivar64`` in float64 (what the normalization and a minimal-cache
+    backward use). ``xmu`` and ``xhat`` are written only when ``keep_nodes``
+    (pass ``out`` for both otherwise). With ``given_stats`` the statistics
+    pass is skipped: ``mu`` and ``var`` are read (eval mode).
     """
-    cdef Py_ssize_t C = x.shape[1], nb = n_blocks(C, n_threads), b_
-    cdef int failed = 0
-    for b_ in prange(nb, nogil=True, schedule='static', num_threads=n_threads):
-        failed += _forward_block(x, gamma, beta, eps, out, xmu, xhat,
-                                 keep_nodes, mu, var, sqrtvar, ivar,
-                                 given_stats, block_start(b_, nb, C),
-                                 block_start(b_ + 1, nb, C))
-    if failed:
-        raise MemoryError("forward: no memory for per-thread statistics")
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
+    cdef Py_ssize_t K = pmean.shape[0], FB = _fblock(S)
+    cdef Py_ssize_t nfb = (C + FB - 1) // FB, t, k, c0, c1, c, j
+    cdef double n_a, n_b, m, q, d, v, sd
+    with nogil:
+        if not given_stats:
+            for c in range(C):
+                shift[c] = x[0, c, 0]
+            # pass 1: partial statistics of every (chunk, block) task
+            for t in prange(K * nfb, schedule='static', num_threads=n_threads):
+                k = t // nfb
+                c0 = (t % nfb) * FB
+                c1 = min(C, c0 + FB)
+                welford_rows(x, _rstart(k, K, N), _rstart(k + 1, K, N), c0, c1,
+                             &shift[c0], &pmean[k, c0], &pm2[k, c0])
+        # merge the chunks in order (Chan), per channel
+        for c in prange(C, schedule='static', num_threads=n_threads):
+            if given_stats:
+                m = mu[c]
+                v = var[c]
+            else:
+                n_a = 0.0
+                m = 0.0
+                q = 0.0
+                for j in range(K):
+                    n_b = <double>(_rstart(j + 1, K, N) - _rstart(j, K, N)) * S
+                    d = pmean[j, c] - m
+                    m = m + d * (n_b / (n_a + n_b))
+                    q = q + pm2[j, c] + d * d * (n_a * n_b / (n_a + n_b))
+                    n_a = n_a + n_b
+                m = m + shift[c]
+                v = q / (<double>N * S)
+                mu[c] = <floating>m
+                var[c] = <floating>v
+            sd = sqrt(v + eps)
+            sqrtvar[c] = <floating>sd
+            ivar[c] = <floating>(1.0 / sd)
+            mu64[c] = m
+            ivar64[c] = 1.0 / sd
+        # pass 2: normalize
+        for t in prange(K * nfb, schedule='static', num_threads=n_threads):
+            k = t // nfb
+            c0 = (t % nfb) * FB
+            c1 = min(C, c0 + FB)
+            _normalize_rows(x, gamma, beta, mu64, ivar64, out, xmu, xhat, keep_nodes,
+                            _rstart(k, K, N), _rstart(k + 1, K, N), c0, c1)
 
 
-cdef int _backward_block(const floating[:, :, ::1] dout,
-                         const floating[:, :, ::1] xhat,
-                         const floating[::1] gamma, const floating[::1] ivar,
-                         floating[:, :, ::1] dx, floating[::1] dgamma,
-                         floating[::1] dbeta, bint batch_stats,
-                         Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
-    cdef Py_ssize_t N = dout.shape[0], S = dout.shape[2], nc = c1 - c0
-    cdef Py_ssize_t n, c, s, k
-    cdef double M = <double>(N * S)
-    cdef double* buf = <double*>malloc(3 * nc * sizeof(double))
-    cdef double* a
-    cdef double* b
-    cdef double* e
-    cdef double k_, ac, bc, ec
+# ----------------------------------------------------------------- backward
+
+cdef inline void _sums_rows(const floating[:, :, ::1] dout,
+                            const floating[:, :, ::1] src, bint from_x,
+                            const double[::1] m, const double[::1] iv,
+                            Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0,
+                            Py_ssize_t c1, double* sd,
+                            double* sdx) noexcept nogil:
+    # sd = sum(dout), sdx = sum(dout * xhat) over rows [r0, r1); xhat is src
+    # itself, or (src - mu) * ivar when src is x (minimal cache)
+    cdef Py_ssize_t S = dout.shape[2], n, c, s, k
+    cdef const floating* gr
+    cdef const floating* hr
+    cdef double a0, a1, mc, ic
+    for c in range(c1 - c0):
+        sd[c] = 0.0
+        sdx[c] = 0.0
+    for n in range(r0, r1):
+        gr = &dout[n, c0, 0]
+        hr = &src[n, c0, 0]
+        if S == 1:
+            if from_x:
+                for c in range(c1 - c0):
+                    sd[c] += gr[c]
+                    sdx[c] += gr[c] * ((hr[c] - m[c0 + c]) * iv[c0 + c])
+            else:
+                for c in range(c1 - c0):
+                    sd[c] += gr[c]
+                    sdx[c] += <double>gr[c] * hr[c]
+        else:
+            for c in range(c1 - c0):
+                k = c * S
+                sd[c] += run_sum(gr + k, S)
+                if from_x:
+                    mc = m[c0 + c]
+                    ic = iv[c0 + c]
+                    a0 = 0.0
+                    a1 = 0.0
+                    s = 0
+                    while s + 2 <= S:
+                        a0 += gr[k + s] * ((hr[k + s] - mc) * ic)
+                        a1 += gr[k + s + 1] * ((hr[k + s + 1] - mc) * ic)
+                        s += 2
+                    if s < S:
+                        a0 += gr[k + s] * ((hr[k + s] - mc) * ic)
+                    sdx[c] += a0 + a1
+                else:
+                    sdx[c] += run_dot(gr + k, hr + k, S)
+
+
+cdef inline void _dx_rows(const floating[:, :, ::1] dout,
+                          const floating[:, :, ::1] src, bint from_x,
+                          const double[::1] m, const double[::1] iv,
+                          const double* A, const double* B,
+                          const double* E, floating[:, :, ::1] dx,
+                          Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0,
+                          Py_ssize_t c1) noexcept nogil:
+    # dx = A * dout + E * xhat + B, per channel constants
+    cdef Py_ssize_t S = dout.shape[2], n, c, s, k
     cdef const floating* gr
     cdef const floating* hr
     cdef floating* dr
-    if buf == NULL:
-        return 1
-    a = buf
-    b = buf + nc
-    e = buf + 2 * nc
-    # pass 1: the two reductions, sum(dout) -> b and sum(dout * xhat) -> e
-    for c in range(nc):
-        b[c] = 0.0
-        e[c] = 0.0
-    for n in range(N):
+    cdef double ac, bc, ec, mc, ic
+    for n in range(r0, r1):
         gr = &dout[n, c0, 0]
-        hr = &xhat[n, c0, 0]
-        if S == 1:
-            for c in range(nc):
-                b[c] += gr[c]
-                e[c] += <double>gr[c] * hr[c]
-        else:
-            for c in range(nc):
-                b[c] += run_sum(gr + c * S, S)
-                e[c] += run_dot(gr + c * S, hr + c * S, S)
-    # dx = a * dout + e' * xhat + b' with, per channel, k = gamma * ivar / M,
-    # a = k * M, b' = -k * sum(dout), e' = -k * sum(dout * xhat)
-    for c in range(nc):
-        dbeta[c0 + c] = <floating>b[c]
-        dgamma[c0 + c] = <floating>e[c]
-        k_ = <double>gamma[c0 + c] * ivar[c0 + c] / M
-        a[c] = k_ * M
-        if batch_stats:
-            b[c] = -k_ * b[c]
-            e[c] = -k_ * e[c]
-        else:
-            # eval mode: mu and ivar are constants, so dx = gamma * ivar * dout
-            b[c] = 0.0
-            e[c] = 0.0
-    # pass 2: dx
-    for n in range(N):
-        gr = &dout[n, c0, 0]
-        hr = &xhat[n, c0, 0]
+        hr = &src[n, c0, 0]
         dr = &dx[n, c0, 0]
         if S == 1:
-            for c in range(nc):
-                dr[c] = <floating>(a[c] * gr[c] + e[c] * hr[c] + b[c])
+            if from_x:
+                for c in range(c1 - c0):
+                    dr[c] = <floating>(A[c0 + c] * gr[c]
+                                       + E[c0 + c] * ((hr[c] - m[c0 + c]) * iv[c0 + c])
+                                       + B[c0 + c])
+            else:
+                for c in range(c1 - c0):
+                    dr[c] = <floating>(A[c0 + c] * gr[c] + E[c0 + c] * hr[c] + B[c0 + c])
         else:
-            for c in range(nc):
-                ac = a[c]
-                bc = b[c]
-                ec = e[c]
+            for c in range(c1 - c0):
+                ac = A[c0 + c]
+                bc = B[c0 + c]
+                ec = E[c0 + c]
                 k = c * S
-                for s in range(S):
-                    dr[k + s] = <floating>(ac * gr[k + s] + ec * hr[k + s] + bc)
-    free(buf)
-    return 0
+                if from_x:
+                    mc = m[c0 + c]
+                    ic = iv[c0 + c]
+                    for s in range(S):
+                        dr[k + s] = <floating>(ac * gr[k + s] + ec * ((hr[k + s] - mc) * ic) + bc)
+                else:
+                    for s in range(S):
+                        dr[k + s] = <floating>(ac * gr[k + s] + ec * hr[k + s] + bc)
 
 
-def backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] xhat,
-             const floating[::1] gamma, const floating[::1] ivar,
-             floating[:, :, ::1] dx, floating[::1] dgamma, floating[::1] dbeta,
-             bint batch_stats, int n_threads):
+def backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] src,
+             bint from_x, const double[::1] mu64, const double[::1] ivar64,
+             const floating[::1] gamma, floating[:, :, ::1] dx,
+             floating[::1] dgamma, floating[::1] dbeta, bint batch_stats,
+             double[:, ::1] psum, double[:, ::1] pdot, double[:, ::1] coef,
+             int n_threads):
     """Closed-form gradients dx, dgamma, dbeta in two passes over the data.
 
-    ``batch_stats`` false gives the eval-mode gradient, where mu and ivar are
-    constants rather than functions of the batch.
+    ``src`` is ``xhat`` (full cache) or ``x`` (``from_x``, minimal cache; xhat
+    is recomputed from ``mu64`` and ``ivar64``). ``psum``/``pdot`` (K, C) hold
+    per-chunk partial sums, ``coef`` (3, C) is scratch. ``batch_stats`` false
+    gives the eval-mode gradient, where mu and ivar are constants.
     """
-    cdef Py_ssize_t C = dout.shape[1], nb = n_blocks(C, n_threads), b_
-    cdef int failed = 0
-    for b_ in prange(nb, nogil=True, schedule='static', num_threads=n_threads):
-        failed += _backward_block(dout, xhat, gamma, ivar, dx, dgamma, dbeta,
-                                  batch_stats, block_start(b_, nb, C),
-                                  block_start(b_ + 1, nb, C))
-    if failed:
-        raise MemoryError("backward: no memory for per-thread sums")
+    cdef Py_ssize_t N = dout.shape[0], C = dout.shape[1], S = dout.shape[2]
+    cdef Py_ssize_t K = psum.shape[0], FB = _fblock(S)
+    cdef Py_ssize_t nfb = (C + FB - 1) // FB, t, k, c0, c1, c, j
+    cdef double M = <double>N * S, sd, sdx, a
+    with nogil:
+        # pass 1: partial sums of every (chunk, block) task
+        for t in prange(K * nfb, schedule='static', num_threads=n_threads):
+            k = t // nfb
+            c0 = (t % nfb) * FB
+            c1 = min(C, c0 + FB)
+            _sums_rows(dout, src, from_x, mu64, ivar64, _rstart(k, K, N),
+                       _rstart(k + 1, K, N), c0, c1, &psum[k, c0], &pdot[k, c0])
+        # merge in chunk order; dx = A * dout + E * xhat + B with
+        # A = gamma * ivar, B = -A * sum(dout) / M, E = -A * sum(dout * xhat) / M
+        for c in prange(C, schedule='static', num_threads=n_threads):
+            sd = 0.0
+            sdx = 0.0
+            for j in range(K):
+                sd = sd + psum[j, c]
+                sdx = sdx + pdot[j, c]
+            dbeta[c] = <floating>sd
+            dgamma[c] = <floating>sdx
+            a = gamma[c] * ivar64[c]
+            coef[0, c] = a
+            if batch_stats:
+                coef[1, c] = -a * sd / M
+                coef[2, c] = -a * sdx / M
+            else:
+                coef[1, c] = 0.0
+                coef[2, c] = 0.0
+        # pass 2: dx
+        for t in prange(K * nfb, schedule='static', num_threads=n_threads):
+            k = t // nfb
+            c0 = (t % nfb) * FB
+            c1 = min(C, c0 + FB)
+            _dx_rows(dout, src, from_x, mu64, ivar64, &coef[0, 0], &coef[1, 0], &coef[2, 0], dx,
+                     _rstart(k, K, N), _rstart(k + 1, K, N), c0, c1)
+
+
+def copy(const floating[::1] src, floating[::1] dst, int n_threads):
+    """dst[:] = src with ``n_threads`` threads: the benchmark's bandwidth probe."""
+    cdef Py_ssize_t L = src.shape[0], B = 1 << 16, nb = (L + B - 1) // B, b, lo, hi
+    for b in prange(nb, nogil=True, schedule='static', num_threads=n_threads):
+        lo = b * B
+        hi = min(L, lo + B)
+        memcpy(&dst[lo], &src[lo], (hi - lo) * sizeof(floating))

@@ -16,7 +16,7 @@ from libc.math cimport sqrt
 from libc.stdlib cimport malloc, free
 
 from cybatchnorm._common cimport (n_blocks, block_start, run_sum, run_dot,
-                                  welford_block)
+                                  welford_rows)
 # The shim makes prange serial, not broken, in a build without OpenMP.
 cimport cybatchnorm._openmp
 
@@ -174,9 +174,12 @@ def mu_forward(const floating[:, :, ::1] x, floating[::1] mu, int n_threads):
         if buf == NULL:
             failed += 1
         else:
-            welford_block(x, c0, c1, buf, buf + (c1 - c0), buf + 2 * (c1 - c0))
             for c in range(c1 - c0):
-                mu[c0 + c] = <floating>buf[c]
+                buf[2 * (c1 - c0) + c] = x[0, c0 + c, 0]      # the shift
+            welford_rows(x, 0, x.shape[0], c0, c1, buf + 2 * (c1 - c0), buf,
+                         buf + (c1 - c0))
+            for c in range(c1 - c0):
+                mu[c0 + c] = <floating>(buf[2 * (c1 - c0) + c] + buf[c])
             free(buf)
     if failed:
         raise MemoryError("mu_forward: no memory for per-thread sums")

@@ -4,6 +4,8 @@ batchnorm_backward_fused, and the Cache that carries the forward's values.
 This is where user input is validated (through ``_validation``) before any
 kernel runs; the kernels themselves never check anything.
 """
+from types import SimpleNamespace
+
 import numpy as np
 
 from . import _fused, graph
@@ -14,6 +16,20 @@ __all__ = ["Cache", "batchnorm_forward", "batchnorm_backward", "batchnorm_backwa
 
 _FULL = ("xmu", "xhat")
 _CHANNEL = ("mu", "var", "sqrtvar", "ivar", "gamma", "beta")
+_KINDS = ("full", "minimal")
+
+# Row chunks of the fused kernels: chosen from the shape alone (never from the
+# thread count, so results do not depend on it). At least 32 Ki values per
+# chunk, at most 64 chunks, at most 128 Ki partial results per statistic.
+_MIN_CHUNK_VALUES = 1 << 15
+_MAX_CHUNKS = 64
+_MAX_PARTIALS = 1 << 17
+
+
+def _row_chunks(view):
+    N, C, S = view
+    return max(1, min(N, _MAX_CHUNKS, N * C * S // _MIN_CHUNK_VALUES,
+                      _MAX_PARTIALS // max(C, 1)))
 
 
 class Cache:
@@ -26,48 +42,59 @@ class Cache:
     attribute  shape           value
     ========== =============== ==============================================
     mu         (C,)            batch mean per channel
-    xmu        x.shape         ``x - mu``
+    xmu        x.shape         ``x - mu`` (None in a minimal cache)
     var        (C,)            biased batch variance
     sqrtvar    (C,)            ``sqrt(var + eps)``
     ivar       (C,)            ``1 / sqrtvar``
-    xhat       x.shape         ``xmu * ivar``
+    xhat       x.shape         ``xmu * ivar`` (None in a minimal cache)
+    x          x.shape         the input, minimal cache only (None otherwise)
     gamma      (C,)            a copy of the scale used by the forward
     beta       (C,)            a copy of the shift used by the forward
     ========== =============== ==============================================
 
-    plus ``eps`` (float), ``shape`` (x's shape), ``dtype`` and ``mode``
-    (``"train"``: batch statistics, gradients flow through mu and var;
-    ``"eval"``: mu and var were the running statistics, constants).
+    plus ``eps`` (float), ``shape`` (x's shape), ``dtype``, ``kind``
+    (``"full"`` or ``"minimal"``) and ``mode`` (``"train"``: batch
+    statistics, gradients flow through mu and var; ``"eval"``: mu and var
+    were the running statistics, constants).
 
-    Memory: two arrays the size of x (``xmu`` and ``xhat``) plus six (C,)
-    arrays, i.e. about ``2 * x.size * itemsize`` bytes. ``sq`` is not kept: its
+    Memory: a full cache holds two arrays the size of x (``xmu`` and
+    ``xhat``) plus (C,) vectors, about ``2 * x.nbytes``. A minimal cache holds
+    no new array the size of x: it keeps a *reference* to the (contiguous,
+    typed) input instead, like PyTorch does, so x must not be changed in
+    place between the forward and the backward. ``sq`` is never kept: its
     backward needs only ``xmu``.
 
     A Cache is made by the forward pass and cannot be changed afterwards.
     """
 
-    __slots__ = ("shape", "dtype", "eps", "mode") + _CHANNEL + _FULL
+    __slots__ = ("shape", "dtype", "eps", "mode", "kind", "x", "mu64", "ivar64") + _CHANNEL + _FULL
 
-    def __init__(self, *, shape, dtype, eps, mode, **arrays):
-        for name in _CHANNEL + _FULL:
-            arr = arrays[name]
-            arr.flags.writeable = False
+    def __init__(self, *, shape, dtype, eps, mode, kind, **arrays):
+        for name in _CHANNEL + _FULL + ("x", "mu64", "ivar64"):
+            arr = arrays.get(name)
+            if arr is not None:
+                arr = arr.view()
+                arr.flags.writeable = False
             object.__setattr__(self, name, arr)
         object.__setattr__(self, "shape", tuple(shape))
         object.__setattr__(self, "dtype", np.dtype(dtype))
         object.__setattr__(self, "eps", float(eps))
         object.__setattr__(self, "mode", mode)
+        object.__setattr__(self, "kind", kind)
 
     def __setattr__(self, name, value):
         raise AttributeError("Cache is read-only: it holds the values of one forward pass")
 
     def __repr__(self):
-        return f"Cache(shape={self.shape}, dtype={self.dtype}, mode={self.mode!r}, eps={self.eps})"
+        return (f"Cache(shape={self.shape}, dtype={self.dtype}, kind={self.kind!r}, "
+                f"mode={self.mode!r}, eps={self.eps})")
 
     @property
     def nbytes(self):
-        """Bytes held by the cache's arrays."""
-        return sum(getattr(self, n).nbytes for n in _CHANNEL + _FULL)
+        """Bytes of the arrays this cache holds that the forward allocated
+        (the referenced input of a minimal cache is not counted)."""
+        names = _CHANNEL + ("mu64", "ivar64") + (_FULL if self.kind == "full" else ())
+        return sum(getattr(self, n).nbytes for n in names)
 
 
 def _check_cache(cache):
@@ -78,23 +105,46 @@ def _check_cache(cache):
             f"cache: expected the Cache returned by batchnorm_forward, got {type(cache).__name__}"
         )
     shape, dt = cache.shape, cache.dtype
+    if cache.mode not in ("train", "eval") or cache.kind not in _KINDS:
+        raise ValueError(f"cache: unknown mode {cache.mode!r} or kind {cache.kind!r}")
     want = {n: (shape[1],) for n in _CHANNEL}
-    want.update({n: shape for n in _FULL})
+    want.update({n: shape for n in (_FULL if cache.kind == "full" else ("x",))})
     for name, wshape in want.items():
         arr = getattr(cache, name)
         if not (isinstance(arr, np.ndarray) and arr.dtype == dt and arr.shape == wshape
                 and arr.flags.c_contiguous):
             raise ValueError(f"cache: its {name} is not a C-contiguous {dt} array of shape {wshape}")
-    if cache.mode not in ("train", "eval"):
-        raise ValueError(f"cache: unknown mode {cache.mode!r}")
+    for name in ("mu64", "ivar64"):
+        arr = getattr(cache, name)
+        if not (isinstance(arr, np.ndarray) and arr.dtype == np.float64
+                and arr.shape == (shape[1],) and arr.flags.c_contiguous):
+            raise ValueError(f"cache: its {name} is not a float64 array of shape ({shape[1]},)")
 
 
-def _forward(x, gamma, beta, eps, num_threads, stats=None):
+def _check_output(name, arr, shape, dtype, inputs):
+    """Validate a preallocated output (``out=``, ``dx=``); return its (N, C, S) view."""
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy array, got {type(arr).__name__}")
+    if arr.dtype != dtype or arr.shape != tuple(shape):
+        raise ValueError(f"{name}: expected a {dtype} array of shape {tuple(shape)}, "
+                         f"got {arr.dtype} {arr.shape}")
+    if not arr.flags.c_contiguous:
+        raise ValueError(f"{name}: expected a C-contiguous array")
+    if not arr.flags.writeable:
+        raise ValueError(f"{name}: expected a writable array")
+    for other in inputs:
+        if other is not None and np.may_share_memory(arr, other):
+            raise ValueError(f"{name}: must not share memory with an input or the cache")
+    return arr.reshape(view3d(shape))
+
+
+def _forward(x, gamma, beta, eps, num_threads, stats=None, cache="full", out=None):
     """Validate, run the fused forward kernel, wrap the results.
 
     ``stats`` None computes the batch statistics (training); a pair
     ``(mean, var)`` normalizes with those instead (eval mode).
     """
+    x_in = x
     x3, shape, dt = full("x", x)
     C = shape[1]
     if stats is None:
@@ -102,25 +152,40 @@ def _forward(x, gamma, beta, eps, num_threads, stats=None):
     gamma = feature("gamma", gamma, C, dt).copy()
     beta = feature("beta", beta, C, dt).copy()
     eps = check_eps(eps)
+    if cache not in _KINDS:
+        raise ValueError(f"cache: expected 'full' or 'minimal', got {cache!r}")
     nt = effective_num_threads(num_threads)
-    out = np.empty(x3.shape, dt)
-    xmu = np.empty(x3.shape, dt)
-    xhat = np.empty(x3.shape, dt)
+    if out is None:
+        out3 = np.empty(x3.shape, dt)
+    else:
+        out3 = _check_output("out", out, shape, dt,
+                             (x_in, x3) + (tuple(stats) if stats is not None else ()))
+    keep = cache == "full"
+    xmu = np.empty(x3.shape, dt) if keep else out3
+    xhat = np.empty(x3.shape, dt) if keep else out3
     if stats is None:
         mu, var = np.empty(C, dt), np.empty(C, dt)
     else:
         mu = feature("running_mean", stats[0], C, dt).copy()
         var = feature("running_var", stats[1], C, dt).copy()
     sqrtvar, ivar = np.empty(C, dt), np.empty(C, dt)
-    _fused.forward(x3, gamma, beta, eps, out, xmu, xhat, True, mu, var,
-                   sqrtvar, ivar, stats is not None, nt)
-    cache = Cache(shape=shape, dtype=dt, eps=eps, mode="train" if stats is None else "eval",
-                  mu=mu, var=var, sqrtvar=sqrtvar, ivar=ivar, gamma=gamma, beta=beta,
-                  xmu=xmu.reshape(shape), xhat=xhat.reshape(shape))
-    return out.reshape(shape), cache
+    mu64, ivar64 = np.empty(C), np.empty(C)
+    K = _row_chunks(x3.shape)
+    _fused.forward(x3, gamma, beta, eps, out3, xmu, xhat, keep, mu, var, sqrtvar, ivar,
+                   mu64, ivar64, stats is not None, np.empty((K, C)), np.empty((K, C)),
+                   np.empty(C), nt)
+    arrays = dict(mu=mu, var=var, sqrtvar=sqrtvar, ivar=ivar, gamma=gamma, beta=beta,
+                  mu64=mu64, ivar64=ivar64)
+    if keep:
+        arrays.update(xmu=xmu.reshape(shape), xhat=xhat.reshape(shape))
+    else:
+        arrays.update(x=x3.reshape(shape))
+    c = Cache(shape=shape, dtype=dt, eps=eps, mode="train" if stats is None else "eval",
+              kind=cache, **arrays)
+    return out3.reshape(shape), c
 
 
-def batchnorm_forward(x, gamma, beta, eps=1e-5, *, num_threads=None):
+def batchnorm_forward(x, gamma, beta, eps=1e-5, *, num_threads=None, cache="full", out=None):
     """Batch normalization, training mode: normalize each channel over the batch.
 
     Parameters
@@ -137,11 +202,19 @@ def batchnorm_forward(x, gamma, beta, eps=1e-5, *, num_threads=None):
     num_threads : int or None, keyword-only
         OpenMP threads; None uses all cores (honouring ``OMP_NUM_THREADS`` and
         threadpoolctl). Results are bitwise identical for any value.
+    cache : {"full", "minimal"}, keyword-only
+        ``"full"`` keeps ``xmu`` and ``xhat`` (two arrays the size of x);
+        ``"minimal"`` keeps only a reference to x and the (C,) statistics,
+        enough for :func:`batchnorm_backward_fused` (the staged backward then
+        recomputes ``xmu`` and ``xhat``).
+    out : ndarray, keyword-only
+        Where to write the output: C-contiguous, writable, x's shape and
+        computation dtype, sharing no memory with the inputs.
 
     Returns
     -------
     out : ndarray, shape of x
-        ``gamma * (x - mu) / sqrt(var + eps) + beta``.
+        ``gamma * (x - mu) / sqrt(var + eps) + beta`` (``out`` itself if given).
     cache : Cache
         The node values the backward passes need.
 
@@ -151,7 +224,7 @@ def batchnorm_forward(x, gamma, beta, eps=1e-5, *, num_threads=None):
         An argument is not an array of real numbers, or eps is not a number.
     ValueError
         Wrong shapes, N == 0, a single value per channel, eps not finite or
-        not > 0, num_threads < 1.
+        not > 0, num_threads < 1, an unknown cache kind, a bad ``out``.
 
     Examples
     --------
@@ -164,16 +237,20 @@ def batchnorm_forward(x, gamma, beta, eps=1e-5, *, num_threads=None):
     array([[-1., -1.],
            [ 1.,  1.]])
     """
-    return _forward(x, gamma, beta, eps, num_threads)
+    return _forward(x, gamma, beta, eps, num_threads, cache=cache, out=out)
 
 
-def _prepare_backward(dout, cache, num_threads):
+def _prepare_backward(dout, cache, num_threads, dx):
     _check_cache(cache)
     g3 = full("dout", dout, cache.dtype, cache.shape)[0]
-    return g3, effective_num_threads(num_threads)
+    nt = effective_num_threads(num_threads)
+    if dx is not None:
+        held = [getattr(cache, n) for n in _CHANNEL + _FULL + ("x",)]
+        dx = _check_output("dx", dx, cache.shape, cache.dtype, [dout, g3] + held)
+    return g3, nt, dx
 
 
-def batchnorm_backward(dout, cache, *, num_threads=None):
+def batchnorm_backward(dout, cache, *, num_threads=None, dx=None):
     """Staged backward pass: walk the graph in reverse, one compiled kernel per node.
 
     Parameters
@@ -184,10 +261,15 @@ def batchnorm_backward(dout, cache, *, num_threads=None):
         From :func:`batchnorm_forward` (or a :class:`BatchNorm` forward).
     num_threads : int or None, keyword-only
         OpenMP threads; None uses all cores.
+    dx : ndarray, keyword-only
+        Where to write ``dx``: C-contiguous, writable, of x's shape and the
+        cache's dtype, sharing no memory with ``dout`` or the cache.
 
     Returns
     -------
     dx : ndarray, shape of x
+        (``dx`` itself if given). A minimal cache has no ``xmu``/``xhat``: they
+        are recomputed with the node kernels first.
     dgamma, dbeta : ndarray, shape (C,)
 
     Raises
@@ -195,7 +277,8 @@ def batchnorm_backward(dout, cache, *, num_threads=None):
     TypeError
         ``cache`` is not a Cache, or ``dout`` is not an array of real numbers.
     ValueError
-        ``dout``'s shape differs from the forward input's, or the cache is damaged.
+        ``dout``'s shape differs from the forward input's, the cache is
+        damaged, or ``dx`` is not a suitable output.
 
     See Also
     --------
@@ -213,14 +296,21 @@ def batchnorm_backward(dout, cache, *, num_threads=None):
     >>> bool(np.abs(dx).max() < 1e-12)     # a constant dout does not move a normalized output
     True
     """
-    g3, nt = _prepare_backward(dout, cache, num_threads)
+    g3, nt, dx3 = _prepare_backward(dout, cache, num_threads, dx)
     constants = ("mu", "ivar") if cache.mode == "eval" else ()
-    grads = graph.backward(g3.reshape(cache.shape), cache, num_threads=nt,
-                           constants=constants)
+    saved = cache
+    if cache.kind == "minimal":   # the walk reads xmu and xhat: recompute them
+        xmu = graph.xmu_forward(cache.x, cache.mu, num_threads=nt)
+        saved = SimpleNamespace(shape=cache.shape, xmu=xmu, sqrtvar=cache.sqrtvar,
+                                ivar=cache.ivar, gamma=cache.gamma,
+                                xhat=graph.xhat_forward(xmu, cache.ivar, num_threads=nt))
+    grads = graph.backward(g3.reshape(cache.shape), saved, num_threads=nt,
+                           constants=constants,
+                           dx=None if dx3 is None else dx3.reshape(cache.shape))
     return grads["dx"], grads["dgamma"], grads["dbeta"]
 
 
-def batchnorm_backward_fused(dout, cache, *, num_threads=None):
+def batchnorm_backward_fused(dout, cache, *, num_threads=None, dx=None):
     """Closed-form backward pass in two passes over memory.
 
     ``dx = (gamma * ivar / M) * (M * dout - sum(dout) - xhat * sum(dout * xhat))``
@@ -237,10 +327,14 @@ def batchnorm_backward_fused(dout, cache, *, num_threads=None):
         From :func:`batchnorm_forward` (or a :class:`BatchNorm` forward).
     num_threads : int or None, keyword-only
         OpenMP threads; None uses all cores.
+    dx : ndarray, keyword-only
+        Where to write ``dx``: C-contiguous, writable, of x's shape and the
+        cache's dtype, sharing no memory with ``dout`` or the cache.
 
     Returns
     -------
     dx : ndarray, shape of x
+        (``dx`` itself if given)
     dgamma, dbeta : ndarray, shape (C,)
 
     Raises
@@ -248,7 +342,14 @@ def batchnorm_backward_fused(dout, cache, *, num_threads=None):
     TypeError
         ``cache`` is not a Cache, or ``dout`` is not an array of real numbers.
     ValueError
-        ``dout``'s shape differs from the forward input's, or the cache is damaged.
+        ``dout``'s shape differs from the forward input's, the cache is
+        damaged, or ``dx`` is not a suitable output.
+
+    Notes
+    -----
+    Two passes over memory: ``dout`` and ``xhat`` (or, from a minimal cache,
+    ``x``) are read twice and ``dx`` written once. Nothing the size of x is
+    allocated except ``dx`` (and not even that when ``dx`` is given).
 
     Examples
     --------
@@ -261,10 +362,15 @@ def batchnorm_backward_fused(dout, cache, *, num_threads=None):
     >>> all(np.allclose(s, f, rtol=1e-12, atol=1e-14) for s, f in zip(staged, fused))
     True
     """
-    g3, nt = _prepare_backward(dout, cache, num_threads)
+    g3, nt, dx3 = _prepare_backward(dout, cache, num_threads, dx)
     shape, dt, C = cache.shape, cache.dtype, cache.shape[1]
-    dx = np.empty(g3.shape, dt)
+    if dx3 is None:
+        dx3 = np.empty(g3.shape, dt)
     dgamma, dbeta = np.empty(C, dt), np.empty(C, dt)
-    _fused.backward(g3, cache.xhat.reshape(view3d(shape)), cache.gamma, cache.ivar,
-                    dx, dgamma, dbeta, cache.mode == "train", nt)
-    return dx.reshape(shape), dgamma, dbeta
+    from_x = cache.kind == "minimal"
+    src = (cache.x if from_x else cache.xhat).reshape(g3.shape)
+    K = _row_chunks(g3.shape)
+    _fused.backward(g3, src, from_x, cache.mu64, cache.ivar64, cache.gamma, dx3, dgamma,
+                    dbeta, cache.mode == "train", np.empty((K, C)), np.empty((K, C)),
+                    np.empty((3, C)), nt)
+    return dx3.reshape(shape), dgamma, dbeta

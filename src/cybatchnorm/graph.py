@@ -360,7 +360,7 @@ def forward(x, gamma, beta, eps=1e-5, *, num_threads=None):
     return values
 
 
-def backward(dout, cache, *, num_threads=None, constants=(), keep=False):
+def backward(dout, cache, *, num_threads=None, constants=(), keep=False, dx=None):
     """Walk :data:`NODES` in reverse, from ``dout`` to ``dx``, ``dgamma``, ``dbeta``.
 
     Parameters
@@ -379,6 +379,9 @@ def backward(dout, cache, *, num_threads=None, constants=(), keep=False):
         ``("mu", "ivar")``: the running statistics do not depend on x.
     keep : bool
         Keep every intermediate gradient; otherwise only the final ones.
+    dx : ndarray, optional
+        A C-contiguous array of x's shape and dtype to write ``dx`` into
+        (checked by the caller).
 
     Returns
     -------
@@ -409,12 +412,17 @@ def backward(dout, cache, *, num_threads=None, constants=(), keep=False):
                 # buffer this walk made and nobody else has seen.
                 first = pending[target]
                 inplace = not keep and not np.may_share_memory(first, dout)
-                value = branch_sum(first, value, num_threads=nt,
-                                   out=first if inplace else None)
+                dest = first if inplace else None
+                if target == "x" and dx is not None:
+                    dest = dx
+                value = branch_sum(first, value, num_threads=nt, out=dest)
                 if keep:
                     produced["d" + target] = value
             pending[target] = value
     result = {"d" + k: pending[k] for k in ("x", "gamma", "beta")}
+    if dx is not None and result["dx"] is not dx:   # x had one path only (eval mode)
+        np.copyto(dx, result["dx"])
+        result["dx"] = dx
     if keep:
         produced.update(result)
         return produced
