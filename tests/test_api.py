@@ -225,3 +225,64 @@ def test_public_names_have_docstrings():
             assert obj.__doc__ and obj.__doc__.strip(), name
     for name in bn.graph.__all__:
         assert getattr(bn.graph, name).__doc__, name
+
+
+@pytest.mark.parametrize("shape", [(512, 256), (8, 16, 12, 12), (4096, 3)])
+def test_fused_path_allocates_nothing_the_size_of_x(rng, shape):
+    # a memory property, not a timing: tracemalloc sees numpy's allocations
+    import tracemalloc
+    x = rng.normal(size=shape)
+    g, b, dout = np.ones(shape[1]), np.zeros(shape[1]), rng.normal(size=shape)
+    out, dx = np.empty_like(x), np.empty_like(x)
+    bn.batchnorm_forward(x, g, b, cache="minimal", out=out)   # warm-up
+    tracemalloc.start()
+    try:
+        o, cache = bn.batchnorm_forward(x, g, b, cache="minimal", out=out)
+        d, _, _ = bn.batchnorm_backward_fused(dout, cache, dx=dx)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert o is out and d is dx
+    assert peak < 0.1 * x.nbytes + 64 * 1024, peak
+    assert cache.xmu is None and cache.xhat is None and cache.x.base is not None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(300, 7), (6, 3, 5, 4), (70000, 2)])
+def test_minimal_cache_gives_the_same_gradients(rng, dtype, shape):
+    x, g, b, dout = make(rng, shape, dtype)
+    out_f, full = bn.batchnorm_forward(x, g, b)
+    out_m, mini = bn.batchnorm_forward(x, g, b, cache="minimal")
+    np.testing.assert_array_equal(out_f, out_m)
+    assert mini.kind == "minimal" and mini.nbytes < x.nbytes
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    vals = {"gamma": full.gamma, "ivar": full.ivar}
+    for fn in (bn.batchnorm_backward, bn.batchnorm_backward_fused):
+        a, c = fn(dout, full), fn(dout, mini)
+        assert ref.dx_error(c[0], a[0], dout, vals) < tol
+        assert ref.rel(c[1], a[1]) < tol and ref.rel(c[2], a[2]) < tol
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_outputs_passed_in(rng, dtype):
+    x, g, b, dout = make(rng, (40, 6, 3), dtype)
+    out = np.empty_like(x)
+    o, cache = bn.batchnorm_forward(x, g, b, out=out)
+    assert o is out
+    np.testing.assert_array_equal(out, bn.batchnorm_forward(x, g, b)[0])
+    for fn in (bn.batchnorm_backward, bn.batchnorm_backward_fused):
+        dx = np.full_like(x, np.nan)
+        got = fn(dout, cache, dx=dx)
+        assert got[0] is dx
+        np.testing.assert_array_equal(dx, fn(dout, cache)[0])
+
+
+def test_eval_cache_staged_dx_passed_in(rng):
+    layer = bn.BatchNorm(3).eval()
+    x = rng.normal(size=(5, 3))
+    layer.forward(x)
+    dout = rng.normal(size=x.shape)
+    dx = np.empty_like(x)
+    got = bn.batchnorm_backward(dout, layer._cache, dx=dx)[0]
+    assert got is dx
+    np.testing.assert_allclose(dx, dout * layer.gamma / np.sqrt(1 + 1e-5), rtol=1e-14)

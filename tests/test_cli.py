@@ -81,3 +81,29 @@ def test_failed_check_exits_nonzero(monkeypatch, capsys):
     monkeypatch.setattr(cli, "GRADCHECK_TOL", 0.0)
     assert main([]) == 1
     assert "FAIL" in capsys.readouterr().out
+
+
+def test_bench_smoke(tmp_path):
+    # tiny cases so the command cannot rot; timings are printed, never asserted
+    out = tmp_path / "b.json"
+    r = run("bench", "--cases", "16x8,4x3x2x2", "--dtype", "float32", "--threads", "1,all",
+            "--repeats", "1", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "16x8" in r.stdout and "f+b/bnd" in r.stdout
+    import json
+    data = json.loads(out.read_text())
+    assert len(data["results"]) >= 2
+    for res in data["results"]:
+        for key in ("alloc_total", "passed_total", "staged_bwd", "bound", "numpy_staged_bwd",
+                    "peak_alloc", "peak_passed"):
+            assert res[key] > 0
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["bench", "--cases", "16"], "--cases"),
+    (["bench", "--dtype", "float16"], "--dtype"),
+    (["bench", "--threads", "0"], "--threads"),
+])
+def test_bench_errors(args, needle):
+    r = run(*args)
+    assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -29,21 +29,34 @@ def batches(draw):
     return x, g, b, dout
 
 
+def condition(x, var):
+    """max |x| / std over channels: how many digits xmu = x - mu must lose."""
+    std = np.sqrt(np.asarray(var, np.float64))
+    xmax = np.abs(x.astype(np.float64)).swapaxes(0, 1).reshape(x.shape[1], -1).max(1)
+    return float(np.max(np.where(std > 0, xmax / np.where(std > 0, std, 1), 1.0)))
+
+
 @given(batches())
 def test_forward_and_backward_match_reference(data):
     x, g, b, dout = data
     out, cache = bn.batchnorm_forward(x, g, b)
     r = ref.forward(x, g, b, dtype=np.longdouble)
     f32 = x.dtype == np.float32
-    # float32 relative to scale; a near-constant feature amplifies rounding
-    assert ref.rel(out, r["out"]) < (1e-4 if f32 else 1e-9)
+    # errors relative to scale; data far from zero compared with its spread
+    # (condition |x| / std) loses digits in xmu for any implementation
+    eps_ = np.finfo(x.dtype).eps
+    tol = (1e-5 if f32 else 1e-12) + 10 * eps_ * condition(x, r["var"])
+    assert ref.rel(out, r["out"]) < tol
     rd = ref.backward_staged(dout, r, dtype=np.longdouble)
+    xhat = np.asarray(r["xhat"], np.longdouble)
+    dg_scale = np.abs(dout * xhat).reshape(x.shape[0], x.shape[1], -1).sum(axis=(0, 2)).max()
     for fn in (bn.batchnorm_backward, bn.batchnorm_backward_fused):
         dx, dg, db = fn(dout, cache)
         assert np.isfinite(dx).all()
-        assert ref.dx_error(dx, rd["dx"], dout, r) < (1e-4 if f32 else 1e-9)
+        assert ref.dx_error(dx, rd["dx"], dout, r) < tol
         assert ref.rel(db, rd["dbeta"]) < (1e-5 if f32 else 1e-12)
-        assert ref.rel(dg, rd["dgamma"]) < (1e-4 if f32 else 1e-9)
+        # dgamma = sum(dout * xhat) can cancel: measure against its terms
+        assert float(np.abs(dg - rd["dgamma"]).max() / dg_scale) < tol
 
 
 @given(batches())

@@ -53,6 +53,12 @@ FORWARD_CASES = [
     ("num_threads 0", fwd(num_threads=0), ValueError, "num_threads"),
     ("num_threads negative", fwd(num_threads=-2), ValueError, "num_threads"),
     ("num_threads float", fwd(num_threads=2.0), TypeError, "num_threads"),
+    ("cache kind unknown", fwd(cache="tiny"), ValueError, "cache"),
+    ("out wrong shape", fwd(out=np.empty((4, 2))), ValueError, "out"),
+    ("out wrong dtype", fwd(out=np.empty((4, 3), np.float32)), ValueError, "out"),
+    ("out not an array", fwd(out=[[0.0] * 3] * 4), TypeError, "out"),
+    ("out not contiguous", fwd(out=np.empty((3, 4)).T), ValueError, "out"),
+    ("out read-only", fwd(out=np.broadcast_to(np.zeros(3), (4, 3))), ValueError, "out"),
 ]
 
 BACKWARD_CASES = []
@@ -68,6 +74,8 @@ for _fn in (bn.batchnorm_backward, bn.batchnorm_backward_fused):
         (f"{_n} cache None", bwd(_fn, cache=None), TypeError, "cache"),
         (f"{_n} num_threads 0", bwd(_fn, num_threads=0), ValueError, "num_threads"),
         (f"{_n} num_threads str", bwd(_fn, num_threads="all"), TypeError, "num_threads"),
+        (f"{_n} dx wrong shape", bwd(_fn, dx=np.empty((3, 4))), ValueError, "dx"),
+        (f"{_n} dx wrong dtype", bwd(_fn, dx=np.empty((4, 3), np.float32)), ValueError, "dx"),
     ]
 
 CASES = FORWARD_CASES + BACKWARD_CASES
@@ -111,3 +119,20 @@ def test_nan_and_inf_do_not_raise():
     out, cache = bn.batchnorm_forward(x, G, B)
     assert np.isnan(out[:, 0]).all() and np.isnan(out[:, 1]).any()
     assert np.isfinite(out[:, 2]).all()
+
+
+def test_outputs_aliasing_inputs_are_refused():
+    x = X.copy()
+    with pytest.raises(ValueError, match="^out"):
+        bn.batchnorm_forward(x, G, B, out=x)
+    np.testing.assert_array_equal(x, X)
+    _, cache = bn.batchnorm_forward(X, G, B)
+    _, mini = bn.batchnorm_forward(x, G, B, cache="minimal")
+    dout = DOUT.copy()
+    for fn in (bn.batchnorm_backward, bn.batchnorm_backward_fused):
+        with pytest.raises(ValueError, match="^dx"):
+            fn(dout, cache, dx=dout)
+        with pytest.raises(ValueError, match="^dx"):
+            fn(dout, mini, dx=x)                # x is held by the minimal cache
+    np.testing.assert_array_equal(dout, DOUT)
+    np.testing.assert_array_equal(x, X)

@@ -16,6 +16,7 @@ from .api import batchnorm_backward, batchnorm_backward_fused, batchnorm_forward
 from .gradcheck import check_gradients
 from ._threads import effective_num_threads
 from ._validation import full
+from .bench import CASES, run as run_bench
 
 # staged and fused agree to rounding; these are the promised tolerances
 AGREEMENT_TOL = {"float64": 1e-12, "float32": 1e-5}
@@ -59,7 +60,43 @@ def build_parser():
     p.add_argument("--input", metavar="FILE.npy", default=None,
                    help="use this batch, shape (N, D) or (N, C, *spatial), "
                         "instead of a generated one")
+    sub = p.add_subparsers(dest="command", metavar="{bench}",
+                           parser_class=_Parser,
+                           description="without a command: the demo")
+    b = sub.add_parser("bench", help="time forward/backward against numpy, PyTorch and "
+                                     "the memory-bandwidth bound, side by side")
+    b.add_argument("--cases", default=",".join(CASES),
+                   help="comma-separated shapes like 256x1024,32x64x56x56 "
+                        f"(default: {','.join(CASES)})")
+    b.add_argument("--dtype", default="float32,float64",
+                   help="float32, float64 or both, comma-separated (default both)")
+    b.add_argument("--threads", default="1,all",
+                   help="comma-separated thread counts; 'all' means every core (default 1,all)")
+    b.add_argument("--repeats", type=_positive_int, default=7,
+                   help="timed runs per measurement, the median is reported (default 7)")
+    b.add_argument("--json", metavar="FILE", default=None,
+                   help="also write every measurement to FILE as JSON")
     return p
+
+
+def _bench(args):
+    dtypes = [d.strip() for d in args.dtype.split(",") if d.strip()]
+    for d in dtypes:
+        if d not in ("float32", "float64"):
+            raise ValueError(f"--dtype: expected float32 and/or float64, got {d!r}")
+    threads = []
+    for t in args.threads.split(","):
+        t = t.strip()
+        if t == "all":
+            threads.append(effective_num_threads(None))
+        else:
+            try:
+                threads.append(effective_num_threads(int(t)))
+            except ValueError:
+                raise ValueError(f"--threads: expected positive integers or 'all', got {t!r}") from None
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    results = run_bench(cases, dtypes, sorted(set(threads)), args.repeats, args.json)
+    return 0 if results else 1
 
 
 def _summary(a):
@@ -155,8 +192,10 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command == "bench":
+            return _bench(args)
         return demo(args)
-    except (TypeError, ValueError, MemoryError) as exc:
+    except (TypeError, ValueError, MemoryError, OSError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -182,7 +182,7 @@ def _forward(x, gamma, beta, eps, num_threads, stats=None, cache="full", out=Non
         arrays.update(x=x3.reshape(shape))
     c = Cache(shape=shape, dtype=dt, eps=eps, mode="train" if stats is None else "eval",
               kind=cache, **arrays)
-    return out3.reshape(shape), c
+    return (out if out is not None else out3.reshape(shape)), c
 
 
 def batchnorm_forward(x, gamma, beta, eps=1e-5, *, num_threads=None, cache="full", out=None):
@@ -307,7 +307,7 @@ def batchnorm_backward(dout, cache, *, num_threads=None, dx=None):
     grads = graph.backward(g3.reshape(cache.shape), saved, num_threads=nt,
                            constants=constants,
                            dx=None if dx3 is None else dx3.reshape(cache.shape))
-    return grads["dx"], grads["dgamma"], grads["dbeta"]
+    return (dx if dx is not None else grads["dx"]), grads["dgamma"], grads["dbeta"]
 
 
 def batchnorm_backward_fused(dout, cache, *, num_threads=None, dx=None):
@@ -373,4 +373,4 @@ def batchnorm_backward_fused(dout, cache, *, num_threads=None, dx=None):
     _fused.backward(g3, src, from_x, cache.mu64, cache.ivar64, cache.gamma, dx3, dgamma,
                     dbeta, cache.mode == "train", np.empty((K, C)), np.empty((K, C)),
                     np.empty((3, C)), nt)
-    return dx3.reshape(shape), dgamma, dbeta
+    return (dx if dx is not None else dx3.reshape(shape)), dgamma, dbeta

@@ -1,0 +1,310 @@
+"""``python -m cybatchnorm bench``: side-by-side timings, printed as ratios.
+
+Everything is measured in one process, after a warm-up, as the median of
+``repeats`` runs: cybatchnorm's forward, staged backward and fused backward;
+numpy doing the same node by node and in closed form; PyTorch's CPU batch norm
+when torch is importable; and the memory-bandwidth bound, measured on the spot
+as a copy of an array the size of x with the same number of threads.
+
+The bound for forward + backward is 8 x the bytes of x at that bandwidth: one
+read for the statistics, a read and a write to normalize, two reads for the
+backward reductions, two reads and a write for dx. A copy moves 2 x the bytes,
+so the bound is 4 copy times.
+
+Every case is timed twice: with outputs allocated by each call (page faults on
+fresh memory included) and with outputs passed in (``out=``, ``dx=``; torch's
+``.out`` overloads), so like is compared with like.
+"""
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+
+from . import _fused
+from ._threads import effective_num_threads
+from .api import batchnorm_backward, batchnorm_backward_fused, batchnorm_forward
+from ._version import __version__
+
+CASES = ["256x1024", "4096x1024", "65536x256", "512x16384", "32x64x56x56"]
+EPS = 1e-5
+
+
+def parse_case(text):
+    """``"32x64x56x56"`` -> ``(32, 64, 56, 56)``; at least two positive sizes."""
+    try:
+        shape = tuple(int(p) for p in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--cases: expected shapes like 256x1024, got {text!r}") from None
+    if len(shape) < 2 or min(shape) < 1:
+        raise ValueError(f"--cases: expected shapes like 256x1024, got {text!r}")
+    return shape
+
+
+def median_time(fn, repeats):
+    """Median wall time of ``fn()`` over ``repeats`` runs, after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+# ---------------------------------------------------------------- numpy
+
+def _axes(x):
+    return (0,) + tuple(range(2, x.ndim))
+
+
+def _bc(v, x):
+    return v.reshape((1, -1) + (1,) * (x.ndim - 2))
+
+
+def numpy_forward(x, gamma, beta):
+    """Forward node by node in numpy; returns out and the values the backward needs."""
+    ax = _axes(x)
+    mu = x.mean(axis=ax)
+    xmu = x - _bc(mu, x)
+    sq = xmu ** 2
+    var = sq.mean(axis=ax)
+    sqrtvar = np.sqrt(var + EPS)
+    ivar = 1 / sqrtvar
+    xhat = xmu * _bc(ivar, x)
+    out = _bc(gamma, x) * xhat + _bc(beta, x)
+    return out, {"xmu": xmu, "sqrtvar": sqrtvar, "ivar": ivar, "xhat": xhat, "gamma": gamma}
+
+
+def numpy_staged_backward(dout, c):
+    """Backward node by node, as a textbook writes it in numpy."""
+    ax = _axes(dout)
+    M = dout.size // dout.shape[1]
+    xmu, xhat, ivar, sqrtvar = c["xmu"], c["xhat"], c["ivar"], c["sqrtvar"]
+    dbeta = dout.sum(axis=ax)
+    dgamma = (dout * xhat).sum(axis=ax)
+    dxhat = dout * _bc(c["gamma"], dout)
+    divar = (dxhat * xmu).sum(axis=ax)
+    dxmu1 = dxhat * _bc(ivar, dout)
+    dvar = 0.5 * (-divar / sqrtvar ** 2) / sqrtvar
+    dxmu2 = 2 * xmu * (np.ones_like(dout) * _bc(dvar, dout) / M)
+    dxmu = dxmu1 + dxmu2
+    dmu = -dxmu.sum(axis=ax)
+    dx = dxmu + np.ones_like(dout) * _bc(dmu, dout) / M
+    return dx, dgamma, dbeta
+
+
+def numpy_fused_backward(dout, c):
+    """Closed-form backward in numpy."""
+    ax = _axes(dout)
+    M = dout.size // dout.shape[1]
+    xhat = c["xhat"]
+    dbeta = dout.sum(axis=ax)
+    dgamma = (dout * xhat).sum(axis=ax)
+    k = _bc(c["gamma"] * c["ivar"] / M, dout)
+    dx = k * (M * dout - _bc(dbeta, dout) - xhat * _bc(dgamma, dout))
+    return dx, dgamma, dbeta
+
+
+# ---------------------------------------------------------------- torch
+
+def _torch():
+    try:
+        import torch
+        return torch
+    except ImportError:
+        return None
+
+
+def torch_timings(torch, x, gamma, beta, dout, threads, repeats):
+    """(fwd, bwd) medians for allocated outputs (F.batch_norm + autograd) and for
+    outputs passed in (aten native_batch_norm(_backward).out)."""
+    torch.set_num_threads(threads)
+    F = torch.nn.functional
+    xt = torch.from_numpy(x).requires_grad_(True)
+    w = torch.from_numpy(gamma).requires_grad_(True)
+    b = torch.from_numpy(beta).requires_grad_(True)
+    g = torch.from_numpy(dout)
+    res = {}
+    fwd = median_time(lambda: F.batch_norm(xt, None, None, w, b, training=True, eps=EPS), repeats)
+    out = F.batch_norm(xt, None, None, w, b, training=True, eps=EPS)
+    bwd = median_time(lambda: torch.autograd.grad(out, (xt, w, b), g, retain_graph=True), repeats)
+    res["alloc"] = (fwd, bwd)
+    aten = torch.ops.aten
+    with torch.no_grad():
+        xd, wd, bd = xt.detach(), w.detach(), b.detach()
+        C = x.shape[1]
+        o = torch.empty_like(xd)
+        sm, si = torch.empty(C, dtype=xd.dtype), torch.empty(C, dtype=xd.dtype)
+        gi, gw, gb = torch.empty_like(xd), torch.empty(C, dtype=xd.dtype), torch.empty(C, dtype=xd.dtype)
+
+        def f():
+            aten.native_batch_norm.out(xd, wd, bd, None, None, True, 0.1, EPS,
+                                       out=o, save_mean=sm, save_invstd=si)
+
+        def bk():
+            aten.native_batch_norm_backward.out(g, xd, wd, None, None, sm, si, True, EPS,
+                                                [True, True, True], out0=gi, out1=gw, out2=gb)
+        fwd = median_time(f, repeats)
+        f()
+        bwd = median_time(bk, repeats)
+    res["passed"] = (fwd, bwd)
+    return res
+
+
+# ---------------------------------------------------------------- memory
+
+def peak_bytes(fn):
+    """Peak bytes allocated (as tracemalloc sees numpy's allocations) while ``fn()`` runs."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def fused_peak(x, gamma, beta, dout, nt, passed):
+    """Peak memory of a minimal-cache forward plus fused backward, outputs
+    allocated by the calls or passed in."""
+    out, dx = (np.empty_like(x), np.empty_like(x)) if passed else (None, None)
+
+    def both():
+        _, cache = batchnorm_forward(x, gamma, beta, EPS, num_threads=nt, cache="minimal", out=out)
+        batchnorm_backward_fused(dout, cache, num_threads=nt, dx=dx)
+    return peak_bytes(both)
+
+
+# ---------------------------------------------------------------- runner
+
+def bench_case(shape, dtype, threads, repeats, torch):
+    """All timings of one case; returns a dict of medians in seconds."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(1.0, 2.0, shape).astype(dtype)
+    C = shape[1]
+    gamma = rng.uniform(0.5, 2.0, C).astype(dtype)
+    beta = rng.normal(size=C).astype(dtype)
+    dout = rng.normal(size=shape).astype(dtype)
+    nt = threads
+    r = {"shape": list(shape), "dtype": np.dtype(dtype).name, "threads": nt,
+         "mib": x.nbytes / 2**20}
+
+    buf = np.empty_like(x)
+    copy = median_time(lambda: _fused.copy(x.reshape(-1), buf.reshape(-1), nt), repeats)
+    r["copy"] = copy
+    r["bandwidth_gbs"] = 2 * x.nbytes / copy / 1e9
+    r["bound"] = 4 * copy
+
+    _, full = batchnorm_forward(x, gamma, beta, EPS, num_threads=nt)
+    _, mini = batchnorm_forward(x, gamma, beta, EPS, num_threads=nt, cache="minimal")
+    r["staged_bwd"] = median_time(lambda: batchnorm_backward(dout, full, num_threads=nt), repeats)
+    out, dx = np.empty_like(x), np.empty_like(x)
+    for mode in ("alloc", "passed"):
+        if mode == "alloc":
+            def fwd():
+                return batchnorm_forward(x, gamma, beta, EPS, num_threads=nt, cache="minimal")
+
+            def bwd():
+                return batchnorm_backward_fused(dout, mini, num_threads=nt)
+        else:
+            def fwd():
+                return batchnorm_forward(x, gamma, beta, EPS, num_threads=nt, cache="minimal", out=out)
+
+            def bwd():
+                return batchnorm_backward_fused(dout, mini, num_threads=nt, dx=dx)
+        r[f"{mode}_fwd"] = median_time(fwd, repeats)
+        r[f"{mode}_bwd"] = median_time(bwd, repeats)
+        r[f"{mode}_total"] = r[f"{mode}_fwd"] + r[f"{mode}_bwd"]
+
+    r["peak_alloc"] = fused_peak(x, gamma, beta, dout, nt, passed=False)
+    r["peak_passed"] = fused_peak(x, gamma, beta, dout, nt, passed=True)
+    r["numpy_fwd"] = median_time(lambda: numpy_forward(x, gamma, beta), repeats)
+    _, nc = numpy_forward(x, gamma, beta)
+    r["numpy_staged_bwd"] = median_time(lambda: numpy_staged_backward(dout, nc), repeats)
+    r["numpy_fused_bwd"] = median_time(lambda: numpy_fused_backward(dout, nc), repeats)
+    if torch is not None:
+        t = torch_timings(torch, x, gamma, beta, dout, nt, repeats)
+        for mode in ("alloc", "passed"):
+            r[f"torch_{mode}_fwd"], r[f"torch_{mode}_bwd"] = t[mode]
+            r[f"torch_{mode}_total"] = sum(t[mode])
+    return r
+
+
+def _ms(s):
+    return f"{s * 1e3:8.2f}"
+
+
+def _ratio(a, b):
+    return f"{a / b:6.2f}x" if b else "     -"
+
+
+def format_table(results, have_torch):
+    """The summary table: medians in ms and the ratios the targets are about."""
+    head = (f"{'case':>14} {'dtype':>7} {'thr':>3} {'outputs':>7} {'MiB':>6} | {'fwd':>8} {'bwd':>8}"
+            f" {'f+b':>8} {'staged':>8} | {'torch':>8} {'np-f+b':>8} {'np-stg':>8} {'bound':>8} |"
+            f" {'f+b/torch':>9} {'f+b/bnd':>7} {'np-stg/stg':>10} {'stg/fus':>7}")
+    lines = [head, "-" * len(head)]
+    for r in results:
+        for mode in ("alloc", "passed"):
+            torch_t = r.get(f"torch_{mode}_total", 0.0)
+            lines.append(
+                f"{'x'.join(map(str, r['shape'])):>14} {r['dtype']:>7} {r['threads']:>3} {mode:>7}"
+                f" {r['mib']:6.1f} | {_ms(r[mode + '_fwd'])} {_ms(r[mode + '_bwd'])}"
+                f" {_ms(r[mode + '_total'])} {_ms(r['staged_bwd'])} |"
+                f" {_ms(torch_t) if have_torch else '       -'}"
+                f" {_ms(r['numpy_fwd'] + r['numpy_fused_bwd'])}"
+                f" {_ms(r['numpy_staged_bwd'])} {_ms(r['bound'])} |"
+                f" {_ratio(r[mode + '_total'], torch_t) if have_torch else '        -':>9}"
+                f" {_ratio(r[mode + '_total'], r['bound']):>7}"
+                f" {_ratio(r['numpy_staged_bwd'], r['staged_bwd']):>10}"
+                f" {_ratio(r['staged_bwd'], r['alloc_bwd']):>7}")
+    return "\n".join(lines)
+
+
+def run(cases=None, dtypes=("float32", "float64"), threads=None, repeats=7, json_path=None,
+        file=None):
+    """Run the benchmark; print a line per case, then the table. Returns the results."""
+    file = file or sys.stdout
+    shapes = [parse_case(c) for c in (cases or CASES)]
+    all_threads = effective_num_threads(None)
+    thread_list = threads or sorted({1, all_threads})
+    torch = _torch()
+    w = lambda s: print(s, file=file, flush=True)
+    w(f"cybatchnorm {__version__} bench: {platform.processor() or platform.machine()}, "
+      f"{os.cpu_count()} cpus, numpy {np.__version__}, "
+      + (f"torch {torch.__version__}" if torch else "torch not importable: no torch columns")
+      + f"; median of {repeats} after a warm-up")
+    results = []
+    for shape in shapes:
+        for dt in dtypes:
+            for nt in thread_list:
+                r = bench_case(shape, np.dtype(dt), nt, repeats, torch)
+                results.append(r)
+                t = f" torch {r['torch_alloc_total'] * 1e3:.2f} ms" if torch else ""
+                w(f"  {'x'.join(map(str, shape))} {dt} {nt} thr: fwd+bwd {r['alloc_total'] * 1e3:.2f} ms"
+                  f" (outputs passed in {r['passed_total'] * 1e3:.2f} ms), staged bwd"
+                  f" {r['staged_bwd'] * 1e3:.2f} ms,{t} bound {r['bound'] * 1e3:.2f} ms;"
+                  f" tracemalloc peak of fwd+bwd {r['peak_alloc'] / 2**20:.2f} MiB"
+                  f" ({r['peak_alloc'] / (r['mib'] * 2**20):.2f} x the size of x), with outputs"
+                  f" passed in {r['peak_passed'] / 2**10:.1f} KiB")
+    w("")
+    w(format_table(results, torch is not None))
+    w("")
+    w("fwd/bwd: forward (minimal cache) and fused backward; staged: staged backward (full cache);"
+      " bound: 8 x bytes of x at the copy bandwidth measured with the same threads;"
+      " np-f+b: numpy forward + closed-form backward; np-stg: numpy staged backward;"
+      " np-stg/stg: how much faster the compiled staged backward is; stg/fus: staged over fused backward")
+    if json_path:
+        meta = {"version": __version__, "machine": platform.machine(),
+                "processor": platform.processor(), "cpus": os.cpu_count(),
+                "numpy": np.__version__, "torch": torch.__version__ if torch else None,
+                "repeats": repeats}
+        with open(json_path, "w") as fh:
+            json.dump({"meta": meta, "results": results}, fh, indent=1)
+        w(f"results written to {json_path}")
+    return results
