@@ -7,6 +7,7 @@
 # (rows in order; inside a run, four interleaved partial sums combined the same
 # way), so results do not depend on the number of threads.
 from cython cimport floating
+from cython.parallel cimport prange
 
 
 cdef inline Py_ssize_t n_blocks(Py_ssize_t C, int n_threads) noexcept nogil:
@@ -21,6 +22,43 @@ cdef inline Py_ssize_t n_blocks(Py_ssize_t C, int n_threads) noexcept nogil:
 cdef inline Py_ssize_t block_start(Py_ssize_t b, Py_ssize_t nb,
                                    Py_ssize_t C) noexcept nogil:
     return (b * C) // nb
+
+
+# ---------------------------------------------------------------- work grid
+# Reductions run over a fixed grid of tasks: K chunks of rows times blocks of
+# channels. A task walks the rows of its chunk and reads the contiguous run of
+# its block in each row; it writes one partial result per (chunk, channel),
+# and the partials are merged chunk by chunk, in order. K depends only on the
+# shape, so results are bitwise identical for any thread count, and batches
+# with fewer channels than threads still keep every thread busy.
+
+cdef inline Py_ssize_t row_chunks(Py_ssize_t N, Py_ssize_t C,
+                                  Py_ssize_t S) noexcept nogil:
+    # at least 32 Ki values per chunk, at most 64 chunks, at most 128 Ki
+    # partial results per statistic
+    cdef Py_ssize_t K = (N * C * S) >> 15
+    if K > 64:
+        K = 64
+    if C > 0 and K > (1 << 17) // C:
+        K = (1 << 17) // C
+    if K > N:
+        K = N
+    if K < 1:
+        K = 1
+    return K
+
+
+cdef inline Py_ssize_t fblock(Py_ssize_t S) noexcept nogil:
+    # channels per block: about 256 values per row, so a task's accumulators
+    # stay in L1 while its rows stream through
+    if S >= 256:
+        return 1
+    return 256 // S
+
+
+cdef inline Py_ssize_t rstart(Py_ssize_t k, Py_ssize_t K,
+                              Py_ssize_t N) noexcept nogil:
+    return (k * N) // K
 
 
 cdef inline double run_sum(const floating* p, Py_ssize_t S) noexcept nogil:
@@ -139,3 +177,37 @@ cdef inline void welford_rows(const floating[:, :, ::1] x, Py_ssize_t r0,
                 d = rm - mean[c]
                 mean[c] = mean[c] + d * inv
                 m2[c] = m2[c] + q + d * d * w
+
+
+cdef inline void stats_pass(const floating[:, :, ::1] x, double* shift,
+                            double* pmean, double* pm2, Py_ssize_t K,
+                            int n_threads) noexcept nogil:
+    """Partial shifted mean/m2 of every (chunk, channel) into the (K, C)
+    row-major buffers ``pmean``/``pm2``; ``shift`` (C,) is filled here."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
+    cdef Py_ssize_t FB = fblock(S), nfb = (C + FB - 1) // FB, t, k, c0, c1, c
+    for c in range(C):
+        shift[c] = x[0, c, 0]
+    for t in prange(K * nfb, schedule='static', num_threads=n_threads):
+        k = t // nfb
+        c0 = (t % nfb) * FB
+        c1 = min(C, c0 + FB)
+        welford_rows(x, rstart(k, K, N), rstart(k + 1, K, N), c0, c1,
+                     &shift[c0], &pmean[k * C + c0], &pm2[k * C + c0])
+
+
+cdef inline void merge_stats(Py_ssize_t N, Py_ssize_t S, Py_ssize_t K,
+                             Py_ssize_t C, Py_ssize_t c, const double* shift,
+                             const double* pmean, const double* pm2,
+                             double* mean, double* m2) noexcept nogil:
+    """Chan's merge of channel c's K partials, in chunk order."""
+    cdef double n_a = 0.0, n_b, m = 0.0, q = 0.0, d
+    cdef Py_ssize_t j
+    for j in range(K):
+        n_b = <double>(rstart(j + 1, K, N) - rstart(j, K, N)) * S
+        d = pmean[j * C + c] - m
+        m = m + d * (n_b / (n_a + n_b))
+        q = q + pm2[j * C + c] + d * d * (n_a * n_b / (n_a + n_b))
+        n_a = n_a + n_b
+    mean[0] = m + shift[c]
+    m2[0] = q

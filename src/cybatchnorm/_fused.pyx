@@ -24,20 +24,15 @@ from cython.parallel cimport prange
 from libc.math cimport sqrt
 from libc.string cimport memcpy
 
-from cybatchnorm._common cimport run_sum, run_dot, welford_rows
+from cybatchnorm._common cimport (run_sum, run_dot, row_chunks as _row_chunks,
+                                  fblock as _fblock, rstart as _rstart,
+                                  stats_pass, merge_stats)
 cimport cybatchnorm._openmp
 
 
-cdef inline Py_ssize_t _fblock(Py_ssize_t S) noexcept nogil:
-    # channels per block: about 256 values per row, so a task's accumulators
-    # stay in L1 while its rows stream through
-    if S >= 256:
-        return 1
-    return 256 // S
-
-
-cdef inline Py_ssize_t _rstart(Py_ssize_t k, Py_ssize_t K, Py_ssize_t N) noexcept nogil:
-    return (k * N) // K
+def row_chunks(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S):
+    """Number of row chunks of the work grid for an (N, C, S) array."""
+    return _row_chunks(N, C, S)
 
 
 # ------------------------------------------------------------------ forward
@@ -112,35 +107,19 @@ def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
     cdef Py_ssize_t K = pmean.shape[0], FB = _fblock(S)
-    cdef Py_ssize_t nfb = (C + FB - 1) // FB, t, k, c0, c1, c, j
-    cdef double n_a, n_b, m, q, d, v, sd
+    cdef Py_ssize_t nfb = (C + FB - 1) // FB, t, k, c0, c1, c
+    cdef double m, q, v, sd
     with nogil:
-        if not given_stats:
-            for c in range(C):
-                shift[c] = x[0, c, 0]
+        if not given_stats and C > 0:
             # pass 1: partial statistics of every (chunk, block) task
-            for t in prange(K * nfb, schedule='static', num_threads=n_threads):
-                k = t // nfb
-                c0 = (t % nfb) * FB
-                c1 = min(C, c0 + FB)
-                welford_rows(x, _rstart(k, K, N), _rstart(k + 1, K, N), c0, c1,
-                             &shift[c0], &pmean[k, c0], &pm2[k, c0])
+            stats_pass(x, &shift[0], &pmean[0, 0], &pm2[0, 0], K, n_threads)
         # merge the chunks in order (Chan), per channel
         for c in prange(C, schedule='static', num_threads=n_threads):
             if given_stats:
                 m = mu[c]
                 v = var[c]
             else:
-                n_a = 0.0
-                m = 0.0
-                q = 0.0
-                for j in range(K):
-                    n_b = <double>(_rstart(j + 1, K, N) - _rstart(j, K, N)) * S
-                    d = pmean[j, c] - m
-                    m = m + d * (n_b / (n_a + n_b))
-                    q = q + pm2[j, c] + d * d * (n_a * n_b / (n_a + n_b))
-                    n_a = n_a + n_b
-                m = m + shift[c]
+                merge_stats(N, S, K, C, c, &shift[0], &pmean[0, 0], &pm2[0, 0], &m, &q)
                 v = q / (<double>N * S)
                 mu[c] = <floating>m
                 var[c] = <floating>v

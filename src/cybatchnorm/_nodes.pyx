@@ -16,7 +16,8 @@ from libc.math cimport sqrt
 from libc.stdlib cimport malloc, free
 
 from cybatchnorm._common cimport (n_blocks, block_start, run_sum, run_dot,
-                                  welford_rows)
+                                  row_chunks, fblock, rstart, stats_pass,
+                                  merge_stats)
 # The shim makes prange serial, not broken, in a build without OpenMP.
 cimport cybatchnorm._openmp
 
@@ -28,71 +29,81 @@ cdef enum:
 
 # ---------------------------------------------------------------- helpers
 
-cdef inline void _colsum_block(const floating[:, :, ::1] a, Py_ssize_t c0,
-                               Py_ssize_t c1, double* acc) noexcept nogil:
-    # Per-channel sum over rows and runs; rows walked in order, each row's
-    # block read as one contiguous run.
-    cdef Py_ssize_t N = a.shape[0], S = a.shape[2], nc = c1 - c0, n, c
-    cdef const floating* row
-    for c in range(nc):
-        acc[c] = 0.0
-    for n in range(N):
-        row = &a[n, c0, 0]
-        if S == 1:
-            for c in range(nc):
-                acc[c] += row[c]
-        else:
-            for c in range(nc):
-                acc[c] += run_sum(row + c * S, S)
-
-
-cdef inline void _coldot_block(const floating[:, :, ::1] a,
-                               const floating[:, :, ::1] b, Py_ssize_t c0,
-                               Py_ssize_t c1, double* acc) noexcept nogil:
-    # Per-channel sum of a * b over rows and runs.
-    cdef Py_ssize_t N = a.shape[0], S = a.shape[2], nc = c1 - c0, n, c
+cdef inline void _reduce_rows(const floating[:, :, ::1] a,
+                              const floating[:, :, ::1] b, bint with_b,
+                              const floating* p, floating* out,
+                              bint with_out, Py_ssize_t r0, Py_ssize_t r1,
+                              Py_ssize_t c0, Py_ssize_t c1,
+                              double* acc) noexcept nogil:
+    # acc[c] = sum of a (or a * b) over rows [r0, r1) of channel c0 + c and,
+    # in the same pass, out = a * p[channel] when with_out
+    cdef Py_ssize_t C = a.shape[1], S = a.shape[2], nc = c1 - c0, n, c, s, k
     cdef const floating* ra
     cdef const floating* rb
+    cdef floating* ro
+    cdef floating pc
     for c in range(nc):
         acc[c] = 0.0
-    for n in range(N):
+    for n in range(r0, r1):
         ra = &a[n, c0, 0]
         rb = &b[n, c0, 0]
         if S == 1:
-            for c in range(nc):
-                acc[c] += <double>ra[c] * rb[c]
+            if with_b:
+                for c in range(nc):
+                    acc[c] += <double>ra[c] * rb[c]
+            else:
+                for c in range(nc):
+                    acc[c] += ra[c]
+            if with_out:
+                ro = out + (n * C + c0) * S
+                for c in range(nc):
+                    ro[c] = ra[c] * p[c0 + c]
         else:
             for c in range(nc):
-                acc[c] += run_dot(ra + c * S, rb + c * S, S)
+                k = c * S
+                if with_b:
+                    acc[c] += run_dot(ra + k, rb + k, S)
+                else:
+                    acc[c] += run_sum(ra + k, S)
+                if with_out:
+                    ro = out + (n * C + c0) * S
+                    pc = p[c0 + c]
+                    for s in range(S):
+                        ro[k + s] = ra[k + s] * pc
 
 
 cdef int _reduce(const floating[:, :, ::1] a, const floating[:, :, ::1] b,
                  bint with_b, double scale, floating[::1] res,
+                 const floating* p, floating* out, bint with_out,
                  int n_threads) noexcept nogil:
-    """res[c] = scale * sum(a[:, c]) (or of a * b when with_b).
-
-    Returns the number of blocks whose scratch allocation failed.
-    """
-    cdef Py_ssize_t C = a.shape[1], nb = n_blocks(C, n_threads)
-    cdef Py_ssize_t b_, c0, c1, c
-    cdef double* acc
-    cdef int failed = 0
-    for b_ in prange(nb, schedule='static', num_threads=n_threads):
-        c0 = block_start(b_, nb, C)
-        c1 = block_start(b_ + 1, nb, C)
-        # thread-private accumulators: no shared-array += inside prange
-        acc = <double*>malloc((c1 - c0) * sizeof(double))
-        if acc == NULL:
-            failed += 1
-        else:
-            if with_b:
-                _coldot_block(a, b, c0, c1, acc)
-            else:
-                _colsum_block(a, c0, c1, acc)
-            for c in range(c1 - c0):
-                res[c0 + c] = <floating>(scale * acc[c])
-            free(acc)
-    return failed
+    """res[c] = scale * sum(a[:, c]) (or of a * b when with_b); with_out also
+    writes out = a * p[channel] in the same pass. Returns 1 when the partial
+    sums could not be allocated."""
+    cdef Py_ssize_t N = a.shape[0], C = a.shape[1], S = a.shape[2]
+    cdef Py_ssize_t K = row_chunks(N, C, S), FB = fblock(S)
+    cdef Py_ssize_t nfb = (C + FB - 1) // FB, t, k, c0, c1, c, j
+    cdef double tot
+    cdef double* part
+    if C == 0:
+        return 0
+    # one partial sum per (chunk, channel): each task owns its own slots, so
+    # there is no shared-array += inside prange
+    part = <double*>malloc(K * C * sizeof(double))
+    if part == NULL:
+        return 1
+    for t in prange(K * nfb, schedule='static', num_threads=n_threads):
+        k = t // nfb
+        c0 = (t % nfb) * FB
+        c1 = min(C, c0 + FB)
+        _reduce_rows(a, b, with_b, p, out, with_out, rstart(k, K, N),
+                     rstart(k + 1, K, N), c0, c1, part + k * C + c0)
+    for c in prange(C, schedule='static', num_threads=n_threads):
+        tot = 0.0
+        for j in range(K):      # chunks merged in order
+            tot = tot + part[j * C + c]
+        res[c] = <floating>(scale * tot)
+    free(part)
+    return 0
 
 
 cdef inline void _per_channel_run(const floating* x, const floating* p,
@@ -162,27 +173,22 @@ cdef Py_ssize_t _count(const floating[:, :, ::1] a) noexcept nogil:
 # ------------------------------------------------------------ forward
 
 def mu_forward(const floating[:, :, ::1] x, floating[::1] mu, int n_threads):
-    """mu = mean(x) per channel, by the same one-pass update as the fused path."""
-    cdef Py_ssize_t C = x.shape[1], nb = n_blocks(C, n_threads)
-    cdef Py_ssize_t b_, c0, c1, c
+    """mu = mean(x) per channel, by the same one-pass statistics as the fused path."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
+    cdef Py_ssize_t K = row_chunks(N, C, S), c
+    cdef double m, q
     cdef double* buf
-    cdef int failed = 0
-    for b_ in prange(nb, nogil=True, schedule='static', num_threads=n_threads):
-        c0 = block_start(b_, nb, C)
-        c1 = block_start(b_ + 1, nb, C)
-        buf = <double*>malloc(3 * (c1 - c0) * sizeof(double))
-        if buf == NULL:
-            failed += 1
-        else:
-            for c in range(c1 - c0):
-                buf[2 * (c1 - c0) + c] = x[0, c0 + c, 0]      # the shift
-            welford_rows(x, 0, x.shape[0], c0, c1, buf + 2 * (c1 - c0), buf,
-                         buf + (c1 - c0))
-            for c in range(c1 - c0):
-                mu[c0 + c] = <floating>(buf[2 * (c1 - c0) + c] + buf[c])
-            free(buf)
-    if failed:
-        raise MemoryError("mu_forward: no memory for per-thread sums")
+    if C == 0:
+        return
+    buf = <double*>malloc((2 * K + 1) * C * sizeof(double))
+    if buf == NULL:
+        raise MemoryError("mu_forward: no memory for partial statistics")
+    with nogil:
+        stats_pass(x, buf, buf + C, buf + C + K * C, K, n_threads)
+        for c in prange(C, schedule='static', num_threads=n_threads):
+            merge_stats(N, S, K, C, c, buf, buf + C, buf + C + K * C, &m, &q)
+            mu[c] = <floating>m
+    free(buf)
 
 
 def xmu_forward(const floating[:, :, ::1] x, const floating[::1] mu,
@@ -212,7 +218,7 @@ def var_forward(const floating[:, :, ::1] sq, floating[::1] var,
     cdef Py_ssize_t M = _count(sq)
     cdef int failed
     with nogil:
-        failed = _reduce(sq, sq, False, 1.0 / M, var, n_threads)
+        failed = _reduce(sq, sq, False, 1.0 / M, var, NULL, NULL, False, n_threads)
     if failed:
         raise MemoryError("var_forward: no memory for per-thread sums")
 
@@ -263,7 +269,7 @@ def out_backward(const floating[:, :, ::1] dout, floating[::1] dbeta,
     """dbeta = sum(dout) over the batch; dgammax is dout itself (not computed)."""
     cdef int failed
     with nogil:
-        failed = _reduce(dout, dout, False, 1.0, dbeta, n_threads)
+        failed = _reduce(dout, dout, False, 1.0, dbeta, NULL, NULL, False, n_threads)
     if failed:
         raise MemoryError("out_backward: no memory for per-thread sums")
 
@@ -275,8 +281,8 @@ def gammax_backward(const floating[:, :, ::1] dgammax,
     """dgamma = sum(dgammax * xhat); dxhat = dgammax * gamma."""
     cdef int failed
     with nogil:
-        failed = _reduce(dgammax, xhat, True, 1.0, dgamma, n_threads)
-        _per_channel(dgammax, gamma, dxhat, OP_MUL, n_threads)
+        failed = _reduce(dgammax, xhat, True, 1.0, dgamma, &gamma[0], &dxhat[0, 0, 0], True,
+                         n_threads)
     if failed:
         raise MemoryError("gammax_backward: no memory for per-thread sums")
 
@@ -287,8 +293,8 @@ def xhat_backward(const floating[:, :, ::1] dxhat, const floating[:, :, ::1] xmu
     """divar = sum(dxhat * xmu); dxmu1 = dxhat * ivar."""
     cdef int failed
     with nogil:
-        failed = _reduce(dxhat, xmu, True, 1.0, divar, n_threads)
-        _per_channel(dxhat, ivar, dxmu1, OP_MUL, n_threads)
+        failed = _reduce(dxhat, xmu, True, 1.0, divar, &ivar[0], &dxmu1[0, 0, 0], True,
+                         n_threads)
     if failed:
         raise MemoryError("xhat_backward: no memory for per-thread sums")
 
@@ -341,7 +347,7 @@ def xmu_backward(const floating[:, :, ::1] dxmu, floating[::1] dmu,
     """dmu = -sum(dxmu) over the batch; dx1 is dxmu itself (not computed)."""
     cdef int failed
     with nogil:
-        failed = _reduce(dxmu, dxmu, False, -1.0, dmu, n_threads)
+        failed = _reduce(dxmu, dxmu, False, -1.0, dmu, NULL, NULL, False, n_threads)
     if failed:
         raise MemoryError("xmu_backward: no memory for per-thread sums")
 

@@ -18,18 +18,11 @@ _FULL = ("xmu", "xhat")
 _CHANNEL = ("mu", "var", "sqrtvar", "ivar", "gamma", "beta")
 _KINDS = ("full", "minimal")
 
-# Row chunks of the fused kernels: chosen from the shape alone (never from the
-# thread count, so results do not depend on it). At least 32 Ki values per
-# chunk, at most 64 chunks, at most 128 Ki partial results per statistic.
-_MIN_CHUNK_VALUES = 1 << 15
-_MAX_CHUNKS = 64
-_MAX_PARTIALS = 1 << 17
-
 
 def _row_chunks(view):
-    N, C, S = view
-    return max(1, min(N, _MAX_CHUNKS, N * C * S // _MIN_CHUNK_VALUES,
-                      _MAX_PARTIALS // max(C, 1)))
+    # row chunks of the kernels' work grid: a function of the shape alone,
+    # never of the thread count (see _common.pxd)
+    return _fused.row_chunks(*view)
 
 
 class Cache:
