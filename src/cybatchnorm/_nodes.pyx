@@ -14,6 +14,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt
 from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy
 
 from cybatchnorm._common cimport (n_blocks, block_start, run_sum, run_dot,
                                   row_chunks, fblock, rstart, stats_pass,
@@ -152,17 +153,33 @@ cdef void _per_channel(const floating[:, :, ::1] x, const floating[::1] p,
         _per_channel_run(&x[n, c0, 0], &p[c0], &out[n, c0, 0], c1 - c0, S, op)
 
 
-cdef void _broadcast(const floating[::1] p, double divisor,
-                     floating[:, :, ::1] out, int n_threads) noexcept nogil:
-    # out[n, c, :] = p[c] / divisor
+cdef int _broadcast(const floating[::1] p, double divisor,
+                    floating[:, :, ::1] out, int n_threads) noexcept nogil:
+    # out[n, c, :] = p[c] / divisor: one division per channel into a row
+    # template, then every row is a copy of it. Returns 1 when out of memory.
     cdef Py_ssize_t N = out.shape[0], C = out.shape[1], S = out.shape[2]
     cdef Py_ssize_t n, c, s
     cdef floating v
+    cdef floating* row
+    cdef floating* tmpl
+    if C == 0:
+        return 0
+    tmpl = <floating*>malloc(C * sizeof(floating))
+    if tmpl == NULL:
+        return 1
+    for c in range(C):
+        tmpl[c] = <floating>(p[c] / divisor)
     for n in prange(N, schedule='static', num_threads=n_threads):
-        for c in range(C):
-            v = <floating>(p[c] / divisor)
-            for s in range(S):
-                out[n, c, s] = v
+        row = &out[n, 0, 0]
+        if S == 1:
+            memcpy(row, tmpl, C * sizeof(floating))
+        else:
+            for c in range(C):
+                v = tmpl[c]
+                for s in range(S):
+                    row[c * S + s] = v
+    free(tmpl)
+    return 0
 
 
 cdef Py_ssize_t _count(const floating[:, :, ::1] a) noexcept nogil:
@@ -322,8 +339,11 @@ def sqrtvar_backward(const floating[::1] dsqrtvar, const floating[::1] sqrtvar,
 def var_backward(const floating[::1] dvar, floating[:, :, ::1] dsq,
                  int n_threads):
     """dsq = dvar / M broadcast over the M = N * S values of each channel."""
+    cdef int failed
     with nogil:
-        _broadcast(dvar, <double>(dsq.shape[0] * dsq.shape[2]), dsq, n_threads)
+        failed = _broadcast(dvar, <double>(dsq.shape[0] * dsq.shape[2]), dsq, n_threads)
+    if failed:
+        raise MemoryError("var_backward: no memory for the row template")
 
 
 def sq_backward(const floating[:, :, ::1] dsq, const floating[:, :, ::1] xmu,
@@ -355,8 +375,11 @@ def xmu_backward(const floating[:, :, ::1] dxmu, floating[::1] dmu,
 def mu_backward(const floating[::1] dmu, floating[:, :, ::1] dx2,
                 int n_threads):
     """dx2 = dmu / M broadcast over the M = N * S values of each channel."""
+    cdef int failed
     with nogil:
-        _broadcast(dmu, <double>(dx2.shape[0] * dx2.shape[2]), dx2, n_threads)
+        failed = _broadcast(dmu, <double>(dx2.shape[0] * dx2.shape[2]), dx2, n_threads)
+    if failed:
+        raise MemoryError("mu_backward: no memory for the row template")
 
 
 def branch_sum(const floating[:, :, ::1] a, const floating[:, :, ::1] b,

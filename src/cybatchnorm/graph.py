@@ -41,7 +41,12 @@ __all__ = [
 ]
 
 
-def _empty_full(view, dtype):
+def _empty_full(view, dtype, out=None):
+    # a fresh array, or ``out`` (a dead buffer the backward walk recycles)
+    # when it fits exactly; a misfit is simply not used
+    if (isinstance(out, np.ndarray) and out.dtype == dtype and out.size == np.prod(view)
+            and out.flags.c_contiguous and out.flags.writeable):
+        return out.reshape(view)
     return np.empty(view, dtype=dtype)
 
 
@@ -148,7 +153,7 @@ def out_backward(dout, *, num_threads=None):
     return dbeta, g3.reshape(shape)
 
 
-def gammax_backward(dgammax, xhat, gamma, *, num_threads=None):
+def gammax_backward(dgammax, xhat, gamma, *, num_threads=None, out=None):
     """Gradients of ``gammax = gamma * xhat``: returns ``(dgamma, dxhat)``.
 
     ``dgamma = sum(dgammax * xhat)`` over the batch, ``dxhat = dgammax * gamma``.
@@ -157,12 +162,12 @@ def gammax_backward(dgammax, xhat, gamma, *, num_threads=None):
     h3 = full("xhat", xhat, dt, shape)[0]
     gamma = feature("gamma", gamma, shape[1], dt)
     dgamma = np.empty(shape[1], dt)
-    dxhat = _empty_full(g3.shape, dt)
+    dxhat = _empty_full(g3.shape, dt, out)
     _nodes.gammax_backward(g3, h3, gamma, dgamma, dxhat, effective_num_threads(num_threads))
     return dgamma, dxhat.reshape(shape)
 
 
-def xhat_backward(dxhat, xmu, ivar, *, num_threads=None):
+def xhat_backward(dxhat, xmu, ivar, *, num_threads=None, out=None):
     """Gradients of ``xhat = xmu * ivar``: returns ``(divar, dxmu1)``.
 
     ``divar = sum(dxhat * xmu)`` over the batch, ``dxmu1 = dxhat * ivar`` (the
@@ -172,7 +177,7 @@ def xhat_backward(dxhat, xmu, ivar, *, num_threads=None):
     m3 = full("xmu", xmu, dt, shape)[0]
     ivar = feature("ivar", ivar, shape[1], dt)
     divar = np.empty(shape[1], dt)
-    dxmu1 = _empty_full(g3.shape, dt)
+    dxmu1 = _empty_full(g3.shape, dt, out)
     _nodes.xhat_backward(g3, m3, ivar, divar, dxmu1, effective_num_threads(num_threads))
     return divar, dxmu1.reshape(shape)
 
@@ -195,7 +200,7 @@ def sqrtvar_backward(dsqrtvar, sqrtvar, *, num_threads=None):
     return out
 
 
-def var_backward(dvar, shape, *, num_threads=None):
+def var_backward(dvar, shape, *, num_threads=None, out=None):
     """Gradient of ``var = mean(sq)``: ``dsq = dvar / M`` broadcast to ``shape``.
 
     ``M`` is the number of values averaged per channel (N times the spatial
@@ -203,18 +208,18 @@ def var_backward(dvar, shape, *, num_threads=None):
     """
     dvar, dt = _vector("dvar", dvar)
     shape = _grad_shape(shape, dvar)
-    dsq = _empty_full(view3d(shape), dt)
+    dsq = _empty_full(view3d(shape), dt, out)
     _nodes.var_backward(dvar, dsq, effective_num_threads(num_threads))
     return dsq.reshape(shape)
 
 
-def sq_backward(dsq, xmu, *, num_threads=None):
+def sq_backward(dsq, xmu, *, num_threads=None, out=None):
     """Gradient of ``sq = xmu ** 2``: ``dxmu2 = 2 * xmu * dsq``."""
     g3, shape, dt = full("dsq", dsq)
     m3 = full("xmu", xmu, dt, shape)[0]
-    out = _empty_full(g3.shape, dt)
-    _nodes.sq_backward(g3, m3, out, effective_num_threads(num_threads))
-    return out.reshape(shape)
+    res = _empty_full(g3.shape, dt, out)
+    _nodes.sq_backward(g3, m3, res, effective_num_threads(num_threads))
+    return res.reshape(shape)
 
 
 def xmu_backward(dxmu, *, num_threads=None):
@@ -229,11 +234,11 @@ def xmu_backward(dxmu, *, num_threads=None):
     return g3.reshape(shape), dmu
 
 
-def mu_backward(dmu, shape, *, num_threads=None):
+def mu_backward(dmu, shape, *, num_threads=None, out=None):
     """Gradient of ``mu = mean(x)``: ``dx2 = dmu / M`` broadcast to ``shape``."""
     dmu, dt = _vector("dmu", dmu)
     shape = _grad_shape(shape, dmu)
-    dx2 = _empty_full(view3d(shape), dt)
+    dx2 = _empty_full(view3d(shape), dt, out)
     _nodes.mu_backward(dmu, dx2, effective_num_threads(num_threads))
     return dx2.reshape(shape)
 
@@ -290,6 +295,9 @@ class Node:
         ``d<input>`` plus a branch number where an input gets two.
     backward : callable
         ``backward(d<name>, *saved) -> grads``.
+    writes_full : bool
+        Whether ``backward`` makes a new gradient the size of x (it then
+        accepts ``out=``, a buffer to write it into).
     """
 
     name: str
@@ -300,6 +308,7 @@ class Node:
     saved: Tuple[str, ...]
     grads: Tuple[str, ...]
     backward: Callable
+    writes_full: bool = False
 
     def targets(self):
         """The input each returned gradient belongs to (``dxmu1`` -> ``xmu``)."""
@@ -308,21 +317,21 @@ class Node:
 
 NODES = (
     Node("mu", ("x",), "channel", "mean(x)", mu_forward,
-         ("shape",), ("dx2",), mu_backward),
+         ("shape",), ("dx2",), mu_backward, True),
     Node("xmu", ("x", "mu"), "full", "x - mu", xmu_forward,
          (), ("dx1", "dmu"), xmu_backward),
     Node("sq", ("xmu",), "full", "xmu ** 2", sq_forward,
-         ("xmu",), ("dxmu2",), sq_backward),
+         ("xmu",), ("dxmu2",), sq_backward, True),
     Node("var", ("sq",), "channel", "mean(sq)", var_forward,
-         ("shape",), ("dsq",), var_backward),
+         ("shape",), ("dsq",), var_backward, True),
     Node("sqrtvar", ("var", "eps"), "channel", "sqrt(var + eps)", sqrtvar_forward,
          ("sqrtvar",), ("dvar",), sqrtvar_backward),
     Node("ivar", ("sqrtvar",), "channel", "1 / sqrtvar", ivar_forward,
          ("sqrtvar",), ("dsqrtvar",), ivar_backward),
     Node("xhat", ("xmu", "ivar"), "full", "xmu * ivar", xhat_forward,
-         ("xmu", "ivar"), ("divar", "dxmu1"), xhat_backward),
+         ("xmu", "ivar"), ("divar", "dxmu1"), xhat_backward, True),
     Node("gammax", ("xhat", "gamma"), "full", "gamma * xhat", gammax_forward,
-         ("xhat", "gamma"), ("dgamma", "dxhat"), gammax_backward),
+         ("xhat", "gamma"), ("dgamma", "dxhat"), gammax_backward, True),
     Node("out", ("gammax", "beta"), "full", "gammax + beta", out_forward,
          (), ("dbeta", "dgammax"), out_backward),
 )
@@ -394,14 +403,21 @@ def backward(dout, cache, *, num_threads=None, constants=(), keep=False, dx=None
     constants = set(constants)
     pending = {"out": dout}      # gradients waiting for their node, by node name
     produced = {}
+    spare = []                   # dead gradient buffers this walk made, for reuse
     for n in reversed(NODES):
         if n.name not in pending:   # nothing depends on this node via x
             continue
         g = pending.pop(n.name)
         saved = [getattr(cache, s) for s in n.saved]
-        res = n.backward(g, *saved, num_threads=nt)
+        kw = {"out": spare.pop()} if n.writes_full and spare else {}
+        res = n.backward(g, *saved, num_threads=nt, **kw)
         if len(n.grads) == 1:
             res = (res,)
+        # g is dead once its node has run, unless it is dout, was passed
+        # through (dgammax, dx1) or is being kept
+        if (not keep and g.ndim > 1 and not np.may_share_memory(g, dout)
+                and not any(np.may_share_memory(g, r) for r in res)):
+            spare.append(g)
         for gname, target, value in zip(n.grads, n.targets(), res):
             if keep:
                 produced[gname] = value
