@@ -1,7 +1,8 @@
 """``python -m cybatchnorm bench``: side-by-side timings, printed as ratios.
 
 Everything is measured in one process, after a warm-up, as the median of
-``repeats`` runs: cybatchnorm's forward, staged backward and fused backward;
+``repeats`` runs taken in turns (one run of every contender per round, so
+that the noise of a shared machine falls on all of them alike): cybatchnorm's forward, staged backward and fused backward;
 numpy doing the same node by node and in closed form; PyTorch's CPU batch norm
 when torch is importable; and the memory-bandwidth bound, measured on the spot
 as a copy of an array the size of x with the same number of threads.
@@ -121,40 +122,54 @@ def _torch():
         return None
 
 
-def torch_timings(torch, x, gamma, beta, dout, threads, repeats):
-    """(fwd, bwd) medians for allocated outputs (F.batch_norm + autograd) and for
-    outputs passed in (aten native_batch_norm(_backward).out)."""
+def torch_calls(torch, x, gamma, beta, dout, threads):
+    """Timed callables for PyTorch: forward and autograd backward with outputs
+    allocated (F.batch_norm), and with outputs passed in (aten
+    native_batch_norm(_backward).out)."""
     torch.set_num_threads(threads)
     F = torch.nn.functional
+    aten = torch.ops.aten
     xt = torch.from_numpy(x).requires_grad_(True)
     w = torch.from_numpy(gamma).requires_grad_(True)
     b = torch.from_numpy(beta).requires_grad_(True)
     g = torch.from_numpy(dout)
-    res = {}
-    fwd = median_time(lambda: F.batch_norm(xt, None, None, w, b, training=True, eps=EPS), repeats)
     out = F.batch_norm(xt, None, None, w, b, training=True, eps=EPS)
-    bwd = median_time(lambda: torch.autograd.grad(out, (xt, w, b), g, retain_graph=True), repeats)
-    res["alloc"] = (fwd, bwd)
-    aten = torch.ops.aten
-    with torch.no_grad():
-        xd, wd, bd = xt.detach(), w.detach(), b.detach()
-        C = x.shape[1]
-        o = torch.empty_like(xd)
-        sm, si = torch.empty(C, dtype=xd.dtype), torch.empty(C, dtype=xd.dtype)
-        gi, gw, gb = torch.empty_like(xd), torch.empty(C, dtype=xd.dtype), torch.empty(C, dtype=xd.dtype)
+    C = x.shape[1]
+    xd, wd, bd = xt.detach(), w.detach(), b.detach()
+    o = torch.empty_like(xd)
+    sm, si = torch.empty(C, dtype=xd.dtype), torch.empty(C, dtype=xd.dtype)
+    gi, gw, gb = torch.empty_like(xd), torch.empty(C, dtype=xd.dtype), torch.empty(C, dtype=xd.dtype)
 
-        def f():
+    def fwd_passed():
+        with torch.no_grad():
             aten.native_batch_norm.out(xd, wd, bd, None, None, True, 0.1, EPS,
                                        out=o, save_mean=sm, save_invstd=si)
 
-        def bk():
+    def bwd_passed():
+        with torch.no_grad():
             aten.native_batch_norm_backward.out(g, xd, wd, None, None, sm, si, True, EPS,
                                                 [True, True, True], out0=gi, out1=gw, out2=gb)
-        fwd = median_time(f, repeats)
-        f()
-        bwd = median_time(bk, repeats)
-    res["passed"] = (fwd, bwd)
-    return res
+    fwd_passed()
+    return {
+        "torch_alloc_fwd": lambda: F.batch_norm(xt, None, None, w, b, training=True, eps=EPS),
+        "torch_alloc_bwd": lambda: torch.autograd.grad(out, (xt, w, b), g, retain_graph=True),
+        "torch_passed_fwd": fwd_passed,
+        "torch_passed_bwd": bwd_passed,
+    }
+
+
+def round_robin(calls, repeats):
+    """Median time of every callable, timed in turns (one run of each per
+    round) so that whatever else the machine does falls on all of them alike."""
+    for fn in calls.values():   # warm-up
+        fn()
+    times = {k: [] for k in calls}
+    for _ in range(repeats):
+        for k, fn in calls.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 # ---------------------------------------------------------------- memory
@@ -195,43 +210,34 @@ def bench_case(shape, dtype, threads, repeats, torch):
          "mib": x.nbytes / 2**20}
 
     buf = np.empty_like(x)
-    copy = median_time(lambda: _fused.copy(x.reshape(-1), buf.reshape(-1), nt), repeats)
-    r["copy"] = copy
-    r["bandwidth_gbs"] = 2 * x.nbytes / copy / 1e9
-    r["bound"] = 4 * copy
-
     _, full = batchnorm_forward(x, gamma, beta, EPS, num_threads=nt)
     _, mini = batchnorm_forward(x, gamma, beta, EPS, num_threads=nt, cache="minimal")
-    r["staged_bwd"] = median_time(lambda: batchnorm_backward(dout, full, num_threads=nt), repeats)
+    _, npc = numpy_forward(x, gamma, beta)
     out, dx = np.empty_like(x), np.empty_like(x)
+    calls = {
+        "copy": lambda: _fused.copy(x.reshape(-1), buf.reshape(-1), nt),
+        "alloc_fwd": lambda: batchnorm_forward(x, gamma, beta, EPS, num_threads=nt,
+                                               cache="minimal"),
+        "alloc_bwd": lambda: batchnorm_backward_fused(dout, mini, num_threads=nt),
+        "passed_fwd": lambda: batchnorm_forward(x, gamma, beta, EPS, num_threads=nt,
+                                                cache="minimal", out=out),
+        "passed_bwd": lambda: batchnorm_backward_fused(dout, mini, num_threads=nt, dx=dx),
+        "staged_bwd": lambda: batchnorm_backward(dout, full, num_threads=nt),
+        "numpy_fwd": lambda: numpy_forward(x, gamma, beta),
+        "numpy_staged_bwd": lambda: numpy_staged_backward(dout, npc),
+        "numpy_fused_bwd": lambda: numpy_fused_backward(dout, npc),
+    }
+    if torch is not None:
+        calls.update(torch_calls(torch, x, gamma, beta, dout, nt))
+    r.update(round_robin(calls, repeats))
+    r["bandwidth_gbs"] = 2 * x.nbytes / r["copy"] / 1e9
+    r["bound"] = 4 * r["copy"]
     for mode in ("alloc", "passed"):
-        if mode == "alloc":
-            def fwd():
-                return batchnorm_forward(x, gamma, beta, EPS, num_threads=nt, cache="minimal")
-
-            def bwd():
-                return batchnorm_backward_fused(dout, mini, num_threads=nt)
-        else:
-            def fwd():
-                return batchnorm_forward(x, gamma, beta, EPS, num_threads=nt, cache="minimal", out=out)
-
-            def bwd():
-                return batchnorm_backward_fused(dout, mini, num_threads=nt, dx=dx)
-        r[f"{mode}_fwd"] = median_time(fwd, repeats)
-        r[f"{mode}_bwd"] = median_time(bwd, repeats)
         r[f"{mode}_total"] = r[f"{mode}_fwd"] + r[f"{mode}_bwd"]
-
+        if torch is not None:
+            r[f"torch_{mode}_total"] = r[f"torch_{mode}_fwd"] + r[f"torch_{mode}_bwd"]
     r["peak_alloc"] = fused_peak(x, gamma, beta, dout, nt, passed=False)
     r["peak_passed"] = fused_peak(x, gamma, beta, dout, nt, passed=True)
-    r["numpy_fwd"] = median_time(lambda: numpy_forward(x, gamma, beta), repeats)
-    _, nc = numpy_forward(x, gamma, beta)
-    r["numpy_staged_bwd"] = median_time(lambda: numpy_staged_backward(dout, nc), repeats)
-    r["numpy_fused_bwd"] = median_time(lambda: numpy_fused_backward(dout, nc), repeats)
-    if torch is not None:
-        t = torch_timings(torch, x, gamma, beta, dout, nt, repeats)
-        for mode in ("alloc", "passed"):
-            r[f"torch_{mode}_fwd"], r[f"torch_{mode}_bwd"] = t[mode]
-            r[f"torch_{mode}_total"] = sum(t[mode])
     return r
 
 
