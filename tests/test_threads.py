@@ -57,3 +57,10 @@ def test_threadpoolctl_limit_is_honoured():
     with threadpoolctl.threadpool_limits(limits=1, user_api="openmp"):
         assert effective_num_threads(None) == 1
     assert effective_num_threads(None) == before
+
+
+def test_small_work_runs_on_one_thread_unless_asked():
+    from cybatchnorm._threads import GRAIN
+    assert effective_num_threads(None, size=GRAIN - 1) == 1
+    assert effective_num_threads(None, size=100 * GRAIN) == effective_num_threads(None)
+    assert effective_num_threads(3, size=10) == 3          # an explicit count is honoured

@@ -12,16 +12,26 @@ def _cpu_count():
         return os.cpu_count() or 1
 
 
-def effective_num_threads(num_threads=None):
+# Below this many values per thread, starting threads costs more than it
+# saves, and on a busy machine a descheduled thread stalls every barrier.
+GRAIN = 1 << 15
+
+
+def effective_num_threads(num_threads=None, size=None):
     """Return the thread count for ``num_threads`` (validated).
 
     ``None`` means all usable cores, capped by OpenMP's own limit, which
-    follows ``OMP_NUM_THREADS`` and ``threadpoolctl.threadpool_limits``. A
-    positive int is used as given. In a build without OpenMP every count runs
-    serially.
+    follows ``OMP_NUM_THREADS`` and ``threadpoolctl.threadpool_limits``, and,
+    when ``size`` (the number of values to process) is given, by one thread per
+    ``GRAIN`` values, so small arrays run on one thread. A positive int is
+    used as given. In a build without OpenMP every count runs serially.
+    Results never depend on the thread count.
     """
     if num_threads is None:
-        return max(1, min(_openmp.omp_max_threads(), _cpu_count()))
+        n = max(1, min(_openmp.omp_max_threads(), _cpu_count()))
+        if size is not None:
+            n = max(1, min(n, size // GRAIN))
+        return n
     if isinstance(num_threads, bool):
         raise TypeError("num_threads: expected a positive int or None, got a bool")
     try:

@@ -147,7 +147,7 @@ def _forward(x, gamma, beta, eps, num_threads, stats=None, cache="full", out=Non
     eps = check_eps(eps)
     if cache not in _KINDS:
         raise ValueError(f"cache: expected 'full' or 'minimal', got {cache!r}")
-    nt = effective_num_threads(num_threads)
+    nt = effective_num_threads(num_threads, x3.size)
     if out is None:
         out3 = np.empty(x3.shape, dt)
     else:
@@ -195,8 +195,8 @@ def batchnorm_forward(x, gamma, beta, eps=1e-5, *, num_threads=None, cache="full
     num_threads : int or None, keyword-only
         OpenMP threads; None uses all cores (honouring ``OMP_NUM_THREADS`` and
         threadpoolctl). Results are bitwise identical for any value.
-    cache : {"full", "minimal"}, keyword-only
-        ``"full"`` keeps ``xmu`` and ``xhat`` (two arrays the size of x);
+    cache : str, keyword-only
+        ``"full"`` (the default) keeps ``xmu`` and ``xhat`` (two arrays the size of x);
         ``"minimal"`` keeps only a reference to x and the (C,) statistics,
         enough for :func:`batchnorm_backward_fused` (the staged backward then
         recomputes ``xmu`` and ``xhat``).
@@ -236,7 +236,7 @@ def batchnorm_forward(x, gamma, beta, eps=1e-5, *, num_threads=None, cache="full
 def _prepare_backward(dout, cache, num_threads, dx):
     _check_cache(cache)
     g3 = full("dout", dout, cache.dtype, cache.shape)[0]
-    nt = effective_num_threads(num_threads)
+    nt = effective_num_threads(num_threads, g3.size)
     if dx is not None:
         held = [getattr(cache, n) for n in _CHANNEL + _FULL + ("x",)]
         dx = _check_output("dx", dx, cache.shape, cache.dtype, [dout, g3] + held)

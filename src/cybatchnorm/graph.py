@@ -56,7 +56,7 @@ def mu_forward(x, *, num_threads=None):
     """``mu = mean(x)`` over the batch (and spatial axes): shape (C,)."""
     x3, shape, dt = full("x", x)
     mu = np.empty(shape[1], dt)
-    _nodes.mu_forward(x3, mu, effective_num_threads(num_threads))
+    _nodes.mu_forward(x3, mu, effective_num_threads(num_threads, x3.size))
     return mu
 
 
@@ -65,7 +65,7 @@ def xmu_forward(x, mu, *, num_threads=None):
     x3, shape, dt = full("x", x)
     mu = feature("mu", mu, shape[1], dt)
     xmu = _empty_full(x3.shape, dt)
-    _nodes.xmu_forward(x3, mu, xmu, effective_num_threads(num_threads))
+    _nodes.xmu_forward(x3, mu, xmu, effective_num_threads(num_threads, x3.size))
     return xmu.reshape(shape)
 
 
@@ -73,7 +73,7 @@ def sq_forward(xmu, *, num_threads=None):
     """``sq = xmu ** 2``, elementwise: shape of xmu."""
     a3, shape, dt = full("xmu", xmu)
     sq = _empty_full(a3.shape, dt)
-    _nodes.sq_forward(a3, sq, effective_num_threads(num_threads))
+    _nodes.sq_forward(a3, sq, effective_num_threads(num_threads, a3.size))
     return sq.reshape(shape)
 
 
@@ -81,7 +81,7 @@ def var_forward(sq, *, num_threads=None):
     """``var = mean(sq)`` over the batch: shape (C,). The biased variance."""
     a3, shape, dt = full("sq", sq)
     var = np.empty(shape[1], dt)
-    _nodes.var_forward(a3, var, effective_num_threads(num_threads))
+    _nodes.var_forward(a3, var, effective_num_threads(num_threads, a3.size))
     return var
 
 
@@ -99,7 +99,7 @@ def sqrtvar_forward(var, eps, *, num_threads=None):
     var, dt = _vector("var", var)
     eps = check_eps(eps)
     out = np.empty_like(var)
-    _nodes.sqrtvar_forward(var, eps, out, effective_num_threads(num_threads))
+    _nodes.sqrtvar_forward(var, eps, out, effective_num_threads(num_threads, var.size))
     return out
 
 
@@ -107,7 +107,7 @@ def ivar_forward(sqrtvar, *, num_threads=None):
     """``ivar = 1 / sqrtvar``: shape (C,)."""
     sqrtvar, dt = _vector("sqrtvar", sqrtvar)
     out = np.empty_like(sqrtvar)
-    _nodes.ivar_forward(sqrtvar, out, effective_num_threads(num_threads))
+    _nodes.ivar_forward(sqrtvar, out, effective_num_threads(num_threads, sqrtvar.size))
     return out
 
 
@@ -116,7 +116,7 @@ def xhat_forward(xmu, ivar, *, num_threads=None):
     a3, shape, dt = full("xmu", xmu)
     ivar = feature("ivar", ivar, shape[1], dt)
     out = _empty_full(a3.shape, dt)
-    _nodes.xhat_forward(a3, ivar, out, effective_num_threads(num_threads))
+    _nodes.xhat_forward(a3, ivar, out, effective_num_threads(num_threads, a3.size))
     return out.reshape(shape)
 
 
@@ -125,7 +125,7 @@ def gammax_forward(xhat, gamma, *, num_threads=None):
     a3, shape, dt = full("xhat", xhat)
     gamma = feature("gamma", gamma, shape[1], dt)
     out = _empty_full(a3.shape, dt)
-    _nodes.gammax_forward(a3, gamma, out, effective_num_threads(num_threads))
+    _nodes.gammax_forward(a3, gamma, out, effective_num_threads(num_threads, a3.size))
     return out.reshape(shape)
 
 
@@ -134,7 +134,7 @@ def out_forward(gammax, beta, *, num_threads=None):
     a3, shape, dt = full("gammax", gammax)
     beta = feature("beta", beta, shape[1], dt)
     out = _empty_full(a3.shape, dt)
-    _nodes.out_forward(a3, beta, out, effective_num_threads(num_threads))
+    _nodes.out_forward(a3, beta, out, effective_num_threads(num_threads, a3.size))
     return out.reshape(shape)
 
 
@@ -149,7 +149,7 @@ def out_backward(dout, *, num_threads=None):
     """
     g3, shape, dt = full("dout", dout)
     dbeta = np.empty(shape[1], dt)
-    _nodes.out_backward(g3, dbeta, effective_num_threads(num_threads))
+    _nodes.out_backward(g3, dbeta, effective_num_threads(num_threads, g3.size))
     return dbeta, g3.reshape(shape)
 
 
@@ -163,7 +163,7 @@ def gammax_backward(dgammax, xhat, gamma, *, num_threads=None, out=None):
     gamma = feature("gamma", gamma, shape[1], dt)
     dgamma = np.empty(shape[1], dt)
     dxhat = _empty_full(g3.shape, dt, out)
-    _nodes.gammax_backward(g3, h3, gamma, dgamma, dxhat, effective_num_threads(num_threads))
+    _nodes.gammax_backward(g3, h3, gamma, dgamma, dxhat, effective_num_threads(num_threads, g3.size))
     return dgamma, dxhat.reshape(shape)
 
 
@@ -178,7 +178,7 @@ def xhat_backward(dxhat, xmu, ivar, *, num_threads=None, out=None):
     ivar = feature("ivar", ivar, shape[1], dt)
     divar = np.empty(shape[1], dt)
     dxmu1 = _empty_full(g3.shape, dt, out)
-    _nodes.xhat_backward(g3, m3, ivar, divar, dxmu1, effective_num_threads(num_threads))
+    _nodes.xhat_backward(g3, m3, ivar, divar, dxmu1, effective_num_threads(num_threads, g3.size))
     return divar, dxmu1.reshape(shape)
 
 
@@ -187,7 +187,7 @@ def ivar_backward(divar, sqrtvar, *, num_threads=None):
     divar, dt = _vector("divar", divar)
     sqrtvar = feature("sqrtvar", sqrtvar, divar.shape[0], dt)
     out = np.empty_like(divar)
-    _nodes.ivar_backward(divar, sqrtvar, out, effective_num_threads(num_threads))
+    _nodes.ivar_backward(divar, sqrtvar, out, effective_num_threads(num_threads, divar.size))
     return out
 
 
@@ -196,7 +196,7 @@ def sqrtvar_backward(dsqrtvar, sqrtvar, *, num_threads=None):
     dsqrtvar, dt = _vector("dsqrtvar", dsqrtvar)
     sqrtvar = feature("sqrtvar", sqrtvar, dsqrtvar.shape[0], dt)
     out = np.empty_like(dsqrtvar)
-    _nodes.sqrtvar_backward(dsqrtvar, sqrtvar, out, effective_num_threads(num_threads))
+    _nodes.sqrtvar_backward(dsqrtvar, sqrtvar, out, effective_num_threads(num_threads, dsqrtvar.size))
     return out
 
 
@@ -209,7 +209,7 @@ def var_backward(dvar, shape, *, num_threads=None, out=None):
     dvar, dt = _vector("dvar", dvar)
     shape = _grad_shape(shape, dvar)
     dsq = _empty_full(view3d(shape), dt, out)
-    _nodes.var_backward(dvar, dsq, effective_num_threads(num_threads))
+    _nodes.var_backward(dvar, dsq, effective_num_threads(num_threads, dvar.size))
     return dsq.reshape(shape)
 
 
@@ -218,7 +218,7 @@ def sq_backward(dsq, xmu, *, num_threads=None, out=None):
     g3, shape, dt = full("dsq", dsq)
     m3 = full("xmu", xmu, dt, shape)[0]
     res = _empty_full(g3.shape, dt, out)
-    _nodes.sq_backward(g3, m3, res, effective_num_threads(num_threads))
+    _nodes.sq_backward(g3, m3, res, effective_num_threads(num_threads, g3.size))
     return res.reshape(shape)
 
 
@@ -230,7 +230,7 @@ def xmu_backward(dxmu, *, num_threads=None):
     """
     g3, shape, dt = full("dxmu", dxmu)
     dmu = np.empty(shape[1], dt)
-    _nodes.xmu_backward(g3, dmu, effective_num_threads(num_threads))
+    _nodes.xmu_backward(g3, dmu, effective_num_threads(num_threads, g3.size))
     return g3.reshape(shape), dmu
 
 
@@ -239,7 +239,7 @@ def mu_backward(dmu, shape, *, num_threads=None, out=None):
     dmu, dt = _vector("dmu", dmu)
     shape = _grad_shape(shape, dmu)
     dx2 = _empty_full(view3d(shape), dt, out)
-    _nodes.mu_backward(dmu, dx2, effective_num_threads(num_threads))
+    _nodes.mu_backward(dmu, dx2, effective_num_threads(num_threads, dmu.size))
     return dx2.reshape(shape)
 
 
@@ -257,7 +257,7 @@ def branch_sum(a, b, *, num_threads=None, out=None):
                 and out.flags.c_contiguous and out.flags.writeable):
             raise ValueError(f"out: expected a writable C-contiguous {dt} array of shape {shape}")
         o3 = out.reshape(a3.shape)
-    _nodes.branch_sum(a3, b3, o3, effective_num_threads(num_threads))
+    _nodes.branch_sum(a3, b3, o3, effective_num_threads(num_threads, a3.size))
     return o3.reshape(shape)
 
 
@@ -363,7 +363,7 @@ def forward(x, gamma, beta, eps=1e-5, *, num_threads=None):
         "beta": feature("beta", beta, shape[1], dt),
         "eps": check_eps(eps),
     }
-    nt = effective_num_threads(num_threads)
+    nt = effective_num_threads(num_threads, x3.size)
     for n in NODES:
         values[n.name] = n.forward(*(values[i] for i in n.inputs), num_threads=nt)
     return values
@@ -399,7 +399,7 @@ def backward(dout, cache, *, num_threads=None, constants=(), keep=False, dx=None
         by name in the order it was produced, including the branch sums
         ``dxmu = dxmu1 + dxmu2`` and ``dx = dx1 + dx2``.
     """
-    nt = effective_num_threads(num_threads)
+    nt = effective_num_threads(num_threads, np.size(dout))
     constants = set(constants)
     pending = {"out": dout}      # gradients waiting for their node, by node name
     produced = {}
