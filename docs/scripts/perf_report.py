@@ -3,7 +3,8 @@ table and the plot of the Performance page.
 
     python docs/scripts/perf_report.py BENCH.json OUTDIR
 
-Writes OUTDIR/perf_table.md, OUTDIR/perf_machine.md and OUTDIR/perf.svg.
+Writes OUTDIR/perf_table.md, OUTDIR/perf_machine.md, OUTDIR/perf_targets.md
+and OUTDIR/perf.svg.
 Nothing is typed in by hand: every number comes from the JSON.
 """
 import json
@@ -41,6 +42,41 @@ def table(results):
                     f"{r['numpy_staged_bwd'] / r['staged_bwd']:.1f}",
                     f"{r['staged_bwd'] / r['alloc_bwd']:.2f}"]
             lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def targets(results):
+    """Markdown list: each performance target of the project, checked
+    against these measurements (all threads, fused path, both output modes)."""
+    top = max(r["threads"] for r in results)
+    allt = [r for r in results if r["threads"] == top]
+    big = [r for r in allt if r["mib"] >= 16]
+    name = lambda r, m="": f"{_case(r)} {r['dtype']}" + (f" ({m})" if m else "")
+    checks = []
+    if all("torch_alloc_total" in r for r in allt):
+        rows = [(r, m, r[m + "_total"] / r[f"torch_{m}_total"]) for r in allt
+                for m in ("alloc", "passed")]
+        checks.append(("fwd+bwd at most 0.8x PyTorch's time, every case and dtype", rows, 0.8, "le"))
+    rows = [(r, m, r[m + "_total"] / r["bound"]) for r in big for m in ("alloc", "passed")]
+    checks.append(("fwd+bwd at most 1.25x the 8S bound, cases of 16 MiB or more", rows, 1.25, "le"))
+    rows = [(r, "", r["numpy_staged_bwd"] / r["staged_bwd"]) for r in allt]
+    checks.append(("staged backward at least 4x faster than numpy's staged backward", rows, 4.0, "ge"))
+    rows = [(r, "", r["staged_bwd"] / r["alloc_bwd"]) for r in allt]
+    checks.append(("staged backward at most 3x the fused backward", rows, 3.0, "le"))
+    one = {(tuple(r["shape"]), r["dtype"]): r for r in results if r["threads"] == 1}
+    if top > 1:
+        rows = [(r, "", one[(tuple(r["shape"]), r["dtype"])]["passed_total"] / r["passed_total"])
+                for r in big if (tuple(r["shape"]), r["dtype"]) in one]
+        checks.append((f"1 -> {top} threads at least 1.8x faster, cases of 16 MiB or more",
+                       rows, 1.8, "ge"))
+    lines = []
+    for title, rows, limit, how in checks:
+        ok = [(r, m, v) for r, m, v in rows if (v <= limit if how == "le" else v >= limit)]
+        bad = [(r, m, v) for r, m, v in rows if (r, m, v) not in ok]
+        line = f"- **{title}**: holds in {len(ok)} of {len(rows)}"
+        if bad:
+            line += "; misses: " + ", ".join(f"{name(r, m)} {v:.2f}x" for r, m, v in bad)
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 
@@ -87,6 +123,8 @@ def main(json_path, outdir):
         fh.write(table(data["results"]))
     with open(os.path.join(outdir, "perf_machine.md"), "w") as fh:
         fh.write(machine(data["meta"]))
+    with open(os.path.join(outdir, "perf_targets.md"), "w") as fh:
+        fh.write(targets(data["results"]))
     plot(data["results"], os.path.join(outdir, "perf.svg"))
 
 

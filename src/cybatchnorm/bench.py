@@ -197,6 +197,18 @@ def fused_peak(x, gamma, beta, dout, nt, passed):
 
 # ---------------------------------------------------------------- runner
 
+def cpu_model():
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def bench_case(shape, dtype, threads, repeats, torch):
     """All timings of one case; returns a dict of medians in seconds."""
     rng = np.random.default_rng(0)
@@ -281,7 +293,7 @@ def run(cases=None, dtypes=("float32", "float64"), threads=None, repeats=7, json
     thread_list = threads or sorted({1, all_threads})
     torch = _torch()
     w = lambda s: print(s, file=file, flush=True)
-    w(f"cybatchnorm {__version__} bench: {platform.processor() or platform.machine()}, "
+    w(f"cybatchnorm {__version__} bench: {cpu_model()}, "
       f"{os.cpu_count()} cpus, numpy {np.__version__}, "
       + (f"torch {torch.__version__}" if torch else "torch not importable: no torch columns")
       + f"; median of {repeats} after a warm-up")
@@ -307,7 +319,8 @@ def run(cases=None, dtypes=("float32", "float64"), threads=None, repeats=7, json
       " np-stg/stg: how much faster the compiled staged backward is; stg/fus: staged over fused backward")
     if json_path:
         meta = {"version": __version__, "machine": platform.machine(),
-                "processor": platform.processor(), "cpus": os.cpu_count(),
+                "description": f"{cpu_model()}, {platform.system()} {platform.machine()}",
+                "cpus": os.cpu_count(),
                 "numpy": np.__version__, "torch": torch.__version__ if torch else None,
                 "repeats": repeats}
         with open(json_path, "w") as fh:
