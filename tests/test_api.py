@@ -253,7 +253,8 @@ def test_minimal_cache_gives_the_same_gradients(rng, dtype, shape):
     x, g, b, dout = make(rng, shape, dtype)
     out_f, full = bn.batchnorm_forward(x, g, b)
     out_m, mini = bn.batchnorm_forward(x, g, b, cache="minimal")
-    np.testing.assert_array_equal(out_f, out_m)
+    # float32 with a minimal cache normalizes as x * a + b in float32 arithmetic
+    assert ref.rel(out_m, out_f) < (1e-15 if dtype == np.float64 else 1e-6)
     assert mini.kind == "minimal" and mini.nbytes < x.nbytes
     tol = 1e-12 if dtype == np.float64 else 1e-5
     vals = {"gamma": full.gamma, "ivar": full.ivar}

@@ -57,6 +57,12 @@ def test_forward_and_backward_match_reference(data):
         assert ref.rel(db, rd["dbeta"]) < (1e-5 if f32 else 1e-12)
         # dgamma = sum(dout * xhat) can cancel: measure against its terms
         assert float(np.abs(dg - rd["dgamma"]).max() / dg_scale) < tol
+    # the minimal cache (float32: float32 arithmetic in the elementwise passes)
+    out_m, mini = bn.batchnorm_forward(x, g, b, cache="minimal")
+    assert ref.rel(out_m, r["out"]) < tol
+    dx, dg, db = bn.batchnorm_backward_fused(dout, mini)
+    assert ref.dx_error(dx, rd["dx"], dout, r) < tol
+    assert float(np.abs(dg - rd["dgamma"]).max() / dg_scale) < tol
 
 
 @given(batches())

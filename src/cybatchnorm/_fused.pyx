@@ -23,6 +23,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt
 from libc.string cimport memcpy
+from libc.stdlib cimport malloc, free
 
 from cybatchnorm._common cimport (run_sum, run_dot, row_chunks as _row_chunks,
                                   fblock as _fblock, rstart as _rstart,
@@ -88,6 +89,32 @@ cdef inline void _normalize_rows(const floating[:, :, ::1] x,
                         orow[k + s] = <floating>(gc * ((xr[k + s] - mc) * ic) + bc)
 
 
+cdef inline void _affine_rows_f32(const float[:, :, ::1] x, const float* a,
+                                  const float* b, float[:, :, ::1] out,
+                                  Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0,
+                                  Py_ssize_t c1) noexcept nogil:
+    # out = x * a + b in float32 (a = gamma * ivar, b = beta - mu * a, both
+    # rounded once from float64): twice the SIMD width of the float64 path,
+    # and as exact as float32 input allows
+    cdef Py_ssize_t S = x.shape[2], n, c, s, k
+    cdef const float* xr
+    cdef float* orow
+    cdef float ac, bc
+    for n in range(r0, r1):
+        xr = &x[n, c0, 0]
+        orow = &out[n, c0, 0]
+        if S == 1:
+            for c in range(c1 - c0):
+                orow[c] = xr[c] * a[c0 + c] + b[c0 + c]
+        else:
+            for c in range(c1 - c0):
+                ac = a[c0 + c]
+                bc = b[c0 + c]
+                k = c * S
+                for s in range(S):
+                    orow[k + s] = xr[k + s] * ac + bc
+
+
 def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
             const floating[::1] beta, double eps, floating[:, :, ::1] out,
             floating[:, :, ::1] xmu, floating[:, :, ::1] xhat,
@@ -109,6 +136,12 @@ def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
     cdef Py_ssize_t K = pmean.shape[0], FB = _fblock(S)
     cdef Py_ssize_t nfb = (C + FB - 1) // FB, t, k, c0, c1, c
     cdef double m, q, v, sd
+    cdef float* ab = NULL
+    cdef bint fast = floating is float and not keep_nodes
+    if fast and C > 0:
+        ab = <float*>malloc(2 * C * sizeof(float))
+        if ab == NULL:
+            raise MemoryError("forward: no memory for per-channel coefficients")
     with nogil:
         if not given_stats and C > 0:
             # pass 1: partial statistics of every (chunk, block) task
@@ -128,13 +161,22 @@ def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
             ivar[c] = <floating>(1.0 / sd)
             mu64[c] = m
             ivar64[c] = 1.0 / sd
+            if fast:
+                ab[c] = <float>(gamma[c] / sd)
+                ab[C + c] = <float>(beta[c] - m * (gamma[c] / sd))
         # pass 2: normalize
         for t in prange(K * nfb, schedule='static', num_threads=n_threads):
             k = t // nfb
             c0 = (t % nfb) * FB
             c1 = min(C, c0 + FB)
+            if floating is float:
+                if fast:
+                    _affine_rows_f32(x, ab, ab + C, out, _rstart(k, K, N),
+                                     _rstart(k + 1, K, N), c0, c1)
+                    continue
             _normalize_rows(x, gamma, beta, mu64, ivar64, out, xmu, xhat, keep_nodes,
                             _rstart(k, K, N), _rstart(k + 1, K, N), c0, c1)
+    free(ab)
 
 
 # ----------------------------------------------------------------- backward
@@ -229,6 +271,35 @@ cdef inline void _dx_rows(const floating[:, :, ::1] dout,
                         dr[k + s] = <floating>(ac * gr[k + s] + ec * hr[k + s] + bc)
 
 
+cdef inline void _dx_rows_f32(const float[:, :, ::1] dout,
+                              const float[:, :, ::1] x, const float* A,
+                              const float* F, const float* G,
+                              float[:, :, ::1] dx, Py_ssize_t r0, Py_ssize_t r1,
+                              Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+    # dx = A * dout + F * x + G in float32, with F = E * ivar and
+    # G = B - E * ivar * mu folded in float64 and rounded once
+    cdef Py_ssize_t S = dout.shape[2], n, c, s, k
+    cdef const float* gr
+    cdef const float* xr
+    cdef float* dr
+    cdef float ac, fc, gc
+    for n in range(r0, r1):
+        gr = &dout[n, c0, 0]
+        xr = &x[n, c0, 0]
+        dr = &dx[n, c0, 0]
+        if S == 1:
+            for c in range(c1 - c0):
+                dr[c] = A[c0 + c] * gr[c] + F[c0 + c] * xr[c] + G[c0 + c]
+        else:
+            for c in range(c1 - c0):
+                ac = A[c0 + c]
+                fc = F[c0 + c]
+                gc = G[c0 + c]
+                k = c * S
+                for s in range(S):
+                    dr[k + s] = ac * gr[k + s] + fc * xr[k + s] + gc
+
+
 def backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] src,
              bint from_x, const double[::1] mu64, const double[::1] ivar64,
              const floating[::1] gamma, floating[:, :, ::1] dx,
@@ -246,6 +317,12 @@ def backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] src,
     cdef Py_ssize_t K = psum.shape[0], FB = _fblock(S)
     cdef Py_ssize_t nfb = (C + FB - 1) // FB, t, k, c0, c1, c, j
     cdef double M = <double>N * S, sd, sdx, a
+    cdef float* afg = NULL
+    cdef bint fast = floating is float and from_x
+    if fast and C > 0:
+        afg = <float*>malloc(3 * C * sizeof(float))
+        if afg == NULL:
+            raise MemoryError("backward: no memory for per-channel coefficients")
     with nogil:
         # pass 1: partial sums of every (chunk, block) task
         for t in prange(K * nfb, schedule='static', num_threads=n_threads):
@@ -272,13 +349,23 @@ def backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] src,
             else:
                 coef[1, c] = 0.0
                 coef[2, c] = 0.0
+            if fast:
+                afg[c] = <float>a
+                afg[C + c] = <float>(coef[2, c] * ivar64[c])
+                afg[2 * C + c] = <float>(coef[1, c] - coef[2, c] * ivar64[c] * mu64[c])
         # pass 2: dx
         for t in prange(K * nfb, schedule='static', num_threads=n_threads):
             k = t // nfb
             c0 = (t % nfb) * FB
             c1 = min(C, c0 + FB)
+            if floating is float:
+                if fast:
+                    _dx_rows_f32(dout, src, afg, afg + C, afg + 2 * C, dx,
+                                 _rstart(k, K, N), _rstart(k + 1, K, N), c0, c1)
+                    continue
             _dx_rows(dout, src, from_x, mu64, ivar64, &coef[0, 0], &coef[1, 0], &coef[2, 0], dx,
                      _rstart(k, K, N), _rstart(k + 1, K, N), c0, c1)
+    free(afg)
 
 
 def copy(const floating[::1] src, floating[::1] dst, int n_threads):
