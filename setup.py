@@ -5,6 +5,12 @@ compiler's OpenMP flags; otherwise the extensions are built without it and
 the kernels run serially. Environment switches read at build time:
 
 * ``CYBATCHNORM_NO_OPENMP=1`` builds without OpenMP even when it works.
+* ``CYBATCHNORM_NATIVE=1`` adds ``-march=native`` (a wheel for this CPU only).
+
+The default build is portable. On x86 the kernel modules are compiled twice,
+for the baseline instruction set and with AVX2 (``_nodes_avx2``,
+``_fused_avx2``); ``cybatchnorm._kernels`` picks one at import time from what
+the CPU supports. ``-ffp-contract=off`` everywhere keeps both bitwise equal.
 """
 import os
 import shlex
@@ -43,6 +49,19 @@ PROBE = textwrap.dedent(
 
 def _env_flag(name):
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _flag_works(compiler, flag):
+    """True when the compiler accepts ``flag`` on a trivial file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe_flag.c")
+        with open(src, "w") as fh:
+            fh.write("int main(void) { return 0; }\n")
+        try:
+            compiler.compile([src], output_dir=tmp, extra_postargs=[flag])
+        except Exception:
+            return False
+    return True
 
 
 def _openmp_flags(compiler):
@@ -84,18 +103,24 @@ class BuildExt(build_ext):
         msvc = self.compiler.compiler_type == "msvc"
         cflags = ["/O2"] if msvc else ["-O3"]
         ldflags = []
+        if not msvc and _flag_works(self.compiler, "-ffp-contract=off"):
+            cflags.append("-ffp-contract=off")   # no FMA contraction: same bits everywhere
+        if _env_flag("CYBATCHNORM_NATIVE") and _flag_works(self.compiler, "-march=native"):
+            cflags.append("-march=native")
+        avx2 = not msvc and _flag_works(self.compiler, "-mavx2")
         omp = _openmp_flags(self.compiler)
         if omp is not None:
             cflags += omp[0]
             ldflags += omp[1]
-        # the flags are compiled into the module so show_config() reports
-        # what this binary was really built with
-        macros = [
-            ("CYBN_BUILD_CFLAGS", '"%s"' % " ".join(cflags)),
-            ("CYBN_BUILD_LDFLAGS", '"%s"' % " ".join(ldflags)),
-        ]
         for ext in self.extensions:
-            ext.extra_compile_args = list(ext.extra_compile_args or []) + cflags
+            extra = ["-mavx2"] if avx2 and ext.name.endswith("_avx2") else []
+            # the flags are compiled into the module so show_config() reports
+            # what this binary was really built with
+            macros = [
+                ("CYBN_BUILD_CFLAGS", '"%s"' % " ".join(cflags + extra)),
+                ("CYBN_BUILD_LDFLAGS", '"%s"' % " ".join(ldflags)),
+            ]
+            ext.extra_compile_args = list(ext.extra_compile_args or []) + cflags + extra
             ext.extra_link_args = list(ext.extra_link_args or []) + ldflags
             ext.define_macros = list(ext.define_macros or []) + macros
         print("cybatchnorm: compile flags:", shlex.join(cflags),
@@ -103,7 +128,7 @@ class BuildExt(build_ext):
         super().build_extensions()
 
 
-MODULES = ["_openmp", "_nodes", "_fused"]
+MODULES = ["_openmp", "_nodes", "_fused", "_nodes_avx2", "_fused_avx2"]
 extensions = [
     Extension(f"cybatchnorm.{name}", [f"src/cybatchnorm/{name}.pyx"])
     for name in MODULES

@@ -3,7 +3,7 @@ import sys
 
 import numpy as np
 
-from . import _openmp
+from . import _kernels, _openmp
 from ._threads import effective_num_threads
 from ._version import __version__
 
@@ -30,6 +30,7 @@ def show_config(file=None):
         f"  OpenMP: {'enabled' if _openmp.openmp_enabled() else 'disabled (kernels run serially)'}",
         f"  compile flags: {cflags}",
         f"  link flags: {ldflags or '(none)'}",
+        f"  kernels: {_kernels.SIMD} (CPU has AVX2: {'yes' if _openmp.cpu_has_avx2() else 'no'})",
         f"  threads (num_threads=None): {effective_num_threads(None)}",
         f"  numpy: {np.__version__}",
         f"  python: {sys.version.split()[0]}",

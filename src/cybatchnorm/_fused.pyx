@@ -29,6 +29,9 @@ from cybatchnorm._common cimport (run_sum, run_dot, row_chunks as _row_chunks,
                                   fblock as _fblock, rstart as _rstart,
                                   stats_pass, merge_stats)
 cimport cybatchnorm._openmp
+from cybatchnorm._openmp cimport CYBN_SIMD
+
+SIMD = CYBN_SIMD.decode()   # which instruction set this module was compiled for
 
 
 def row_chunks(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S):

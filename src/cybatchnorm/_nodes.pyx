@@ -21,6 +21,9 @@ from cybatchnorm._common cimport (n_blocks, block_start, run_sum, run_dot,
                                   merge_stats)
 # The shim makes prange serial, not broken, in a build without OpenMP.
 cimport cybatchnorm._openmp
+from cybatchnorm._openmp cimport CYBN_SIMD
+
+SIMD = CYBN_SIMD.decode()   # which instruction set this module was compiled for
 
 cdef enum:
     OP_ADD = 0

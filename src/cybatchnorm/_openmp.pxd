@@ -11,6 +11,16 @@ cdef extern from *:
     static int omp_get_max_threads(void) { return 1; }
     static int omp_get_thread_num(void) { return 0; }
     #endif
+    #ifdef __AVX2__
+    #define CYBN_SIMD "avx2"
+    #else
+    #define CYBN_SIMD "baseline"
+    #endif
+    #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    static inline int cybn_cpu_has_avx2(void) { __builtin_cpu_init(); return __builtin_cpu_supports("avx2"); }
+    #else
+    static inline int cybn_cpu_has_avx2(void) { return 0; }
+    #endif
     #ifndef CYBN_BUILD_CFLAGS
     #define CYBN_BUILD_CFLAGS "unknown"
     #endif
@@ -21,5 +31,7 @@ cdef extern from *:
     bint CYBN_OPENMP_ENABLED
     const char* CYBN_BUILD_CFLAGS
     const char* CYBN_BUILD_LDFLAGS
+    const char* CYBN_SIMD
+    int cybn_cpu_has_avx2() noexcept nogil
     int omp_get_max_threads() noexcept nogil
     int omp_get_thread_num() noexcept nogil

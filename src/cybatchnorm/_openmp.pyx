@@ -18,3 +18,8 @@ def omp_max_threads():
 def build_flags():
     """Return ``(compile_flags, link_flags)`` the extensions were built with."""
     return (CYBN_BUILD_CFLAGS.decode(), CYBN_BUILD_LDFLAGS.decode())
+
+
+def cpu_has_avx2():
+    """True when the CPU running this process supports AVX2."""
+    return bool(cybn_cpu_has_avx2())

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import _fused, graph
+from . import graph
+from ._kernels import fused as _fused
 from ._threads import effective_num_threads
 from ._validation import check_batch_count, check_eps, feature, full, view3d
 

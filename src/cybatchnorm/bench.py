@@ -27,7 +27,7 @@ import tracemalloc
 
 import numpy as np
 
-from . import _fused
+from ._kernels import fused as _fused
 from ._threads import effective_num_threads
 from .api import batchnorm_backward, batchnorm_backward_fused, batchnorm_forward
 from ._version import __version__

@@ -26,7 +26,7 @@ from typing import Callable, Tuple
 
 import numpy as np
 
-from . import _nodes
+from ._kernels import nodes as _nodes
 from ._threads import effective_num_threads
 from ._validation import (as_array, check_batch_count, check_eps, computation_dtype,
                           feature, full, shape_arg, view3d)
