@@ -6,7 +6,12 @@ Used to compare two builds (say the portable default and one built with
 CYBATCHNORM_NATIVE=1, each installed in its own venv): run it in each and
 compare the JSON files. Medians of 9 runs after a warm-up.
 """
-import json, sys
+import json
+import sys
+
+import numpy as np
+
+import cybatchnorm as bn
 from cybatchnorm.bench import round_robin, CASES, parse_case, EPS
 res = {}
 for case in CASES:
