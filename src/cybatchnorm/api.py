@@ -46,7 +46,8 @@ class Cache:
     beta       (C,)            a copy of the shift used by the forward
     ========== =============== ==============================================
 
-    plus ``eps`` (float), ``shape`` (x's shape), ``dtype``, ``kind``
+    plus ``mu64`` and ``ivar64``, float64 copies of ``mu`` and ``ivar`` that
+    the fused kernels use, ``eps`` (float), ``shape`` (x's shape), ``dtype``, ``kind``
     (``"full"`` or ``"minimal"``) and ``mode`` (``"train"``: batch
     statistics, gradients flow through mu and var; ``"eval"``: mu and var
     were the running statistics, constants).
