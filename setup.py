@@ -6,6 +6,8 @@ the kernels run serially. Environment switches read at build time:
 
 * ``CYBATCHNORM_NO_OPENMP=1`` builds without OpenMP even when it works.
 * ``CYBATCHNORM_NATIVE=1`` adds ``-march=native`` (a wheel for this CPU only).
+* ``CYBATCHNORM_DEBUG=1`` is a debug build: bounds checking and wraparound on,
+  ``-O0 -g``, so an out-of-range index raises instead of reading stray memory.
 
 The default build is portable. On x86 the kernel modules are compiled twice,
 for the baseline instruction set and with AVX2 (``_nodes_avx2``,
@@ -90,6 +92,11 @@ def _openmp_flags(compiler):
     return flags
 
 
+DEBUG = _env_flag("CYBATCHNORM_DEBUG")
+if DEBUG:
+    DIRECTIVES.update(boundscheck=True, wraparound=True, initializedcheck=True)
+
+
 class BuildExt(build_ext):
     """build_ext that adds -O3 and the probed OpenMP flags to every extension."""
 
@@ -101,7 +108,10 @@ class BuildExt(build_ext):
 
     def build_extensions(self):
         msvc = self.compiler.compiler_type == "msvc"
-        cflags = ["/O2"] if msvc else ["-O3"]
+        if DEBUG:
+            cflags = ["/Od", "/Zi"] if msvc else ["-O0", "-g"]
+        else:
+            cflags = ["/O2"] if msvc else ["-O3"]
         ldflags = []
         if not msvc and _flag_works(self.compiler, "-ffp-contract=off"):
             cflags.append("-ffp-contract=off")   # no FMA contraction: same bits everywhere
@@ -138,7 +148,9 @@ setup(
     ext_modules=cythonize(
         extensions,
         compiler_directives=DIRECTIVES,
-        build_dir="build/cython",
+        # a debug build must not reuse C files generated without its checks
+        build_dir="build/cython-debug" if DEBUG else "build/cython",
+        force=DEBUG,
     ),
     cmdclass={"build_ext": BuildExt},
 )

@@ -9,7 +9,7 @@ def test_show_config_reports_build():
     bn.show_config(file=buf)
     text = buf.getvalue()
     cflags, ldflags = _openmp.build_flags()
-    assert "-O3" in cflags
+    assert "-O3" in cflags or "-O0" in cflags       # release or debug build
     assert f"compile flags: {cflags}" in text
     assert ("OpenMP: enabled" in text) == _openmp.openmp_enabled()
     if _openmp.openmp_enabled():

@@ -225,6 +225,8 @@ def sq_forward(const floating[:, :, ::1] xmu, floating[:, :, ::1] sq,
     cdef Py_ssize_t n, i
     cdef const floating* a
     cdef floating* o
+    if C == 0:           # nothing to point at, nothing to do
+        return
     for n in prange(N, nogil=True, schedule='static', num_threads=n_threads):
         a = &xmu[n, 0, 0]
         o = &sq[n, 0, 0]
@@ -300,9 +302,13 @@ def gammax_backward(const floating[:, :, ::1] dgammax,
                     int n_threads):
     """dgamma = sum(dgammax * xhat); dxhat = dgammax * gamma."""
     cdef int failed
+    cdef const floating* p = NULL
+    cdef floating* o = NULL
+    if dgammax.shape[1] > 0:      # no element to point at when there are no channels
+        p = &gamma[0]
+        o = &dxhat[0, 0, 0]
     with nogil:
-        failed = _reduce(dgammax, xhat, True, 1.0, dgamma, &gamma[0], &dxhat[0, 0, 0], True,
-                         n_threads)
+        failed = _reduce(dgammax, xhat, True, 1.0, dgamma, p, o, True, n_threads)
     if failed:
         raise MemoryError("gammax_backward: no memory for per-thread sums")
 
@@ -312,9 +318,13 @@ def xhat_backward(const floating[:, :, ::1] dxhat, const floating[:, :, ::1] xmu
                   floating[:, :, ::1] dxmu1, int n_threads):
     """divar = sum(dxhat * xmu); dxmu1 = dxhat * ivar."""
     cdef int failed
+    cdef const floating* p = NULL
+    cdef floating* o = NULL
+    if dxhat.shape[1] > 0:
+        p = &ivar[0]
+        o = &dxmu1[0, 0, 0]
     with nogil:
-        failed = _reduce(dxhat, xmu, True, 1.0, divar, &ivar[0], &dxmu1[0, 0, 0], True,
-                         n_threads)
+        failed = _reduce(dxhat, xmu, True, 1.0, divar, p, o, True, n_threads)
     if failed:
         raise MemoryError("xhat_backward: no memory for per-thread sums")
 
@@ -357,6 +367,8 @@ def sq_backward(const floating[:, :, ::1] dsq, const floating[:, :, ::1] xmu,
     cdef const floating* a
     cdef const floating* g
     cdef floating* o
+    if C == 0:           # nothing to point at, nothing to do
+        return
     for n in prange(N, nogil=True, schedule='static', num_threads=n_threads):
         a = &xmu[n, 0, 0]
         g = &dsq[n, 0, 0]
@@ -396,6 +408,8 @@ def branch_sum(const floating[:, :, ::1] a, const floating[:, :, ::1] b,
     cdef const floating* pa
     cdef const floating* pb
     cdef floating* o
+    if C == 0:           # nothing to point at, nothing to do
+        return
     for n in prange(N, nogil=True, schedule='static', num_threads=n_threads):
         pa = &a[n, 0, 0]
         pb = &b[n, 0, 0]
