@@ -61,6 +61,7 @@ def test_reference_staged_equals_reference_fused(rng):
     assert ref.rel(f[0], s["dx"]) < 1e-13
 
 
+@pytest.mark.longdouble
 def test_large_mean_variance_is_exact():
     # E[x^2] - E[x]^2 would lose every digit here; the package must not
     rng = np.random.default_rng(7)
@@ -74,6 +75,7 @@ def test_large_mean_variance_is_exact():
     assert ref.rel(naive, r["var"]) > 1e-6  # the test data really is hard
 
 
+@pytest.mark.longdouble
 def test_large_mean_spatial():
     rng = np.random.default_rng(8)
     x = rng.normal(1e6, 1.0, (8, 3, 17, 19))
