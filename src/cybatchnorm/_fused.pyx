@@ -151,6 +151,10 @@ def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
             stats_pass(x, &shift[0], &pmean[0, 0], &pm2[0, 0], K, n_threads)
         # merge the chunks in order (Chan), per channel
         for c in prange(C, schedule='static', num_threads=n_threads):
+            # assigned here so that Cython makes m and q private to each
+            # thread: a variable only written through a pointer would be shared
+            m = 0.0
+            q = 0.0
             if given_stats:
                 m = mu[c]
                 v = var[c]

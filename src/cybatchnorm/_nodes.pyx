@@ -206,6 +206,10 @@ def mu_forward(const floating[:, :, ::1] x, floating[::1] mu, int n_threads):
     with nogil:
         stats_pass(x, buf, buf + C, buf + C + K * C, K, n_threads)
         for c in prange(C, schedule='static', num_threads=n_threads):
+            # assigned here so that Cython makes m and q private to each
+            # thread: a variable only written through a pointer would be shared
+            m = 0.0
+            q = 0.0
             merge_stats(N, S, K, C, c, buf, buf + C, buf + C + K * C, &m, &q)
             mu[c] = <floating>m
     free(buf)
