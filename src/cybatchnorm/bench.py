@@ -17,7 +17,6 @@ fresh memory included) and with outputs passed in (``out=``, ``dx=``; torch's
 ``.out`` overloads), so like is compared with like.
 """
 import json
-import math
 import os
 import platform
 import statistics
@@ -45,17 +44,6 @@ def parse_case(text):
     if len(shape) < 2 or min(shape) < 1:
         raise ValueError(f"--cases: expected shapes like 256x1024, got {text!r}")
     return shape
-
-
-def median_time(fn, repeats):
-    """Median wall time of ``fn()`` over ``repeats`` runs, after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 # ---------------------------------------------------------------- numpy

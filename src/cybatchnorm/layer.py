@@ -1,4 +1,5 @@
 """BatchNorm: a layer with parameters, running statistics and train/eval modes."""
+import math
 import numbers
 import operator
 
@@ -161,7 +162,7 @@ class BatchNorm:
             f = 1.0 / self.num_batches_tracked
         else:
             f = self.momentum
-        m = cache.var.dtype.type(0) + shape[0] * int(np.prod(shape[2:]))
+        m = shape[0] * math.prod(shape[2:])    # values per channel
         unbiased = cache.var.astype(self.dtype) * (m / (m - 1))
         self.running_mean *= 1.0 - f
         self.running_mean += f * cache.mu.astype(self.dtype)
