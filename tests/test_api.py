@@ -10,6 +10,21 @@ import reference as ref
 # error of each dtype against the float64 reference, relative to scale
 TOL = {np.float64: 1e-12, np.float32: 2e-6}
 
+# shapes whose work grid is made of strips (every row of a block of channels
+# in one task, reduced and then written while in cache) in both dtypes
+STRIP_SHAPES = [(16, 512), (4, 16, 20, 20)]
+SHAPES = SHAPES + STRIP_SHAPES
+
+
+@pytest.mark.parametrize("shape", STRIP_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_strip_shapes_use_the_strip_grid(shape, dtype):
+    from cybatchnorm._kernels import fused
+    view = (shape[0], shape[1], int(np.prod(shape[2:])))
+    assert fused.row_chunks(*view, np.dtype(dtype).itemsize) == 1
+    # while a batch too tall for a strip is cut into row chunks
+    assert fused.row_chunks(65536, 256, 1, np.dtype(dtype).itemsize) > 1
+
 
 def make(rng, shape, dtype, mean=3.0, std=2.0):
     C = shape[1]

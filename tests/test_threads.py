@@ -12,7 +12,8 @@ from cybatchnorm._threads import effective_num_threads
 from conftest import DTYPES
 
 
-@pytest.mark.parametrize("shape", [(64, 37), (5, 3), (16, 7, 9, 4), (3, 1000), (50, 1)])
+@pytest.mark.parametrize("shape", [(64, 37), (5, 3), (16, 7, 9, 4), (3, 1000), (50, 1),
+                                   (16, 512), (4, 16, 20, 20)])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_results_bitwise_identical_for_any_thread_count(rng, shape, dtype):
     x = rng.normal(4, 3, shape).astype(dtype)

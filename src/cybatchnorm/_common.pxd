@@ -29,14 +29,59 @@ cdef inline Py_ssize_t block_start(Py_ssize_t b, Py_ssize_t nb,
 # channels. A task walks the rows of its chunk and reads the contiguous run of
 # its block in each row; it writes one partial result per (chunk, channel),
 # and the partials are merged chunk by chunk, in order. K depends only on the
-# shape, so results are bitwise identical for any thread count, and batches
-# with fewer channels than threads still keep every thread busy.
+# shape and dtype, so results are bitwise identical for any thread count, and
+# batches with fewer channels than threads still keep every thread busy.
+#
+# Strips: when all N rows of a few channels fit in about one core's L2 cache,
+# K is 1 and a task owns a "strip" (every row of its block of channels). It
+# reduces the strip and, while the strip is still in cache, makes the second
+# pass over it (normalize, or write dx): x is read from memory once instead of
+# twice. There must be enough strips to share among threads.
 
-cdef inline Py_ssize_t row_chunks(Py_ssize_t N, Py_ssize_t C,
-                                  Py_ssize_t S) noexcept nogil:
-    # at least 32 Ki values per chunk, at most 64 chunks, at most 128 Ki
-    # partial results per statistic
+cdef inline Py_ssize_t fblock(Py_ssize_t S) noexcept nogil:
+    # channels per block: about 256 values per row, so a task's accumulators
+    # stay in L1 while its rows stream through
+    if S >= 256:
+        return 1
+    return 256 // S
+
+
+cdef enum:
+    STRIP_BYTES = 1 << 20   # bytes of one array's strip: about one core's L2
+    MIN_RUN = 256           # bytes per row of a strip: whole cache lines, a few
+    MIN_STRIPS = 8          # strips per array, so that threads balance
+
+
+cdef inline Py_ssize_t strip_block(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                                   Py_ssize_t itemsize) noexcept nogil:
+    # channels per strip, or 0 when strips do not fit or are too few
+    cdef Py_ssize_t col = N * S * itemsize       # one channel, every row
+    cdef Py_ssize_t fit, need, fb
+    if C <= 0 or col <= 0:
+        return 0
+    fit = STRIP_BYTES // col
+    need = (MIN_RUN + S * itemsize - 1) // (S * itemsize)
+    if need > C:
+        need = C
+    if fit < need:
+        return 0
+    fb = C // (2 * MIN_STRIPS)
+    if fb < need:
+        fb = need
+    if fb > fit:
+        fb = fit
+    if (C + fb - 1) // fb < MIN_STRIPS:
+        return 0
+    return fb
+
+
+cdef inline Py_ssize_t row_chunks(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                                  Py_ssize_t itemsize) noexcept nogil:
+    # 1 for strips; otherwise at least 32 Ki values per chunk, at most 64
+    # chunks, at most 128 Ki partial results per statistic
     cdef Py_ssize_t K = (N * C * S) >> 15
+    if strip_block(N, C, S, itemsize) > 0:
+        return 1
     if K > 64:
         K = 64
     if C > 0 and K > (1 << 17) // C:
@@ -48,12 +93,13 @@ cdef inline Py_ssize_t row_chunks(Py_ssize_t N, Py_ssize_t C,
     return K
 
 
-cdef inline Py_ssize_t fblock(Py_ssize_t S) noexcept nogil:
-    # channels per block: about 256 values per row, so a task's accumulators
-    # stay in L1 while its rows stream through
-    if S >= 256:
-        return 1
-    return 256 // S
+cdef inline Py_ssize_t grid_block(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                                  Py_ssize_t itemsize) noexcept nogil:
+    # channels per task: a strip's, or fblock's
+    cdef Py_ssize_t fb = strip_block(N, C, S, itemsize)
+    if fb > 0:
+        return fb
+    return fblock(S)
 
 
 cdef inline Py_ssize_t rstart(Py_ssize_t k, Py_ssize_t K,
@@ -185,7 +231,8 @@ cdef inline void stats_pass(const floating[:, :, ::1] x, double* shift,
     """Partial shifted mean/m2 of every (chunk, channel) into the (K, C)
     row-major buffers ``pmean``/``pm2``; ``shift`` (C,) is filled here."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
-    cdef Py_ssize_t FB = fblock(S), nfb = (C + FB - 1) // FB, t, k, c0, c1, c
+    cdef Py_ssize_t FB = grid_block(N, C, S, sizeof(floating))
+    cdef Py_ssize_t nfb = (C + FB - 1) // FB, t, k, c0, c1, c
     for c in range(C):
         shift[c] = x[0, c, 0]
     for t in prange(K * nfb, schedule='static', num_threads=n_threads):

@@ -26,17 +26,19 @@ from libc.string cimport memcpy
 from libc.stdlib cimport malloc, free
 
 from cybatchnorm._common cimport (run_sum, run_dot, row_chunks as _row_chunks,
-                                  fblock as _fblock, rstart as _rstart,
-                                  stats_pass, merge_stats)
+                                  grid_block, rstart as _rstart, stats_pass,
+                                  welford_rows, merge_stats)
 cimport cybatchnorm._openmp
 from cybatchnorm._openmp cimport CYBN_SIMD
 
 SIMD = CYBN_SIMD.decode()   # which instruction set this module was compiled for
 
 
-def row_chunks(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S):
-    """Number of row chunks of the work grid for an (N, C, S) array."""
-    return _row_chunks(N, C, S)
+def row_chunks(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t itemsize):
+    """Number of row chunks of the work grid for an (N, C, S) array of
+    ``itemsize``-byte values; 1 when the grid is made of strips (every row of
+    a block of channels, small enough to stay in cache between two passes)."""
+    return _row_chunks(N, C, S, itemsize)
 
 
 # ------------------------------------------------------------------ forward
@@ -118,6 +120,37 @@ cdef inline void _affine_rows_f32(const float[:, :, ::1] x, const float* a,
                     orow[k + s] = xr[k + s] * ac + bc
 
 
+cdef inline void _channel_stats(Py_ssize_t c, Py_ssize_t N, Py_ssize_t S,
+                                Py_ssize_t K, Py_ssize_t C, double eps,
+                                bint given_stats, const floating[::1] gamma,
+                                const floating[::1] beta, floating[::1] mu,
+                                floating[::1] var, floating[::1] sqrtvar,
+                                floating[::1] ivar, double[::1] mu64,
+                                double[::1] ivar64, const double* shift,
+                                const double* pmean, const double* pm2,
+                                float* ab) noexcept nogil:
+    # channel c's statistics from its K partials (Chan, in chunk order) or,
+    # in eval mode, from the given mu and var; ab gets the float32 affine
+    # coefficients when it is not NULL
+    cdef double m = 0.0, q = 0.0, v, sd
+    if given_stats:
+        m = mu[c]
+        v = var[c]
+    else:
+        merge_stats(N, S, K, C, c, shift, pmean, pm2, &m, &q)
+        v = q / (<double>N * S)
+        mu[c] = <floating>m
+        var[c] = <floating>v
+    sd = sqrt(v + eps)
+    sqrtvar[c] = <floating>sd
+    ivar[c] = <floating>(1.0 / sd)
+    mu64[c] = m
+    ivar64[c] = 1.0 / sd
+    if ab != NULL:
+        ab[c] = <float>(gamma[c] / sd)
+        ab[C + c] = <float>(beta[c] - m * (gamma[c] / sd))
+
+
 def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
             const floating[::1] beta, double eps, floating[:, :, ::1] out,
             floating[:, :, ::1] xmu, floating[:, :, ::1] xhat,
@@ -128,61 +161,67 @@ def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
     """Batch statistics and normalized output in two passes over ``x``.
 
     ``pmean``/``pm2`` (K, C) hold the per-chunk partial statistics, K being
-    the number of row chunks; ``shift`` (C,) is scratch. The statistics are
-    written to ``mu``, ``var``, ``sqrtvar``, ``ivar`` in x's dtype and to
-    ``mu64``/``ivar64`` in float64 (what the normalization and a minimal-cache
-    backward use). ``xmu`` and ``xhat`` are written only when ``keep_nodes``
-    (pass ``out`` for both otherwise). With ``given_stats`` the statistics
-    pass is skipped: ``mu`` and ``var`` are read (eval mode).
+    the number of row chunks (``row_chunks``); ``shift`` (C,) is scratch. The
+    statistics are written to ``mu``, ``var``, ``sqrtvar``, ``ivar`` in x's
+    dtype and to ``mu64``/``ivar64`` in float64 (what the normalization and a
+    minimal-cache backward use). ``xmu`` and ``xhat`` are written only when
+    ``keep_nodes`` (pass ``out`` for both otherwise). With ``given_stats`` the
+    statistics pass is skipped: ``mu`` and ``var`` are read (eval mode).
+    With K == 1 each task owns a strip (all rows of its channels) and
+    normalizes it right after reducing it, while it is still in cache.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
-    cdef Py_ssize_t K = pmean.shape[0], FB = _fblock(S)
+    cdef Py_ssize_t K = pmean.shape[0], FB = grid_block(N, C, S, sizeof(floating))
     cdef Py_ssize_t nfb = (C + FB - 1) // FB, t, k, c0, c1, c
-    cdef double m, q, v, sd
     cdef float* ab = NULL
     cdef bint fast = floating is float and not keep_nodes
-    if fast and C > 0:
+    if C == 0:
+        return
+    if fast:
         ab = <float*>malloc(2 * C * sizeof(float))
         if ab == NULL:
             raise MemoryError("forward: no memory for per-channel coefficients")
     with nogil:
-        if not given_stats and C > 0:
-            # pass 1: partial statistics of every (chunk, block) task
-            stats_pass(x, &shift[0], &pmean[0, 0], &pm2[0, 0], K, n_threads)
-        # merge the chunks in order (Chan), per channel
-        for c in prange(C, schedule='static', num_threads=n_threads):
-            # assigned here so that Cython makes m and q private to each
-            # thread: a variable only written through a pointer would be shared
-            m = 0.0
-            q = 0.0
-            if given_stats:
-                m = mu[c]
-                v = var[c]
-            else:
-                merge_stats(N, S, K, C, c, &shift[0], &pmean[0, 0], &pm2[0, 0], &m, &q)
-                v = q / (<double>N * S)
-                mu[c] = <floating>m
-                var[c] = <floating>v
-            sd = sqrt(v + eps)
-            sqrtvar[c] = <floating>sd
-            ivar[c] = <floating>(1.0 / sd)
-            mu64[c] = m
-            ivar64[c] = 1.0 / sd
-            if fast:
-                ab[c] = <float>(gamma[c] / sd)
-                ab[C + c] = <float>(beta[c] - m * (gamma[c] / sd))
-        # pass 2: normalize
-        for t in prange(K * nfb, schedule='static', num_threads=n_threads):
-            k = t // nfb
-            c0 = (t % nfb) * FB
-            c1 = min(C, c0 + FB)
-            if floating is float:
-                if fast:
-                    _affine_rows_f32(x, ab, ab + C, out, _rstart(k, K, N),
-                                     _rstart(k + 1, K, N), c0, c1)
-                    continue
-            _normalize_rows(x, gamma, beta, mu64, ivar64, out, xmu, xhat, keep_nodes,
-                            _rstart(k, K, N), _rstart(k + 1, K, N), c0, c1)
+        if K == 1:
+            # strips: statistics and normalization of a block in one task
+            for t in prange(nfb, schedule='static', num_threads=n_threads):
+                c0 = t * FB
+                c1 = min(C, c0 + FB)
+                if not given_stats:
+                    for c in range(c0, c1):
+                        shift[c] = x[0, c, 0]
+                    welford_rows(x, 0, N, c0, c1, &shift[c0], &pmean[0, c0], &pm2[0, c0])
+                for c in range(c0, c1):
+                    _channel_stats(c, N, S, K, C, eps, given_stats, gamma, beta, mu, var,
+                                   sqrtvar, ivar, mu64, ivar64, &shift[0], &pmean[0, 0],
+                                   &pm2[0, 0], ab)
+                if floating is float:
+                    if fast:
+                        _affine_rows_f32(x, ab, ab + C, out, 0, N, c0, c1)
+                        continue
+                _normalize_rows(x, gamma, beta, mu64, ivar64, out, xmu, xhat, keep_nodes,
+                                0, N, c0, c1)
+        else:
+            if not given_stats:
+                # pass 1: partial statistics of every (chunk, block) task
+                stats_pass(x, &shift[0], &pmean[0, 0], &pm2[0, 0], K, n_threads)
+            # merge the chunks in order (Chan), per channel
+            for c in prange(C, schedule='static', num_threads=n_threads):
+                _channel_stats(c, N, S, K, C, eps, given_stats, gamma, beta, mu, var,
+                               sqrtvar, ivar, mu64, ivar64, &shift[0], &pmean[0, 0],
+                               &pm2[0, 0], ab)
+            # pass 2: normalize
+            for t in prange(K * nfb, schedule='static', num_threads=n_threads):
+                k = t // nfb
+                c0 = (t % nfb) * FB
+                c1 = min(C, c0 + FB)
+                if floating is float:
+                    if fast:
+                        _affine_rows_f32(x, ab, ab + C, out, _rstart(k, K, N),
+                                         _rstart(k + 1, K, N), c0, c1)
+                        continue
+                _normalize_rows(x, gamma, beta, mu64, ivar64, out, xmu, xhat, keep_nodes,
+                                _rstart(k, K, N), _rstart(k + 1, K, N), c0, c1)
     free(ab)
 
 
@@ -307,6 +346,51 @@ cdef inline void _dx_rows_f32(const float[:, :, ::1] dout,
                     dr[k + s] = ac * gr[k + s] + fc * xr[k + s] + gc
 
 
+cdef inline void _channel_coef(Py_ssize_t c, Py_ssize_t K, Py_ssize_t C,
+                               double M, bint batch_stats,
+                               const floating[::1] gamma, const double[::1] mu64,
+                               const double[::1] ivar64, floating[::1] dgamma,
+                               floating[::1] dbeta, const double* psum,
+                               const double* pdot, double* coef,
+                               float* afg) noexcept nogil:
+    # merge channel c's K partial sums in chunk order; dx = A * dout + E * xhat + B
+    # with A = gamma * ivar, B = -A * sum(dout) / M, E = -A * sum(dout * xhat) / M
+    cdef double sd = 0.0, sdx = 0.0, a
+    cdef Py_ssize_t j
+    for j in range(K):
+        sd = sd + psum[j * C + c]
+        sdx = sdx + pdot[j * C + c]
+    dbeta[c] = <floating>sd
+    dgamma[c] = <floating>sdx
+    a = gamma[c] * ivar64[c]
+    coef[c] = a
+    if batch_stats:
+        coef[C + c] = -a * sd / M
+        coef[2 * C + c] = -a * sdx / M
+    else:
+        coef[C + c] = 0.0
+        coef[2 * C + c] = 0.0
+    if afg != NULL:
+        afg[c] = <float>a
+        afg[C + c] = <float>(coef[2 * C + c] * ivar64[c])
+        afg[2 * C + c] = <float>(coef[C + c] - coef[2 * C + c] * ivar64[c] * mu64[c])
+
+
+cdef inline void _dx_task(const floating[:, :, ::1] dout,
+                          const floating[:, :, ::1] src, bint from_x,
+                          const double[::1] mu64, const double[::1] ivar64,
+                          const double* coef, const float* afg,
+                          floating[:, :, ::1] dx, Py_ssize_t r0, Py_ssize_t r1,
+                          Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+    cdef Py_ssize_t C = dout.shape[1]
+    if floating is float:
+        if afg != NULL:
+            _dx_rows_f32(dout, src, afg, afg + C, afg + 2 * C, dx, r0, r1, c0, c1)
+            return
+    _dx_rows(dout, src, from_x, mu64, ivar64, coef, coef + C, coef + 2 * C, dx,
+             r0, r1, c0, c1)
+
+
 def backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] src,
              bint from_x, const double[::1] mu64, const double[::1] ivar64,
              const floating[::1] gamma, floating[:, :, ::1] dx,
@@ -318,60 +402,52 @@ def backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] src,
     ``src`` is ``xhat`` (full cache) or ``x`` (``from_x``, minimal cache; xhat
     is recomputed from ``mu64`` and ``ivar64``). ``psum``/``pdot`` (K, C) hold
     per-chunk partial sums, ``coef`` (3, C) is scratch. ``batch_stats`` false
-    gives the eval-mode gradient, where mu and ivar are constants.
+    gives the eval-mode gradient, where mu and ivar are constants. With
+    K == 1 each task owns a strip and writes its dx right after reducing it,
+    while dout and src are still in cache.
     """
     cdef Py_ssize_t N = dout.shape[0], C = dout.shape[1], S = dout.shape[2]
-    cdef Py_ssize_t K = psum.shape[0], FB = _fblock(S)
-    cdef Py_ssize_t nfb = (C + FB - 1) // FB, t, k, c0, c1, c, j
-    cdef double M = <double>N * S, sd, sdx, a
+    cdef Py_ssize_t K = psum.shape[0], FB = grid_block(N, C, S, sizeof(floating))
+    cdef Py_ssize_t nfb = (C + FB - 1) // FB, t, k, c0, c1, c
+    cdef double M = <double>N * S
     cdef float* afg = NULL
     cdef bint fast = floating is float and from_x
-    if fast and C > 0:
+    if C == 0:
+        return
+    if fast:
         afg = <float*>malloc(3 * C * sizeof(float))
         if afg == NULL:
             raise MemoryError("backward: no memory for per-channel coefficients")
     with nogil:
-        # pass 1: partial sums of every (chunk, block) task
-        for t in prange(K * nfb, schedule='static', num_threads=n_threads):
-            k = t // nfb
-            c0 = (t % nfb) * FB
-            c1 = min(C, c0 + FB)
-            _sums_rows(dout, src, from_x, mu64, ivar64, _rstart(k, K, N),
-                       _rstart(k + 1, K, N), c0, c1, &psum[k, c0], &pdot[k, c0])
-        # merge in chunk order; dx = A * dout + E * xhat + B with
-        # A = gamma * ivar, B = -A * sum(dout) / M, E = -A * sum(dout * xhat) / M
-        for c in prange(C, schedule='static', num_threads=n_threads):
-            sd = 0.0
-            sdx = 0.0
-            for j in range(K):
-                sd = sd + psum[j, c]
-                sdx = sdx + pdot[j, c]
-            dbeta[c] = <floating>sd
-            dgamma[c] = <floating>sdx
-            a = gamma[c] * ivar64[c]
-            coef[0, c] = a
-            if batch_stats:
-                coef[1, c] = -a * sd / M
-                coef[2, c] = -a * sdx / M
-            else:
-                coef[1, c] = 0.0
-                coef[2, c] = 0.0
-            if fast:
-                afg[c] = <float>a
-                afg[C + c] = <float>(coef[2, c] * ivar64[c])
-                afg[2 * C + c] = <float>(coef[1, c] - coef[2, c] * ivar64[c] * mu64[c])
-        # pass 2: dx
-        for t in prange(K * nfb, schedule='static', num_threads=n_threads):
-            k = t // nfb
-            c0 = (t % nfb) * FB
-            c1 = min(C, c0 + FB)
-            if floating is float:
-                if fast:
-                    _dx_rows_f32(dout, src, afg, afg + C, afg + 2 * C, dx,
-                                 _rstart(k, K, N), _rstart(k + 1, K, N), c0, c1)
-                    continue
-            _dx_rows(dout, src, from_x, mu64, ivar64, &coef[0, 0], &coef[1, 0], &coef[2, 0], dx,
-                     _rstart(k, K, N), _rstart(k + 1, K, N), c0, c1)
+        if K == 1:
+            # strips: sums, coefficients and dx of a block in one task
+            for t in prange(nfb, schedule='static', num_threads=n_threads):
+                c0 = t * FB
+                c1 = min(C, c0 + FB)
+                _sums_rows(dout, src, from_x, mu64, ivar64, 0, N, c0, c1,
+                           &psum[0, c0], &pdot[0, c0])
+                for c in range(c0, c1):
+                    _channel_coef(c, K, C, M, batch_stats, gamma, mu64, ivar64, dgamma, dbeta,
+                                  &psum[0, 0], &pdot[0, 0], &coef[0, 0], afg)
+                _dx_task(dout, src, from_x, mu64, ivar64, &coef[0, 0], afg, dx, 0, N, c0, c1)
+        else:
+            # pass 1: partial sums of every (chunk, block) task
+            for t in prange(K * nfb, schedule='static', num_threads=n_threads):
+                k = t // nfb
+                c0 = (t % nfb) * FB
+                c1 = min(C, c0 + FB)
+                _sums_rows(dout, src, from_x, mu64, ivar64, _rstart(k, K, N),
+                           _rstart(k + 1, K, N), c0, c1, &psum[k, c0], &pdot[k, c0])
+            for c in prange(C, schedule='static', num_threads=n_threads):
+                _channel_coef(c, K, C, M, batch_stats, gamma, mu64, ivar64, dgamma, dbeta,
+                              &psum[0, 0], &pdot[0, 0], &coef[0, 0], afg)
+            # pass 2: dx
+            for t in prange(K * nfb, schedule='static', num_threads=n_threads):
+                k = t // nfb
+                c0 = (t % nfb) * FB
+                c1 = min(C, c0 + FB)
+                _dx_task(dout, src, from_x, mu64, ivar64, &coef[0, 0], afg, dx,
+                         _rstart(k, K, N), _rstart(k + 1, K, N), c0, c1)
     free(afg)
 
 

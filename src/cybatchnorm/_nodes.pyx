@@ -14,10 +14,9 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt
 from libc.stdlib cimport malloc, free
-from libc.string cimport memcpy
 
 from cybatchnorm._common cimport (n_blocks, block_start, run_sum, run_dot,
-                                  row_chunks, fblock, rstart, stats_pass,
+                                  row_chunks, grid_block, rstart, stats_pass,
                                   merge_stats)
 # The shim makes prange serial, not broken, in a build without OpenMP.
 cimport cybatchnorm._openmp
@@ -29,6 +28,7 @@ cdef enum:
     OP_ADD = 0
     OP_SUB = 1
     OP_MUL = 2
+    OP_MUL2 = 3     # 2 * x * p, as sq_backward writes it
 
 
 # ---------------------------------------------------------------- helpers
@@ -84,7 +84,8 @@ cdef int _reduce(const floating[:, :, ::1] a, const floating[:, :, ::1] b,
     writes out = a * p[channel] in the same pass. Returns 1 when the partial
     sums could not be allocated."""
     cdef Py_ssize_t N = a.shape[0], C = a.shape[1], S = a.shape[2]
-    cdef Py_ssize_t K = row_chunks(N, C, S), FB = fblock(S)
+    cdef Py_ssize_t K = row_chunks(N, C, S, sizeof(floating))
+    cdef Py_ssize_t FB = grid_block(N, C, S, sizeof(floating))
     cdef Py_ssize_t nfb = (C + FB - 1) // FB, t, k, c0, c1, c, j
     cdef double tot
     cdef double* part
@@ -114,7 +115,7 @@ cdef inline void _per_channel_run(const floating* x, const floating* p,
                                   floating* o, Py_ssize_t nc, Py_ssize_t S,
                                   int op) noexcept nogil:
     # o = x (op) p[channel] over nc channels of one row; S == 1 gets its own
-    # loops so the compiler vectorizes along the channels.
+    # loops so the compiler vectorizes along the channels. o may be x itself.
     cdef Py_ssize_t c, s
     cdef floating pc
     if S == 1:
@@ -124,9 +125,12 @@ cdef inline void _per_channel_run(const floating* x, const floating* p,
         elif op == OP_SUB:
             for c in range(nc):
                 o[c] = x[c] - p[c]
-        else:
+        elif op == OP_MUL:
             for c in range(nc):
                 o[c] = x[c] * p[c]
+        else:
+            for c in range(nc):
+                o[c] = 2 * x[c] * p[c]
     else:
         for c in range(nc):
             pc = p[c]
@@ -136,9 +140,12 @@ cdef inline void _per_channel_run(const floating* x, const floating* p,
             elif op == OP_SUB:
                 for s in range(S):
                     o[c * S + s] = x[c * S + s] - pc
-            else:
+            elif op == OP_MUL:
                 for s in range(S):
                     o[c * S + s] = x[c * S + s] * pc
+            else:
+                for s in range(S):
+                    o[c * S + s] = 2 * x[c * S + s] * pc
 
 
 cdef void _per_channel(const floating[:, :, ::1] x, const floating[::1] p,
@@ -156,33 +163,12 @@ cdef void _per_channel(const floating[:, :, ::1] x, const floating[::1] p,
         _per_channel_run(&x[n, c0, 0], &p[c0], &out[n, c0, 0], c1 - c0, S, op)
 
 
-cdef int _broadcast(const floating[::1] p, double divisor,
-                    floating[:, :, ::1] out, int n_threads) noexcept nogil:
-    # out[n, c, :] = p[c] / divisor: one division per channel into a row
-    # template, then every row is a copy of it. Returns 1 when out of memory.
-    cdef Py_ssize_t N = out.shape[0], C = out.shape[1], S = out.shape[2]
-    cdef Py_ssize_t n, c, s
-    cdef floating v
-    cdef floating* row
-    cdef floating* tmpl
-    if C == 0:
-        return 0
-    tmpl = <floating*>malloc(C * sizeof(floating))
-    if tmpl == NULL:
-        return 1
-    for c in range(C):
-        tmpl[c] = <floating>(p[c] / divisor)
-    for n in prange(N, schedule='static', num_threads=n_threads):
-        row = &out[n, 0, 0]
-        if S == 1:
-            memcpy(row, tmpl, C * sizeof(floating))
-        else:
-            for c in range(C):
-                v = tmpl[c]
-                for s in range(S):
-                    row[c * S + s] = v
-    free(tmpl)
-    return 0
+cdef inline void _divide(const floating[::1] p, double divisor,
+                         floating[::1] out) noexcept nogil:
+    # out = p / divisor, divided in float64 and rounded once
+    cdef Py_ssize_t c
+    for c in range(p.shape[0]):
+        out[c] = <floating>(p[c] / divisor)
 
 
 cdef Py_ssize_t _count(const floating[:, :, ::1] a) noexcept nogil:
@@ -195,7 +181,7 @@ cdef Py_ssize_t _count(const floating[:, :, ::1] a) noexcept nogil:
 def mu_forward(const floating[:, :, ::1] x, floating[::1] mu, int n_threads):
     """mu = mean(x) per channel, by the same one-pass statistics as the fused path."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
-    cdef Py_ssize_t K = row_chunks(N, C, S), c
+    cdef Py_ssize_t K = row_chunks(N, C, S, sizeof(floating)), c
     cdef double m, q
     cdef double* buf
     if C == 0:
@@ -353,14 +339,12 @@ def sqrtvar_backward(const floating[::1] dsqrtvar, const floating[::1] sqrtvar,
             dvar[c] = <floating>(0.5 * dsqrtvar[c] / sqrtvar[c])
 
 
-def var_backward(const floating[::1] dvar, floating[:, :, ::1] dsq,
+def var_backward(const floating[::1] dvar, double M, floating[::1] dsq,
                  int n_threads):
-    """dsq = dvar / M broadcast over the M = N * S values of each channel."""
-    cdef int failed
-    with nogil:
-        failed = _broadcast(dvar, <double>(dsq.shape[0] * dsq.shape[2]), dsq, n_threads)
-    if failed:
-        raise MemoryError("var_backward: no memory for the row template")
+    """dsq = dvar / M per channel: each of the M = N * S values of a channel
+    gets the same gradient, so one value per channel is all there is to
+    compute (the caller broadcasts it over the batch as a zero-stride view)."""
+    _divide(dvar, M, dsq)
 
 
 def sq_backward(const floating[:, :, ::1] dsq, const floating[:, :, ::1] xmu,
@@ -381,6 +365,14 @@ def sq_backward(const floating[:, :, ::1] dsq, const floating[:, :, ::1] xmu,
             o[i] = 2 * a[i] * g[i]
 
 
+def sq_backward_channel(const floating[::1] dsq, const floating[:, :, ::1] xmu,
+                        floating[:, :, ::1] dxmu2, int n_threads):
+    """dxmu2 = 2 * xmu * dsq for a dsq that is one value per channel (what
+    var_backward gives): only xmu is read from memory."""
+    with nogil:
+        _per_channel(xmu, dsq, dxmu2, OP_MUL2, n_threads)
+
+
 def xmu_backward(const floating[:, :, ::1] dxmu, floating[::1] dmu,
                  int n_threads):
     """dmu = -sum(dxmu) over the batch; dx1 is dxmu itself (not computed)."""
@@ -391,14 +383,10 @@ def xmu_backward(const floating[:, :, ::1] dxmu, floating[::1] dmu,
         raise MemoryError("xmu_backward: no memory for per-thread sums")
 
 
-def mu_backward(const floating[::1] dmu, floating[:, :, ::1] dx2,
+def mu_backward(const floating[::1] dmu, double M, floating[::1] dx2,
                 int n_threads):
-    """dx2 = dmu / M broadcast over the M = N * S values of each channel."""
-    cdef int failed
-    with nogil:
-        failed = _broadcast(dmu, <double>(dx2.shape[0] * dx2.shape[2]), dx2, n_threads)
-    if failed:
-        raise MemoryError("mu_backward: no memory for the row template")
+    """dx2 = dmu / M per channel (broadcast over the batch by the caller)."""
+    _divide(dmu, M, dx2)
 
 
 def branch_sum(const floating[:, :, ::1] a, const floating[:, :, ::1] b,
@@ -420,3 +408,11 @@ def branch_sum(const floating[:, :, ::1] a, const floating[:, :, ::1] b,
         o = &out[n, 0, 0]
         for i in range(C * S):
             o[i] = pa[i] + pb[i]
+
+
+def branch_sum_channel(const floating[:, :, ::1] a, const floating[::1] b,
+                       floating[:, :, ::1] out, int n_threads):
+    """out = a + b[channel]: a branch sum whose second gradient is one value
+    per channel (mu_backward's dx2). ``out`` may be ``a`` itself."""
+    with nogil:
+        _per_channel(a, b, out, OP_ADD, n_threads)

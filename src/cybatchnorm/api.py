@@ -20,10 +20,10 @@ _CHANNEL = ("mu", "var", "sqrtvar", "ivar", "gamma", "beta")
 _KINDS = ("full", "minimal")
 
 
-def _row_chunks(view):
-    # row chunks of the kernels' work grid: a function of the shape alone,
-    # never of the thread count (see _common.pxd)
-    return _fused.row_chunks(*view)
+def _row_chunks(view, dtype):
+    # row chunks of the kernels' work grid: a function of the shape and dtype
+    # alone, never of the thread count (see _common.pxd)
+    return _fused.row_chunks(*view, np.dtype(dtype).itemsize)
 
 
 class Cache:
@@ -165,7 +165,7 @@ def _forward(x, gamma, beta, eps, num_threads, stats=None, cache="full", out=Non
         var = feature("running_var", stats[1], C, dt).copy()
     sqrtvar, ivar = np.empty(C, dt), np.empty(C, dt)
     mu64, ivar64 = np.empty(C), np.empty(C)
-    K = _row_chunks(x3.shape)
+    K = _row_chunks(x3.shape, dt)
     _fused.forward(x3, gamma, beta, eps, out3, xmu, xhat, keep, mu, var, sqrtvar, ivar,
                    mu64, ivar64, stats is not None, np.empty((K, C)), np.empty((K, C)),
                    np.empty(C), nt)
@@ -364,7 +364,7 @@ def batchnorm_backward_fused(dout, cache, *, num_threads=None, dx=None):
     dgamma, dbeta = np.empty(C, dt), np.empty(C, dt)
     from_x = cache.kind == "minimal"
     src = (cache.x if from_x else cache.xhat).reshape(g3.shape)
-    K = _row_chunks(g3.shape)
+    K = _row_chunks(g3.shape, dt)
     _fused.backward(g3, src, from_x, cache.mu64, cache.ivar64, cache.gamma, dx3, dgamma,
                     dbeta, cache.mode == "train", np.empty((K, C)), np.empty((K, C)),
                     np.empty((3, C)), nt)

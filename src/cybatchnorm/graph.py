@@ -21,6 +21,7 @@ walks the list in reverse and adds gradients where branches meet (``xmu``
 feeds both ``sq`` and ``xhat``; ``x`` feeds both ``mu`` and ``xmu``).
 """
 from dataclasses import dataclass
+import math
 import re
 from typing import Callable, Tuple
 
@@ -200,25 +201,57 @@ def sqrtvar_backward(dsqrtvar, sqrtvar, *, num_threads=None):
     return out
 
 
-def var_backward(dvar, shape, *, num_threads=None, out=None):
+def _per_channel_view(vec, shape):
+    # a (C,) vector repeated over the batch and spatial axes: a read-only,
+    # zero-stride view, so nothing the size of x is written
+    return np.broadcast_to(vec.reshape((1, -1) + (1,) * (len(shape) - 2)), shape)
+
+
+def _channel_vector(arr):
+    """The (C,) vector behind a gradient that is one value per channel held as
+    a zero-stride view (what var_backward and mu_backward return); None for
+    any other array."""
+    if (not isinstance(arr, np.ndarray) or arr.ndim < 2 or arr.size == 0
+            or any(st != 0 for i, st in enumerate(arr.strides) if i != 1)):
+        return None
+    return arr[(0, slice(None)) + (0,) * (arr.ndim - 2)]
+
+
+def var_backward(dvar, shape, *, num_threads=None):
     """Gradient of ``var = mean(sq)``: ``dsq = dvar / M`` broadcast to ``shape``.
 
     ``M`` is the number of values averaged per channel (N times the spatial
-    size); every one of them moved var by 1/M of its own change.
+    size); every one of them moved var by 1/M of its own change. All values
+    of a channel share one gradient, so the kernel computes the (C,) vector
+    ``dvar / M`` and ``dsq`` is a read-only view of it with stride 0 along
+    the batch and spatial axes: nothing the size of x is written.
     """
     dvar, dt = _vector("dvar", dvar)
     shape = _grad_shape(shape, dvar)
-    dsq = _empty_full(view3d(shape), dt, out)
-    _nodes.var_backward(dvar, dsq, effective_num_threads(num_threads, dvar.size))
-    return dsq.reshape(shape)
+    dsq = np.empty_like(dvar)
+    _nodes.var_backward(dvar, float(math.prod(view3d(shape)[::2])), dsq,
+                        effective_num_threads(num_threads, dvar.size))
+    return _per_channel_view(dsq, shape)
 
 
 def sq_backward(dsq, xmu, *, num_threads=None, out=None):
-    """Gradient of ``sq = xmu ** 2``: ``dxmu2 = 2 * xmu * dsq``."""
-    g3, shape, dt = full("dsq", dsq)
-    m3 = full("xmu", xmu, dt, shape)[0]
-    res = _empty_full(g3.shape, dt, out)
-    _nodes.sq_backward(g3, m3, res, effective_num_threads(num_threads, g3.size))
+    """Gradient of ``sq = xmu ** 2``: ``dxmu2 = 2 * xmu * dsq``.
+
+    When ``dsq`` is one value per channel broadcast over the batch (as
+    :func:`var_backward` returns it), only ``xmu`` is read from memory.
+    """
+    vec = _channel_vector(dsq)
+    if vec is None:
+        g3, shape, dt = full("dsq", dsq)
+        m3 = full("xmu", xmu, dt, shape)[0]
+        res = _empty_full(g3.shape, dt, out)
+        _nodes.sq_backward(g3, m3, res, effective_num_threads(num_threads, g3.size))
+        return res.reshape(shape)
+    dt = computation_dtype("dsq", dsq)
+    m3, shape, _ = full("xmu", xmu, dt, dsq.shape)
+    res = _empty_full(m3.shape, dt, out)
+    _nodes.sq_backward_channel(np.ascontiguousarray(vec, dt), m3, res,
+                               effective_num_threads(num_threads, m3.size))
     return res.reshape(shape)
 
 
@@ -234,22 +267,36 @@ def xmu_backward(dxmu, *, num_threads=None):
     return g3.reshape(shape), dmu
 
 
-def mu_backward(dmu, shape, *, num_threads=None, out=None):
-    """Gradient of ``mu = mean(x)``: ``dx2 = dmu / M`` broadcast to ``shape``."""
+def mu_backward(dmu, shape, *, num_threads=None):
+    """Gradient of ``mu = mean(x)``: ``dx2 = dmu / M`` broadcast to ``shape``.
+
+    Like :func:`var_backward`, a read-only zero-stride view of the (C,)
+    vector ``dmu / M``.
+    """
     dmu, dt = _vector("dmu", dmu)
     shape = _grad_shape(shape, dmu)
-    dx2 = _empty_full(view3d(shape), dt, out)
-    _nodes.mu_backward(dmu, dx2, effective_num_threads(num_threads, dmu.size))
-    return dx2.reshape(shape)
+    dx2 = np.empty_like(dmu)
+    _nodes.mu_backward(dmu, float(math.prod(view3d(shape)[::2])), dx2,
+                       effective_num_threads(num_threads, dmu.size))
+    return _per_channel_view(dx2, shape)
 
 
 def branch_sum(a, b, *, num_threads=None, out=None):
     """``a + b`` for two gradients of the same node arriving by two branches.
 
-    ``out`` may be ``a`` (a C-contiguous float array) to sum in place.
+    ``out`` may be ``a`` (a C-contiguous float array) to sum in place. When
+    ``b`` is one value per channel broadcast over the batch (as
+    :func:`mu_backward` returns it), only ``a`` is read from memory.
     """
     a3, shape, dt = full("a", a)
-    b3 = full("b", b, dt, shape)[0]
+    bvec = _channel_vector(b)
+    if bvec is None:
+        b3 = full("b", b, dt, shape)[0]
+    else:
+        computation_dtype("b", b)
+        if b.shape != shape:
+            raise ValueError(f"b: expected shape {shape}, got {b.shape}")
+        bvec = np.ascontiguousarray(bvec, dt)
     if out is None:
         o3 = _empty_full(a3.shape, dt)
     else:
@@ -257,7 +304,11 @@ def branch_sum(a, b, *, num_threads=None, out=None):
                 and out.flags.c_contiguous and out.flags.writeable):
             raise ValueError(f"out: expected a writable C-contiguous {dt} array of shape {shape}")
         o3 = out.reshape(a3.shape)
-    _nodes.branch_sum(a3, b3, o3, effective_num_threads(num_threads, a3.size))
+    nt = effective_num_threads(num_threads, a3.size)
+    if bvec is None:
+        _nodes.branch_sum(a3, b3, o3, nt)
+    else:
+        _nodes.branch_sum_channel(a3, bvec, o3, nt)
     return o3.reshape(shape)
 
 
@@ -317,13 +368,13 @@ class Node:
 
 NODES = (
     Node("mu", ("x",), "channel", "mean(x)", mu_forward,
-         ("shape",), ("dx2",), mu_backward, True),
+         ("shape",), ("dx2",), mu_backward),
     Node("xmu", ("x", "mu"), "full", "x - mu", xmu_forward,
          (), ("dx1", "dmu"), xmu_backward),
     Node("sq", ("xmu",), "full", "xmu ** 2", sq_forward,
          ("xmu",), ("dxmu2",), sq_backward, True),
     Node("var", ("sq",), "channel", "mean(sq)", var_forward,
-         ("shape",), ("dsq",), var_backward, True),
+         ("shape",), ("dsq",), var_backward),
     Node("sqrtvar", ("var", "eps"), "channel", "sqrt(var + eps)", sqrtvar_forward,
          ("sqrtvar",), ("dvar",), sqrtvar_backward),
     Node("ivar", ("sqrtvar",), "channel", "1 / sqrtvar", ivar_forward,
@@ -409,7 +460,15 @@ def backward(dout, cache, *, num_threads=None, constants=(), keep=False, dx=None
             continue
         g = pending.pop(n.name)
         saved = [getattr(cache, s) for s in n.saved]
-        kw = {"out": spare.pop()} if n.writes_full and spare else {}
+        kw = {}
+        if n.writes_full:
+            # the node's new gradient is elementwise in g: it may overwrite g
+            # when g is a buffer this walk made and nobody else will read
+            if (not keep and g.flags.writeable and g.flags.c_contiguous
+                    and not np.may_share_memory(g, dout)):
+                kw["out"] = g
+            elif spare:
+                kw["out"] = spare.pop()
         res = n.backward(g, *saved, num_threads=nt, **kw)
         if len(n.grads) == 1:
             res = (res,)
