@@ -304,3 +304,19 @@ def test_eval_cache_staged_dx_passed_in(rng):
     got = bn.batchnorm_backward(dout, layer._cache, dx=dx)[0]
     assert got is dx
     np.testing.assert_allclose(dx, dout * layer.gamma / np.sqrt(1 + 1e-5), rtol=1e-14)
+
+
+@pytest.mark.parametrize("shape, dtype", [((4200, 1001), np.float32), ((2200, 1000), np.float64),
+                                          ((64, 10, 81, 81), np.float32)])
+def test_outputs_larger_than_the_cache_are_streamed_correctly(rng, shape, dtype):
+    # over 16 MiB of output: the fused kernels write rows through an L1 buffer
+    # with non-temporal stores (odd row lengths exercise the unaligned ends)
+    x, g, b, dout = make(rng, shape, dtype)
+    assert x.nbytes > 16 << 20
+    out, cache = bn.batchnorm_forward(x, g, b, cache="minimal")
+    dx, dgamma, dbeta = bn.batchnorm_backward_fused(dout, cache)
+    vals = ref.forward(x, g, b)
+    r = ref.backward_staged(dout, vals)
+    assert ref.rel(out, vals["out"]) < TOL[dtype]
+    assert ref.dx_error(dx, r["dx"], dout, vals) < TOL[dtype] * 20
+    assert ref.rel(dgamma, r["dgamma"]) < TOL[dtype] * 20

@@ -46,10 +46,41 @@ cdef inline Py_ssize_t fblock(Py_ssize_t S) noexcept nogil:
     return 256 // S
 
 
+cdef extern from *:
+    """
+    #include <string.h>
+    #include <stdint.h>
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    /* memcpy with non-temporal stores: the destination's lines are written
+       without being read first and without evicting the cache */
+    static inline void cybn_stream_copy(void *dst, const void *src, size_t n) {
+        char *d = (char *)dst;
+        const char *s = (const char *)src;
+        size_t head = (16 - ((uintptr_t)d & 15)) & 15, i, m;
+        if (head > n) head = n;
+        memcpy(d, s, head);
+        d += head; s += head; n -= head;
+        m = n & ~(size_t)15;
+        for (i = 0; i < m; i += 16)
+            _mm_stream_si128((__m128i *)(d + i), _mm_loadu_si128((const __m128i *)(s + i)));
+        memcpy(d + m, s + m, n - m);
+    }
+    static inline void cybn_store_fence(void) { _mm_sfence(); }
+    #else
+    static inline void cybn_stream_copy(void *dst, const void *src, size_t n) { memcpy(dst, src, n); }
+    static inline void cybn_store_fence(void) {}
+    #endif
+    """
+    void stream_copy "cybn_stream_copy"(void* dst, const void* src, size_t n) noexcept nogil
+    void store_fence "cybn_store_fence"() noexcept nogil
+
+
 cdef enum:
-    STRIP_BYTES = 1 << 20   # bytes of one array's strip: about one core's L2
-    MIN_RUN = 256           # bytes per row of a strip: whole cache lines, a few
+    STRIP_BYTES = 2 << 20   # bytes of one array's strip: L2 and a little L3
+    MIN_RUN = 1024          # bytes per row of a strip: long runs the prefetchers follow
     MIN_STRIPS = 8          # strips per array, so that threads balance
+    STREAM_BYTES = 16 << 20 # outputs larger than this are streamed past the cache
 
 
 cdef inline Py_ssize_t strip_block(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
@@ -178,6 +209,61 @@ cdef inline double run_sqdev(const floating* p, double m,
     return (a0 + a1) + (a2 + a3)
 
 
+# S == 1 reductions over rows [r0, r1) read four rows per step, a quarter of
+# the rows apart (n, n + q, n + 2q, n + 3q): one accumulator update per four
+# values, and four sequential streams the prefetchers follow (four adjacent
+# rows were measured twice as slow from memory). The rows left over by the
+# quarters are added one by one at the end; the order depends only on r0, r1.
+
+cdef inline void column_stats(const floating[:, :, ::1] x, Py_ssize_t r0,
+                              Py_ssize_t r1, Py_ssize_t c0, Py_ssize_t nc,
+                              const double* shift, double* mean,
+                              double* m2) noexcept nogil:
+    # S == 1: exact two-pass mean and m2 of x - shift over rows [r0, r1) and
+    # nc channels from c0; a task's rows are still in cache for the second
+    # pass. The loops over channels vectorize.
+    cdef Py_ssize_t C = x.shape[1], q = (r1 - r0) // 4, n, c
+    cdef double cnt = <double>(r1 - r0)
+    cdef const floating* p0
+    cdef const floating* p1
+    cdef const floating* p2
+    cdef const floating* p3
+    cdef double d0, d1, d2, d3
+    for c in range(nc):
+        mean[c] = 0.0
+        m2[c] = 0.0
+    for n in range(r0, r0 + q):
+        p0 = &x[n, c0, 0]
+        p1 = p0 + q * C
+        p2 = p1 + q * C
+        p3 = p2 + q * C
+        for c in range(nc):
+            mean[c] += (((p0[c] - shift[c]) + (p1[c] - shift[c]))
+                        + ((p2[c] - shift[c]) + (p3[c] - shift[c])))
+    for n in range(r0 + 4 * q, r1):
+        p0 = &x[n, c0, 0]
+        for c in range(nc):
+            mean[c] += p0[c] - shift[c]
+    for c in range(nc):
+        mean[c] = mean[c] / cnt
+    for n in range(r0, r0 + q):
+        p0 = &x[n, c0, 0]
+        p1 = p0 + q * C
+        p2 = p1 + q * C
+        p3 = p2 + q * C
+        for c in range(nc):
+            d0 = (p0[c] - shift[c]) - mean[c]
+            d1 = (p1[c] - shift[c]) - mean[c]
+            d2 = (p2[c] - shift[c]) - mean[c]
+            d3 = (p3[c] - shift[c]) - mean[c]
+            m2[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+    for n in range(r0 + 4 * q, r1):
+        p0 = &x[n, c0, 0]
+        for c in range(nc):
+            d0 = (p0[c] - shift[c]) - mean[c]
+            m2[c] += d0 * d0
+
+
 cdef inline void welford_rows(const floating[:, :, ::1] x, Py_ssize_t r0,
                               Py_ssize_t r1, Py_ssize_t c0, Py_ssize_t c1,
                               const double* shift, double* mean,
@@ -186,43 +272,39 @@ cdef inline void welford_rows(const floating[:, :, ::1] x, Py_ssize_t r0,
     rows [r0, r1) and channels [c0, c1) (``shift``, ``mean``, ``m2`` are
     indexed from 0 for channel c0).
 
-    One pass over memory. Shifting by a value of the channel (its first one)
-    keeps the running mean small, so its rounding errors stay tiny even when
-    the data sit far from zero. For S == 1 it is Welford's update, row by row,
-    over the block's contiguous run (the loop over channels vectorizes). For
-    S > 1 each run of S values gets an exact two-pass mean/m2 while it sits in
-    cache, merged into the channel's running pair by Chan's formula. Never
-    E[x^2] - E[x]^2, which cancels catastrophically for large means.
+    Shifting by a value of the channel (its first one) keeps the mean small,
+    so its rounding errors stay tiny even when the data sit far from zero.
+    For S == 1 it is an exact two-pass over the task's rows (column_stats),
+    the second pass reading them from cache. For S > 1 each run of S values
+    gets an exact two-pass mean/m2 while it sits in cache, merged into the
+    channel's running pair by Chan's formula (Welford's update, run by run).
+    Never E[x^2] - E[x]^2, which cancels catastrophically for large means.
     """
     cdef Py_ssize_t S = x.shape[2], nc = c1 - c0
     cdef Py_ssize_t n, c
     cdef const floating* row
     cdef const floating* run
-    cdef double inv, d, v, rm, q, w, K
+    cdef double inv, d, rm, q, w, K
+    if S == 1:
+        column_stats(x, r0, r1, c0, nc, shift, mean, m2)
+        return
     for c in range(nc):
         mean[c] = 0.0
         m2[c] = 0.0
     for n in range(r0, r1):
         row = &x[n, c0, 0]
         inv = 1.0 / (n - r0 + 1)
-        if S == 1:
-            for c in range(nc):
-                v = row[c] - shift[c]
-                d = v - mean[c]
-                mean[c] = mean[c] + d * inv
-                m2[c] = m2[c] + d * (v - mean[c])
-        else:
-            # merging a run of S into (n - r0) * S values: the new run weighs
-            # S / ((n - r0 + 1) S) = inv; the cross term is (n - r0) S * inv
-            w = (<double>(n - r0) * S) * inv
-            for c in range(nc):
-                run = row + c * S
-                K = shift[c]
-                rm = run_sum_shifted(run, K, S) / S
-                q = run_sqdev(run, rm + K, S)
-                d = rm - mean[c]
-                mean[c] = mean[c] + d * inv
-                m2[c] = m2[c] + q + d * d * w
+        # merging a run of S into (n - r0) * S values: the new run weighs
+        # S / ((n - r0 + 1) S) = inv; the cross term is (n - r0) S * inv
+        w = (<double>(n - r0) * S) * inv
+        for c in range(nc):
+            run = row + c * S
+            K = shift[c]
+            rm = run_sum_shifted(run, K, S) / S
+            q = run_sqdev(run, rm + K, S)
+            d = rm - mean[c]
+            mean[c] = mean[c] + d * inv
+            m2[c] = m2[c] + q + d * d * w
 
 
 cdef inline void stats_pass(const floating[:, :, ::1] x, double* shift,

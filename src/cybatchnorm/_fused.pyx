@@ -27,11 +27,13 @@ from libc.stdlib cimport malloc, free
 
 from cybatchnorm._common cimport (run_sum, run_dot, row_chunks as _row_chunks,
                                   grid_block, rstart as _rstart, stats_pass,
-                                  welford_rows, merge_stats)
+                                  welford_rows, merge_stats, stream_copy,
+                                  store_fence, STREAM_BYTES)
 cimport cybatchnorm._openmp
 from cybatchnorm._openmp cimport CYBN_SIMD
 
-SIMD = CYBN_SIMD.decode()   # which instruction set this module was compiled for
+SIMD = CYBN_SIMD.decode()
+   # which instruction set this module was compiled for
 
 
 def row_chunks(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t itemsize):
@@ -51,7 +53,8 @@ cdef inline void _normalize_rows(const floating[:, :, ::1] x,
                                  floating[:, :, ::1] xmu,
                                  floating[:, :, ::1] xhat, bint keep_nodes,
                                  Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0,
-                                 Py_ssize_t c1) noexcept nogil:
+                                 Py_ssize_t c1,
+        floating* tmp) noexcept nogil:
     # out = gamma * ((x - mu) * ivar) + beta in float64, rounded once
     cdef Py_ssize_t S = x.shape[2], n, c, s, k
     cdef double d, mc, ic, gc, bc
@@ -61,7 +64,7 @@ cdef inline void _normalize_rows(const floating[:, :, ::1] x,
     cdef floating* hrow = NULL
     for n in range(r0, r1):
         xr = &x[n, c0, 0]
-        orow = &out[n, c0, 0]
+        orow = tmp if tmp != NULL else &out[n, c0, 0]
         if keep_nodes:
             mrow = &xmu[n, c0, 0]
             hrow = &xhat[n, c0, 0]
@@ -92,12 +95,16 @@ cdef inline void _normalize_rows(const floating[:, :, ::1] x,
                 else:
                     for s in range(S):
                         orow[k + s] = <floating>(gc * ((xr[k + s] - mc) * ic) + bc)
+        if tmp != NULL:
+            # the row went to an L1 buffer; stream it out past the caches
+            stream_copy(&out[n, c0, 0], tmp, (c1 - c0) * S * sizeof(floating))
 
 
 cdef inline void _affine_rows_f32(const float[:, :, ::1] x, const float* a,
                                   const float* b, float[:, :, ::1] out,
                                   Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0,
-                                  Py_ssize_t c1) noexcept nogil:
+                                  Py_ssize_t c1,
+        float* tmp) noexcept nogil:
     # out = x * a + b in float32 (a = gamma * ivar, b = beta - mu * a, both
     # rounded once from float64): twice the SIMD width of the float64 path,
     # and as exact as float32 input allows
@@ -107,7 +114,7 @@ cdef inline void _affine_rows_f32(const float[:, :, ::1] x, const float* a,
     cdef float ac, bc
     for n in range(r0, r1):
         xr = &x[n, c0, 0]
-        orow = &out[n, c0, 0]
+        orow = tmp if tmp != NULL else &out[n, c0, 0]
         if S == 1:
             for c in range(c1 - c0):
                 orow[c] = xr[c] * a[c0 + c] + b[c0 + c]
@@ -118,6 +125,40 @@ cdef inline void _affine_rows_f32(const float[:, :, ::1] x, const float* a,
                 k = c * S
                 for s in range(S):
                     orow[k + s] = xr[k + s] * ac + bc
+        if tmp != NULL:
+            # the row went to an L1 buffer; stream it out past the caches
+            stream_copy(&out[n, c0, 0], tmp, (c1 - c0) * S * sizeof(float))
+
+
+cdef inline void _normalize_task(const floating[:, :, ::1] x,
+                                 const floating[::1] gamma,
+                                 const floating[::1] beta,
+                                 const double[::1] m, const double[::1] iv,
+                                 floating[:, :, ::1] out,
+                                 floating[:, :, ::1] xmu,
+                                 floating[:, :, ::1] xhat, bint keep_nodes,
+                                 const float* ab, bint stream, Py_ssize_t r0,
+                                 Py_ssize_t r1, Py_ssize_t c0,
+                                 Py_ssize_t c1) noexcept nogil:
+    # the second forward pass over one task's rows and channels; with
+    # ``stream`` (outputs larger than the cache) rows are written with
+    # non-temporal stores, so writing out costs no read of its old contents
+    cdef Py_ssize_t C = x.shape[1]
+    cdef floating* tmp = NULL
+    if stream:
+        tmp = <floating*>malloc((c1 - c0) * x.shape[2] * sizeof(floating))
+    if floating is float:
+        if ab != NULL:
+            _affine_rows_f32(x, ab, ab + C, out, r0, r1, c0, c1, tmp)
+        else:
+            _normalize_rows(x, gamma, beta, m, iv, out, xmu, xhat, keep_nodes,
+                            r0, r1, c0, c1, tmp)
+    else:
+        _normalize_rows(x, gamma, beta, m, iv, out, xmu, xhat, keep_nodes,
+                        r0, r1, c0, c1, tmp)
+    if tmp != NULL:
+        store_fence()
+        free(tmp)
 
 
 cdef inline void _channel_stats(Py_ssize_t c, Py_ssize_t N, Py_ssize_t S,
@@ -175,6 +216,7 @@ def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
     cdef Py_ssize_t nfb = (C + FB - 1) // FB, t, k, c0, c1, c
     cdef float* ab = NULL
     cdef bint fast = floating is float and not keep_nodes
+    cdef bint stream = not keep_nodes and N * C * S * sizeof(floating) > STREAM_BYTES
     if C == 0:
         return
     if fast:
@@ -195,12 +237,8 @@ def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
                     _channel_stats(c, N, S, K, C, eps, given_stats, gamma, beta, mu, var,
                                    sqrtvar, ivar, mu64, ivar64, &shift[0], &pmean[0, 0],
                                    &pm2[0, 0], ab)
-                if floating is float:
-                    if fast:
-                        _affine_rows_f32(x, ab, ab + C, out, 0, N, c0, c1)
-                        continue
-                _normalize_rows(x, gamma, beta, mu64, ivar64, out, xmu, xhat, keep_nodes,
-                                0, N, c0, c1)
+                _normalize_task(x, gamma, beta, mu64, ivar64, out, xmu, xhat, keep_nodes,
+                                ab, stream, 0, N, c0, c1)
         else:
             if not given_stats:
                 # pass 1: partial statistics of every (chunk, block) task
@@ -215,13 +253,8 @@ def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
                 k = t // nfb
                 c0 = (t % nfb) * FB
                 c1 = min(C, c0 + FB)
-                if floating is float:
-                    if fast:
-                        _affine_rows_f32(x, ab, ab + C, out, _rstart(k, K, N),
-                                         _rstart(k + 1, K, N), c0, c1)
-                        continue
-                _normalize_rows(x, gamma, beta, mu64, ivar64, out, xmu, xhat, keep_nodes,
-                                _rstart(k, K, N), _rstart(k + 1, K, N), c0, c1)
+                _normalize_task(x, gamma, beta, mu64, ivar64, out, xmu, xhat, keep_nodes,
+                                ab, stream, _rstart(k, K, N), _rstart(k + 1, K, N), c0, c1)
     free(ab)
 
 
@@ -234,18 +267,40 @@ cdef inline void _sums_rows(const floating[:, :, ::1] dout,
                             Py_ssize_t c1, double* sd,
                             double* sdx) noexcept nogil:
     # sd = sum(dout), sdx = sum(dout * xhat) over rows [r0, r1); xhat is src
-    # itself, or (src - mu) * ivar when src is x (minimal cache)
-    cdef Py_ssize_t S = dout.shape[2], n, c, s, k
+    # itself, or (src - mu) * ivar when src is x (minimal cache). For S == 1,
+    # four rows per accumulator update; the loops over channels vectorize.
+    cdef Py_ssize_t C = dout.shape[1], S = dout.shape[2], n, c, s, k, q, Q
     cdef const floating* gr
     cdef const floating* hr
-    cdef double a0, a1, mc, ic
+    cdef double a0, a1, mc, ic, h0, h1, h2, h3
     for c in range(c1 - c0):
         sd[c] = 0.0
         sdx[c] = 0.0
-    for n in range(r0, r1):
-        gr = &dout[n, c0, 0]
-        hr = &src[n, c0, 0]
-        if S == 1:
+    if S == 1:
+        # four rows a quarter apart per update (see _common.pxd), then the rest
+        q = (r1 - r0) // 4
+        Q = q * C
+        for n in range(r0, r0 + q):
+            gr = &dout[n, c0, 0]
+            hr = &src[n, c0, 0]
+            for c in range(c1 - c0):
+                sd[c] += ((<double>gr[c] + gr[Q + c]) + (<double>gr[2 * Q + c] + gr[3 * Q + c]))
+            if from_x:
+                for c in range(c1 - c0):
+                    h0 = (hr[c] - m[c0 + c]) * iv[c0 + c]
+                    h1 = (hr[Q + c] - m[c0 + c]) * iv[c0 + c]
+                    h2 = (hr[2 * Q + c] - m[c0 + c]) * iv[c0 + c]
+                    h3 = (hr[3 * Q + c] - m[c0 + c]) * iv[c0 + c]
+                    sdx[c] += ((gr[c] * h0 + gr[Q + c] * h1)
+                               + (gr[2 * Q + c] * h2 + gr[3 * Q + c] * h3))
+            else:
+                for c in range(c1 - c0):
+                    sdx[c] += ((<double>gr[c] * hr[c] + <double>gr[Q + c] * hr[Q + c])
+                               + (<double>gr[2 * Q + c] * hr[2 * Q + c]
+                                  + <double>gr[3 * Q + c] * hr[3 * Q + c]))
+        for n in range(r0 + 4 * q, r1):
+            gr = &dout[n, c0, 0]
+            hr = &src[n, c0, 0]
             if from_x:
                 for c in range(c1 - c0):
                     sd[c] += gr[c]
@@ -254,25 +309,28 @@ cdef inline void _sums_rows(const floating[:, :, ::1] dout,
                 for c in range(c1 - c0):
                     sd[c] += gr[c]
                     sdx[c] += <double>gr[c] * hr[c]
-        else:
-            for c in range(c1 - c0):
-                k = c * S
-                sd[c] += run_sum(gr + k, S)
-                if from_x:
-                    mc = m[c0 + c]
-                    ic = iv[c0 + c]
-                    a0 = 0.0
-                    a1 = 0.0
-                    s = 0
-                    while s + 2 <= S:
-                        a0 += gr[k + s] * ((hr[k + s] - mc) * ic)
-                        a1 += gr[k + s + 1] * ((hr[k + s + 1] - mc) * ic)
-                        s += 2
-                    if s < S:
-                        a0 += gr[k + s] * ((hr[k + s] - mc) * ic)
-                    sdx[c] += a0 + a1
-                else:
-                    sdx[c] += run_dot(gr + k, hr + k, S)
+        return
+    for n in range(r0, r1):
+        gr = &dout[n, c0, 0]
+        hr = &src[n, c0, 0]
+        for c in range(c1 - c0):
+            k = c * S
+            sd[c] += run_sum(gr + k, S)
+            if from_x:
+                mc = m[c0 + c]
+                ic = iv[c0 + c]
+                a0 = 0.0
+                a1 = 0.0
+                s = 0
+                while s + 2 <= S:
+                    a0 += gr[k + s] * ((hr[k + s] - mc) * ic)
+                    a1 += gr[k + s + 1] * ((hr[k + s + 1] - mc) * ic)
+                    s += 2
+                if s < S:
+                    a0 += gr[k + s] * ((hr[k + s] - mc) * ic)
+                sdx[c] += a0 + a1
+            else:
+                sdx[c] += run_dot(gr + k, hr + k, S)
 
 
 cdef inline void _dx_rows(const floating[:, :, ::1] dout,
@@ -281,7 +339,8 @@ cdef inline void _dx_rows(const floating[:, :, ::1] dout,
                           const double* A, const double* B,
                           const double* E, floating[:, :, ::1] dx,
                           Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0,
-                          Py_ssize_t c1) noexcept nogil:
+                          Py_ssize_t c1,
+        floating* tmp) noexcept nogil:
     # dx = A * dout + E * xhat + B, per channel constants
     cdef Py_ssize_t S = dout.shape[2], n, c, s, k
     cdef const floating* gr
@@ -291,7 +350,7 @@ cdef inline void _dx_rows(const floating[:, :, ::1] dout,
     for n in range(r0, r1):
         gr = &dout[n, c0, 0]
         hr = &src[n, c0, 0]
-        dr = &dx[n, c0, 0]
+        dr = tmp if tmp != NULL else &dx[n, c0, 0]
         if S == 1:
             if from_x:
                 for c in range(c1 - c0):
@@ -315,13 +374,17 @@ cdef inline void _dx_rows(const floating[:, :, ::1] dout,
                 else:
                     for s in range(S):
                         dr[k + s] = <floating>(ac * gr[k + s] + ec * hr[k + s] + bc)
+        if tmp != NULL:
+            # the row went to an L1 buffer; stream it out past the caches
+            stream_copy(&dx[n, c0, 0], tmp, (c1 - c0) * S * sizeof(floating))
 
 
 cdef inline void _dx_rows_f32(const float[:, :, ::1] dout,
                               const float[:, :, ::1] x, const float* A,
                               const float* F, const float* G,
                               float[:, :, ::1] dx, Py_ssize_t r0, Py_ssize_t r1,
-                              Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+                              Py_ssize_t c0, Py_ssize_t c1,
+        float* tmp) noexcept nogil:
     # dx = A * dout + F * x + G in float32, with F = E * ivar and
     # G = B - E * ivar * mu folded in float64 and rounded once
     cdef Py_ssize_t S = dout.shape[2], n, c, s, k
@@ -332,7 +395,7 @@ cdef inline void _dx_rows_f32(const float[:, :, ::1] dout,
     for n in range(r0, r1):
         gr = &dout[n, c0, 0]
         xr = &x[n, c0, 0]
-        dr = &dx[n, c0, 0]
+        dr = tmp if tmp != NULL else &dx[n, c0, 0]
         if S == 1:
             for c in range(c1 - c0):
                 dr[c] = A[c0 + c] * gr[c] + F[c0 + c] * xr[c] + G[c0 + c]
@@ -344,6 +407,9 @@ cdef inline void _dx_rows_f32(const float[:, :, ::1] dout,
                 k = c * S
                 for s in range(S):
                     dr[k + s] = ac * gr[k + s] + fc * xr[k + s] + gc
+        if tmp != NULL:
+            # the row went to an L1 buffer; stream it out past the caches
+            stream_copy(&dx[n, c0, 0], tmp, (c1 - c0) * S * sizeof(float))
 
 
 cdef inline void _channel_coef(Py_ssize_t c, Py_ssize_t K, Py_ssize_t C,
@@ -379,16 +445,27 @@ cdef inline void _channel_coef(Py_ssize_t c, Py_ssize_t K, Py_ssize_t C,
 cdef inline void _dx_task(const floating[:, :, ::1] dout,
                           const floating[:, :, ::1] src, bint from_x,
                           const double[::1] mu64, const double[::1] ivar64,
-                          const double* coef, const float* afg,
+                          const double* coef, const float* afg, bint stream,
                           floating[:, :, ::1] dx, Py_ssize_t r0, Py_ssize_t r1,
                           Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+    # the second backward pass over one task's rows and channels; with
+    # ``stream`` rows of dx are written with non-temporal stores
     cdef Py_ssize_t C = dout.shape[1]
+    cdef floating* tmp = NULL
+    if stream:
+        tmp = <floating*>malloc((c1 - c0) * dout.shape[2] * sizeof(floating))
     if floating is float:
         if afg != NULL:
-            _dx_rows_f32(dout, src, afg, afg + C, afg + 2 * C, dx, r0, r1, c0, c1)
-            return
-    _dx_rows(dout, src, from_x, mu64, ivar64, coef, coef + C, coef + 2 * C, dx,
-             r0, r1, c0, c1)
+            _dx_rows_f32(dout, src, afg, afg + C, afg + 2 * C, dx, r0, r1, c0, c1, tmp)
+        else:
+            _dx_rows(dout, src, from_x, mu64, ivar64, coef, coef + C, coef + 2 * C, dx,
+                     r0, r1, c0, c1, tmp)
+    else:
+        _dx_rows(dout, src, from_x, mu64, ivar64, coef, coef + C, coef + 2 * C, dx,
+                 r0, r1, c0, c1, tmp)
+    if tmp != NULL:
+        store_fence()
+        free(tmp)
 
 
 def backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] src,
@@ -412,6 +489,7 @@ def backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] src,
     cdef double M = <double>N * S
     cdef float* afg = NULL
     cdef bint fast = floating is float and from_x
+    cdef bint stream = N * C * S * sizeof(floating) > STREAM_BYTES
     if C == 0:
         return
     if fast:
@@ -429,7 +507,7 @@ def backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] src,
                 for c in range(c0, c1):
                     _channel_coef(c, K, C, M, batch_stats, gamma, mu64, ivar64, dgamma, dbeta,
                                   &psum[0, 0], &pdot[0, 0], &coef[0, 0], afg)
-                _dx_task(dout, src, from_x, mu64, ivar64, &coef[0, 0], afg, dx, 0, N, c0, c1)
+                _dx_task(dout, src, from_x, mu64, ivar64, &coef[0, 0], afg, stream, dx, 0, N, c0, c1)
         else:
             # pass 1: partial sums of every (chunk, block) task
             for t in prange(K * nfb, schedule='static', num_threads=n_threads):
@@ -446,7 +524,7 @@ def backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] src,
                 k = t // nfb
                 c0 = (t % nfb) * FB
                 c1 = min(C, c0 + FB)
-                _dx_task(dout, src, from_x, mu64, ivar64, &coef[0, 0], afg, dx,
+                _dx_task(dout, src, from_x, mu64, ivar64, &coef[0, 0], afg, stream, dx,
                          _rstart(k, K, N), _rstart(k + 1, K, N), c0, c1)
     free(afg)
 

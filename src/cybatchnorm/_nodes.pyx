@@ -40,18 +40,37 @@ cdef inline void _reduce_rows(const floating[:, :, ::1] a,
                               Py_ssize_t c0, Py_ssize_t c1,
                               double* acc) noexcept nogil:
     # acc[c] = sum of a (or a * b) over rows [r0, r1) of channel c0 + c and,
-    # in the same pass, out = a * p[channel] when with_out
-    cdef Py_ssize_t C = a.shape[1], S = a.shape[2], nc = c1 - c0, n, c, s, k
+    # in the same pass, out = a * p[channel] when with_out (out may be a)
+    cdef Py_ssize_t C = a.shape[1], S = a.shape[2], nc = c1 - c0, n, q, c, s, k
     cdef const floating* ra
     cdef const floating* rb
     cdef floating* ro
     cdef floating pc
     for c in range(nc):
         acc[c] = 0.0
-    for n in range(r0, r1):
-        ra = &a[n, c0, 0]
-        rb = &b[n, c0, 0]
-        if S == 1:
+    if S == 1:
+        # four rows a quarter apart per update (see _common.pxd), then the rest
+        q = (r1 - r0) // 4
+        for n in range(r0, r0 + q):
+            ra = &a[n, c0, 0]
+            rb = &b[n, c0, 0]
+            if with_b:
+                for c in range(nc):
+                    acc[c] += ((<double>ra[c] * rb[c] + <double>ra[q * C + c] * rb[q * C + c])
+                               + (<double>ra[2 * q * C + c] * rb[2 * q * C + c]
+                                  + <double>ra[3 * q * C + c] * rb[3 * q * C + c]))
+            else:
+                for c in range(nc):
+                    acc[c] += ((<double>ra[c] + ra[q * C + c])
+                               + (<double>ra[2 * q * C + c] + ra[3 * q * C + c]))
+            if with_out:
+                for k in range(4):
+                    ro = out + (n + k * q) * C + c0
+                    for c in range(nc):
+                        ro[c] = ra[k * q * C + c] * p[c0 + c]
+        for n in range(r0 + 4 * q, r1):
+            ra = &a[n, c0, 0]
+            rb = &b[n, c0, 0]
             if with_b:
                 for c in range(nc):
                     acc[c] += <double>ra[c] * rb[c]
@@ -59,21 +78,24 @@ cdef inline void _reduce_rows(const floating[:, :, ::1] a,
                 for c in range(nc):
                     acc[c] += ra[c]
             if with_out:
-                ro = out + (n * C + c0) * S
+                ro = out + n * C + c0
                 for c in range(nc):
                     ro[c] = ra[c] * p[c0 + c]
-        else:
-            for c in range(nc):
-                k = c * S
-                if with_b:
-                    acc[c] += run_dot(ra + k, rb + k, S)
-                else:
-                    acc[c] += run_sum(ra + k, S)
-                if with_out:
-                    ro = out + (n * C + c0) * S
-                    pc = p[c0 + c]
-                    for s in range(S):
-                        ro[k + s] = ra[k + s] * pc
+        return
+    for n in range(r0, r1):
+        ra = &a[n, c0, 0]
+        rb = &b[n, c0, 0]
+        for c in range(nc):
+            k = c * S
+            if with_b:
+                acc[c] += run_dot(ra + k, rb + k, S)
+            else:
+                acc[c] += run_sum(ra + k, S)
+            if with_out:
+                ro = out + (n * C + c0) * S
+                pc = p[c0 + c]
+                for s in range(S):
+                    ro[k + s] = ra[k + s] * pc
 
 
 cdef int _reduce(const floating[:, :, ::1] a, const floating[:, :, ::1] b,
