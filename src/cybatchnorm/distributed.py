@@ -65,9 +65,9 @@ class SyncBatchNorm(BatchNorm):
     ----------
     num_features, eps, momentum, affine, track_running_stats, dtype, num_threads
         As for :class:`cybatchnorm.BatchNorm`.
-    comm : mpi4py.MPI.Comm, optional, keyword-only
-        The communicator whose processes share the batch; ``None`` (the
-        default) is ``MPI.COMM_WORLD``.
+    comm : object, optional, keyword-only
+        The ``mpi4py.MPI.Comm`` whose processes share the batch; ``None``
+        (the default) is ``MPI.COMM_WORLD``.
 
     Raises
     ------

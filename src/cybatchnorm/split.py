@@ -128,12 +128,12 @@ def merge_stats(counts, means, m2s, *, num_threads=None):
 
     Parameters
     ----------
-    counts : array_like of int, shape (P,)
-        Values per channel in each shard (whole numbers >= 0, not all 0;
-        empty shards are skipped).
-    means, m2s : array_like, shape (P, C)
-        Each shard's per-channel mean and m2, as :func:`batch_stats` returns
-        them (read as float64).
+    counts : array_like of int
+        Shape (P,) for P shards: values per channel in each shard (whole
+        numbers >= 0, not all 0; empty shards are skipped).
+    means, m2s : array_like
+        Shape (P, C): each shard's per-channel mean and m2, as
+        :func:`batch_stats` returns them (read as float64).
     num_threads : int or None, keyword-only
         OpenMP threads; None uses all cores.
 
