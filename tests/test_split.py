@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import cybatchnorm as bn
+from cybatchnorm import _openmp
 from conftest import DTYPES
 
 SPLITS = {
@@ -184,3 +185,25 @@ BAD = [
 def test_bad_input_names_the_argument(name, call, exc, arg):
     with pytest.raises(exc, match=rf"^{arg}:"):
         call()
+
+
+@pytest.mark.skipif(not _openmp.cpu_has_avx2(), reason="CPU without AVX2")
+@pytest.mark.parametrize("shape", [(300, 37), (5, 3, 7, 9), (70000, 2)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_avx2_and_baseline_agree_bitwise(monkeypatch, rng, shape, dtype):
+    from cybatchnorm import _split, _split_avx2, split
+    x = rng.normal(3, 2, shape).astype(dtype)
+    dout = rng.normal(size=shape).astype(dtype)
+    g, b = rng.uniform(0.5, 2, shape[1]), rng.normal(size=shape[1])
+    runs = []
+    for module in (_split, _split_avx2):
+        monkeypatch.setattr(split, "_split", module)
+        c, m, m2 = bn.batch_stats(x)
+        count, mean, var = bn.merge_stats([c, 3], [m, m * 2], [m2, m2])
+        iv = 1 / np.sqrt(var + 1e-5)
+        sd, sdx = bn.backward_reduce(dout, x, mean)
+        res = [m, m2, mean, var, bn.normalize(x, mean, iv, g, b), sd, sdx,
+               bn.backward_elementwise(dout, x, mean, iv, g, sd, sdx, count)]
+        runs.append([a.tobytes() for a in res])
+    assert runs[0] == runs[1]
+    assert _split.SIMD == "baseline" and _split_avx2.SIMD == "avx2"
