@@ -11,7 +11,7 @@ the kernels run serially. Environment switches read at build time:
 
 The default build is portable. On x86 the kernel modules are compiled twice,
 for the baseline instruction set and with AVX2 (``_nodes_avx2``,
-``_fused_avx2``); ``cybatchnorm._kernels`` picks one at import time from what
+``_fused_avx2``, ``_split_avx2``); ``cybatchnorm._kernels`` picks one at import time from what
 the CPU supports. ``-ffp-contract=off`` everywhere keeps both bitwise equal.
 """
 import os
@@ -138,7 +138,7 @@ class BuildExt(build_ext):
         super().build_extensions()
 
 
-MODULES = ["_openmp", "_nodes", "_fused", "_nodes_avx2", "_fused_avx2"]
+MODULES = ["_openmp", "_nodes", "_fused", "_split", "_nodes_avx2", "_fused_avx2", "_split_avx2"]
 extensions = [
     Extension(f"cybatchnorm.{name}", [f"src/cybatchnorm/{name}.pyx"])
     for name in MODULES

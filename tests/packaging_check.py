@@ -12,7 +12,7 @@ import tarfile
 import venv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SOURCES = ["_nodes.pyx", "_fused.pyx", "_openmp.pyx", "_openmp.pxd", "_common.pxd"]
+SOURCES = ["_nodes.pyx", "_fused.pyx", "_split.pyx", "_openmp.pyx", "_openmp.pxd", "_common.pxd"]
 SMOKE = """
 import sys, numpy as np, cybatchnorm as bn
 try:
@@ -24,6 +24,8 @@ x = np.random.default_rng(0).normal(3, 2, (32, 5))
 out, cache = bn.batchnorm_forward(x, np.ones(5), np.zeros(5))
 dx, dg, db = bn.batchnorm_backward(np.ones_like(x), cache)
 assert abs(out.mean()) < 1e-12 and np.abs(dx).max() < 1e-12
+count, mean, var = bn.merge_stats(*zip(bn.batch_stats(x[:7]), bn.batch_stats(x[7:])))
+assert count == 32 and np.abs(mean - cache.mu).max() < 1e-12
 print("wheel OK without Cython:", bn.__file__)
 """
 

@@ -4,17 +4,17 @@ baseline one. Both are the same Cython source and give bitwise equal results
 """
 import os
 
-from . import _fused, _nodes, _openmp
+from . import _fused, _nodes, _openmp, _split
 
 
 def _pick():
     want = os.environ.get("CYBATCHNORM_SIMD", "").strip().lower()
     if want != "baseline" and _openmp.cpu_has_avx2():
-        from . import _fused_avx2, _nodes_avx2
-        if _fused_avx2.SIMD == "avx2" and _nodes_avx2.SIMD == "avx2":
-            return _fused_avx2, _nodes_avx2
-    return _fused, _nodes
+        from . import _fused_avx2, _nodes_avx2, _split_avx2
+        if _fused_avx2.SIMD == "avx2" and _nodes_avx2.SIMD == "avx2" and _split_avx2.SIMD == "avx2":
+            return _fused_avx2, _nodes_avx2, _split_avx2
+    return _fused, _nodes, _split
 
 
-fused, nodes = _pick()
+fused, nodes, split = _pick()
 SIMD = fused.SIMD

@@ -150,22 +150,22 @@ class BatchNorm:
         stats = (self.running_mean, self.running_var) if use_running else None
         out, cache = _forward(x3.reshape(shape), gamma, beta, self.eps, self.num_threads, stats)
         if self.training and self.track_running_stats:
-            self._update_running_stats(cache, shape)
+            self._update_running_stats(cache.mu, cache.var, shape[0] * math.prod(shape[2:]))
         self._cache = cache
         return out
 
     __call__ = forward
 
-    def _update_running_stats(self, cache, shape):
+    def _update_running_stats(self, mean, var, count):
+        # mean and biased var of the batch over ``count`` values per channel
         self.num_batches_tracked += 1
         if self.momentum is None:   # cumulative moving average
             f = 1.0 / self.num_batches_tracked
         else:
             f = self.momentum
-        m = shape[0] * math.prod(shape[2:])    # values per channel
-        unbiased = cache.var.astype(self.dtype) * (m / (m - 1))
+        unbiased = var.astype(self.dtype) * (count / (count - 1))
         self.running_mean *= 1.0 - f
-        self.running_mean += f * cache.mu.astype(self.dtype)
+        self.running_mean += f * mean.astype(self.dtype)
         self.running_var *= 1.0 - f
         self.running_var += f * unbiased
 

@@ -1,0 +1,183 @@
+"""Synchronized batch norm over MPI: one batch split across processes.
+
+In data-parallel training every process holds a shard of the batch. Batch
+norm's statistics must be those of the whole batch, or the output and the
+gradient are wrong. Only the graph's reductions cross the process boundary:
+
+* forward: each process computes its shard's ``(count, mean, m2)``
+  (:func:`cybatchnorm.batch_stats`), one ``Allgather`` shares them, and every
+  process merges the same list in rank order by Chan's formula
+  (:func:`cybatchnorm.merge_stats`), so the global mean and variance, and the
+  running statistics, are bitwise identical on every rank;
+* backward: each process computes its shard's ``sum(dout)`` and
+  ``sum(dout * xmu)`` (:func:`cybatchnorm.backward_reduce`), one ``Allreduce``
+  sums them, and :func:`cybatchnorm.backward_elementwise` gives the shard's ``dx``.
+
+Communication goes through an mpi4py communicator (``pip install
+cybatchnorm[mpi]``). mpi4py is imported only when a :class:`SyncBatchNorm` is
+made without ``comm`` or runs its backward, never by ``import cybatchnorm``.
+"""
+import numpy as np
+
+from ._validation import full
+from .layer import BatchNorm
+from .split import backward_elementwise, backward_reduce, batch_stats, merge_stats, normalize
+
+__all__ = ["SyncBatchNorm"]
+
+
+def _mpi():
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:
+        raise ImportError(
+            "cybatchnorm.distributed needs mpi4py and an MPI library: "
+            "pip install cybatchnorm[mpi]"
+        ) from exc
+    return MPI
+
+
+class SyncBatchNorm(BatchNorm):
+    """Batch norm whose batch is split over the processes of an MPI communicator.
+
+    The same interface as :class:`cybatchnorm.BatchNorm` (parameters,
+    running statistics, ``train``/``eval``, ``forward``/``backward``), plus
+    ``comm``. Every process calls :meth:`forward` with its own shard (shards
+    may differ in size, even be a single row, as long as the whole batch has
+    at least two values per channel) and then :meth:`backward` with the
+    gradient of its own output. The results are those of a single-process
+    :class:`~cybatchnorm.BatchNorm` on the concatenated batch:
+
+    * :meth:`forward` returns this shard's part of the output;
+    * :meth:`backward` returns this shard's part of ``dx``;
+    * ``dgamma`` and ``dbeta`` are the gradients of the *whole* batch, the
+      same on every rank: they must not be all-reduced again;
+    * ``running_mean`` and ``running_var`` are updated with the global
+      statistics (unbiased variance with the global count), bitwise the same
+      on every rank.
+
+    :meth:`forward` is collective with batch statistics (training, or eval
+    without ``track_running_stats``); :meth:`backward` is always collective
+    (the parameter gradients are sums over the whole batch). Every rank of
+    ``comm`` must call them, in the same order.
+
+    Parameters
+    ----------
+    num_features, eps, momentum, affine, track_running_stats, dtype, num_threads
+        As for :class:`cybatchnorm.BatchNorm`.
+    comm : object, optional, keyword-only
+        The ``mpi4py.MPI.Comm`` whose processes share the batch; ``None``
+        (the default) is ``MPI.COMM_WORLD``.
+
+    Raises
+    ------
+    ImportError
+        mpi4py is not installed (``pip install cybatchnorm[mpi]``).
+    TypeError
+        ``comm`` is not a communicator, or a :class:`~cybatchnorm.BatchNorm`
+        argument is invalid.
+
+    Examples
+    --------
+    Run with ``mpirun -n 2 python script.py``::
+
+        from mpi4py import MPI
+        import numpy as np
+        from cybatchnorm.distributed import SyncBatchNorm
+
+        rank = MPI.COMM_WORLD.Get_rank()
+        x = np.random.default_rng(rank).normal(size=(8 + rank, 4))   # this rank's shard
+        layer = SyncBatchNorm(4)
+        out = layer.forward(x)                  # normalized with the global statistics
+        dx = layer.backward(np.ones_like(out))  # and layer.dgamma, layer.dbeta
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, dtype=np.float64, *, comm=None, num_threads=None):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype,
+                         num_threads=num_threads)
+        if comm is None:
+            comm = _mpi().COMM_WORLD
+        for method in ("Get_size", "Allgather", "Allreduce"):
+            if not callable(getattr(comm, method, None)):
+                raise TypeError(
+                    f"comm: expected an mpi4py communicator, got {type(comm).__name__}"
+                )
+        self.comm = comm
+        self._sync = None
+
+    def forward(self, x):
+        """Normalize this rank's shard ``x`` (N, C, ...) with the statistics of the whole batch.
+
+        Collective when batch statistics are used (training, or eval without
+        ``track_running_stats``): one ``Allgather`` of ``2 C + 1`` float64
+        values per rank. In eval mode with running statistics it
+        communicates nothing.
+        """
+        x3, shape, dt = full("x", x)
+        if shape[1] != self.num_features:
+            raise ValueError(
+                f"x: expected {self.num_features} channels on axis 1, got shape {shape}"
+            )
+        C = shape[1]
+        xs = x3.reshape(shape)
+        if not self.training and self.track_running_stats:
+            total = None   # the running statistics are constants of the graph
+            gmean = self.running_mean.astype(np.float64)
+            gvar = self.running_var.astype(np.float64)
+        else:
+            count, mean, m2 = batch_stats(xs, num_threads=self.num_threads)
+            # one message: [count, mean (C), m2 (C)] from every rank, in rank order
+            send = np.concatenate(([float(count)], mean, m2))
+            gathered = np.empty((self.comm.Get_size(), 2 * C + 1))
+            self.comm.Allgather(send, gathered)
+            total, gmean, gvar = merge_stats(gathered[:, 0], gathered[:, 1:C + 1],
+                                             gathered[:, C + 1:], num_threads=self.num_threads)
+            if total < 2:
+                raise ValueError(
+                    f"x: expected more than 1 value per channel over all processes, got {total}"
+                )
+        ivar = 1.0 / np.sqrt(gvar + self.eps)
+        gamma, beta = self._params(dt)
+        out = normalize(xs, gmean, ivar, gamma, beta, num_threads=self.num_threads)
+        if self.training and self.track_running_stats:
+            self._update_running_stats(gmean, gvar, total)
+        if np.may_share_memory(xs, x):   # keep what the backward reads, as a cache would
+            xs = xs.copy()
+        self._sync = (xs, dt, gmean, ivar, np.array(gamma, dt), total)
+        return out
+
+    __call__ = forward
+
+    def backward(self, dout):
+        """Gradient with respect to this rank's shard of the last forward's input.
+
+        Always collective: one ``Allreduce`` of ``2 C`` float64 values,
+        ``sum(dout)`` and ``sum(dout * xmu)`` over the whole batch. Returns
+        ``dx`` for this shard and sets ``dgamma`` and ``dbeta`` to the
+        gradients of the whole batch (None without ``affine``). After an
+        eval-mode forward with running statistics the statistics are
+        constants, so ``dx = gamma * ivar * dout``.
+        """
+        if self._sync is None:
+            raise RuntimeError("backward: call forward first")
+        xs, dt, mean, ivar, gamma, total = self._sync
+        g = full("dout", dout, dt, xs.shape)[0].reshape(xs.shape)
+        sums = np.stack(backward_reduce(g, xs, mean, ivar, num_threads=self.num_threads))
+        MPI = _mpi()
+        self.comm.Allreduce(MPI.IN_PLACE, sums, op=MPI.SUM)
+        if total is None:   # eval mode: no gradient through the statistics
+            zeros = np.zeros_like(sums)
+            dx = backward_elementwise(g, xs, mean, ivar, gamma, zeros[0], zeros[1], 1,
+                                      num_threads=self.num_threads)
+        else:
+            dx = backward_elementwise(g, xs, mean, ivar, gamma, sums[0], sums[1], total,
+                                      num_threads=self.num_threads)
+        if self.affine:
+            self.dgamma = (sums[1] * ivar).astype(dt)
+            self.dbeta = sums[0].astype(dt)
+        return dx
+
+    def __repr__(self):
+        return super().__repr__().replace("BatchNorm(", "SyncBatchNorm(", 1)[:-1] + \
+            f", comm size {self.comm.Get_size()})"

@@ -1,0 +1,358 @@
+"""The split API: batch norm cut at its reductions, for batches spread over processes.
+
+When a batch is split into shards (one per process), only the graph's
+reductions need the whole batch: ``mu`` and ``var`` in the forward,
+``sum(dout)`` and ``sum(dout * xmu)`` in the backward. Everything else is
+elementwise and stays local. The five functions below are the two sides of
+that cut; the communication between them is the caller's (see
+:class:`cybatchnorm.distributed.SyncBatchNorm`, which uses MPI):
+
+1. :func:`batch_stats` on every shard: ``(count, mean, m2)`` per channel;
+2. gather those from every shard, :func:`merge_stats`: global mean and variance;
+3. :func:`normalize` every shard with the global statistics;
+4. backward: :func:`backward_reduce` on every shard, sum the two results over shards;
+5. :func:`backward_elementwise` on every shard: its part of ``dx``.
+
+These mirror PyTorch's SyncBatchNorm ops (``batch_norm_stats``,
+``batch_norm_gather_stats_with_counts``, ``batch_norm_elemt``,
+``batch_norm_backward_reduce``, ``batch_norm_backward_elemt``). All run
+compiled, with OpenMP over features, for float32 and float64 data (statistics
+and sums are always float64), and give bitwise identical results for any
+thread count.
+"""
+import operator
+
+import numpy as np
+
+from ._kernels import split as _split
+from ._threads import effective_num_threads
+from ._validation import as_array, check_dtype, feature, full
+
+__all__ = ["batch_stats", "merge_stats", "normalize", "backward_reduce", "backward_elementwise"]
+
+
+def _f64(name, value, C):
+    return feature(name, value, C, np.float64)
+
+
+def batch_stats(x, *, num_threads=None):
+    """Per-channel count, mean and m2 of one shard: the forward's local reduction.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, D) or (N, C, spatial...)
+        The local shard of the batch (N >= 1). float32 and float64 are read as
+        they are (sums accumulate in float64), float16 as float32, integers
+        and bools as float64.
+    num_threads : int or None, keyword-only
+        OpenMP threads; None uses all cores. Results are bitwise identical
+        for any value.
+
+    Returns
+    -------
+    count : int
+        Values per channel in this shard, ``N * prod(spatial)``.
+    mean : ndarray of float64, shape (C,)
+        Per-channel mean.
+    m2 : ndarray of float64, shape (C,)
+        Per-channel sum of squared deviations from ``mean``,
+        ``sum((x - mean)**2)``, computed in one shifted Welford/Chan pass
+        (never as ``E[x^2] - E[x]^2``). ``m2 / count`` is the biased variance.
+
+    Raises
+    ------
+    TypeError
+        ``x`` is not an array of real numbers.
+    ValueError
+        ``x`` has fewer than 2 dimensions, N == 0 or a spatial size 0;
+        ``num_threads`` < 1.
+
+    Examples
+    --------
+    >>> import numpy as np, cybatchnorm as bn
+    >>> count, mean, m2 = bn.batch_stats(np.array([[1.0, 10.0], [3.0, 30.0]]))
+    >>> count, mean, m2
+    (2, array([ 2., 20.]), array([  2., 200.]))
+    """
+    x3, _, _ = full("x", x)
+    N, C, S = x3.shape
+    nt = effective_num_threads(num_threads, x3.size)
+    K = _split.row_chunks(N, C, S)
+    mean, m2 = np.zeros(C), np.zeros(C)
+    _split.batch_stats(x3, mean, m2, np.empty((K, C)), np.empty((K, C)), np.empty(C), nt)
+    return N * S, mean, m2
+
+
+def _counts(value):
+    arr = as_array("counts", value)
+    check_dtype("counts", arr)
+    if arr.ndim != 1 or arr.shape[0] == 0:
+        raise ValueError(f"counts: expected shape (P,) with P >= 1 shards, got {arr.shape}")
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise ValueError("counts: expected whole numbers of values per shard")
+    if np.any(arr < 0):
+        raise ValueError("counts: expected non-negative counts")
+    counts = arr.astype(np.float64)
+    total = int(arr.astype(np.int64).sum())
+    if total < 1:
+        raise ValueError("counts: all shards are empty (the counts sum to 0)")
+    if total > 2**53:
+        raise ValueError("counts: more than 2**53 values per channel")
+    return np.ascontiguousarray(counts), total
+
+
+def _per_shard(name, value, P):
+    arr = as_array(name, value)
+    check_dtype(name, arr)
+    if arr.ndim != 2 or arr.shape[0] != P:
+        raise ValueError(f"{name}: expected shape (P, C) with P = {P} shards, got {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.float64)
+
+
+def merge_stats(counts, means, m2s, *, num_threads=None):
+    """Global statistics from every shard's :func:`batch_stats`, by Chan's parallel formula.
+
+    Shards are merged one after the other, in index order (rank order when
+    the inputs come from an MPI allgather): merging shard ``b`` into the
+    running ``a`` with :math:`n = n_a + n_b` and :math:`\\delta = \\bar x_b - \\bar x_a`,
+
+    .. math::
+
+        \\bar x = \\bar x_a + \\delta\\,\\frac{n_b}{n}, \\qquad
+        M_2 = M_{2,a} + M_{2,b} + \\delta^2\\,\\frac{n_a n_b}{n} .
+
+    This is exact algebra for any shard sizes (unequal ones included), and
+    since the order is fixed, every process that merges the same gathered
+    lists gets bitwise identical results.
+
+    Parameters
+    ----------
+    counts : array_like of int
+        Shape (P,) for P shards: values per channel in each shard (whole
+        numbers >= 0, not all 0; empty shards are skipped).
+    means, m2s : array_like
+        Shape (P, C): each shard's per-channel mean and m2, as
+        :func:`batch_stats` returns them (read as float64).
+    num_threads : int or None, keyword-only
+        OpenMP threads; None uses all cores.
+
+    Returns
+    -------
+    count : int
+        Total values per channel, ``sum(counts)``.
+    mean : ndarray of float64, shape (C,)
+        Global per-channel mean.
+    var : ndarray of float64, shape (C,)
+        Global *biased* variance ``M2 / count`` (what normalization uses;
+        the unbiased one is ``var * count / (count - 1)``).
+
+    Raises
+    ------
+    TypeError
+        An argument is not an array of real numbers.
+    ValueError
+        Wrong shapes, negative or fractional counts, all counts 0, negative m2.
+
+    Examples
+    --------
+    >>> import numpy as np, cybatchnorm as bn
+    >>> x = np.arange(10.0).reshape(5, 2) ** 2
+    >>> shards = [bn.batch_stats(x[:2]), bn.batch_stats(x[2:])]
+    >>> count, mean, var = bn.merge_stats(*zip(*shards))
+    >>> count, bool(np.allclose(mean, x.mean(0))), bool(np.allclose(var, x.var(0)))
+    (5, True, True)
+    """
+    counts, total = _counts(counts)
+    P = counts.shape[0]
+    means = _per_shard("means", means, P)
+    m2s = _per_shard("m2s", m2s, P)
+    if m2s.shape != means.shape:
+        raise ValueError(f"m2s: expected shape {means.shape} like means, got {m2s.shape}")
+    if np.any(m2s < 0):
+        raise ValueError("m2s: a sum of squared deviations cannot be negative")
+    C = means.shape[1]
+    nt = effective_num_threads(num_threads, P * C)
+    mean, m2 = np.zeros(C), np.zeros(C)
+    _split.merge(counts, means, m2s, mean, m2, nt)
+    return total, mean, m2 / total
+
+
+def normalize(x, mean, ivar, gamma, beta, *, num_threads=None):
+    """``out = gamma * (x - mean) * ivar + beta`` with given (global) statistics.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, D) or (N, C, spatial...)
+        The local shard.
+    mean, ivar : array_like, shape (C,)
+        Per-channel mean and ``1 / sqrt(var + eps)``, read as float64.
+    gamma, beta : array_like, shape (C,)
+        Scale and shift, cast to x's computation dtype.
+    num_threads : int or None, keyword-only
+        OpenMP threads; None uses all cores.
+
+    Returns
+    -------
+    out : ndarray, shape and computation dtype of x
+        Computed in float64 per value and rounded once.
+
+    Raises
+    ------
+    TypeError
+        An argument is not an array of real numbers.
+    ValueError
+        Wrong shapes, N == 0, ``num_threads`` < 1.
+
+    Examples
+    --------
+    >>> import numpy as np, cybatchnorm as bn
+    >>> bn.normalize(np.array([[1.0, 10.0], [3.0, 30.0]]), mean=[2.0, 20.0],
+    ...              ivar=[1.0, 0.1], gamma=[1.0, 2.0], beta=[0.0, 1.0])
+    array([[-1., -1.],
+           [ 1.,  3.]])
+    """
+    x3, shape, dt = full("x", x)
+    C = shape[1]
+    mean, ivar = _f64("mean", mean, C), _f64("ivar", ivar, C)
+    gamma, beta = feature("gamma", gamma, C, dt), feature("beta", beta, C, dt)
+    nt = effective_num_threads(num_threads, x3.size)
+    out = np.empty(x3.shape, dt)
+    _split.normalize(x3, mean, ivar, gamma, beta, out, _split.row_chunks(*x3.shape), nt)
+    return out.reshape(shape)
+
+
+def backward_reduce(dout, x, mean, ivar=None, *, num_threads=None):
+    """The backward's local reduction: per-channel ``sum(dout)`` and ``sum(dout * (x - mean))``.
+
+    Summed over all shards, these are all the backward needs from other
+    processes: ``dbeta = sum_dout``, ``dgamma = ivar * sum_dout_xmu``, and
+    :func:`backward_elementwise` turns them into each shard's ``dx``.
+
+    Parameters
+    ----------
+    dout : array_like, shape of x
+        Gradient of the loss with respect to the shard's output; cast to x's
+        computation dtype.
+    x : array_like, shape (N, D) or (N, C, spatial...)
+        The shard that was normalized.
+    mean : array_like, shape (C,)
+        The (global) mean the forward used, read as float64.
+    ivar : array_like, shape (C,), optional
+        The forward's ``1 / sqrt(var + eps)``. The two sums do not depend on
+        it; it is accepted (and validated) so the call mirrors PyTorch's
+        ``batch_norm_backward_reduce`` and :func:`backward_elementwise`.
+    num_threads : int or None, keyword-only
+        OpenMP threads; None uses all cores.
+
+    Returns
+    -------
+    sum_dout, sum_dout_xmu : ndarray of float64, shape (C,)
+        Accumulated in float64 over a fixed work grid (bitwise the same for
+        any thread count).
+
+    Raises
+    ------
+    TypeError
+        An argument is not an array of real numbers.
+    ValueError
+        Wrong shapes (``dout`` must have x's shape), N == 0.
+
+    Examples
+    --------
+    >>> import numpy as np, cybatchnorm as bn
+    >>> x = np.array([[1.0], [3.0]])
+    >>> bn.backward_reduce(np.array([[1.0], [2.0]]), x, mean=[2.0])
+    (array([3.]), array([1.]))
+    """
+    x3, shape, dt = full("x", x)
+    g3 = full("dout", dout, dt, shape)[0]
+    C = shape[1]
+    mean = _f64("mean", mean, C)
+    if ivar is not None:
+        _f64("ivar", ivar, C)
+    nt = effective_num_threads(num_threads, x3.size)
+    K = _split.row_chunks(*x3.shape)
+    sd, sdx = np.zeros(C), np.zeros(C)
+    _split.backward_reduce(g3, x3, mean, sd, sdx, np.empty((K, C)), np.empty((K, C)), nt)
+    return sd, sdx
+
+
+def _count(value):
+    if isinstance(value, bool):
+        raise TypeError("count: expected a positive int, got a bool")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"count: expected a positive int, got {type(value).__name__}") from None
+    if value < 1:
+        raise ValueError(f"count: expected a positive int (values per channel), got {value}")
+    return value
+
+
+def backward_elementwise(dout, x, mean, ivar, gamma, sum_dout, sum_dout_xmu, count, *,
+                         num_threads=None):
+    """The shard's ``dx`` from the global sums of :func:`backward_reduce`.
+
+    With :math:`M` = ``count`` values per channel over all shards and
+    :math:`\\hat x = (x - \\mu)\\,\\text{ivar}`,
+
+    .. math::
+
+        dx = \\frac{\\gamma\\,\\text{ivar}}{M}\\Big(M\\,\\text{dout}
+        - \\textstyle\\sum \\text{dout}
+        - \\hat x\\;\\text{ivar} \\sum \\text{dout}\\,(x-\\mu)\\Big),
+
+    the fused closed form of the single-process backward with its two sums
+    taken over the whole batch. Zero sums give the eval-mode gradient
+    ``gamma * ivar * dout``.
+
+    Parameters
+    ----------
+    dout : array_like, shape of x
+        Gradient with respect to the shard's output; cast to x's computation dtype.
+    x : array_like, shape (N, D) or (N, C, spatial...)
+        The shard.
+    mean, ivar : array_like, shape (C,)
+        The global statistics the forward used (float64).
+    gamma : array_like, shape (C,)
+        Scale, cast to x's computation dtype.
+    sum_dout, sum_dout_xmu : array_like, shape (C,)
+        :func:`backward_reduce`'s results summed over all shards (float64).
+    count : int
+        Values per channel over all shards (the ``count`` of :func:`merge_stats`).
+    num_threads : int or None, keyword-only
+        OpenMP threads; None uses all cores.
+
+    Returns
+    -------
+    dx : ndarray, shape and computation dtype of x
+
+    Raises
+    ------
+    TypeError
+        An argument is not an array of real numbers, or count is not an int.
+    ValueError
+        Wrong shapes, N == 0, count < 1.
+
+    Examples
+    --------
+    >>> import numpy as np, cybatchnorm as bn
+    >>> x, dout = np.array([[1.0], [3.0]]), np.array([[1.0], [1.0]])
+    >>> sd, sdx = bn.backward_reduce(dout, x, mean=[2.0])
+    >>> bn.backward_elementwise(dout, x, [2.0], [1.0], [1.0], sd, sdx, count=2)
+    array([[0.],
+           [0.]])
+    """
+    x3, shape, dt = full("x", x)
+    g3 = full("dout", dout, dt, shape)[0]
+    C = shape[1]
+    mean, ivar = _f64("mean", mean, C), _f64("ivar", ivar, C)
+    gamma = feature("gamma", gamma, C, dt)
+    sd, sdx = _f64("sum_dout", sum_dout, C), _f64("sum_dout_xmu", sum_dout_xmu, C)
+    count = _count(count)
+    nt = effective_num_threads(num_threads, x3.size)
+    dx = np.empty(x3.shape, dt)
+    _split.backward_elementwise(g3, x3, mean, ivar, gamma, sd, sdx, float(count), dx,
+                                np.empty((3, C)), _split.row_chunks(*x3.shape), nt)
+    return dx.reshape(shape)
