@@ -410,7 +410,7 @@ def backward(dout, cache, *, num_threads=None, constants=(), keep=False, dx=None
         raise TypeError(f"constants: expected an iterable of node names, got "
                         f"{type(constants).__name__}") from None
     needed = {s for n in NODES if n.name not in constants for s in n.saved}
-    for s in sorted(needed - {"shape"}):
+    for s in sorted(needed):
         if not hasattr(cache, s):
             raise TypeError(f"cache: expected an object with the forward's values as "
                             f"attributes (a Cache), got {type(cache).__name__} without {s!r}")
@@ -418,7 +418,7 @@ def backward(dout, cache, *, num_threads=None, constants=(), keep=False, dx=None
         if isinstance(v, np.ndarray) and v.ndim > 1 and v.shape != shape:
             raise ValueError(f"dout: shape {shape} does not match the cache's {s} {v.shape}")
     if dx is not None:
-        check_out("dx", dx, shape, dt, [dout] + [getattr(cache, s) for s in needed - {"shape"}])
+        check_out("dx", dx, shape, dt, [dout] + [getattr(cache, s) for s in needed if s != "shape"])
     pending = {"out": dout}      # gradients waiting for their node, by node name
     produced = {}
     spare = []                   # dead gradient buffers this walk made, for reuse
