@@ -12,7 +12,7 @@ Properties (each one a test below):
 
 1. finite input: forward, staged and fused backward match an
    extended-precision (``np.longdouble``) reference within the per-feature
-   bound documented in docs/numerics.md;
+   bound documented in docs/numerics.md (see ``bounds``);
 2. a NaN, +inf or -inf in one feature of x, dout or gamma leaves every other
    feature's out, dx, dgamma and dbeta bitwise equal to the clean run;
 3. staged == fused within the same bound;
@@ -148,20 +148,24 @@ def per_channel(a):
     return a.reshape(a.shape[0], a.shape[1], -1).swapaxes(0, 1).reshape(a.shape[1], -1)
 
 
-def bounds(x, r, cdt):
+def bounds(x, r, cdt, kind="full"):
     """The documented per-feature bound (docs/numerics.md):
 
-        tol_c = 16 u (1 + kappa_c) + 4 M eps64,  kappa_c = max|x_c| / sqrt(var_c + eps)
+        tol_c = 16 (u + u_x kappa_c) + 4 M eps64,  kappa_c = max|x_c| / sqrt(var_c + eps)
 
     u is the unit roundoff of the computation dtype (eps64 for float64,
-    eps32 for float32), M the number of values per feature. kappa_c counts
-    the digits x - mu must lose for data far from zero compared with its
-    spread, in any implementation; 4 M eps64 covers the float64 sums.
+    eps32 for float32), M the number of values per feature. kappa_c, the
+    feature's condition number, multiplies the rounding of the mean as it is
+    subtracted: u_x = eps64 with a full cache (x - mu is formed from the
+    float64 mean), u_x = u with a minimal cache (the float32 path computes
+    x * a + b in float32 and recomputes x - mu from the stored mean).
+    4 M eps64 covers the float64 sums.
     """
     u = float(np.finfo(cdt).eps)
+    ux = EPS64 if kind == "full" else u
     M = per_channel(x).shape[1]
     kappa = np.abs(per_channel(x)).max(1) / np.asarray(r["sqrtvar"], np.longdouble)
-    return 16 * u * (1 + kappa) + 4 * M * EPS64
+    return 16 * (u + ux * kappa) + 4 * M * EPS64
 
 
 def errors(x, dout, out, dx, dg, db, r, rd):
@@ -190,7 +194,7 @@ def test_finite_input_matches_extended_reference(data, kind):
     xc = np.asarray(x, cdt)           # what the package computes on
     r = ref.forward(xc, np.asarray(gamma, cdt), np.asarray(beta, cdt), BN_EPS, dtype=np.longdouble)
     rd = ref.backward_staged(np.asarray(dout, cdt), r, dtype=np.longdouble)
-    tol = bounds(xc, r, cdt)
+    tol = bounds(xc, r, cdt, kind)
     out, cache = bn.batchnorm_forward(x, gamma, beta, BN_EPS, cache=kind)
     assert out.dtype == cdt and out.shape == x.shape
     for fn in (bn.batchnorm_backward, bn.batchnorm_backward_fused):
@@ -208,7 +212,7 @@ def test_staged_equals_fused(data, kind):
     cdt = data["cdt"]
     xc = np.asarray(x, cdt)
     r = ref.forward(xc, np.asarray(gamma, cdt), np.asarray(beta, cdt), BN_EPS, dtype=np.longdouble)
-    tol = bounds(xc, r, cdt)
+    tol = bounds(xc, r, cdt, kind)
     _, cache = bn.batchnorm_forward(x, gamma, beta, BN_EPS, cache=kind)
     s = bn.batchnorm_backward(dout, cache)
     f = bn.batchnorm_backward_fused(dout, cache)
@@ -324,3 +328,16 @@ def test_never_crashes_never_writes_to_inputs(data, kind, nt):
     for name, v in list(res.items()) + list(walk.items()):
         assert v.dtype == data["cdt"]
         assert v.shape == (x.shape if name.endswith(("dx", "out")) else (C,))
+
+
+@pytest.mark.xfail(strict=True, reason="known weakness of the float32 minimal-cache path in "
+                   "_fused.pyx: it computes x * a + b with b = beta - mu * a in float32, so "
+                   "x * a and mu * a cancel and lose u32 * kappa; (x - mu) * a + beta would not")
+def test_float32_minimal_cache_keeps_a_constant_feature_at_beta():
+    x = np.full((7, 2), 1e8, np.float32)
+    x[:, 1] = 1e4
+    beta = np.array([0.25, -1.5], np.float32)
+    full, _ = bn.batchnorm_forward(x, np.ones(2), beta)
+    assert (full == beta).all()             # the full-cache path: exactly beta
+    mini, _ = bn.batchnorm_forward(x, np.ones(2), beta, cache="minimal")
+    assert (mini == beta).all()             # today: -2048 and -0.25 off
