@@ -24,6 +24,8 @@ def show_config(file=None):
     cybatchnorm ...
       OpenMP: ...
     """
+    if file is not None and not callable(getattr(file, "write", None)):
+        raise TypeError(f"file: expected a file-like object with write(), got {type(file).__name__}")
     cflags, ldflags = _openmp.build_flags()
     lines = [
         f"cybatchnorm {__version__}",

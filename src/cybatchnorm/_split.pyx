@@ -33,9 +33,10 @@ from cybatchnorm._openmp cimport CYBN_SIMD
 SIMD = CYBN_SIMD.decode()   # which instruction set this module was compiled for
 
 
-def row_chunks(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S):
-    """Number of row chunks of the work grid for an (N, C, S) array."""
-    return _row_chunks(N, C, S)
+def row_chunks(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t itemsize):
+    """Number of row chunks of the work grid for an (N, C, S) array of
+    ``itemsize``-byte values (the fused kernels' grid, see _common.pxd)."""
+    return _row_chunks(N, C, S, itemsize)
 
 
 # ------------------------------------------------------------ forward side

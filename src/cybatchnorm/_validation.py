@@ -9,6 +9,7 @@ Full-size arrays of shape (N, C, *spatial) are handed to the kernels as the
 """
 import math
 import numbers
+import operator
 
 import numpy as np
 
@@ -87,9 +88,9 @@ def feature(name, value, C, dtype):
 def shape_arg(name, value):
     """Validate a shape tuple (N, C, *spatial) given as an argument."""
     try:
-        shape = tuple(int(s) for s in value)
+        shape = tuple(operator.index(s) for s in value)
     except TypeError:
-        raise TypeError(f"{name}: expected a tuple of ints, got {type(value).__name__}") from None
+        raise TypeError(f"{name}: expected a tuple of ints, got {value!r:.80}") from None
     if len(shape) < 2 or shape[0] < 1 or shape[1] < 0 or min(shape[2:], default=1) < 1:
         raise ValueError(f"{name}: expected (N, C, *spatial) with N and spatial sizes > 0, got {shape}")
     return shape
@@ -98,6 +99,29 @@ def shape_arg(name, value):
 def view3d(shape):
     """The (N, C, S) shape the kernels see for an array of ``shape``."""
     return (shape[0], shape[1], math.prod(shape[2:]))
+
+
+def check_out(name, out, shape, dtype, inputs=(), allow=()):
+    """Validate an output buffer given by the caller; return it as an (N, C, S) view.
+
+    It must be a writable, C-contiguous ``dtype`` array of exactly ``shape``
+    that shares no memory with ``inputs``, except that it may *be* one of
+    ``allow`` (the very same array object: an elementwise kernel may then
+    work in place, as :func:`cybatchnorm.graph.branch_sum` does on request).
+    """
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy array, got {type(out).__name__}")
+    shape = tuple(shape)
+    if out.dtype != dtype or out.shape != shape:
+        raise ValueError(f"{name}: expected a {dtype} array of shape {shape}, "
+                         f"got {out.dtype} {out.shape}")
+    if not (out.flags.c_contiguous and out.flags.writeable):
+        raise ValueError(f"{name}: expected a writable C-contiguous array")
+    for other in inputs:
+        if (other is not None and np.may_share_memory(out, other)
+                and not any(out is a for a in allow)):
+            raise ValueError(f"{name}: must not share memory with an input")
+    return out.reshape(view3d(shape))
 
 
 def check_eps(eps):

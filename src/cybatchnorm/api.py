@@ -139,7 +139,7 @@ def _forward(x, gamma, beta, eps, num_threads, stats=None, cache="full", out=Non
     ``stats`` None computes the batch statistics (training); a pair
     ``(mean, var)`` normalizes with those instead (eval mode).
     """
-    x_in = x
+    x_in, gamma_in, beta_in = x, gamma, beta
     x3, shape, dt = full("x", x)
     C = shape[1]
     if stats is None:
@@ -154,7 +154,8 @@ def _forward(x, gamma, beta, eps, num_threads, stats=None, cache="full", out=Non
         out3 = np.empty(x3.shape, dt)
     else:
         out3 = _check_output("out", out, shape, dt,
-                             (x_in, x3) + (tuple(stats) if stats is not None else ()))
+                             (x_in, x3, gamma_in, beta_in)
+                             + (tuple(stats) if stats is not None else ()))
     keep = cache == "full"
     xmu = np.empty(x3.shape, dt) if keep else out3
     xhat = np.empty(x3.shape, dt) if keep else out3

@@ -29,8 +29,8 @@ import numpy as np
 
 from ._kernels import nodes as _nodes
 from ._threads import effective_num_threads
-from ._validation import (as_array, check_batch_count, check_eps, computation_dtype,
-                          feature, full, shape_arg, view3d)
+from ._validation import (as_array, check_batch_count, check_eps, check_out,
+                          computation_dtype, feature, full, shape_arg, view3d)
 
 __all__ = [
     "Node", "NODES", "node", "forward", "backward",
@@ -42,13 +42,19 @@ __all__ = [
 ]
 
 
-def _empty_full(view, dtype, out=None):
-    # a fresh array, or ``out`` (a dead buffer the backward walk recycles)
-    # when it fits exactly; a misfit is simply not used
-    if (isinstance(out, np.ndarray) and out.dtype == dtype and out.size == np.prod(view)
-            and out.flags.c_contiguous and out.flags.writeable):
-        return out.reshape(view)
+def _empty_full(view, dtype):
     return np.empty(view, dtype=dtype)
+
+
+def _full_out(out, shape, dtype, inputs, allow=()):
+    # a fresh (N, C, S) array, or the caller's ``out`` (the backward walk
+    # passes dead buffers it made, or the incoming gradient itself), checked:
+    # x's shape and the computation dtype, C-contiguous, writable, sharing no
+    # memory with an input unless it is one of ``allow`` (elementwise kernels
+    # read each value before writing the same place)
+    if out is None:
+        return np.empty(view3d(shape), dtype=dtype)
+    return check_out("out", out, shape, dtype, inputs, allow)
 
 
 # ------------------------------------------------------------------ forward
@@ -89,9 +95,9 @@ def var_forward(sq, *, num_threads=None):
 def _vector(name, value):
     # a lone (C,) input: its own length and dtype define the node's shape
     arr = as_array(name, value)
+    dt = computation_dtype(name, arr)
     if arr.ndim != 1:
         raise ValueError(f"{name}: expected shape (C,), got {arr.shape}")
-    dt = computation_dtype(name, arr)
     return np.ascontiguousarray(arr, dtype=dt), dt
 
 
@@ -158,12 +164,13 @@ def gammax_backward(dgammax, xhat, gamma, *, num_threads=None, out=None):
     """Gradients of ``gammax = gamma * xhat``: returns ``(dgamma, dxhat)``.
 
     ``dgamma = sum(dgammax * xhat)`` over the batch, ``dxhat = dgammax * gamma``.
+    ``out`` may be ``dgammax`` itself: the product is then taken in place.
     """
     g3, shape, dt = full("dgammax", dgammax)
     h3 = full("xhat", xhat, dt, shape)[0]
     gamma = feature("gamma", gamma, shape[1], dt)
     dgamma = np.empty(shape[1], dt)
-    dxhat = _empty_full(g3.shape, dt, out)
+    dxhat = _full_out(out, shape, dt, (dgammax, g3, xhat, h3), allow=(dgammax,))
     _nodes.gammax_backward(g3, h3, gamma, dgamma, dxhat, effective_num_threads(num_threads, g3.size))
     return dgamma, dxhat.reshape(shape)
 
@@ -172,13 +179,14 @@ def xhat_backward(dxhat, xmu, ivar, *, num_threads=None, out=None):
     """Gradients of ``xhat = xmu * ivar``: returns ``(divar, dxmu1)``.
 
     ``divar = sum(dxhat * xmu)`` over the batch, ``dxmu1 = dxhat * ivar`` (the
-    first of the two gradients that reach xmu).
+    first of the two gradients that reach xmu). ``out`` may be ``dxhat``
+    itself: the product is then taken in place.
     """
     g3, shape, dt = full("dxhat", dxhat)
     m3 = full("xmu", xmu, dt, shape)[0]
     ivar = feature("ivar", ivar, shape[1], dt)
     divar = np.empty(shape[1], dt)
-    dxmu1 = _empty_full(g3.shape, dt, out)
+    dxmu1 = _full_out(out, shape, dt, (dxhat, g3, xmu, m3), allow=(dxhat,))
     _nodes.xhat_backward(g3, m3, ivar, divar, dxmu1, effective_num_threads(num_threads, g3.size))
     return divar, dxmu1.reshape(shape)
 
@@ -239,17 +247,18 @@ def sq_backward(dsq, xmu, *, num_threads=None, out=None):
 
     When ``dsq`` is one value per channel broadcast over the batch (as
     :func:`var_backward` returns it), only ``xmu`` is read from memory.
+    ``out`` may be a full-size ``dsq`` itself (in place).
     """
     vec = _channel_vector(dsq)
     if vec is None:
         g3, shape, dt = full("dsq", dsq)
         m3 = full("xmu", xmu, dt, shape)[0]
-        res = _empty_full(g3.shape, dt, out)
+        res = _full_out(out, shape, dt, (dsq, g3, xmu, m3), allow=(dsq,))
         _nodes.sq_backward(g3, m3, res, effective_num_threads(num_threads, g3.size))
         return res.reshape(shape)
     dt = computation_dtype("dsq", dsq)
     m3, shape, _ = full("xmu", xmu, dt, dsq.shape)
-    res = _empty_full(m3.shape, dt, out)
+    res = _full_out(out, shape, dt, (dsq, xmu, m3))
     _nodes.sq_backward_channel(np.ascontiguousarray(vec, dt), m3, res,
                                effective_num_threads(num_threads, m3.size))
     return res.reshape(shape)
@@ -300,10 +309,9 @@ def branch_sum(a, b, *, num_threads=None, out=None):
     if out is None:
         o3 = _empty_full(a3.shape, dt)
     else:
-        if not (isinstance(out, np.ndarray) and out.dtype == dt and out.shape == shape
-                and out.flags.c_contiguous and out.flags.writeable):
-            raise ValueError(f"out: expected a writable C-contiguous {dt} array of shape {shape}")
-        o3 = out.reshape(a3.shape)
+        # out may be a or b itself (elementwise, in place), never a partial overlap
+        o3 = check_out("out", out, shape, dt,
+                       (a, a3, b) + ((b3,) if bvec is None else ()), allow=(a, b))
     nt = effective_num_threads(num_threads, a3.size)
     if bvec is None:
         _nodes.branch_sum(a3, b3, o3, nt)
@@ -440,8 +448,8 @@ def backward(dout, cache, *, num_threads=None, constants=(), keep=False, dx=None
     keep : bool
         Keep every intermediate gradient; otherwise only the final ones.
     dx : ndarray, optional
-        A C-contiguous array of x's shape and dtype to write ``dx`` into
-        (checked by the caller).
+        A writable C-contiguous array of dout's shape and computation dtype
+        to write ``dx`` into, sharing no memory with dout or the cache.
 
     Returns
     -------
@@ -450,8 +458,24 @@ def backward(dout, cache, *, num_threads=None, constants=(), keep=False, dx=None
         by name in the order it was produced, including the branch sums
         ``dxmu = dxmu1 + dxmu2`` and ``dx = dx1 + dx2``.
     """
-    nt = effective_num_threads(num_threads, np.size(dout))
-    constants = set(constants)
+    g3, shape, dt = full("dout", dout)
+    dout = g3.reshape(shape)
+    nt = effective_num_threads(num_threads, g3.size)
+    try:
+        constants = set(constants)
+    except TypeError:
+        raise TypeError(f"constants: expected an iterable of node names, got "
+                        f"{type(constants).__name__}") from None
+    needed = {s for n in NODES if n.name not in constants for s in n.saved}
+    for s in sorted(needed):
+        if not hasattr(cache, s):
+            raise TypeError(f"cache: expected an object with the forward's values as "
+                            f"attributes (a Cache), got {type(cache).__name__} without {s!r}")
+        v = getattr(cache, s)
+        if isinstance(v, np.ndarray) and v.ndim > 1 and v.shape != shape:
+            raise ValueError(f"dout: shape {shape} does not match the cache's {s} {v.shape}")
+    if dx is not None:
+        check_out("dx", dx, shape, dt, [dout] + [getattr(cache, s) for s in needed if s != "shape"])
     pending = {"out": dout}      # gradients waiting for their node, by node name
     produced = {}
     spare = []                   # dead gradient buffers this walk made, for reuse

@@ -6,6 +6,7 @@ import operator
 import numpy as np
 
 from .api import _forward, batchnorm_backward
+from ._threads import effective_num_threads
 from ._validation import check_eps, full
 
 __all__ = ["BatchNorm"]
@@ -91,6 +92,7 @@ class BatchNorm:
             raise TypeError(f"dtype: expected float32 or float64, got {dtype!r}") from None
         if dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
+        effective_num_threads(num_threads)    # validated now, not at the first forward
         self.num_features = num_features
         self.eps = check_eps(eps)
         self.momentum = momentum

@@ -77,7 +77,7 @@ def batch_stats(x, *, num_threads=None):
     x3, _, _ = full("x", x)
     N, C, S = x3.shape
     nt = effective_num_threads(num_threads, x3.size)
-    K = _split.row_chunks(N, C, S)
+    K = _split.row_chunks(N, C, S, x3.itemsize)
     mean, m2 = np.zeros(C), np.zeros(C)
     _split.batch_stats(x3, mean, m2, np.empty((K, C)), np.empty((K, C)), np.empty(C), nt)
     return N * S, mean, m2
@@ -218,7 +218,8 @@ def normalize(x, mean, ivar, gamma, beta, *, num_threads=None):
     gamma, beta = feature("gamma", gamma, C, dt), feature("beta", beta, C, dt)
     nt = effective_num_threads(num_threads, x3.size)
     out = np.empty(x3.shape, dt)
-    _split.normalize(x3, mean, ivar, gamma, beta, out, _split.row_chunks(*x3.shape), nt)
+    K = _split.row_chunks(*x3.shape, x3.itemsize)
+    _split.normalize(x3, mean, ivar, gamma, beta, out, K, nt)
     return out.reshape(shape)
 
 
@@ -272,7 +273,7 @@ def backward_reduce(dout, x, mean, ivar=None, *, num_threads=None):
     if ivar is not None:
         _f64("ivar", ivar, C)
     nt = effective_num_threads(num_threads, x3.size)
-    K = _split.row_chunks(*x3.shape)
+    K = _split.row_chunks(*x3.shape, x3.itemsize)
     sd, sdx = np.zeros(C), np.zeros(C)
     _split.backward_reduce(g3, x3, mean, sd, sdx, np.empty((K, C)), np.empty((K, C)), nt)
     return sd, sdx
@@ -354,5 +355,6 @@ def backward_elementwise(dout, x, mean, ivar, gamma, sum_dout, sum_dout_xmu, cou
     nt = effective_num_threads(num_threads, x3.size)
     dx = np.empty(x3.shape, dt)
     _split.backward_elementwise(g3, x3, mean, ivar, gamma, sd, sdx, float(count), dx,
-                                np.empty((3, C)), _split.row_chunks(*x3.shape), nt)
+                                np.empty((3, C)), _split.row_chunks(*x3.shape, x3.itemsize),
+                                nt)
     return dx.reshape(shape)
