@@ -164,12 +164,13 @@ def bounds(x, r, cdt, kind="full"):
     eps32 for float32), M the number of values per feature. kappa_c, the
     feature's condition number, multiplies the rounding of the mean as it is
     subtracted: u_x = eps64 with a full cache (x - mu is formed from the
-    float64 mean), u_x = u with a minimal cache (the float32 path computes
-    x * a + b in float32 and recomputes x - mu from the stored mean).
+    float64 mean), u_x = max(eps64, u**2) with a minimal cache (the float32
+    path computes ((x - mh) - ml) * a + beta in float32, the mean split in two
+    floats that carry it to about u**2).
     4 M eps64 covers the float64 sums.
     """
     u = float(np.finfo(cdt).eps)
-    ux = EPS64 if kind == "full" else u
+    ux = EPS64 if kind == "full" else max(EPS64, u * u)
     M = per_channel(x).shape[1]
     kappa = np.abs(per_channel(x)).max(1) / np.asarray(r["sqrtvar"], np.longdouble)
     return 16 * (u + ux * kappa) + 4 * M * EPS64
@@ -341,9 +342,6 @@ def test_never_crashes_never_writes_to_inputs(data, kind, nt):
         assert v.shape == (x.shape if name.endswith(("dx", "out")) else (C,))
 
 
-@pytest.mark.xfail(strict=True, reason="known weakness of the float32 minimal-cache path in "
-                   "_fused.pyx: it computes x * a + b with b = beta - mu * a in float32, so "
-                   "x * a and mu * a cancel and lose u32 * kappa; (x - mu) * a + beta would not")
 def test_float32_minimal_cache_keeps_a_constant_feature_at_beta():
     x = np.full((7, 2), 1e8, np.float32)
     x[:, 1] = 1e4
@@ -351,4 +349,4 @@ def test_float32_minimal_cache_keeps_a_constant_feature_at_beta():
     full, _ = bn.batchnorm_forward(x, np.ones(2), beta)
     assert (full == beta).all()             # the full-cache path: exactly beta
     mini, _ = bn.batchnorm_forward(x, np.ones(2), beta, cache="minimal")
-    assert (mini == beta).all()             # today: -2048 and -0.25 off
+    assert (mini == beta).all()             # x - mu is formed before scaling: nothing cancels

@@ -100,31 +100,38 @@ cdef inline void _normalize_rows(const floating[:, :, ::1] x,
             stream_copy(&out[n, c0, 0], tmp, (c1 - c0) * S * sizeof(floating))
 
 
-cdef inline void _affine_rows_f32(const float[:, :, ::1] x, const float* a,
-                                  const float* b, float[:, :, ::1] out,
-                                  Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0,
-                                  Py_ssize_t c1,
-        float* tmp) noexcept nogil:
-    # out = x * a + b in float32 (a = gamma * ivar, b = beta - mu * a, both
-    # rounded once from float64): twice the SIMD width of the float64 path,
-    # and as exact as float32 input allows
-    cdef Py_ssize_t S = x.shape[2], n, c, s, k
+cdef inline void _affine_rows_f32(const float[:, :, ::1] x, const float* cf,
+                                  float[:, :, ::1] out, Py_ssize_t r0,
+                                  Py_ssize_t r1, Py_ssize_t c0, Py_ssize_t c1,
+                                  float* tmp) noexcept nogil:
+    # out = ((x - mh) - ml) * a + beta in float32: twice the SIMD width of
+    # the float64 path. cf holds four (C,) rows: a = gamma * ivar, beta, and
+    # mu split in two floats, mh = fl(mu) and ml = fl(mu - mh). x - mh is
+    # exact for x near mu (Sterbenz), so no digits cancel however far the
+    # data sit from zero (x * a + (beta - mu * a) would lose them).
+    cdef Py_ssize_t S = x.shape[2], C = x.shape[1], n, c, s, k
+    cdef const float* a = cf
+    cdef const float* b = cf + C
+    cdef const float* mh = cf + 2 * C
+    cdef const float* ml = cf + 3 * C
     cdef const float* xr
     cdef float* orow
-    cdef float ac, bc
+    cdef float ac, bc, hc, lc
     for n in range(r0, r1):
         xr = &x[n, c0, 0]
         orow = tmp if tmp != NULL else &out[n, c0, 0]
         if S == 1:
             for c in range(c1 - c0):
-                orow[c] = xr[c] * a[c0 + c] + b[c0 + c]
+                orow[c] = ((xr[c] - mh[c0 + c]) - ml[c0 + c]) * a[c0 + c] + b[c0 + c]
         else:
             for c in range(c1 - c0):
                 ac = a[c0 + c]
                 bc = b[c0 + c]
+                hc = mh[c0 + c]
+                lc = ml[c0 + c]
                 k = c * S
                 for s in range(S):
-                    orow[k + s] = xr[k + s] * ac + bc
+                    orow[k + s] = ((xr[k + s] - hc) - lc) * ac + bc
         if tmp != NULL:
             # the row went to an L1 buffer; stream it out past the caches
             stream_copy(&out[n, c0, 0], tmp, (c1 - c0) * S * sizeof(float))
@@ -149,7 +156,7 @@ cdef inline void _normalize_task(const floating[:, :, ::1] x,
         tmp = <floating*>malloc((c1 - c0) * x.shape[2] * sizeof(floating))
     if floating is float:
         if ab != NULL:
-            _affine_rows_f32(x, ab, ab + C, out, r0, r1, c0, c1, tmp)
+            _affine_rows_f32(x, ab, out, r0, r1, c0, c1, tmp)
         else:
             _normalize_rows(x, gamma, beta, m, iv, out, xmu, xhat, keep_nodes,
                             r0, r1, c0, c1, tmp)
@@ -189,7 +196,9 @@ cdef inline void _channel_stats(Py_ssize_t c, Py_ssize_t N, Py_ssize_t S,
     ivar64[c] = 1.0 / sd
     if ab != NULL:
         ab[c] = <float>(gamma[c] / sd)
-        ab[C + c] = <float>(beta[c] - m * (gamma[c] / sd))
+        ab[C + c] = <float>beta[c]
+        ab[2 * C + c] = <float>m
+        ab[3 * C + c] = <float>(m - <float>m)
 
 
 def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
@@ -220,7 +229,7 @@ def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
     if C == 0:
         return
     if fast:
-        ab = <float*>malloc(2 * C * sizeof(float))
+        ab = <float*>malloc(4 * C * sizeof(float))
         if ab == NULL:
             raise MemoryError("forward: no memory for per-channel coefficients")
     with nogil:
@@ -380,33 +389,41 @@ cdef inline void _dx_rows(const floating[:, :, ::1] dout,
 
 
 cdef inline void _dx_rows_f32(const float[:, :, ::1] dout,
-                              const float[:, :, ::1] x, const float* A,
-                              const float* F, const float* G,
+                              const float[:, :, ::1] x, const float* cf,
                               float[:, :, ::1] dx, Py_ssize_t r0, Py_ssize_t r1,
                               Py_ssize_t c0, Py_ssize_t c1,
-        float* tmp) noexcept nogil:
-    # dx = A * dout + F * x + G in float32, with F = E * ivar and
-    # G = B - E * ivar * mu folded in float64 and rounded once
-    cdef Py_ssize_t S = dout.shape[2], n, c, s, k
+                              float* tmp) noexcept nogil:
+    # dx = A * dout + F * ((x - mh) - ml) + B in float32, with F = E * ivar
+    # and mu split in two floats as in _affine_rows_f32 (no cancellation);
+    # cf holds five (C,) rows: A, F, B, mh, ml
+    cdef Py_ssize_t S = dout.shape[2], C = dout.shape[1], n, c, s, k
+    cdef const float* A = cf
+    cdef const float* F = cf + C
+    cdef const float* B = cf + 2 * C
+    cdef const float* mh = cf + 3 * C
+    cdef const float* ml = cf + 4 * C
     cdef const float* gr
     cdef const float* xr
     cdef float* dr
-    cdef float ac, fc, gc
+    cdef float ac, fc, bc, hc, lc
     for n in range(r0, r1):
         gr = &dout[n, c0, 0]
         xr = &x[n, c0, 0]
         dr = tmp if tmp != NULL else &dx[n, c0, 0]
         if S == 1:
             for c in range(c1 - c0):
-                dr[c] = A[c0 + c] * gr[c] + F[c0 + c] * xr[c] + G[c0 + c]
+                dr[c] = (A[c0 + c] * gr[c] + F[c0 + c] * ((xr[c] - mh[c0 + c]) - ml[c0 + c])
+                         + B[c0 + c])
         else:
             for c in range(c1 - c0):
                 ac = A[c0 + c]
                 fc = F[c0 + c]
-                gc = G[c0 + c]
+                bc = B[c0 + c]
+                hc = mh[c0 + c]
+                lc = ml[c0 + c]
                 k = c * S
                 for s in range(S):
-                    dr[k + s] = ac * gr[k + s] + fc * xr[k + s] + gc
+                    dr[k + s] = ac * gr[k + s] + fc * ((xr[k + s] - hc) - lc) + bc
         if tmp != NULL:
             # the row went to an L1 buffer; stream it out past the caches
             stream_copy(&dx[n, c0, 0], tmp, (c1 - c0) * S * sizeof(float))
@@ -439,7 +456,9 @@ cdef inline void _channel_coef(Py_ssize_t c, Py_ssize_t K, Py_ssize_t C,
     if afg != NULL:
         afg[c] = <float>a
         afg[C + c] = <float>(coef[2 * C + c] * ivar64[c])
-        afg[2 * C + c] = <float>(coef[C + c] - coef[2 * C + c] * ivar64[c] * mu64[c])
+        afg[2 * C + c] = <float>coef[C + c]
+        afg[3 * C + c] = <float>mu64[c]
+        afg[4 * C + c] = <float>(mu64[c] - <float>mu64[c])
 
 
 cdef inline void _dx_task(const floating[:, :, ::1] dout,
@@ -456,7 +475,7 @@ cdef inline void _dx_task(const floating[:, :, ::1] dout,
         tmp = <floating*>malloc((c1 - c0) * dout.shape[2] * sizeof(floating))
     if floating is float:
         if afg != NULL:
-            _dx_rows_f32(dout, src, afg, afg + C, afg + 2 * C, dx, r0, r1, c0, c1, tmp)
+            _dx_rows_f32(dout, src, afg, dx, r0, r1, c0, c1, tmp)
         else:
             _dx_rows(dout, src, from_x, mu64, ivar64, coef, coef + C, coef + 2 * C, dx,
                      r0, r1, c0, c1, tmp)
@@ -493,7 +512,7 @@ def backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] src,
     if C == 0:
         return
     if fast:
-        afg = <float*>malloc(3 * C * sizeof(float))
+        afg = <float*>malloc(5 * C * sizeof(float))
         if afg == NULL:
             raise MemoryError("backward: no memory for per-channel coefficients")
     with nogil:

@@ -4,7 +4,6 @@ batchnorm_backward_fused, and the Cache that carries the forward's values.
 This is where user input is validated (through ``_validation``) before any
 kernel runs; the kernels themselves never check anything.
 """
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -265,7 +264,7 @@ def batchnorm_backward(dout, cache, *, num_threads=None, dx=None):
     -------
     dx : ndarray, shape of x
         (``dx`` itself if given). A minimal cache has no ``xmu``/``xhat``: they
-        are recomputed with the node kernels first.
+        are recomputed first by a forward pass over the cached x.
     dgamma, dbeta : ndarray, shape (C,)
 
     Raises
@@ -295,11 +294,13 @@ def batchnorm_backward(dout, cache, *, num_threads=None, dx=None):
     g3, nt, dx3 = _prepare_backward(dout, cache, num_threads, dx)
     constants = ("mu", "ivar") if cache.mode == "eval" else ()
     saved = cache
-    if cache.kind == "minimal":   # the walk reads xmu and xhat: recompute them
-        xmu = graph.xmu_forward(cache.x, cache.mu, num_threads=nt)
-        saved = SimpleNamespace(shape=cache.shape, xmu=xmu, sqrtvar=cache.sqrtvar,
-                                ivar=cache.ivar, gamma=cache.gamma,
-                                xhat=graph.xhat_forward(xmu, cache.ivar, num_threads=nt))
+    if cache.kind == "minimal":
+        # the walk reads xmu and xhat: rerun the forward on x for a full
+        # cache. Same shape and dtype give bitwise the same statistics, and
+        # xmu comes from the float64 mean (x minus the mean rounded to x's
+        # dtype would lose digits to cancellation for data far from zero)
+        saved = _forward(cache.x, cache.gamma, cache.beta, cache.eps, nt,
+                         stats=(cache.mu, cache.var) if cache.mode == "eval" else None)[1]
     grads = graph.backward(g3.reshape(cache.shape), saved, num_threads=nt,
                            constants=constants,
                            dx=None if dx3 is None else dx3.reshape(cache.shape))
