@@ -21,6 +21,7 @@ walks the list in reverse and adds gradients where branches meet (``xmu``
 feeds both ``sq`` and ``xhat``; ``x`` feeds both ``mu`` and ``xmu``).
 """
 from dataclasses import dataclass
+import functools
 import math
 import re
 from typing import Callable, Tuple
@@ -371,7 +372,13 @@ class Node:
 
     def targets(self):
         """The input each returned gradient belongs to (``dxmu1`` -> ``xmu``)."""
-        return tuple(re.sub(r"\d+$", "", g[1:]) for g in self.grads)
+        return _grad_targets(self.grads)
+
+
+@functools.lru_cache(maxsize=None)
+def _grad_targets(grads):
+    # derived once per node: the backward walk asks at every node it visits
+    return tuple(re.sub(r"\d+$", "", g[1:]) for g in grads)
 
 
 NODES = (
