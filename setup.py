@@ -9,10 +9,12 @@ the kernels run serially. Environment switches read at build time:
 * ``CYBATCHNORM_DEBUG=1`` is a debug build: bounds checking and wraparound on,
   ``-O0 -g``, so an out-of-range index raises instead of reading stray memory.
 
-The default build is portable. On x86 the kernel modules are compiled twice,
-for the baseline instruction set and with AVX2 (``_nodes_avx2``,
-``_fused_avx2``, ``_split_avx2``); ``cybatchnorm._kernels`` picks one at import time from what
-the CPU supports. ``-ffp-contract=off`` everywhere keeps both bitwise equal.
+The default build is portable. On x86 the kernel modules are compiled three
+times: for the baseline instruction set, with AVX2 (``_nodes_avx2``,
+``_fused_avx2``, ``_split_avx2``) and with AVX-512 (``*_avx512``: F, BW, DQ
+and VL, 512-bit vectors); ``cybatchnorm._kernels`` picks one at import time
+from what the CPU supports. ``-ffp-contract=off`` everywhere keeps all three
+bitwise equal.
 """
 import os
 import shlex
@@ -118,12 +120,17 @@ class BuildExt(build_ext):
         if _env_flag("CYBATCHNORM_NATIVE") and _flag_works(self.compiler, "-march=native"):
             cflags.append("-march=native")
         avx2 = not msvc and _flag_works(self.compiler, "-mavx2")
+        avx512 = avx2 and all(_flag_works(self.compiler, f) for f in AVX512_FLAGS)
         omp = _openmp_flags(self.compiler)
         if omp is not None:
             cflags += omp[0]
             ldflags += omp[1]
         for ext in self.extensions:
-            extra = ["-mavx2"] if avx2 and ext.name.endswith("_avx2") else []
+            extra = []
+            if avx2 and ext.name.endswith("_avx2"):
+                extra = ["-mavx2"]
+            elif avx512 and ext.name.endswith("_avx512"):
+                extra = ["-mavx2"] + AVX512_FLAGS
             # the flags are compiled into the module so show_config() reports
             # what this binary was really built with
             macros = [
@@ -138,7 +145,11 @@ class BuildExt(build_ext):
         super().build_extensions()
 
 
-MODULES = ["_openmp", "_nodes", "_fused", "_split", "_nodes_avx2", "_fused_avx2", "_split_avx2"]
+# the AVX-512 subset every AVX-512 x86 CPU since Skylake-SP has; 512-bit
+# vectors asked for explicitly (GCC prefers 256 bits otherwise)
+AVX512_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mprefer-vector-width=512"]
+KERNELS = ["_nodes", "_fused", "_split"]
+MODULES = ["_openmp"] + [k + v for v in ("", "_avx2", "_avx512") for k in KERNELS]
 extensions = [
     Extension(f"cybatchnorm.{name}", [f"src/cybatchnorm/{name}.pyx"])
     for name in MODULES

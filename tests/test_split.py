@@ -187,16 +187,24 @@ def test_bad_input_names_the_argument(name, call, exc, arg):
         call()
 
 
-@pytest.mark.skipif(not _openmp.cpu_has_avx2(), reason="CPU without AVX2")
+SIMD_LEVELS = [pytest.param("avx2", marks=pytest.mark.skipif(
+                   not _openmp.cpu_has_avx2(), reason="CPU without AVX2")),
+               pytest.param("avx512", marks=pytest.mark.skipif(
+                   not _openmp.cpu_has_avx512(), reason="CPU without AVX-512"))]
+
+
+@pytest.mark.parametrize("level", SIMD_LEVELS)
 @pytest.mark.parametrize("shape", [(300, 37), (5, 3, 7, 9), (70000, 2)])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_avx2_and_baseline_agree_bitwise(monkeypatch, rng, shape, dtype):
-    from cybatchnorm import _split, _split_avx2, split
+def test_simd_builds_and_baseline_agree_bitwise(monkeypatch, rng, shape, dtype, level):
+    import importlib
+    from cybatchnorm import _split, split
+    fast = importlib.import_module(f"cybatchnorm._split_{level}")
     x = rng.normal(3, 2, shape).astype(dtype)
     dout = rng.normal(size=shape).astype(dtype)
     g, b = rng.uniform(0.5, 2, shape[1]), rng.normal(size=shape[1])
     runs = []
-    for module in (_split, _split_avx2):
+    for module in (_split, fast):
         monkeypatch.setattr(split, "_split", module)
         c, m, m2 = bn.batch_stats(x)
         count, mean, var = bn.merge_stats([c, 3], [m, m * 2], [m2, m2])
@@ -206,4 +214,4 @@ def test_avx2_and_baseline_agree_bitwise(monkeypatch, rng, shape, dtype):
                bn.backward_elementwise(dout, x, mean, iv, g, sd, sdx, count)]
         runs.append([a.tobytes() for a in res])
     assert runs[0] == runs[1]
-    assert _split.SIMD == "baseline" and _split_avx2.SIMD == "avx2"
+    assert _split.SIMD == "baseline" and fast.SIMD == level

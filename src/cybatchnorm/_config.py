@@ -32,7 +32,8 @@ def show_config(file=None):
         f"  OpenMP: {'enabled' if _openmp.openmp_enabled() else 'disabled (kernels run serially)'}",
         f"  compile flags: {cflags}",
         f"  link flags: {ldflags or '(none)'}",
-        f"  kernels: {_kernels.SIMD} (CPU has AVX2: {'yes' if _openmp.cpu_has_avx2() else 'no'})",
+        f"  kernels: {_kernels.SIMD} (CPU has AVX2: {'yes' if _openmp.cpu_has_avx2() else 'no'}, "
+        f"AVX-512: {'yes' if _openmp.cpu_has_avx512() else 'no'})",
         f"  threads (num_threads=None): {effective_num_threads(None)}",
         f"  numpy: {np.__version__}",
         f"  python: {sys.version.split()[0]}",

@@ -11,15 +11,24 @@ cdef extern from *:
     static int omp_get_max_threads(void) { return 1; }
     static int omp_get_thread_num(void) { return 0; }
     #endif
-    #ifdef __AVX2__
+    #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
+    #define CYBN_SIMD "avx512"
+    #elif defined(__AVX2__)
     #define CYBN_SIMD "avx2"
     #else
     #define CYBN_SIMD "baseline"
     #endif
     #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
     static inline int cybn_cpu_has_avx2(void) { __builtin_cpu_init(); return __builtin_cpu_supports("avx2"); }
+    static inline int cybn_cpu_has_avx512(void) {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avx512f")
+            && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")
+            && __builtin_cpu_supports("avx512vl");
+    }
     #else
     static inline int cybn_cpu_has_avx2(void) { return 0; }
+    static inline int cybn_cpu_has_avx512(void) { return 0; }
     #endif
     #ifndef CYBN_BUILD_CFLAGS
     #define CYBN_BUILD_CFLAGS "unknown"
@@ -33,5 +42,6 @@ cdef extern from *:
     const char* CYBN_BUILD_LDFLAGS
     const char* CYBN_SIMD
     int cybn_cpu_has_avx2() noexcept nogil
+    int cybn_cpu_has_avx512() noexcept nogil
     int omp_get_max_threads() noexcept nogil
     int omp_get_thread_num() noexcept nogil

@@ -23,3 +23,8 @@ def build_flags():
 def cpu_has_avx2():
     """True when the CPU running this process supports AVX2."""
     return bool(cybn_cpu_has_avx2())
+
+
+def cpu_has_avx512():
+    """True when the CPU running this process supports AVX2 and AVX-512 F, BW, DQ and VL."""
+    return bool(cybn_cpu_has_avx512())
