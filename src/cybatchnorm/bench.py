@@ -146,14 +146,23 @@ def torch_calls(torch, x, gamma, beta, dout, threads):
     }
 
 
+# Pause between two timed calls: longer than an OpenMP runtime's spin-wait
+# after a parallel region (libgomp spins about 0.3 ms by default). torch
+# brings its own OpenMP runtime; without the pause, the threads one contender
+# leaves spinning would steal the cores from the next contender's call.
+PAUSE = 0.003
+
+
 def round_robin(calls, repeats):
     """Median time of every callable, timed in turns (one run of each per
-    round) so that whatever else the machine does falls on all of them alike."""
+    round) so that whatever else the machine does falls on all of them alike,
+    with a short pause before each call (see PAUSE)."""
     for fn in calls.values():   # warm-up
         fn()
     times = {k: [] for k in calls}
     for _ in range(repeats):
         for k, fn in calls.items():
+            time.sleep(PAUSE)
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
