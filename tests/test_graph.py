@@ -155,11 +155,44 @@ def test_staged_backward_walks_the_node_kernels(monkeypatch, rng):
     good = bn.batchnorm_backward(dout, cache)
     i = [n.name for n in graph.NODES].index("sq")
     orig = graph.NODES[i]
-    broken = orig.__class__(**{**orig.__dict__, "backward": lambda dsq, xmu, num_threads: 3 * xmu * dsq})
+    broken = orig.__class__(**{**orig.__dict__, "adds": False,
+                               "backward": lambda dsq, xmu, num_threads: 3 * xmu * dsq})
     monkeypatch.setattr(graph, "NODES", graph.NODES[:i] + (broken,) + graph.NODES[i + 1:])
     bad = bn.batchnorm_backward(dout, cache)
     assert ref.rel(bad[0], good[0]) > 1e-3
     np.testing.assert_array_equal(bad[2], good[2])   # dbeta does not pass through sq
+
+
+@pytest.mark.parametrize("shape", [(6, 3), (4, 3, 5), (16, 512)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_adding_into_the_other_branch_is_the_branch_sum_bit_for_bit(rng, shape, dtype):
+    x, dout = rng.normal(size=shape).astype(dtype), rng.normal(size=shape).astype(dtype)
+    _, cache = bn.batchnorm_forward(x, np.ones(shape[1], dtype), np.zeros(shape[1], dtype))
+    dxmu1 = rng.normal(size=shape).astype(dtype)
+    for dsq in (graph.var_backward(rng.normal(size=shape[1]).astype(dtype), shape),
+                rng.normal(size=shape).astype(dtype)):         # per channel, and full
+        expected = graph.branch_sum(dxmu1, graph.sq_backward(dsq, cache.xmu))
+        target = dxmu1.copy()
+        got = graph.sq_backward(dsq, cache.xmu, add_to=target)
+        assert np.shares_memory(got, target)
+        assert got.tobytes() == expected.tobytes()
+    # the walk (which adds into dxmu1) and the kept walk (explicit branch_sum) agree
+    fast = graph.backward(dout, cache)
+    kept = graph.backward(dout, cache, keep=True)
+    for k in ("dx", "dgamma", "dbeta"):
+        assert fast[k].tobytes() == kept[k].tobytes()
+
+
+def test_add_to_is_checked(rng):
+    xmu, dsq = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    with pytest.raises(ValueError, match="^add_to:"):
+        graph.sq_backward(dsq, xmu, add_to=np.empty((4, 2)))
+    with pytest.raises(ValueError, match="^add_to:"):
+        graph.sq_backward(dsq, xmu, add_to=xmu)                 # aliasing an input
+    with pytest.raises(TypeError, match="^add_to:"):
+        graph.sq_backward(dsq, xmu, add_to=[[0.0] * 3] * 4)
+    with pytest.raises(ValueError, match="^out:"):
+        graph.sq_backward(dsq, xmu, out=np.empty((4, 3)), add_to=np.empty((4, 3)))
 
 
 def test_constants_cut_the_graph(rng):

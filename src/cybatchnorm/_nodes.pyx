@@ -29,6 +29,8 @@ cdef enum:
     OP_SUB = 1
     OP_MUL = 2
     OP_MUL2 = 3     # 2 * x * p, as sq_backward writes it
+    OP_ADD_MUL2 = 4 # o + 2 * x * p: sq_backward adding into the other branch's
+                    # gradient (the product rounded first, as branch_sum sees it)
 
 
 # ---------------------------------------------------------------- helpers
@@ -150,9 +152,12 @@ cdef inline void _per_channel_run(const floating* x, const floating* p,
         elif op == OP_MUL:
             for c in range(nc):
                 o[c] = x[c] * p[c]
-        else:
+        elif op == OP_MUL2:
             for c in range(nc):
                 o[c] = 2 * x[c] * p[c]
+        else:
+            for c in range(nc):
+                o[c] = o[c] + <floating>(2 * x[c] * p[c])
     else:
         for c in range(nc):
             pc = p[c]
@@ -165,9 +170,12 @@ cdef inline void _per_channel_run(const floating* x, const floating* p,
             elif op == OP_MUL:
                 for s in range(S):
                     o[c * S + s] = x[c * S + s] * pc
-            else:
+            elif op == OP_MUL2:
                 for s in range(S):
                     o[c * S + s] = 2 * x[c * S + s] * pc
+            else:
+                for s in range(S):
+                    o[c * S + s] = o[c * S + s] + <floating>(2 * x[c * S + s] * pc)
 
 
 cdef void _per_channel(const floating[:, :, ::1] x, const floating[::1] p,
@@ -370,8 +378,9 @@ def var_backward(const floating[::1] dvar, double M, floating[::1] dsq,
 
 
 def sq_backward(const floating[:, :, ::1] dsq, const floating[:, :, ::1] xmu,
-                floating[:, :, ::1] dxmu2, int n_threads):
-    """dxmu2 = 2 * xmu * dsq, elementwise."""
+                floating[:, :, ::1] dxmu2, bint accumulate, int n_threads):
+    """dxmu2 = 2 * xmu * dsq, elementwise; with ``accumulate``,
+    dxmu2 = dxmu2 + 2 * xmu * dsq (adding into the other branch's gradient)."""
     cdef Py_ssize_t N = xmu.shape[0], C = xmu.shape[1], S = xmu.shape[2]
     cdef Py_ssize_t n, i
     cdef const floating* a
@@ -383,16 +392,21 @@ def sq_backward(const floating[:, :, ::1] dsq, const floating[:, :, ::1] xmu,
         a = &xmu[n, 0, 0]
         g = &dsq[n, 0, 0]
         o = &dxmu2[n, 0, 0]
-        for i in range(C * S):
-            o[i] = 2 * a[i] * g[i]
+        if accumulate:
+            for i in range(C * S):
+                o[i] = o[i] + <floating>(2 * a[i] * g[i])
+        else:
+            for i in range(C * S):
+                o[i] = 2 * a[i] * g[i]
 
 
 def sq_backward_channel(const floating[::1] dsq, const floating[:, :, ::1] xmu,
-                        floating[:, :, ::1] dxmu2, int n_threads):
-    """dxmu2 = 2 * xmu * dsq for a dsq that is one value per channel (what
-    var_backward gives): only xmu is read from memory."""
+                        floating[:, :, ::1] dxmu2, bint accumulate, int n_threads):
+    """dxmu2 = 2 * xmu * dsq (or dxmu2 + 2 * xmu * dsq with ``accumulate``)
+    for a dsq that is one value per channel (what var_backward gives): only
+    xmu (and dxmu2 when accumulating) is read from memory."""
     with nogil:
-        _per_channel(xmu, dsq, dxmu2, OP_MUL2, n_threads)
+        _per_channel(xmu, dsq, dxmu2, OP_ADD_MUL2 if accumulate else OP_MUL2, n_threads)
 
 
 def xmu_backward(const floating[:, :, ::1] dxmu, floating[::1] dmu,

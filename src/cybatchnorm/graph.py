@@ -243,25 +243,36 @@ def var_backward(dvar, shape, *, num_threads=None):
     return _per_channel_view(dsq, shape)
 
 
-def sq_backward(dsq, xmu, *, num_threads=None, out=None):
+def sq_backward(dsq, xmu, *, num_threads=None, out=None, add_to=None):
     """Gradient of ``sq = xmu ** 2``: ``dxmu2 = 2 * xmu * dsq``.
 
     When ``dsq`` is one value per channel broadcast over the batch (as
     :func:`var_backward` returns it), only ``xmu`` is read from memory.
-    ``out`` may be a full-size ``dsq`` itself (in place).
+    ``out`` may be a full-size ``dsq`` itself (in place). ``add_to``, the
+    gradient of ``xmu`` that arrived by the other branch (``dxmu1``), makes
+    it return ``add_to + dxmu2`` written into ``add_to``: the branch sum of
+    :func:`branch_sum`, bit for bit, without a pass of its own.
     """
     vec = _channel_vector(dsq)
     if vec is None:
         g3, shape, dt = full("dsq", dsq)
         m3 = full("xmu", xmu, dt, shape)[0]
-        res = _full_out(out, shape, dt, (dsq, g3, xmu, m3), allow=(dsq,))
-        _nodes.sq_backward(g3, m3, res, effective_num_threads(num_threads, g3.size))
-        return res.reshape(shape)
-    dt = computation_dtype("dsq", dsq)
-    m3, shape, _ = full("xmu", xmu, dt, dsq.shape)
-    res = _full_out(out, shape, dt, (dsq, xmu, m3))
-    _nodes.sq_backward_channel(np.ascontiguousarray(vec, dt), m3, res,
-                               effective_num_threads(num_threads, m3.size))
+        inputs, allow = (dsq, g3, xmu, m3), (dsq,)
+    else:
+        dt = computation_dtype("dsq", dsq)
+        m3, shape, _ = full("xmu", xmu, dt, dsq.shape)
+        inputs, allow = (dsq, xmu, m3), ()
+    if add_to is not None:
+        if out is not None:
+            raise ValueError("out: give out or add_to, not both")
+        res = check_out("add_to", add_to, shape, dt, inputs)
+    else:
+        res = _full_out(out, shape, dt, inputs, allow=allow)
+    nt = effective_num_threads(num_threads, m3.size)
+    if vec is None:
+        _nodes.sq_backward(g3, m3, res, add_to is not None, nt)
+    else:
+        _nodes.sq_backward_channel(np.ascontiguousarray(vec, dt), m3, res, add_to is not None, nt)
     return res.reshape(shape)
 
 
@@ -355,6 +366,9 @@ class Node:
         ``d<input>`` plus a branch number where an input gets two.
     backward : callable
         ``backward(d<name>, *saved) -> grads``.
+    adds : bool
+        Whether ``backward`` accepts ``add_to=``: a gradient of its input
+        that arrived by another branch, to add its own into in the same pass.
     writes_full : bool
         Whether ``backward`` makes a new gradient the size of x (it then
         accepts ``out=``, a buffer to write it into).
@@ -369,6 +383,7 @@ class Node:
     grads: Tuple[str, ...]
     backward: Callable
     writes_full: bool = False
+    adds: bool = False
 
     def targets(self):
         """The input each returned gradient belongs to (``dxmu1`` -> ``xmu``)."""
@@ -387,7 +402,7 @@ NODES = (
     Node("xmu", ("x", "mu"), "full", "x - mu", xmu_forward,
          (), ("dx1", "dmu"), xmu_backward),
     Node("sq", ("xmu",), "full", "xmu ** 2", sq_forward,
-         ("xmu",), ("dxmu2",), sq_backward, True),
+         ("xmu",), ("dxmu2",), sq_backward, True, True),
     Node("var", ("sq",), "channel", "mean(sq)", var_forward,
          ("shape",), ("dsq",), var_backward),
     Node("sqrtvar", ("var", "eps"), "channel", "sqrt(var + eps)", sqrtvar_forward,
@@ -433,6 +448,13 @@ def forward(x, gamma, beta, eps=1e-5, *, num_threads=None):
     for n in NODES:
         values[n.name] = n.forward(*(values[i] for i in n.inputs), num_threads=nt)
     return values
+
+
+def _walk_owned(g, dout):
+    # a gradient buffer the walk made (not dout, nor a view of it): the walk
+    # may overwrite it once its consumer has read it
+    return (isinstance(g, np.ndarray) and g.flags.writeable and g.flags.c_contiguous
+            and not np.may_share_memory(g, dout))
 
 
 def backward(dout, cache, *, num_threads=None, constants=(), keep=False, dx=None):
@@ -492,11 +514,15 @@ def backward(dout, cache, *, num_threads=None, constants=(), keep=False, dx=None
         g = pending.pop(n.name)
         saved = [getattr(cache, s) for s in n.saved]
         kw = {}
-        if n.writes_full:
+        if (n.adds and not keep and n.targets()[0] in pending
+                and _walk_owned(pending[n.targets()[0]], dout)):
+            # the other branch's gradient is a buffer this walk made: the
+            # node adds into it, and the branch sum costs no pass of its own
+            kw["add_to"] = pending.pop(n.targets()[0])
+        elif n.writes_full:
             # the node's new gradient is elementwise in g: it may overwrite g
             # when g is a buffer this walk made and nobody else will read
-            if (not keep and g.flags.writeable and g.flags.c_contiguous
-                    and not np.may_share_memory(g, dout)):
+            if not keep and _walk_owned(g, dout):
                 kw["out"] = g
             elif spare:
                 kw["out"] = spare.pop()
@@ -505,7 +531,7 @@ def backward(dout, cache, *, num_threads=None, constants=(), keep=False, dx=None
             res = (res,)
         # g is dead once its node has run, unless it is dout, was passed
         # through (dgammax, dx1) or is being kept
-        if (not keep and g.ndim > 1 and not np.may_share_memory(g, dout)
+        if (not keep and g.ndim > 1 and _walk_owned(g, dout)
                 and not any(np.may_share_memory(g, r) for r in res)):
             spare.append(g)
         for gname, target, value in zip(n.grads, n.targets(), res):
