@@ -165,8 +165,9 @@ def bounds(x, r, cdt, kind="full"):
     feature's condition number, multiplies the rounding of the mean as it is
     subtracted: u_x = eps64 with a full cache (x - mu is formed from the
     float64 mean), u_x = max(eps64, u**2) with a minimal cache (the float32
-    path computes ((x - mh) - ml) * a + beta in float32, the mean split in two
-    floats that carry it to about u**2).
+    path computes (x - mh) * a + b in float32, mh the mean rounded to float32
+    and its rest folded into b in float64: together they carry it to about
+    u**2).
     4 M eps64 covers the float64 sums.
     """
     u = float(np.finfo(cdt).eps)

@@ -104,34 +104,33 @@ cdef inline void _affine_rows_f32(const float[:, :, ::1] x, const float* cf,
                                   float[:, :, ::1] out, Py_ssize_t r0,
                                   Py_ssize_t r1, Py_ssize_t c0, Py_ssize_t c1,
                                   float* tmp) noexcept nogil:
-    # out = ((x - mh) - ml) * a + beta in float32: twice the SIMD width of
-    # the float64 path. cf holds four (C,) rows: a = gamma * ivar, beta, and
-    # mu split in two floats, mh = fl(mu) and ml = fl(mu - mh). x - mh is
-    # exact for x near mu (Sterbenz), so no digits cancel however far the
-    # data sit from zero (x * a + (beta - mu * a) would lose them).
+    # out = (x - mh) * a + b in float32: twice the SIMD width of the float64
+    # path. cf holds three (C,) rows: a = gamma * ivar, mh = fl(mu) and
+    # b = fl(beta - (mu - mh) * a). x - mh is exact for x near mu (Sterbenz),
+    # so no digits cancel however far the data sit from zero (x * a +
+    # (beta - mu * a) would lose them); the small rest of mu, mu - mh, is
+    # folded into b in float64.
     cdef Py_ssize_t S = x.shape[2], C = x.shape[1], n, c, s, k
     cdef const float* a = cf
-    cdef const float* b = cf + C
-    cdef const float* mh = cf + 2 * C
-    cdef const float* ml = cf + 3 * C
+    cdef const float* mh = cf + C
+    cdef const float* b = cf + 2 * C
     cdef const float* xr
     cdef float* orow
-    cdef float ac, bc, hc, lc
+    cdef float ac, bc, hc
     for n in range(r0, r1):
         xr = &x[n, c0, 0]
         orow = tmp if tmp != NULL else &out[n, c0, 0]
         if S == 1:
             for c in range(c1 - c0):
-                orow[c] = ((xr[c] - mh[c0 + c]) - ml[c0 + c]) * a[c0 + c] + b[c0 + c]
+                orow[c] = (xr[c] - mh[c0 + c]) * a[c0 + c] + b[c0 + c]
         else:
             for c in range(c1 - c0):
                 ac = a[c0 + c]
-                bc = b[c0 + c]
                 hc = mh[c0 + c]
-                lc = ml[c0 + c]
+                bc = b[c0 + c]
                 k = c * S
                 for s in range(S):
-                    orow[k + s] = ((xr[k + s] - hc) - lc) * ac + bc
+                    orow[k + s] = (xr[k + s] - hc) * ac + bc
         if tmp != NULL:
             # the row went to an L1 buffer; stream it out past the caches
             stream_copy(&out[n, c0, 0], tmp, (c1 - c0) * S * sizeof(float))
@@ -196,9 +195,8 @@ cdef inline void _channel_stats(Py_ssize_t c, Py_ssize_t N, Py_ssize_t S,
     ivar64[c] = 1.0 / sd
     if ab != NULL:
         ab[c] = <float>(gamma[c] / sd)
-        ab[C + c] = <float>beta[c]
-        ab[2 * C + c] = <float>m
-        ab[3 * C + c] = <float>(m - <float>m)
+        ab[C + c] = <float>m
+        ab[2 * C + c] = <float>(beta[c] - (m - <float>m) * <float>(gamma[c] / sd))
 
 
 def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
@@ -229,7 +227,7 @@ def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
     if C == 0:
         return
     if fast:
-        ab = <float*>malloc(4 * C * sizeof(float))
+        ab = <float*>malloc(3 * C * sizeof(float))
         if ab == NULL:
             raise MemoryError("forward: no memory for per-channel coefficients")
     with nogil:
@@ -393,37 +391,34 @@ cdef inline void _dx_rows_f32(const float[:, :, ::1] dout,
                               float[:, :, ::1] dx, Py_ssize_t r0, Py_ssize_t r1,
                               Py_ssize_t c0, Py_ssize_t c1,
                               float* tmp) noexcept nogil:
-    # dx = A * dout + F * ((x - mh) - ml) + B in float32, with F = E * ivar
-    # and mu split in two floats as in _affine_rows_f32 (no cancellation);
-    # cf holds five (C,) rows: A, F, B, mh, ml
+    # dx = A * dout + F * (x - mh) + G in float32, with F = E * ivar, mh =
+    # fl(mu) as in _affine_rows_f32 (no cancellation) and G = fl(B - F *
+    # (mu - mh)) folded in float64; cf holds four (C,) rows: A, F, mh, G
     cdef Py_ssize_t S = dout.shape[2], C = dout.shape[1], n, c, s, k
     cdef const float* A = cf
     cdef const float* F = cf + C
-    cdef const float* B = cf + 2 * C
-    cdef const float* mh = cf + 3 * C
-    cdef const float* ml = cf + 4 * C
+    cdef const float* mh = cf + 2 * C
+    cdef const float* G = cf + 3 * C
     cdef const float* gr
     cdef const float* xr
     cdef float* dr
-    cdef float ac, fc, bc, hc, lc
+    cdef float ac, fc, hc, gc
     for n in range(r0, r1):
         gr = &dout[n, c0, 0]
         xr = &x[n, c0, 0]
         dr = tmp if tmp != NULL else &dx[n, c0, 0]
         if S == 1:
             for c in range(c1 - c0):
-                dr[c] = (A[c0 + c] * gr[c] + F[c0 + c] * ((xr[c] - mh[c0 + c]) - ml[c0 + c])
-                         + B[c0 + c])
+                dr[c] = A[c0 + c] * gr[c] + F[c0 + c] * (xr[c] - mh[c0 + c]) + G[c0 + c]
         else:
             for c in range(c1 - c0):
                 ac = A[c0 + c]
                 fc = F[c0 + c]
-                bc = B[c0 + c]
                 hc = mh[c0 + c]
-                lc = ml[c0 + c]
+                gc = G[c0 + c]
                 k = c * S
                 for s in range(S):
-                    dr[k + s] = ac * gr[k + s] + fc * ((xr[k + s] - hc) - lc) + bc
+                    dr[k + s] = ac * gr[k + s] + fc * (xr[k + s] - hc) + gc
         if tmp != NULL:
             # the row went to an L1 buffer; stream it out past the caches
             stream_copy(&dx[n, c0, 0], tmp, (c1 - c0) * S * sizeof(float))
@@ -456,9 +451,8 @@ cdef inline void _channel_coef(Py_ssize_t c, Py_ssize_t K, Py_ssize_t C,
     if afg != NULL:
         afg[c] = <float>a
         afg[C + c] = <float>(coef[2 * C + c] * ivar64[c])
-        afg[2 * C + c] = <float>coef[C + c]
-        afg[3 * C + c] = <float>mu64[c]
-        afg[4 * C + c] = <float>(mu64[c] - <float>mu64[c])
+        afg[2 * C + c] = <float>mu64[c]
+        afg[3 * C + c] = <float>(coef[C + c] - afg[C + c] * (mu64[c] - <float>mu64[c]))
 
 
 cdef inline void _dx_task(const floating[:, :, ::1] dout,
@@ -512,7 +506,7 @@ def backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] src,
     if C == 0:
         return
     if fast:
-        afg = <float*>malloc(5 * C * sizeof(float))
+        afg = <float*>malloc(4 * C * sizeof(float))
         if afg == NULL:
             raise MemoryError("backward: no memory for per-channel coefficients")
     with nogil:
