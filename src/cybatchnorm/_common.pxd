@@ -343,3 +343,60 @@ cdef inline void merge_stats(Py_ssize_t N, Py_ssize_t S, Py_ssize_t K,
         n_a = n_a + n_b
     mean[0] = m + shift[c]
     m2[0] = q
+
+
+cdef inline void normalize_rows(const floating[:, :, ::1] x,
+                                const floating[::1] gamma,
+                                const floating[::1] beta,
+                                const double[::1] m, const double[::1] iv,
+                                floating[:, :, ::1] out,
+                                floating[:, :, ::1] xmu,
+                                floating[:, :, ::1] xhat, bint keep_nodes,
+                                Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0,
+                                Py_ssize_t c1, floating* tmp) noexcept nogil:
+    # out = gamma * ((x - mu) * ivar) + beta in float64, rounded once, over
+    # rows [r0, r1) and channels [c0, c1); with keep_nodes also xmu and xhat;
+    # with tmp (an L1 buffer of a row's run) rows are streamed out (see
+    # stream_copy)
+    cdef Py_ssize_t S = x.shape[2], n, c, s, k
+    cdef double d, mc, ic, gc, bc
+    cdef const floating* xr
+    cdef floating* orow
+    cdef floating* mrow = NULL
+    cdef floating* hrow = NULL
+    for n in range(r0, r1):
+        xr = &x[n, c0, 0]
+        orow = tmp if tmp != NULL else &out[n, c0, 0]
+        if keep_nodes:
+            mrow = &xmu[n, c0, 0]
+            hrow = &xhat[n, c0, 0]
+        if S == 1:
+            if keep_nodes:
+                for c in range(c1 - c0):
+                    d = xr[c] - m[c0 + c]
+                    mrow[c] = <floating>d
+                    hrow[c] = <floating>(d * iv[c0 + c])
+                    orow[c] = <floating>(gamma[c0 + c] * (d * iv[c0 + c]) + beta[c0 + c])
+            else:
+                for c in range(c1 - c0):
+                    orow[c] = <floating>(gamma[c0 + c] * ((xr[c] - m[c0 + c]) * iv[c0 + c])
+                                         + beta[c0 + c])
+        else:
+            for c in range(c1 - c0):
+                mc = m[c0 + c]
+                ic = iv[c0 + c]
+                gc = gamma[c0 + c]
+                bc = beta[c0 + c]
+                k = c * S
+                if keep_nodes:
+                    for s in range(S):
+                        d = xr[k + s] - mc
+                        mrow[k + s] = <floating>d
+                        hrow[k + s] = <floating>(d * ic)
+                        orow[k + s] = <floating>(gc * (d * ic) + bc)
+                else:
+                    for s in range(S):
+                        orow[k + s] = <floating>(gc * ((xr[k + s] - mc) * ic) + bc)
+        if tmp != NULL:
+            # the row went to an L1 buffer; stream it out past the caches
+            stream_copy(&out[n, c0, 0], tmp, (c1 - c0) * S * sizeof(floating))

@@ -28,7 +28,7 @@ from libc.stdlib cimport malloc, free
 from cybatchnorm._common cimport (run_sum, run_dot, row_chunks as _row_chunks,
                                   grid_block, rstart as _rstart, stats_pass,
                                   welford_rows, merge_stats, stream_copy,
-                                  store_fence, STREAM_BYTES)
+                                  store_fence, normalize_rows, STREAM_BYTES)
 cimport cybatchnorm._openmp
 from cybatchnorm._openmp cimport CYBN_SIMD
 
@@ -44,61 +44,6 @@ def row_chunks(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t itemsize):
 
 
 # ------------------------------------------------------------------ forward
-
-cdef inline void _normalize_rows(const floating[:, :, ::1] x,
-                                 const floating[::1] gamma,
-                                 const floating[::1] beta,
-                                 const double[::1] m, const double[::1] iv,
-                                 floating[:, :, ::1] out,
-                                 floating[:, :, ::1] xmu,
-                                 floating[:, :, ::1] xhat, bint keep_nodes,
-                                 Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0,
-                                 Py_ssize_t c1,
-        floating* tmp) noexcept nogil:
-    # out = gamma * ((x - mu) * ivar) + beta in float64, rounded once
-    cdef Py_ssize_t S = x.shape[2], n, c, s, k
-    cdef double d, mc, ic, gc, bc
-    cdef const floating* xr
-    cdef floating* orow
-    cdef floating* mrow = NULL
-    cdef floating* hrow = NULL
-    for n in range(r0, r1):
-        xr = &x[n, c0, 0]
-        orow = tmp if tmp != NULL else &out[n, c0, 0]
-        if keep_nodes:
-            mrow = &xmu[n, c0, 0]
-            hrow = &xhat[n, c0, 0]
-        if S == 1:
-            if keep_nodes:
-                for c in range(c1 - c0):
-                    d = xr[c] - m[c0 + c]
-                    mrow[c] = <floating>d
-                    hrow[c] = <floating>(d * iv[c0 + c])
-                    orow[c] = <floating>(gamma[c0 + c] * (d * iv[c0 + c]) + beta[c0 + c])
-            else:
-                for c in range(c1 - c0):
-                    orow[c] = <floating>(gamma[c0 + c] * ((xr[c] - m[c0 + c]) * iv[c0 + c])
-                                         + beta[c0 + c])
-        else:
-            for c in range(c1 - c0):
-                mc = m[c0 + c]
-                ic = iv[c0 + c]
-                gc = gamma[c0 + c]
-                bc = beta[c0 + c]
-                k = c * S
-                if keep_nodes:
-                    for s in range(S):
-                        d = xr[k + s] - mc
-                        mrow[k + s] = <floating>d
-                        hrow[k + s] = <floating>(d * ic)
-                        orow[k + s] = <floating>(gc * (d * ic) + bc)
-                else:
-                    for s in range(S):
-                        orow[k + s] = <floating>(gc * ((xr[k + s] - mc) * ic) + bc)
-        if tmp != NULL:
-            # the row went to an L1 buffer; stream it out past the caches
-            stream_copy(&out[n, c0, 0], tmp, (c1 - c0) * S * sizeof(floating))
-
 
 cdef inline void _affine_rows_f32(const float[:, :, ::1] x, const float* cf,
                                   float[:, :, ::1] out, Py_ssize_t r0,
@@ -157,10 +102,10 @@ cdef inline void _normalize_task(const floating[:, :, ::1] x,
         if ab != NULL:
             _affine_rows_f32(x, ab, out, r0, r1, c0, c1, tmp)
         else:
-            _normalize_rows(x, gamma, beta, m, iv, out, xmu, xhat, keep_nodes,
+            normalize_rows(x, gamma, beta, m, iv, out, xmu, xhat, keep_nodes,
                             r0, r1, c0, c1, tmp)
     else:
-        _normalize_rows(x, gamma, beta, m, iv, out, xmu, xhat, keep_nodes,
+        normalize_rows(x, gamma, beta, m, iv, out, xmu, xhat, keep_nodes,
                         r0, r1, c0, c1, tmp)
     if tmp != NULL:
         store_fence()
@@ -346,8 +291,7 @@ cdef inline void _dx_rows(const floating[:, :, ::1] dout,
                           const double* A, const double* B,
                           const double* E, floating[:, :, ::1] dx,
                           Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0,
-                          Py_ssize_t c1,
-        floating* tmp) noexcept nogil:
+                          Py_ssize_t c1, floating* tmp) noexcept nogil:
     # dx = A * dout + E * xhat + B, per channel constants
     cdef Py_ssize_t S = dout.shape[2], n, c, s, k
     cdef const floating* gr

@@ -26,7 +26,7 @@ from cython.parallel cimport prange
 
 from cybatchnorm._common cimport (row_chunks as _row_chunks, fblock as _fblock,
                                   rstart as _rstart, run_sum, stats_pass,
-                                  merge_stats as _merge_chunks)
+                                  merge_stats as _merge_chunks, normalize_rows)
 cimport cybatchnorm._openmp
 from cybatchnorm._openmp cimport CYBN_SIMD
 
@@ -97,36 +97,6 @@ def merge(const double[::1] counts, const double[:, ::1] means,
         _chan(P, C, c, &counts[0], &means[0, 0], &m2s[0, 0], &mean[c], &m2[c])
 
 
-cdef inline void _normalize_rows(const floating[:, :, ::1] x,
-                                 const double[::1] m, const double[::1] iv,
-                                 const floating[::1] gamma,
-                                 const floating[::1] beta,
-                                 floating[:, :, ::1] out, Py_ssize_t r0,
-                                 Py_ssize_t r1, Py_ssize_t c0,
-                                 Py_ssize_t c1) noexcept nogil:
-    # out = gamma * ((x - mean) * ivar) + beta in float64, rounded once
-    cdef Py_ssize_t S = x.shape[2], n, c, s, k
-    cdef double mc, ic, gc, bc
-    cdef const floating* xr
-    cdef floating* orow
-    for n in range(r0, r1):
-        xr = &x[n, c0, 0]
-        orow = &out[n, c0, 0]
-        if S == 1:
-            for c in range(c1 - c0):
-                orow[c] = <floating>(gamma[c0 + c] * ((xr[c] - m[c0 + c]) * iv[c0 + c])
-                                     + beta[c0 + c])
-        else:
-            for c in range(c1 - c0):
-                mc = m[c0 + c]
-                ic = iv[c0 + c]
-                gc = gamma[c0 + c]
-                bc = beta[c0 + c]
-                k = c * S
-                for s in range(S):
-                    orow[k + s] = <floating>(gc * ((xr[k + s] - mc) * ic) + bc)
-
-
 def normalize(const floating[:, :, ::1] x, const double[::1] mean,
               const double[::1] ivar, const floating[::1] gamma,
               const floating[::1] beta, floating[:, :, ::1] out,
@@ -138,8 +108,8 @@ def normalize(const floating[:, :, ::1] x, const double[::1] mean,
         k = t // nfb
         c0 = (t % nfb) * FB
         c1 = min(C, c0 + FB)
-        _normalize_rows(x, mean, ivar, gamma, beta, out, _rstart(k, K, N),
-                        _rstart(k + 1, K, N), c0, c1)
+        normalize_rows(x, gamma, beta, mean, ivar, out, out, out, False,
+                       _rstart(k, K, N), _rstart(k + 1, K, N), c0, c1, NULL)
 
 
 # ----------------------------------------------------------- backward side
