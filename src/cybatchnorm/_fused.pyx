@@ -4,9 +4,9 @@ The staged kernels in ``_nodes`` follow the graph one node at a time and make
 one pass over memory per node. These do the same arithmetic in as few passes
 as the maths allows:
 
-* forward: one pass for the statistics (shifted Welford/Chan, never
-  E[x^2] - E[x]^2), one pass that writes ``out`` (and, for a full cache,
-  ``xmu`` and ``xhat``): 1 read + 1 read and 1 write of x-sized memory;
+* forward: one pass for the statistics (shifted two-pass per task merged by
+  Chan, never E[x^2] - E[x]^2), one pass that writes ``out`` (and, for a full
+  cache, ``xmu`` and ``xhat``): 1 read + 1 read and 1 write of x-sized memory;
 * backward: one pass for ``sum(dout)`` and ``sum(dout * xhat)``, one pass that
   writes ``dx = (gamma * ivar / M) * (M * dout - sum(dout) - xhat * sum(dout * xhat))``.
   ``xhat`` is read from a full cache or recomputed from ``x`` (minimal cache).
@@ -15,9 +15,12 @@ Work is split into tasks over a fixed grid: K chunks of rows times blocks of
 channels. Every task walks the rows of its chunk and reads the contiguous run
 of its block in each row. Reductions write one partial result per (chunk,
 channel), merged afterwards chunk by chunk in order. K depends only on the
-shape (the caller picks it), never on the thread count, so results are
-bitwise identical for any number of threads, and a batch with fewer channels
-than threads still keeps every thread busy.
+shape and dtype (the caller picks it), never on the thread count, so results
+are bitwise identical for any number of threads, and a batch with fewer
+channels than threads still keeps every thread busy. K == 1 means strips: a
+task owns every row of its channels and makes both passes over them while
+they are in cache, so x (and dout) are read from memory once. Outputs over
+STREAM_BYTES are written with non-temporal stores (see _common.pxd).
 """
 from cython cimport floating
 from cython.parallel cimport prange
