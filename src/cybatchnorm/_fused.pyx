@@ -31,7 +31,7 @@ from libc.stdlib cimport malloc, free
 from cybatchnorm._common cimport (run_sum, run_dot, row_chunks as _row_chunks,
                                   grid_block, rstart as _rstart, stats_pass,
                                   welford_rows, merge_stats, stream_copy,
-                                  store_fence, normalize_rows, STREAM_BYTES)
+                                  store_fence, normalize_rows, dx_rows, STREAM_BYTES)
 cimport cybatchnorm._openmp
 from cybatchnorm._openmp cimport CYBN_SIMD
 
@@ -288,51 +288,6 @@ cdef inline void _sums_rows(const floating[:, :, ::1] dout,
                 sdx[c] += run_dot(gr + k, hr + k, S)
 
 
-cdef inline void _dx_rows(const floating[:, :, ::1] dout,
-                          const floating[:, :, ::1] src, bint from_x,
-                          const double[::1] m, const double[::1] iv,
-                          const double* A, const double* B,
-                          const double* E, floating[:, :, ::1] dx,
-                          Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0,
-                          Py_ssize_t c1, floating* tmp) noexcept nogil:
-    # dx = A * dout + E * xhat + B, per channel constants
-    cdef Py_ssize_t S = dout.shape[2], n, c, s, k
-    cdef const floating* gr
-    cdef const floating* hr
-    cdef floating* dr
-    cdef double ac, bc, ec, mc, ic
-    for n in range(r0, r1):
-        gr = &dout[n, c0, 0]
-        hr = &src[n, c0, 0]
-        dr = tmp if tmp != NULL else &dx[n, c0, 0]
-        if S == 1:
-            if from_x:
-                for c in range(c1 - c0):
-                    dr[c] = <floating>(A[c0 + c] * gr[c]
-                                       + E[c0 + c] * ((hr[c] - m[c0 + c]) * iv[c0 + c])
-                                       + B[c0 + c])
-            else:
-                for c in range(c1 - c0):
-                    dr[c] = <floating>(A[c0 + c] * gr[c] + E[c0 + c] * hr[c] + B[c0 + c])
-        else:
-            for c in range(c1 - c0):
-                ac = A[c0 + c]
-                bc = B[c0 + c]
-                ec = E[c0 + c]
-                k = c * S
-                if from_x:
-                    mc = m[c0 + c]
-                    ic = iv[c0 + c]
-                    for s in range(S):
-                        dr[k + s] = <floating>(ac * gr[k + s] + ec * ((hr[k + s] - mc) * ic) + bc)
-                else:
-                    for s in range(S):
-                        dr[k + s] = <floating>(ac * gr[k + s] + ec * hr[k + s] + bc)
-        if tmp != NULL:
-            # the row went to an L1 buffer; stream it out past the caches
-            stream_copy(&dx[n, c0, 0], tmp, (c1 - c0) * S * sizeof(floating))
-
-
 cdef inline void _dx_rows_f32(const float[:, :, ::1] dout,
                               const float[:, :, ::1] x, const float* cf,
                               float[:, :, ::1] dx, Py_ssize_t r0, Py_ssize_t r1,
@@ -418,10 +373,10 @@ cdef inline void _dx_task(const floating[:, :, ::1] dout,
         if afg != NULL:
             _dx_rows_f32(dout, src, afg, dx, r0, r1, c0, c1, tmp)
         else:
-            _dx_rows(dout, src, from_x, mu64, ivar64, coef, coef + C, coef + 2 * C, dx,
+            dx_rows(dout, src, from_x, mu64, ivar64, coef, coef + C, coef + 2 * C, dx,
                      r0, r1, c0, c1, tmp)
     else:
-        _dx_rows(dout, src, from_x, mu64, ivar64, coef, coef + C, coef + 2 * C, dx,
+        dx_rows(dout, src, from_x, mu64, ivar64, coef, coef + C, coef + 2 * C, dx,
                  r0, r1, c0, c1, tmp)
     if tmp != NULL:
         store_fence()

@@ -26,7 +26,8 @@ from cython.parallel cimport prange
 
 from cybatchnorm._common cimport (row_chunks as _row_chunks, fblock as _fblock,
                                   rstart as _rstart, run_sum, stats_pass,
-                                  merge_stats as _merge_chunks, normalize_rows)
+                                  merge_stats as _merge_chunks, normalize_rows,
+                                  dx_rows)
 cimport cybatchnorm._openmp
 from cybatchnorm._openmp cimport CYBN_SIMD
 
@@ -183,39 +184,6 @@ def backward_reduce(const floating[:, :, ::1] dout, const floating[:, :, ::1] x,
             sum_dout_xmu[c] = sdx
 
 
-cdef inline void _dx_rows(const floating[:, :, ::1] dout,
-                          const floating[:, :, ::1] x, const double[::1] m,
-                          const double[::1] iv, const double* A,
-                          const double* B, const double* E,
-                          floating[:, :, ::1] dx, Py_ssize_t r0, Py_ssize_t r1,
-                          Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
-    # dx = A * dout + E * xhat + B with xhat = (x - mean) * ivar
-    cdef Py_ssize_t S = dout.shape[2], n, c, s, k
-    cdef const floating* gr
-    cdef const floating* xr
-    cdef floating* dr
-    cdef double ac, bc, ec, mc, ic
-    for n in range(r0, r1):
-        gr = &dout[n, c0, 0]
-        xr = &x[n, c0, 0]
-        dr = &dx[n, c0, 0]
-        if S == 1:
-            for c in range(c1 - c0):
-                dr[c] = <floating>(A[c0 + c] * gr[c]
-                                   + E[c0 + c] * ((xr[c] - m[c0 + c]) * iv[c0 + c])
-                                   + B[c0 + c])
-        else:
-            for c in range(c1 - c0):
-                ac = A[c0 + c]
-                bc = B[c0 + c]
-                ec = E[c0 + c]
-                mc = m[c0 + c]
-                ic = iv[c0 + c]
-                k = c * S
-                for s in range(S):
-                    dr[k + s] = <floating>(ac * gr[k + s] + ec * ((xr[k + s] - mc) * ic) + bc)
-
-
 def backward_elementwise(const floating[:, :, ::1] dout,
                          const floating[:, :, ::1] x, const double[::1] mean,
                          const double[::1] ivar, const floating[::1] gamma,
@@ -245,5 +213,5 @@ def backward_elementwise(const floating[:, :, ::1] dout,
             k = t // nfb
             c0 = (t % nfb) * FB
             c1 = min(C, c0 + FB)
-            _dx_rows(dout, x, mean, ivar, &coef[0, 0], &coef[1, 0], &coef[2, 0], dx,
-                     _rstart(k, K, N), _rstart(k + 1, K, N), c0, c1)
+            dx_rows(dout, x, True, mean, ivar, &coef[0, 0], &coef[1, 0], &coef[2, 0], dx,
+                    _rstart(k, K, N), _rstart(k + 1, K, N), c0, c1, NULL)
