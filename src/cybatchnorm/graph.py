@@ -43,10 +43,6 @@ __all__ = [
 ]
 
 
-def _empty_full(view, dtype):
-    return np.empty(view, dtype=dtype)
-
-
 def _full_out(out, shape, dtype, inputs, allow=()):
     # a fresh (N, C, S) array, or the caller's ``out`` (the backward walk
     # passes dead buffers it made, or the incoming gradient itself), checked:
@@ -72,7 +68,7 @@ def xmu_forward(x, mu, *, num_threads=None):
     """``xmu = x - mu``, mu broadcast along the batch: shape of x."""
     x3, shape, dt = full("x", x)
     mu = feature("mu", mu, shape[1], dt)
-    xmu = _empty_full(x3.shape, dt)
+    xmu = np.empty(x3.shape, dt)
     _nodes.xmu_forward(x3, mu, xmu, effective_num_threads(num_threads, x3.size))
     return xmu.reshape(shape)
 
@@ -80,7 +76,7 @@ def xmu_forward(x, mu, *, num_threads=None):
 def sq_forward(xmu, *, num_threads=None):
     """``sq = xmu ** 2``, elementwise: shape of xmu."""
     a3, shape, dt = full("xmu", xmu)
-    sq = _empty_full(a3.shape, dt)
+    sq = np.empty(a3.shape, dt)
     _nodes.sq_forward(a3, sq, effective_num_threads(num_threads, a3.size))
     return sq.reshape(shape)
 
@@ -123,7 +119,7 @@ def xhat_forward(xmu, ivar, *, num_threads=None):
     """``xhat = xmu * ivar``, ivar broadcast along the batch: shape of xmu."""
     a3, shape, dt = full("xmu", xmu)
     ivar = feature("ivar", ivar, shape[1], dt)
-    out = _empty_full(a3.shape, dt)
+    out = np.empty(a3.shape, dt)
     _nodes.xhat_forward(a3, ivar, out, effective_num_threads(num_threads, a3.size))
     return out.reshape(shape)
 
@@ -132,7 +128,7 @@ def gammax_forward(xhat, gamma, *, num_threads=None):
     """``gammax = gamma * xhat``, gamma broadcast along the batch."""
     a3, shape, dt = full("xhat", xhat)
     gamma = feature("gamma", gamma, shape[1], dt)
-    out = _empty_full(a3.shape, dt)
+    out = np.empty(a3.shape, dt)
     _nodes.gammax_forward(a3, gamma, out, effective_num_threads(num_threads, a3.size))
     return out.reshape(shape)
 
@@ -141,7 +137,7 @@ def out_forward(gammax, beta, *, num_threads=None):
     """``out = gammax + beta``, beta broadcast along the batch."""
     a3, shape, dt = full("gammax", gammax)
     beta = feature("beta", beta, shape[1], dt)
-    out = _empty_full(a3.shape, dt)
+    out = np.empty(a3.shape, dt)
     _nodes.out_forward(a3, beta, out, effective_num_threads(num_threads, a3.size))
     return out.reshape(shape)
 
@@ -210,6 +206,11 @@ def sqrtvar_backward(dsqrtvar, sqrtvar, *, num_threads=None):
     return out
 
 
+def _values_per_channel(shape):
+    # M: the batch size times the spatial size, the values behind each mean
+    return shape[0] * math.prod(shape[2:])
+
+
 def _per_channel_view(vec, shape):
     # a (C,) vector repeated over the batch and spatial axes: a read-only,
     # zero-stride view, so nothing the size of x is written
@@ -238,7 +239,7 @@ def var_backward(dvar, shape, *, num_threads=None):
     dvar, dt = _vector("dvar", dvar)
     shape = _grad_shape(shape, dvar)
     dsq = np.empty_like(dvar)
-    _nodes.var_backward(dvar, float(math.prod(view3d(shape)[::2])), dsq,
+    _nodes.var_backward(dvar, float(_values_per_channel(shape)), dsq,
                         effective_num_threads(num_threads, dvar.size))
     return _per_channel_view(dsq, shape)
 
@@ -297,7 +298,7 @@ def mu_backward(dmu, shape, *, num_threads=None):
     dmu, dt = _vector("dmu", dmu)
     shape = _grad_shape(shape, dmu)
     dx2 = np.empty_like(dmu)
-    _nodes.mu_backward(dmu, float(math.prod(view3d(shape)[::2])), dx2,
+    _nodes.mu_backward(dmu, float(_values_per_channel(shape)), dx2,
                        effective_num_threads(num_threads, dmu.size))
     return _per_channel_view(dx2, shape)
 
@@ -318,12 +319,9 @@ def branch_sum(a, b, *, num_threads=None, out=None):
         if b.shape != shape:
             raise ValueError(f"b: expected shape {shape}, got {b.shape}")
         bvec = np.ascontiguousarray(bvec, dt)
-    if out is None:
-        o3 = _empty_full(a3.shape, dt)
-    else:
-        # out may be a or b itself (elementwise, in place), never a partial overlap
-        o3 = check_out("out", out, shape, dt,
-                       (a, a3, b) + ((b3,) if bvec is None else ()), allow=(a, b))
+    # out may be a or b itself (elementwise, in place), never a partial overlap
+    o3 = _full_out(out, shape, dt, (a, a3, b) + ((b3,) if bvec is None else ()),
+                   allow=(a, b))
     nt = effective_num_threads(num_threads, a3.size)
     if bvec is None:
         _nodes.branch_sum(a3, b3, o3, nt)
@@ -514,8 +512,8 @@ def backward(dout, cache, *, num_threads=None, constants=(), keep=False, dx=None
         g = pending.pop(n.name)
         saved = [getattr(cache, s) for s in n.saved]
         kw = {}
-        if (n.adds and not keep and n.targets()[0] in pending
-                and _walk_owned(pending[n.targets()[0]], dout)):
+        other = pending.get(n.targets()[0]) if n.adds and not keep else None
+        if other is not None and _walk_owned(other, dout):
             # the other branch's gradient is a buffer this walk made: the
             # node adds into it, and the branch sum costs no pass of its own
             kw["add_to"] = pending.pop(n.targets()[0])
