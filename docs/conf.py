@@ -26,17 +26,27 @@ extensions = [
     "sphinx.ext.doctest",
     "sphinx.ext.mathjax",
     "sphinx-mathjax-offline",   # bundles MathJax into _static: math renders offline
+    "sphinx_design",            # dropdowns: the collapsible solutions of the exercises
 ]
 
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
 source_suffix = {".md": "markdown"}
-exclude_patterns = ["_build", "scripts", "README.md"]
+# _generated/ holds figures and the Markdown the pages {include}: never pages of their own
+exclude_patterns = ["_build", "scripts", "README.md", "_generated"]
 templates_path = []
-html_static_path = []
-html_theme = "alabaster"
-html_title = "cybatchnorm: backprop through batch norm, node by node"
-html_theme_options = {"nosidebar": False}
+
+# Furo: a maintained theme made for long reading (one quiet column, a sidebar of
+# chapters, a per-page table of contents, dark mode), whose assets all ship in
+# the package (system fonts, no CDN), so the built site reads offline. It wraps
+# every table and display formula in a box of its own that scrolls sideways,
+# so a wide table never widens the page. custom.css widens the reading column
+# so that the doctests fit without scrolling.
+html_theme = "furo"
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]
+html_title = "cybatchnorm"
+html_theme_options = {"navigation_with_keys": True}
 
 # autodoc / numpydoc-style docstrings through napoleon
 autodoc_member_order = "bysource"

@@ -1,8 +1,15 @@
-"""Open the built documentation site in headless Chromium and check what a reader sees.
+"""Open every page of the built documentation site in headless Chromium, at a
+1280x900 window, and check what a reader sees.
 
 Run with: pytest tests/site --site docs/_build/html   (or: tox -e docs)
+
+Each page is loaded once (with every collapsed solution opened) and fails on:
+raw TeX outside typeset math, a code block or a page that scrolls sideways, an
+image that does not load, a resource fetched from anywhere but the site, a
+console error, or an internal link to nothing.
 """
 import html.parser
+import os
 import re
 import urllib.error
 import urllib.request
@@ -11,11 +18,13 @@ from urllib.parse import unquote, urldefrag, urljoin, urlsplit
 import pytest
 from selenium.webdriver.support.ui import WebDriverWait
 
-PAGES = ["index.html", "backward.html"]
 MATH_TIMEOUT = 20
 
-# Raw TeX left in the reader-visible text means MathJax did not typeset it.
-RAW_TEX = re.compile(r"\\\(|\\\)|\\\[|\\\]|\$\$|\\frac|\\partial|\\sum|\\begin\{")
+# Raw TeX left in the reader-visible text means MathJax did not typeset it:
+# delimiters, a dollar before a backslash, or a control word.
+RAW_TEX = re.compile(r"\\\(|\\\)|\\\[|\\\]|\$\$|\$\\|\\begin\{|"
+                     r"\\(?:frac|partial|sum|sqrt|hat|bar|text|mathrm|cdot|left|right|"
+                     r"epsilon|sigma|gamma|beta|mu|delta|boxed|quad)(?![a-z])")
 
 # Visible text minus code and typeset math: a clone of the body with those removed
 # (a detached clone has no layout, so innerText falls back to the text content).
@@ -33,6 +42,51 @@ if (!(window.MathJax && MathJax.startup && MathJax.startup.promise)) { done('no 
 MathJax.startup.promise.then(() => done('ok'), e => done('MathJax failed: ' + e));
 """
 
+# Collapsed solutions (<details>) are opened, so their code is measured too.
+OPEN_DETAILS_JS = "document.querySelectorAll('details').forEach(d => { d.open = true; });"
+
+IMAGES_JS = """
+const imgs = [...document.images];
+imgs.forEach(i => { i.loading = 'eager'; });   // lazy images below the fold load too
+return imgs.map(i => [i.src, i.complete && i.naturalWidth > 0]);
+"""
+
+# Boxes that scroll sideways: a code block wider than its box, and the page itself.
+OVERFLOW_JS = """
+const wide = [...document.querySelectorAll('pre')]
+    .filter(p => p.scrollWidth > p.clientWidth + 1)
+    .map(p => p.scrollWidth + 'px in ' + p.clientWidth + 'px: '
+              + p.textContent.split('\\n').reduce((a, b) => a.length >= b.length ? a : b));
+const page = document.documentElement.scrollWidth - document.documentElement.clientWidth;
+return [wide, page];
+"""
+
+# Every math element Sphinx wrote must hold MathJax's output.
+UNTYPESET_JS = """
+return [...document.querySelectorAll('.math')]
+    .filter(m => !m.querySelector('mjx-container'))
+    .map(m => m.textContent.slice(0, 80));
+"""
+
+
+def site_pages(site):
+    """Every HTML page of the built site, relative to its root (sorted)."""
+    skip = {"_static", "_sources", "_images"}
+    pages = []
+    for root, dirs, files in os.walk(site):
+        dirs[:] = sorted(d for d in dirs if d not in skip)
+        pages += [os.path.relpath(os.path.join(root, f), site) for f in files
+                  if f.endswith(".html")]
+    return sorted(pages)
+
+
+def pytest_generate_tests(metafunc):
+    if "page_name" in metafunc.fixturenames:
+        site = os.path.abspath(metafunc.config.getoption("--site"))
+        pages = site_pages(site) if os.path.isdir(site) else []
+        # no pages: one case, so that the site_dir fixture reports the missing site
+        metafunc.parametrize("page_name", pages or ["index.html"], scope="session")
+
 
 def fetch(url):
     """(status, body) of url from the local server."""
@@ -44,7 +98,7 @@ def fetch(url):
 
 
 def open_page(driver, url):
-    """Load url with an empty console log; wait until it and its math are done."""
+    """Load url with an empty console log; wait until it, its math and its images are done."""
     status, _ = fetch(url)   # the browser would happily render a 404 page
     assert status == 200, f"{url}: HTTP {status}"
     driver.get_log("browser")   # reading the log drains it: start each page from empty
@@ -55,60 +109,94 @@ def open_page(driver, url):
         message=f"{url} never finished loading")
     state = driver.execute_async_script(MATHJAX_DONE_JS)
     assert state in ("ok", "no MathJax"), f"{url}: {state}"
-
-
-@pytest.fixture(params=PAGES)
-def page(request, driver, site_url):
-    url = urljoin(site_url, request.param)
-    open_page(driver, url)
-    return url
-
-
-def test_math_is_typeset_by_local_mathjax(driver, page, site_url):
-    WebDriverWait(driver, MATH_TIMEOUT).until(
-        lambda d: d.execute_script("return document.querySelectorAll('mjx-container').length > 0"),
-        message=f"no typeset math (mjx-container) on {page}")
-    raw = sorted({m.group() for m in RAW_TEX.finditer(driver.execute_script(PROSE_JS))})
-    assert not raw, f"raw TeX visible on {page}: {raw}"
-    # MathJax comes from the site itself (sphinx-mathjax-offline), never a CDN,
-    # and nothing else the page fetched (fonts, components) left the server either.
-    scripts = driver.execute_script("return [...document.scripts].map(s => s.src)")
-    assert any("_static/mathjax" in s for s in scripts), f"no local MathJax on {page}: {scripts}"
-    fetched = driver.execute_script(
-        "return performance.getEntriesByType('resource').map(r => r.name)")
-    foreign = [u for u in fetched if not u.startswith(site_url)]
-    assert not foreign, f"{page} fetched resources from elsewhere: {foreign}"
-
-
-BROKEN_IMAGES_JS = """
-const imgs = [...document.images];
-imgs.forEach(i => { i.loading = 'eager'; });   // lazy images below the fold load too
-return imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src);
-"""
-
-
-def test_images_load(driver, page):
+    driver.execute_script(OPEN_DETAILS_JS)
+    driver.execute_script(IMAGES_JS)
     WebDriverWait(driver, MATH_TIMEOUT).until(
         lambda d: d.execute_script("return [...document.images].every(i => i.complete)"),
-        message=f"images still loading on {page}")
-    broken = driver.execute_script(BROKEN_IMAGES_JS)
-    assert not broken, f"images that did not load on {page}: {broken}"
+        message=f"images still loading on {url}")
 
 
-# Sphinx copies figures from docs/_generated/ into _images/ of the built site; an
-# <img> pointing at _generated/ directly (raw HTML, html_extra_path) counts as well.
-FIGURE_DIRS = ("_generated/", "_images/")
+class Findings:
+    """What one visit of a page saw, gathered once and asserted by the tests."""
+
+    def __init__(self, driver, url, site_url):
+        open_page(driver, url)
+        self.url = url
+        self.console = [e["message"] for e in driver.get_log("browser")
+                        if e["level"] == "SEVERE" and "favicon.ico" not in e["message"]]
+        self.raw_tex = sorted({m.group() for m in
+                               RAW_TEX.finditer(driver.execute_script(PROSE_JS))})
+        self.untypeset = driver.execute_script(UNTYPESET_JS)
+        self.scripts = driver.execute_script("return [...document.scripts].map(s => s.src)")
+        self.math = driver.execute_script("return document.querySelectorAll('.math').length")
+        self.images = driver.execute_script(IMAGES_JS)
+        self.wide_code, self.page_overflow = driver.execute_script(OVERFLOW_JS)
+        self.fetched = driver.execute_script(
+            "return performance.getEntriesByType('resource').map(r => r.name)")
+        self.foreign = [u for u in self.fetched if not u.startswith(site_url)]
+        self.hrefs = driver.execute_script(
+            "return [...document.querySelectorAll('a[href]')].map(a => a.href)")
+        self.ids = set(driver.execute_script(
+            "return [...document.querySelectorAll('[id]')].map(e => e.id)"))
+        self.headings = driver.execute_script(
+            "return [...document.querySelectorAll('h2')].map(h => h.textContent)")
 
 
-@pytest.mark.parametrize("name", ["forward.html", "why.html"])
-def test_generated_figure_present(driver, site_url, name):
-    url = urljoin(site_url, name)
-    open_page(driver, url)
-    imgs = driver.execute_script(
-        "return [...document.images].map(i => [i.src, i.complete && i.naturalWidth > 0])")
-    figures = [(src, ok) for src, ok in imgs if any(d in src for d in FIGURE_DIRS)]
-    assert figures, f"no generated figure on {url}; images found: {imgs}"
-    assert all(ok for _, ok in figures), f"figure did not load on {url}: {figures}"
+_seen = {}
+
+
+@pytest.fixture
+def seen(driver, site_url, page_name):
+    if page_name not in _seen:
+        _seen[page_name] = Findings(driver, urljoin(site_url, page_name), site_url)
+    return _seen[page_name]
+
+
+def test_window_is_1280_wide(driver, site_url):
+    open_page(driver, urljoin(site_url, "index.html"))
+    assert driver.execute_script("return window.innerWidth") == 1280
+
+
+def test_every_page_is_visited(site_dir):
+    pages = site_pages(site_dir)
+    chapters = [p for p in pages if p not in ("genindex.html", "search.html",
+                                              "py-modindex.html")]
+    assert len(chapters) >= 15, f"too few pages built: {pages}"
+    # the Markdown that pages include is not a page of its own
+    assert not [p for p in pages if p.startswith("_generated")], pages
+
+
+def test_math_is_typeset_by_local_mathjax(seen):
+    assert not seen.raw_tex, f"raw TeX visible on {seen.url}: {seen.raw_tex}"
+    assert not seen.untypeset, f"math left untypeset on {seen.url}: {seen.untypeset}"
+    if seen.math:
+        # MathJax comes from the site itself (sphinx-mathjax-offline), never a CDN
+        assert any("_static/mathjax" in s for s in seen.scripts), \
+            f"no local MathJax on {seen.url}: {seen.scripts}"
+
+
+def test_nothing_fetched_from_the_network(seen):
+    assert seen.fetched, f"no resources recorded on {seen.url}"
+    assert not seen.foreign, f"{seen.url} fetched resources from elsewhere: {seen.foreign}"
+
+
+def test_images_load(seen):
+    broken = [src for src, ok in seen.images if not ok]
+    assert not broken, f"images that did not load on {seen.url}: {broken}"
+
+
+def test_no_code_block_scrolls_sideways(seen):
+    assert not seen.wide_code, \
+        f"code blocks wider than their box on {seen.url}:\n" + "\n".join(seen.wide_code)
+
+
+def test_page_does_not_scroll_sideways(seen):
+    assert seen.page_overflow <= 0, \
+        f"{seen.url} is {seen.page_overflow}px wider than the window"
+
+
+def test_no_console_errors(seen):
+    assert not seen.console, f"console errors on {seen.url}:\n" + "\n".join(seen.console)
 
 
 class _Ids(html.parser.HTMLParser):
@@ -125,26 +213,22 @@ class _Ids(html.parser.HTMLParser):
                 self.ids.add(value)
 
 
-def test_internal_links_resolve(driver, page, site_url):
+def test_internal_links_resolve(seen, site_url):
     # a.href is already resolved against the page by the browser.
-    hrefs = driver.execute_script(
-        "return [...document.querySelectorAll('a[href]')].map(a => a.href)")
     host = urlsplit(site_url).netloc
     targets = {}   # target URL without fragment -> fragments linked on it
-    for href in hrefs:
+    for href in seen.hrefs:
         parts = urlsplit(href)
         if parts.scheme not in ("http", "https") or parts.netloc != host:
             continue   # mailto:, javascript:, other sites: not ours to check here
         target, frag = urldefrag(href)
         targets.setdefault(target, set()).update([unquote(frag)] if frag else [])
-    assert targets, f"no internal links at all on {page}"
+    assert targets, f"no internal links at all on {seen.url}"
 
     problems = []
     for target, frags in sorted(targets.items()):
-        if target == page:   # same page: the browser's DOM is the truth
-            missing = [f for f in sorted(frags) if not driver.execute_script(
-                "return !!document.getElementById(arguments[0])", f)]
-            problems += [f"{page}#{f}: no such id on this page" for f in missing]
+        if target == seen.url:   # same page: the browser's DOM is the truth
+            problems += [f"#{f}: no such id on this page" for f in sorted(frags - seen.ids)]
             continue
         status, body = fetch(target)
         if status != 200:
@@ -152,11 +236,37 @@ def test_internal_links_resolve(driver, page, site_url):
         elif frags and target.endswith((".html", "/")):
             ids = _Ids(body).ids
             problems += [f"{target}#{f}: no such id" for f in sorted(frags - ids)]
-    assert not problems, f"broken internal links on {page}:\n" + "\n".join(problems)
+    assert not problems, f"broken internal links on {seen.url}:\n" + "\n".join(problems)
 
 
-def test_no_console_errors(driver, page):
-    # open_page drained the log before loading, so these entries are this page's own.
-    errors = [e for e in driver.get_log("browser")
-              if e["level"] == "SEVERE" and "favicon.ico" not in e["message"]]
-    assert not errors, f"console errors on {page}:\n" + "\n".join(e["message"] for e in errors)
+# Sphinx copies figures from docs/_generated/ into _images/ of the built site.
+FIGURES = {
+    "forward.html": "graph", "why.html": "digits", "backward.html": "circuit",
+    "walkthrough.html": "circuit", "fused.html": "fused", "spatial.html": "spatial",
+    "stability.html": "stability", "train_eval.html": "running",
+    "performance.html": "perf",
+}
+
+
+@pytest.mark.parametrize("name, prefix", sorted(FIGURES.items()))
+def test_generated_figure_present(driver, site_url, name, prefix):
+    url = urljoin(site_url, name)
+    open_page(driver, url)
+    imgs = driver.execute_script(IMAGES_JS)
+    figures = [(src, ok) for src, ok in imgs
+               if "/_images/" in src and os.path.basename(src).startswith(prefix)]
+    assert figures, f"no generated figure {prefix}* on {url}; images found: {imgs}"
+    assert all(ok for _, ok in figures), f"figure did not load on {url}: {figures}"
+
+
+def test_chapters_end_with_exercises(driver, site_url, site_dir):
+    with_exercises = []
+    for name in site_pages(site_dir):
+        status, body = fetch(urljoin(site_url, name))
+        if re.search(r'<section id="exercises">', body):
+            # each solution is collapsed (a <details> dropdown) and holds code
+            solutions = re.findall(r"<details.*?</details>", body, re.S)
+            assert solutions and all("highlight" in s for s in solutions), \
+                f"{name}: exercises without collapsible solutions holding code"
+            with_exercises.append(name)
+    assert len(with_exercises) >= 8, f"chapters with an Exercises section: {with_exercises}"
