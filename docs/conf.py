@@ -81,9 +81,11 @@ def _generate_figures(app):
     out = os.path.join(HERE, "_generated")
     os.makedirs(out, exist_ok=True)
     import digits_experiment
+    import draw_circuit
     import draw_graph
     import perf_report
     draw_graph.main(out)
+    draw_circuit.main(out)
     digits_experiment.main(out)
     perf_report.main(os.path.join(HERE, "data", "bench.json"), out)
 
