@@ -1,0 +1,101 @@
+"""The walkthrough's check table: every gradient of the tiny batch, three ways.
+
+    python docs/scripts/check_table.py OUTDIR
+
+Writes OUTDIR/walkthrough_checks.md, a table with one row per gradient, in
+the order of the backward walk: the compiled node kernel against a numpy
+one-liner (written here, independently of the package) and against centred
+differences of the node's own compiled forward kernel, in the style of
+Karpathy's "exact / approximate / max diff" checks. Every number is computed
+when the site is built.
+"""
+import os
+import sys
+
+import numpy as np
+
+from cybatchnorm import graph
+from draw_circuit import BETA, DOUT, EPS, GAMMA, X, compute
+
+H = 1e-6   # centred differences: error ~ H**2 * f''' plus rounding ~ eps64 / H
+
+
+def numgrad(f, a, g, h=H):
+    """Centred differences of sum(f(a) * g) with respect to every entry of a."""
+    a = np.array(a, dtype=float)
+    grad = np.zeros_like(a)
+    for i in np.ndindex(a.shape):
+        old = a[i]
+        a[i] = old + h
+        up = np.sum(f(a) * g)
+        a[i] = old - h
+        down = np.sum(f(a) * g)
+        a[i] = old
+        grad[i] = (up - down) / (2 * h)
+    return grad
+
+
+def checks():
+    """(node, gradient, kernel, numpy, numeric) for every gradient of the walk."""
+    v, d = compute()
+    N = X.shape[0]
+    x, mu, xmu, sq, var = v["x"], v["mu"], v["xmu"], v["sq"], v["var"]
+    sqrtvar, ivar, xhat, gammax = v["sqrtvar"], v["ivar"], v["xhat"], v["gammax"]
+
+    def from_xmu(m):   # out as a function of xmu, through both of its branches
+        iv = graph.ivar_forward(graph.sqrtvar_forward(graph.var_forward(graph.sq_forward(m)), EPS))
+        return graph.out_forward(graph.gammax_forward(graph.xhat_forward(m, iv), GAMMA), BETA)
+
+    def from_x(a):     # out as a function of x: the whole forward walk
+        return graph.forward(a, GAMMA, BETA, EPS)["out"]
+
+    rows = [
+        ("out", "dbeta", DOUT.sum(0), lambda b: graph.out_forward(gammax, b), BETA, DOUT),
+        ("out", "dgammax", DOUT, lambda t: graph.out_forward(t, BETA), gammax, DOUT),
+        ("gammax", "dgamma", (d["dgammax"] * xhat).sum(0),
+         lambda gm: graph.gammax_forward(xhat, gm), GAMMA, d["dgammax"]),
+        ("gammax", "dxhat", d["dgammax"] * GAMMA,
+         lambda h: graph.gammax_forward(h, GAMMA), xhat, d["dgammax"]),
+        ("xhat", "divar", (d["dxhat"] * xmu).sum(0),
+         lambda iv: graph.xhat_forward(xmu, iv), ivar, d["dxhat"]),
+        ("xhat", "dxmu1", d["dxhat"] * ivar,
+         lambda m: graph.xhat_forward(m, ivar), xmu, d["dxhat"]),
+        ("ivar", "dsqrtvar", -d["divar"] / sqrtvar ** 2, graph.ivar_forward, sqrtvar, d["divar"]),
+        ("sqrtvar", "dvar", 0.5 * d["dsqrtvar"] / sqrtvar,
+         lambda s: graph.sqrtvar_forward(s, EPS), var, d["dsqrtvar"]),
+        ("var", "dsq", np.ones_like(sq) * d["dvar"] / N, graph.var_forward, sq, d["dvar"]),
+        ("sq", "dxmu2", 2 * xmu * d["dsq"], graph.sq_forward, xmu, d["dsq"]),
+        ("xmu (branch sum)", "dxmu", d["dxmu1"] + d["dxmu2"], from_xmu, xmu, DOUT),
+        ("xmu", "dx1", d["dxmu"], lambda t: graph.xmu_forward(t, mu), x, d["dxmu"]),
+        ("xmu", "dmu", -d["dxmu"].sum(0), lambda m: graph.xmu_forward(x, m), mu, d["dxmu"]),
+        ("mu", "dx2", np.ones_like(x) * d["dmu"] / N, graph.mu_forward, x, d["dmu"]),
+        ("x (branch sum)", "dx", d["dx1"] + d["dx2"], from_x, x, DOUT),
+    ]
+    return [(node, name, np.asarray(d[name]), np.asarray(ref), numgrad(f, a, g))
+            for node, name, ref, f, a, g in rows]
+
+
+def table():
+    lines = ["| node | gradient | kernel == numpy | close to centred differences "
+             "| max abs diff, kernel vs numpy | max abs diff, kernel vs centred differences |",
+             "|---|---|---|---|---|---|"]
+    for node, name, kernel, ref, num in checks():
+        exact = bool(np.array_equal(kernel, ref))
+        close = bool(np.allclose(kernel, num, rtol=1e-6, atol=1e-8))
+        lines.append(
+            f"| `{node}` | `{name}` | {'exact' if exact else 'no'} | "
+            f"{'close' if close else 'NO'} | {np.abs(kernel - ref).max():.1e} | "
+            f"{np.abs(kernel - num).max():.1e} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(outdir):
+    path = os.path.join(outdir, "walkthrough_checks.md")
+    with open(path, "w") as f:
+        f.write(table())
+    return path
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    print(main(sys.argv[1] if len(sys.argv) > 1 else "."))
