@@ -80,7 +80,9 @@ def _generate_figures(app):
     # are errors); each script is deterministic and takes seconds
     out = os.path.join(HERE, "_generated")
     os.makedirs(out, exist_ok=True)
+    import chapter_figures
     import check_table
+    import cost_table
     import digits_experiment
     import draw_circuit
     import draw_graph
@@ -88,6 +90,8 @@ def _generate_figures(app):
     draw_graph.main(out)
     draw_circuit.main(out)
     check_table.main(out)
+    chapter_figures.main(out)
+    cost_table.main(out)
     digits_experiment.main(out)
     perf_report.main(os.path.join(HERE, "data", "bench.json"), out)
 
