@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 
 import cybatchnorm as bn  # noqa: E402
 
-plt.rcParams.update({"svg.fonttype": "none", "font.size": 12})
+plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "cybatchnorm", "font.size": 12})
 VALUE, GRAD = "#1a7f37", "#c62828"
 
 
@@ -57,7 +57,7 @@ def fused_sums(path):
                  "dx = γ·ivar/M·(M·dout − dbeta − xhat·dgamma)\n"
                  f"(this batch: max |fused − staged| = {err:.1e})", fontsize=12)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, metadata={"Date": None})   # same bytes at every build
     plt.close(fig)
 
 
@@ -94,7 +94,7 @@ def spatial_axes(path):
     ax.set_aspect("equal")
     ax.set_axis_off()
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, metadata={"Date": None})   # same bytes at every build
     plt.close(fig)
 
 
@@ -138,7 +138,7 @@ def stability_offset(path):
     ax.legend(fontsize=9, loc="upper left", ncol=2)
     ax.grid(True, which="major", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, metadata={"Date": None})   # same bytes at every build
     plt.close(fig)
 
 
@@ -169,7 +169,7 @@ def running_stats(path):
     axes[0].legend(fontsize=9)
     axes[1].legend(fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, metadata={"Date": None})   # same bytes at every build
     plt.close(fig)
 
 

@@ -45,6 +45,7 @@ BOX_W, BOX_H, LOSS_W = 1.5, 0.62, 0.5
 FONT, SMALL = 13, 12.5
 INCH = 1.0
 plt.rcParams["svg.fonttype"] = "none"       # text stays text: small files, crisp at any zoom
+plt.rcParams["svg.hashsalt"] = "cybatchnorm"  # fixed element ids: the same bytes at every build
 
 
 def compute():
@@ -76,7 +77,7 @@ def layout():
 
     for n in NODES:
         for i in n.inputs:
-            if i not in names and i not in pos and depth[i] == 0 and i == "x":
+            if i not in names and depth[n.name] == 1:   # the input the graph starts from
                 place(i, 0, "full")
         place(n.name, depth[n.name], n.kind)
         # raised: one of n's inputs also feeds a consumer of n directly
@@ -159,11 +160,8 @@ def draw(ax, values=None, grads=None, highlight=None, fontsize=FONT):
         mx, my = (a[0] + b[0]) / 2, (a[1] + b[1]) / 2
         if abs(q[1] - p[1]) > abs(q[0] - p[0]) and q[1] < p[1]:
             my = a[1] + 0.75 * (b[1] - a[1])   # falling wire: clear of the sum under its source
-        val = fmt(values[s]) if s in values else fmt(values.get("out"))
-        grd = "—" if g is None else fmt(DOUT if g == "dout" else grads[g])
-        name_v = "out" if s == "out" else s
-        top = f"{name_v}\n{val}"
-        bot = f"{g or 'no gradient'}\n{grd}" if g else "no gradient"
+        top = f"{s}\n{fmt(values[s])}"
+        bot = f"{g}\n{fmt(DOUT if g == 'dout' else grads[g])}" if g else "no gradient"
         kw = dict(fontsize=SMALL, zorder=4, linespacing=1.05,
                   weight="bold" if on else "normal")
         if abs(q[1] - p[1]) > abs(q[0] - p[0]):       # vertical: value left, gradient right
@@ -200,7 +198,7 @@ def save(path, values=None, grads=None, highlight=None, title=None):
     if title:
         ax.set_title(title, fontsize=16)
     fig.subplots_adjust(0, 0, 1, 1 - (0.5 / h if title else 0))
-    fig.savefig(path)
+    fig.savefig(path, metadata={"Date": None})   # same bytes at every build
     plt.close(fig)
     return path
 
