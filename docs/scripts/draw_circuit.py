@@ -187,17 +187,23 @@ def draw(ax, values=None, grads=None, highlight=None, fontsize=FONT):
     ax.set_axis_off()
 
 
-def save(path, values=None, grads=None, highlight=None, title=None):
+def figure(title=None):
+    """A figure sized to the layout (plus a title line), and its axes."""
     pos = layout()
     xs = [p[0] for p in pos.values()]
     ys = [p[1] for p in pos.values()]
     w = (max(xs) - min(xs) + 0.5 + BOX_W) * INCH
     h = (max(ys) - min(ys) + 1.2 + (0.5 if title else 0)) * INCH
     fig, ax = plt.subplots(figsize=(w, h))
-    draw(ax, values, grads, highlight)
     if title:
         ax.set_title(title, fontsize=16)
     fig.subplots_adjust(0, 0, 1, 1 - (0.5 / h if title else 0))
+    return fig, ax
+
+
+def save(path, values=None, grads=None, highlight=None, title=None):
+    fig, ax = figure(title)
+    draw(ax, values, grads, highlight)
     fig.savefig(path, metadata={"Date": None})   # same bytes at every build
     plt.close(fig)
     return path

@@ -20,18 +20,13 @@ import draw_circuit  # noqa: E402
 
 
 def main(outdir):
-    pos = draw_circuit.layout()
-    xs = [p[0] for p in pos.values()]
-    ys = [p[1] for p in pos.values()]
-    fig, ax = plt.subplots(figsize=(max(xs) - min(xs) + 0.5 + draw_circuit.BOX_W,
-                                    max(ys) - min(ys) + 1.2))
+    fig, ax = draw_circuit.figure()
     draw_circuit.draw(ax)
     legend = [Patch(fc=draw_circuit.FILL[k], ec="#333333", label=label) for k, label in (
         ("full", "shaped like x: (N, C, *spatial)"), ("channel", "one value per channel: (C,)"),
         ("leaf", "parameters and constants"), ("loss", "the loss"))]
     ax.legend(handles=legend, loc="center left", ncol=1, fontsize=draw_circuit.SMALL,
               frameon=False, bbox_to_anchor=(0.0, 0.47))
-    fig.subplots_adjust(0, 0, 1, 1)
     path = os.path.join(outdir, "graph.svg")
     fig.savefig(path, metadata={"Date": None})   # same bytes at every build
     plt.close(fig)
