@@ -1,0 +1,22 @@
+"""PyTorch drop-in: cybatchnorm's compiled kernels as torch operators and modules.
+
+- :class:`BatchNorm1d`, :class:`BatchNorm2d`, :class:`BatchNorm3d` (and
+  :class:`BatchNorm`, any rank): subclasses of torch's ``_BatchNorm`` with its
+  constructor, state dicts, errors and results;
+- :func:`batch_norm`: ``torch.nn.functional.batch_norm``'s signature;
+- ``torch.ops.cybatchnorm.batch_norm_forward`` / ``batch_norm_backward`` /
+  ``batch_norm_double_backward``: the ``torch.library.custom_op`` operators
+  under them, with fake implementations and autograd formulas, so that
+  ``torch.compile(fullgraph=True)`` traces them and second derivatives
+  (``gradgradcheck``, gradient penalties) are exact.
+
+CPU tensors; float32 and float64, float16 and bfloat16 computed in float32.
+Needs PyTorch (``pip install cybatchnorm[torch]``); ``import cybatchnorm``
+never imports it.
+"""
+from ._ops import batch_norm_backward, batch_norm_double_backward, batch_norm_forward
+from .functional import batch_norm
+from .modules import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
+
+__all__ = ["batch_norm", "BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
+           "batch_norm_forward", "batch_norm_backward", "batch_norm_double_backward"]

@@ -1,0 +1,98 @@
+"""The one validation boundary of the PyTorch drop-in.
+
+Every way in (the modules, :func:`~cybatchnorm.torch.batch_norm`, the ops
+themselves) passes through :func:`check_batch_norm` before a kernel runs, and
+it raises what ``torch.nn.functional.batch_norm`` raises for the same mistake:
+the same exception type and, word for word, the same message (PyTorch's
+Python-level checks first, then those of its CPU kernel, in its order). Only
+shapes, dtypes and devices are read, so the checks also run on the fake tensors
+of ``torch.compile``.
+"""
+import torch
+
+REDUCED = (torch.float16, torch.bfloat16)
+FLOATS = (torch.float32, torch.float64)
+
+_NAMES = {torch.float16: "Half", torch.bfloat16: "BFloat16", torch.float32: "Float",
+          torch.float64: "Double", torch.int64: "Long", torch.int32: "Int", torch.int16: "Short",
+          torch.int8: "Char", torch.uint8: "Byte", torch.bool: "Bool",
+          torch.complex64: "ComplexFloat", torch.complex128: "ComplexDouble"}
+
+
+def scalar_name(dtype):
+    """PyTorch's C++ name of a dtype ("Float", "Half", ...), as its messages spell it."""
+    return _NAMES.get(dtype, str(dtype).replace("torch.", ""))
+
+
+def verify_batch_size(shape):
+    """``torch.nn.functional._verify_batch_size``: training needs more than one
+    value per channel."""
+    count = shape[0]
+    for s in shape[2:]:
+        count *= s
+    if count == 1:
+        raise ValueError(
+            f"Expected more than 1 value per channel when training, got input size {shape}")
+
+
+def check_eps(eps, training):
+    if training and not eps > 0.0:
+        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+    if not eps >= 0.0:
+        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
+
+
+def check_batch_norm(x, weight, bias, running_mean, running_var, training, eps):
+    """Raise as PyTorch would for ``batch_norm(x, ...)``; return the
+    computation dtype (float32 for float16/bfloat16 input, else x's dtype).
+
+    ``training`` here means "normalize with the batch statistics".
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"batch_norm(): argument 'input' (position 1) must be Tensor, "
+                        f"not {type(x).__name__}")
+    if training:
+        verify_batch_size(x.size())
+    check_eps(eps, training)
+    if x.dim() < 2:
+        raise IndexError(
+            f"Dimension out of range (expected to be in range of [-{max(x.dim(), 1)}, "
+            f"{max(x.dim(), 1) - 1}], but got 1)")
+    params = (("weight", weight), ("bias", bias), ("running_mean", running_mean),
+              ("running_var", running_var))
+    for name, t in params:
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"batch_norm(): argument '{name}' must be Tensor, "
+                            f"not {type(t).__name__}")
+    if x.dtype not in FLOATS + REDUCED:
+        raise NotImplementedError(f'"batch_norm" not implemented for \'{scalar_name(x.dtype)}\'')
+    for name, t in ((("input", x),) + params):
+        if t is not None and t.device.type != "cpu":
+            raise RuntimeError(f"cybatchnorm: {name} is on {t.device}; only CPU tensors are "
+                               f"supported (use torch.nn.BatchNorm on other devices)")
+    if not training:
+        if running_mean is None:
+            raise RuntimeError("running_mean must be defined in evaluation mode")
+        if running_var is None:
+            raise RuntimeError("running_var must be defined in evaluation mode")
+    C = x.shape[1]
+    for name, t in params:
+        if t is not None and t.numel() != C:
+            raise RuntimeError(f"{name} should contain {C} elements not {t.numel()}")
+    # the CPU kernel's mixed-dtype rule: the parameters' dtype is the first
+    # one given; it may differ from the input's only for float16/bfloat16
+    # input with float32 parameters
+    first = next((t.dtype for _, t in params if t is not None), None)
+    if first is not None and first != x.dtype:
+        for _, t in params:
+            if t is not None and t.dtype != torch.float32:
+                raise RuntimeError("mixed dtype (CPU): expect parameter to have scalar type "
+                                   "of Float")
+        if x.dtype not in REDUCED:
+            raise RuntimeError("mixed dtype (CPU): all inputs must share same datatype.")
+    elif first is not None:
+        for _, t in params:
+            if t is not None and t.dtype != first:
+                raise RuntimeError(f"expected scalar type {scalar_name(first)} but found "
+                                   f"{scalar_name(t.dtype)}")
+    return torch.float32 if x.dtype in REDUCED else x.dtype

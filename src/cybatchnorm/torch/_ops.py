@@ -1,0 +1,323 @@
+"""The compiled kernels as PyTorch operators (``torch.ops.cybatchnorm.*``).
+
+Three operators, each registered with ``torch.library.custom_op`` (so that
+``torch.compile`` and autograd see them as single nodes), a fake
+implementation (shapes, dtypes and strides for tracing) and an autograd
+formula:
+
+- ``batch_norm_forward``: output, and the float64 per-channel mean,
+  inverse standard deviation (what the backward reads) and variance (what
+  :func:`update_running_stats` folds into the running statistics: a
+  functional operator, as autograd formulas require). Its gradient is
+- ``batch_norm_backward``: the closed-form dx, dweight, dbias (the fused
+  backward kernel), itself differentiable through
+- ``batch_norm_double_backward``: what differentiating the closed form gives
+  (see the docs' section on double backward). It has no gradient of its own:
+  a third derivative raises.
+
+Tensors reach the kernels as numpy views of their memory, never copied, as an
+(N, C, S) array (contiguous input) or an (N*S, C, 1) matrix (channels_last
+input); outputs are allocated in the input's memory format. float16 and
+bfloat16 are computed in float32 (one conversion each way). Arguments are
+checked once, by ``_checks.check_batch_norm``, in the forward operator; the
+backward operators receive what the forward accepted.
+"""
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .._kernels import fused as _fused
+from .._threads import effective_num_threads
+from ._checks import REDUCED, check_batch_norm
+
+_F64 = torch.float64
+
+
+def _threads(num_threads, size):
+    # 0 stands for "all cores" in the operator schemas (an int, not Optional)
+    return effective_num_threads(num_threads if num_threads > 0 else None, size)
+
+
+def _compute_dtype(x):
+    return torch.float32 if x.dtype in REDUCED else x.dtype
+
+
+def _spatial(t):
+    return math.prod(t.shape[2:])
+
+
+def _is_layout(t, layout):
+    if layout == "ncs":
+        return t.is_contiguous()
+    return t.dim() > 2 and t.movedim(1, -1).is_contiguous()
+
+
+def _layout(t):
+    """How the kernels read ``t`` in place: "ncs" (contiguous: an (N, C, S)
+    array), "nsc" (channels last: an (N*S, C, 1) matrix), or None (neither:
+    it needs a copy)."""
+    for layout in ("ncs", "nsc"):
+        if _is_layout(t, layout):
+            return layout
+    return None
+
+
+def _in_layout(t, layout):
+    """``t`` dense in ``layout``, copied only when it is not already."""
+    if _is_layout(t, layout):
+        return t
+    if layout == "ncs":
+        return t.contiguous()
+    return t.movedim(1, -1).contiguous().movedim(-1, 1)
+
+
+def _view3(t, layout):
+    """The kernels' 3-D numpy view of a tensor dense in ``layout`` (no copy)."""
+    N, C, S = t.shape[0], t.shape[1], _spatial(t)
+    t = t.detach()
+    if layout == "ncs":
+        return t.view(N, C, S).numpy()
+    return t.movedim(1, -1).view(N * S, C, 1).numpy()
+
+
+def _prepare(x, dtype):
+    """x in the computation dtype and a layout the kernels read in place."""
+    x = x.detach()
+    if x.dtype != dtype:
+        x = x.to(dtype)          # keeps the memory format
+    layout = _layout(x)
+    if layout is None:
+        x, layout = x.contiguous(), "ncs"
+    return x, layout
+
+
+def _out_like(x):
+    """An output for ``x``: x's memory format when the kernels read x in place."""
+    if _layout(x) is not None:
+        return torch.empty_like(x)
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+def _channel(t, C, dtype, fill):
+    """A (C,) parameter as a contiguous numpy array of ``dtype`` (a view when it already is)."""
+    if t is None:
+        return np.full(C, fill, dtype=torch.empty(0, dtype=dtype).numpy().dtype)
+    t = t.detach()
+    if t.dtype != dtype or not t.is_contiguous():
+        t = t.to(dtype).contiguous()
+    return t.view(C).numpy()
+
+
+def _np(dtype):
+    return torch.empty(0, dtype=dtype).numpy().dtype
+
+
+# ------------------------------------------------------------------ forward
+
+@torch.library.custom_op("cybatchnorm::batch_norm_forward", mutates_args=())
+def batch_norm_forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                       running_mean: Optional[Tensor], running_var: Optional[Tensor],
+                       training: bool, eps: float,
+                       num_threads: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Batch norm of ``x`` (N, C, *spatial); returns ``(out, mean, invstd, var)``.
+
+    ``training`` normalizes with the batch statistics, otherwise the running
+    statistics normalize. ``mean``, ``invstd`` and the biased ``var`` are the
+    (C,) float64 statistics used (zeros for an empty batch). Nothing is
+    modified: :func:`update_running_stats` folds the batch statistics into
+    the running ones. ``num_threads`` 0 uses all cores.
+    """
+    cdt = check_batch_norm(x, weight, bias, running_mean, running_var, training, eps)
+    N, C, S = x.shape[0], x.shape[1], _spatial(x)
+    mean, invstd = torch.zeros(C, dtype=_F64), torch.zeros(C, dtype=_F64)
+    xc, layout = _prepare(x, cdt)
+    out = _out_like(xc)
+    if N * S == 0 or C == 0:
+        # an empty batch: an empty output, statistics untouched (as torch)
+        return out.to(x.dtype), mean, invstd, torch.zeros(C, dtype=_F64)
+    x3, o3 = _view3(xc, layout), _view3(out, layout)
+    npdt = x3.dtype
+    gamma, beta = _channel(weight, C, cdt, 1.0), _channel(bias, C, cdt, 0.0)
+    if training:
+        mu, var = np.empty(C, npdt), np.empty(C, npdt)
+    else:
+        mu, var = _channel(running_mean, C, cdt, 0.0), _channel(running_var, C, cdt, 1.0)
+    K = _fused.row_chunks(x3.shape[0], C, x3.shape[2], npdt.itemsize)
+    _fused.forward(x3, gamma, beta, eps, o3, o3, o3, False, mu, var, np.empty(C, npdt),
+                   np.empty(C, npdt), mean.numpy(), invstd.numpy(), not training,
+                   np.empty((K, C)), np.empty((K, C)), np.empty(C),
+                   _threads(num_threads, x3.size))
+    if out.dtype != x.dtype:
+        out = out.to(x.dtype)
+    return out, mean, invstd, torch.from_numpy(var.astype(np.float64))
+
+
+def update_running_stats(running_mean, running_var, mean, var, count, momentum):
+    """``running = (1 - momentum) * running + momentum * batch`` in place, with
+    the unbiased batch variance ``var * count / (count - 1)``, as torch does;
+    nothing for an empty batch."""
+    if count == 0:
+        return
+    with torch.no_grad():
+        if running_mean is not None:
+            running_mean.mul_(1.0 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+        if running_var is not None:
+            unbiased = (var * (count / (count - 1))).to(running_var.dtype)
+            running_var.mul_(1.0 - momentum).add_(unbiased, alpha=momentum)
+
+
+@batch_norm_forward.register_fake
+def _forward_fake(x, weight, bias, running_mean, running_var, training, eps, num_threads):
+    cdt = check_batch_norm(x, weight, bias, running_mean, running_var, training, eps)
+    C = x.shape[1]
+    out = _out_like(x if x.dtype == cdt else x.to(cdt)).to(x.dtype)
+    return (out,) + tuple(x.new_empty((C,), dtype=_F64) for _ in range(3))
+
+
+def _forward_setup(ctx, inputs, output):
+    x, weight, bias, _, _, training, _, num_threads = inputs
+    _, mean, invstd, var = output
+    ctx.save_for_backward(x, weight, mean, invstd)
+    ctx.training, ctx.num_threads = training, num_threads
+    ctx.bias_dtype = None if bias is None else bias.dtype
+    ctx.mark_non_differentiable(mean, invstd, var)
+
+
+def _forward_grad(ctx, dout, _dmean, _dinvstd, _dvar):
+    x, weight, mean, invstd = ctx.saved_tensors
+    dx, dweight, dbias = batch_norm_backward(dout, x, weight, mean, invstd, ctx.training,
+                                             ctx.num_threads)
+    need = ctx.needs_input_grad
+    dweight = dweight.to(weight.dtype) if weight is not None and need[1] else None
+    dbias = dbias.to(ctx.bias_dtype) if ctx.bias_dtype is not None and need[2] else None
+    return dx if need[0] else None, dweight, dbias, None, None, None, None, None
+
+
+# ----------------------------------------------------------------- backward
+
+@torch.library.custom_op("cybatchnorm::batch_norm_backward", mutates_args=())
+def batch_norm_backward(dout: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tensor,
+                        invstd: Tensor, training: bool,
+                        num_threads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Closed-form gradients ``(dx, dweight, dbias)`` of :func:`batch_norm_forward`.
+
+    ``mean`` and ``invstd`` are the forward's; ``training`` false gives the
+    eval-mode gradient (statistics constant). dweight and dbias come in the
+    computation dtype (float32 for float16/bfloat16 input).
+    """
+    cdt = _compute_dtype(x)
+    C = x.shape[1]
+    xc, layout = _prepare(x, cdt)
+    dx = _out_like(xc)
+    npdt = _np(cdt)
+    dgamma, dbeta = np.zeros(C, npdt), np.zeros(C, npdt)
+    if dx.numel():
+        g = dout.detach()
+        g = _in_layout(g if g.dtype == cdt else g.to(cdt), layout)
+        g3, x3, dx3 = _view3(g, layout), _view3(xc, layout), _view3(dx, layout)
+        K = _fused.row_chunks(x3.shape[0], C, x3.shape[2], npdt.itemsize)
+        _fused.backward(g3, x3, True, mean.numpy(), invstd.numpy(),
+                        _channel(weight, C, cdt, 1.0), dx3, dgamma, dbeta, training,
+                        np.empty((K, C)), np.empty((K, C)), np.empty((3, C)),
+                        _threads(num_threads, x3.size))
+    if dx.dtype != x.dtype:
+        dx = dx.to(x.dtype)
+    return dx, torch.from_numpy(dgamma), torch.from_numpy(dbeta)
+
+
+@batch_norm_backward.register_fake
+def _backward_fake(dout, x, weight, mean, invstd, training, num_threads):
+    cdt = _compute_dtype(x)
+    C = x.shape[1]
+    dx = _out_like(x if x.dtype == cdt else x.to(cdt)).to(x.dtype)
+    return dx, x.new_empty((C,), dtype=cdt), x.new_empty((C,), dtype=cdt)
+
+
+def _backward_setup(ctx, inputs, output):
+    dout, x, weight, mean, invstd, training, num_threads = inputs
+    ctx.save_for_backward(dout, x, weight, mean, invstd)
+    ctx.training, ctx.num_threads = training, num_threads
+
+
+def _backward_grad(ctx, ggx, ggw, ggb):
+    dout, x, weight, mean, invstd = ctx.saved_tensors
+    ddout, dx, dweight = batch_norm_double_backward(ggx, ggw, ggb, dout, x, weight, mean,
+                                                    invstd, ctx.training, ctx.num_threads)
+    need = ctx.needs_input_grad
+    return (ddout if need[0] else None, dx if need[1] else None,
+            dweight if weight is not None and need[2] else None, None, None, None, None)
+
+
+# ---------------------------------------------------------- double backward
+
+@torch.library.custom_op("cybatchnorm::batch_norm_double_backward", mutates_args=())
+def batch_norm_double_backward(ggx: Optional[Tensor], ggw: Optional[Tensor],
+                               ggb: Optional[Tensor], dout: Tensor, x: Tensor,
+                               weight: Optional[Tensor], mean: Tensor, invstd: Tensor,
+                               training: bool,
+                               num_threads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients ``(ddout, dx, dweight)`` of ``<ggx, dx> + <ggw, dweight> + <ggb, dbias>``.
+
+    ``ggx``, ``ggw``, ``ggb`` are the incoming gradients of
+    :func:`batch_norm_backward`'s three outputs (None for zero).
+    """
+    return _double_backward(ggx, ggw, ggb, dout, x, weight, mean, invstd, training)
+
+
+@batch_norm_double_backward.register_fake
+def _double_fake(ggx, ggw, ggb, dout, x, weight, mean, invstd, training, num_threads):
+    C = x.shape[1]
+    pdt = weight.dtype if weight is not None else _compute_dtype(x)
+    return torch.empty_like(dout), torch.empty_like(x), x.new_empty((C,), dtype=pdt)
+
+
+def _double_backward(ggx, ggw, ggb, dout, x, weight, mean, invstd, training):
+    # in float64, per channel c over its M values (docs: "Double backward"):
+    #   ddout = g*r*P(a) + ag*xhat + ab
+    #   dgamma = r * <a, P(dy)>
+    #   dx = g*r^2/M * (-xhat*<a, P(dy)> - <a, xhat>*P(dy) - <dy, xhat>*P(a)) + ag*r*P(dy)
+    # with P(v) = v - mean(v) - xhat*mean(v*xhat), a = ggx, ag = ggw, ab = ggb;
+    # in eval mode (mu and r constants) P is the identity and the x terms vanish
+    C = x.shape[1]
+    shape = (1, C) + (1,) * (x.dim() - 2)
+    dims = [0] + list(range(2, x.dim()))
+    M = x.shape[0] * _spatial(x)
+
+    def chan(t, fill):
+        if t is None:
+            return torch.full(shape, fill, dtype=_F64)
+        return t.detach().to(_F64).reshape(shape)
+
+    def sums(t):
+        return t.sum(dims, keepdim=True)
+
+    g = chan(weight, 1.0)
+    r = invstd.to(_F64).reshape(shape)
+    xhat = (x.detach().to(_F64) - mean.to(_F64).reshape(shape)) * r
+    dy = dout.detach().to(_F64)
+    a = torch.zeros_like(dy) if ggx is None else ggx.detach().to(_F64)
+    ag, ab = chan(ggw, 0.0), chan(ggb, 0.0)
+    if training:
+        def proj(v, s, sx):
+            return v - s / M - xhat * (sx / M)
+        sa, sax = sums(a), sums(a * xhat)
+        sd, sdx = sums(dy), sums(dy * xhat)
+        pa, pd = proj(a, sa, sax), proj(dy, sd, sdx)
+        inner = sums(a * pd)                                 # <a, P(dy)>
+        ddout = g * r * pa + ag * xhat + ab
+        dgamma = r * inner
+        dx = (g * r * r / M) * (-xhat * inner - sax * pd - sdx * pa) + ag * r * pd
+    else:
+        ddout = g * r * a + ag * xhat + ab
+        dgamma = r * sums(a * dy)
+        dx = ag * r * dy
+    pdt = weight.dtype if weight is not None else _compute_dtype(x)
+    # in the memory formats the fake implementation promises
+    return (torch.empty_like(dout).copy_(ddout), torch.empty_like(x).copy_(dx),
+            dgamma.reshape(C).to(pdt))
+
+batch_norm_forward.register_autograd(_forward_grad, setup_context=_forward_setup)
+batch_norm_backward.register_autograd(_backward_grad, setup_context=_backward_setup)

@@ -1,0 +1,66 @@
+"""``batch_norm``: ``torch.nn.functional.batch_norm`` computed by the compiled kernels."""
+from .._threads import effective_num_threads
+import math
+
+from ._ops import batch_norm_forward, update_running_stats
+
+__all__ = ["batch_norm"]
+
+
+def threads_arg(num_threads):
+    """Validate ``num_threads`` (None or a positive int); 0 stands for None in the ops."""
+    return 0 if num_threads is None else effective_num_threads(num_threads)
+
+
+def _momentum(momentum):
+    if momentum is None or isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
+        raise TypeError("batch_norm(): argument 'momentum' (position 7) must be float, "
+                        f"not {type(momentum).__name__}")
+    return float(momentum)
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5, *, num_threads=None):
+    """``torch.nn.functional.batch_norm`` computed by cybatchnorm's kernels.
+
+    Same arguments, defaults, results and errors as PyTorch's. ``training``
+    (or no running statistics) normalizes with the batch statistics and, when
+    ``running_mean``/``running_var`` are given, updates them in place with
+    ``momentum`` (unbiased batch variance); otherwise the running statistics
+    normalize. Differentiable in ``input``, ``weight`` and ``bias`` to second
+    order (a third derivative raises).
+
+    Parameters
+    ----------
+    input : Tensor, shape (N, C, *spatial)
+        CPU; float32 or float64, or float16/bfloat16 (computed in float32).
+        Contiguous and channels_last input is read in place, and the output
+        keeps its memory format.
+    running_mean, running_var : Tensor of shape (C,) or None
+    weight, bias : Tensor of shape (C,) or None
+    training : bool
+    momentum : float
+    eps : float
+    num_threads : int or None, keyword-only
+        OpenMP threads of the kernels; None uses all cores.
+
+    Returns
+    -------
+    Tensor, input's shape, dtype and memory format.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from cybatchnorm.torch import batch_norm
+    >>> x = torch.tensor([[1.0, 10.0], [3.0, 30.0]], dtype=torch.float64)
+    >>> batch_norm(x, None, None, training=True).round(decimals=4)
+    tensor([[-1., -1.],
+            [ 1.,  1.]], dtype=torch.float64)
+    """
+    momentum = _momentum(momentum)
+    out, mean, _, var = batch_norm_forward(input, weight, bias, running_mean, running_var,
+                                           bool(training), float(eps), threads_arg(num_threads))
+    if training:
+        update_running_stats(running_mean, running_var, mean, var,
+                             input.shape[0] * math.prod(input.shape[2:]), momentum)
+    return out

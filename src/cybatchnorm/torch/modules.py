@@ -1,0 +1,124 @@
+"""``BatchNorm1d``, ``BatchNorm2d``, ``BatchNorm3d`` and ``BatchNorm`` (any rank):
+``torch.nn.modules.batchnorm._BatchNorm`` subclasses whose forward runs the
+compiled kernels through ``torch.ops.cybatchnorm``."""
+from torch.nn.modules.batchnorm import _BatchNorm
+
+import math
+
+from ._ops import batch_norm_forward, update_running_stats
+from .functional import threads_arg
+
+__all__ = ["BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+
+
+class _CyBatchNorm(_BatchNorm):
+    """What the four classes share: torch's constructor, parameters, buffers,
+    ``reset_parameters``, ``reset_running_stats``, ``extra_repr`` and
+    ``_load_from_state_dict`` (inherited), and a forward through the ops."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, device=None, dtype=None, *, bias=True,
+                 num_threads=None):
+        threads_arg(num_threads)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats,
+                         device, dtype, bias=bias)
+        self.num_threads = num_threads
+
+    def forward(self, input):
+        self._check_input_dim(input)
+        track = self.training and self.track_running_stats \
+            and self.num_batches_tracked is not None
+        factor = 0.0 if self.momentum is None else self.momentum
+        if track and self.momentum is None:
+            # the cumulative average over the batches seen, this one included
+            factor = 1.0 / float(self.num_batches_tracked + 1)
+        bn_training = self.training or (self.running_mean is None and self.running_var is None)
+        # the buffers are passed only when they are to be updated (training
+        # and tracked) or to normalize with (eval mode), as torch does
+        use = not self.training or self.track_running_stats
+        out, mean, _, var = batch_norm_forward(
+            input, self.weight, self.bias, self.running_mean if use else None,
+            self.running_var if use else None, bn_training, float(self.eps),
+            threads_arg(self.num_threads))
+        if self.training and use:
+            update_running_stats(self.running_mean, self.running_var, mean, var,
+                                 input.shape[0] * math.prod(input.shape[2:]), factor)
+        if track:
+            # counted once the batch was accepted: a refused input changes nothing
+            self.num_batches_tracked.add_(1)
+        return out
+
+    def extra_repr(self):
+        text = super().extra_repr()
+        return text if self.num_threads is None else f"{text}, num_threads={self.num_threads}"
+
+
+_DOC = """Drop-in for ``torch.nn.{name}`` backed by cybatchnorm's compiled kernels.
+
+    A ``torch.nn.modules.batchnorm._BatchNorm`` with torch's constructor,
+    parameters (``weight``, ``bias``), buffers (``running_mean``,
+    ``running_var``, ``num_batches_tracked``), state dicts, errors and
+    results; the forward and its first and second derivatives run
+    ``torch.ops.cybatchnorm`` operators, which ``torch.compile`` traces without
+    graph breaks. Input: {shapes}, on CPU; float32, float64, or float16 and
+    bfloat16 (computed in float32); contiguous or channels_last.
+
+    Parameters
+    ----------
+    num_features : int
+        C, the channels (axis 1 of the input).
+    eps : float, default 1e-5
+    momentum : float or None, default 0.1
+        None: a cumulative average of all batches seen.
+    affine : bool, default True
+        Learnable ``weight`` (ones) and ``bias`` (zeros).
+    track_running_stats : bool, default True
+    device, dtype
+        As for any torch module.
+    bias : bool, keyword-only, default True
+        False: a ``weight`` without a ``bias``.
+    num_threads : int or None, keyword-only
+        OpenMP threads of the kernels; None uses all cores.
+    """
+
+
+class BatchNorm(_CyBatchNorm):
+    __doc__ = _DOC.format(name="BatchNorm1d/2d/3d", shapes="(N, C, *spatial) of any rank >= 2") + """
+    Examples
+    --------
+    >>> import torch
+    >>> from cybatchnorm.torch import BatchNorm
+    >>> layer = BatchNorm(3, dtype=torch.float64)
+    >>> x = torch.randn(8, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    >>> layer(x).sum().backward()
+    >>> tuple(x.grad.shape), tuple(layer.weight.grad.shape)
+    ((8, 3, 4, 4), (3,))
+    """
+
+    def _check_input_dim(self, input):
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+
+class BatchNorm1d(_CyBatchNorm):
+    __doc__ = _DOC.format(name="BatchNorm1d", shapes="(N, C) or (N, C, L)")
+
+    def _check_input_dim(self, input):
+        if input.dim() != 2 and input.dim() != 3:
+            raise ValueError(f"expected 2D or 3D input (got {input.dim()}D input)")
+
+
+class BatchNorm2d(_CyBatchNorm):
+    __doc__ = _DOC.format(name="BatchNorm2d", shapes="(N, C, H, W)")
+
+    def _check_input_dim(self, input):
+        if input.dim() != 4:
+            raise ValueError(f"expected 4D input (got {input.dim()}D input)")
+
+
+class BatchNorm3d(_CyBatchNorm):
+    __doc__ = _DOC.format(name="BatchNorm3d", shapes="(N, C, D, H, W)")
+
+    def _check_input_dim(self, input):
+        if input.dim() != 5:
+            raise ValueError(f"expected 5D input (got {input.dim()}D input)")
