@@ -96,3 +96,33 @@ def check_batch_norm(x, weight, bias, running_mean, running_var, training, eps):
                 raise RuntimeError(f"expected scalar type {scalar_name(first)} but found "
                                    f"{scalar_name(t.dtype)}")
     return torch.float32 if x.dtype in REDUCED else x.dtype
+
+
+_MESSAGE = ("cybatchnorm.torch does not support {}: its operators have autograd formulas "
+            "(.backward() and torch.autograd.grad, to second order) but no forward-mode or "
+            "torch.func rules; use torch.autograd, or torch.nn.BatchNorm under these transforms")
+_UNSUPPORTED = {"Grad": "torch.func.grad, vjp, jacrev and hessian",
+                "Jvp": "torch.func.jvp and jacfwd (forward-mode AD)"}
+
+
+def check_transforms(x):
+    """Refuse the torch.func transforms the operators have no rule for.
+
+    Autograd (``backward``, ``torch.autograd.grad`` to second order),
+    ``torch.compile`` and ``torch.func.vmap`` (one operator call per batch
+    entry) work. Under ``torch.func.grad``-like transforms the operators'
+    autograd formulas cannot run, and under ``torch.func.jvp`` they would give
+    a zero tangent: a wrong value, so these, and forward-mode AD on ``x``,
+    raise here instead.
+    """
+    if torch.compiler.is_compiling():
+        return
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+        for interpreter in retrieve_all_functorch_interpreters():
+            name = interpreter.key().name
+            if name in _UNSUPPORTED:
+                raise NotImplementedError(_MESSAGE.format(_UNSUPPORTED[name]))
+    if torch.autograd.forward_ad._current_level >= 0 and \
+            torch.autograd.forward_ad.unpack_dual(x).tangent is not None:
+        raise NotImplementedError(_MESSAGE.format("forward-mode AD (torch.autograd.forward_ad)"))

@@ -2,6 +2,7 @@
 from .._threads import effective_num_threads
 import math
 
+from ._checks import check_transforms
 from ._ops import batch_norm_forward, update_running_stats
 
 __all__ = ["batch_norm"]
@@ -57,6 +58,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     tensor([[-1., -1.],
             [ 1.,  1.]], dtype=torch.float64)
     """
+    check_transforms(input)
     momentum = _momentum(momentum)
     out, mean, _, var = batch_norm_forward(input, weight, bias, running_mean, running_var,
                                            bool(training), float(eps), threads_arg(num_threads))

@@ -5,6 +5,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 import math
 
+from ._checks import check_transforms
 from ._ops import batch_norm_forward, update_running_stats
 from .functional import threads_arg
 
@@ -26,6 +27,7 @@ class _CyBatchNorm(_BatchNorm):
 
     def forward(self, input):
         self._check_input_dim(input)
+        check_transforms(input)
         track = self.training and self.track_running_stats \
             and self.num_batches_tracked is not None
         factor = 0.0 if self.momentum is None else self.momentum
