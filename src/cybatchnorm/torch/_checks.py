@@ -70,15 +70,13 @@ def check_batch_norm(x, weight, bias, running_mean, running_var, training, eps):
         if t is not None and t.device.type != "cpu":
             raise RuntimeError(f"cybatchnorm: {name} is on {t.device}; only CPU tensors are "
                                f"supported (use torch.nn.BatchNorm on other devices)")
-    if not training:
-        if running_mean is None:
-            raise RuntimeError("running_mean must be defined in evaluation mode")
-        if running_var is None:
-            raise RuntimeError("running_var must be defined in evaluation mode")
     C = x.shape[1]
-    for name, t in params:
+    # in the order of torch's _batch_norm_impl_index
+    for name, t in params[2:] + params[:2]:
         if t is not None and t.numel() != C:
             raise RuntimeError(f"{name} should contain {C} elements not {t.numel()}")
+        if t is None and not training and name.startswith("running"):
+            raise RuntimeError(f"{name} must be defined in evaluation mode")
     # the CPU kernel's mixed-dtype rule: the parameters' dtype is the first
     # one given; it may differ from the input's only for float16/bfloat16
     # input with float32 parameters
