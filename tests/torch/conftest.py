@@ -1,7 +1,8 @@
 """The PyTorch drop-in's tests. Each module skips (with the reason) without
 PyTorch, except in `tox -e torch`, which sets CYBATCHNORM_REQUIRE_TORCH: there
-a missing torch fails the run."""
+a missing torch (or expecttest, which torch's test utilities need) fails the run."""
 import os
 
 if os.environ.get("CYBATCHNORM_REQUIRE_TORCH"):
+    import expecttest  # noqa: F401  (torch's module_db needs it)
     import torch   # noqa: F401  (an ImportError here fails the torch env loudly)

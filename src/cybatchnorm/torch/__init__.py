@@ -4,6 +4,8 @@
   :class:`BatchNorm`, any rank): subclasses of torch's ``_BatchNorm`` with its
   constructor, state dicts, errors and results;
 - :func:`batch_norm`: ``torch.nn.functional.batch_norm``'s signature;
+- :class:`SyncBatchNorm`: ``torch.nn.SyncBatchNorm`` for CPU tensors over
+  any torch.distributed backend (gloo);
 - ``torch.ops.cybatchnorm.batch_norm_forward`` / ``batch_norm_backward`` /
   ``batch_norm_double_backward``: the ``torch.library.custom_op`` operators
   under them, with fake implementations and autograd formulas, so that
@@ -17,6 +19,7 @@ never imports it.
 from ._ops import batch_norm_backward, batch_norm_double_backward, batch_norm_forward
 from .functional import batch_norm
 from .modules import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
+from .sync import SyncBatchNorm
 
-__all__ = ["batch_norm", "BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
+__all__ = ["batch_norm", "BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm",
            "batch_norm_forward", "batch_norm_backward", "batch_norm_double_backward"]

@@ -42,16 +42,19 @@ def check_eps(eps, training):
         raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
 
 
-def check_batch_norm(x, weight, bias, running_mean, running_var, training, eps):
+def check_batch_norm(x, weight, bias, running_mean, running_var, training, eps, *,
+                     shard=False):
     """Raise as PyTorch would for ``batch_norm(x, ...)``; return the
     computation dtype (float32 for float16/bfloat16 input, else x's dtype).
 
-    ``training`` here means "normalize with the batch statistics".
+    ``training`` here means "normalize with the batch statistics". A
+    ``shard`` of a distributed batch may hold a single value per channel (the
+    whole batch's count is checked once gathered).
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"batch_norm(): argument 'input' (position 1) must be Tensor, "
                         f"not {type(x).__name__}")
-    if training:
+    if training and not shard:
         verify_batch_size(x.size())
     check_eps(eps, training)
     if x.dim() < 2:
