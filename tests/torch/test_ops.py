@@ -171,3 +171,26 @@ def test_torch_func_support():
             bn(dual)
         with pytest.raises(NotImplementedError, match="forward-mode AD"):
             cbt.batch_norm(dual, None, None, training=True)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_eager_calls_equal_the_registered_operators(training):
+    # eager calls take a lean path over the operators' own implementations:
+    # bitwise the same output, gradients and running statistics
+    x, w, b, rm, rv = data((6, 3, 4, 2), 4)
+    dout = torch.randn_like(x)
+    results = []
+    for eager in (True, False):
+        xi, wi, bi = (t.clone().requires_grad_() for t in (x, w, b))
+        rmi, rvi = rm.clone(), rv.clone()
+        if eager:
+            out = cbt.batch_norm(xi, rmi, rvi, wi, bi, training=training, momentum=0.2)
+        else:
+            out, mean, _, var = torch.ops.cybatchnorm.batch_norm_forward(
+                xi, wi, bi, rmi, rvi, training, 1e-5, 0)
+            if training:
+                cbt._ops.update_running_stats(rmi, rvi, mean, var, 6 * 8, 0.2)
+        grads = torch.autograd.grad(out, (xi, wi, bi), dout)
+        results.append((out,) + grads + (rmi, rvi))
+    for a, b_ in zip(*results):
+        assert torch.equal(a, b_)

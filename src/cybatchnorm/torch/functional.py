@@ -1,9 +1,7 @@
 """``batch_norm``: ``torch.nn.functional.batch_norm`` computed by the compiled kernels."""
 from .._threads import effective_num_threads
-import math
-
 from ._checks import check_transforms
-from ._ops import batch_norm_forward, update_running_stats
+from ._ops import forward
 
 __all__ = ["batch_norm"]
 
@@ -60,9 +58,5 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     """
     check_transforms(input)
     momentum = _momentum(momentum)
-    out, mean, _, var = batch_norm_forward(input, weight, bias, running_mean, running_var,
-                                           bool(training), float(eps), threads_arg(num_threads))
-    if training:
-        update_running_stats(running_mean, running_var, mean, var,
-                             input.shape[0] * math.prod(input.shape[2:]), momentum)
-    return out
+    return forward(input, weight, bias, running_mean, running_var, bool(training), momentum,
+                   float(eps), threads_arg(num_threads))

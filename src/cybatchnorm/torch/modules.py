@@ -3,10 +3,8 @@
 compiled kernels through ``torch.ops.cybatchnorm``."""
 from torch.nn.modules.batchnorm import _BatchNorm
 
-import math
-
 from ._checks import check_transforms
-from ._ops import batch_norm_forward, update_running_stats
+from ._ops import forward as _batch_norm
 from .functional import threads_arg
 
 __all__ = ["BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
@@ -38,13 +36,10 @@ class _CyBatchNorm(_BatchNorm):
         # the buffers are passed only when they are to be updated (training
         # and tracked) or to normalize with (eval mode), as torch does
         use = not self.training or self.track_running_stats
-        out, mean, _, var = batch_norm_forward(
+        out = _batch_norm(
             input, self.weight, self.bias, self.running_mean if use else None,
-            self.running_var if use else None, bn_training, float(self.eps),
+            self.running_var if use else None, bn_training, float(factor), float(self.eps),
             threads_arg(self.num_threads))
-        if self.training and use:
-            update_running_stats(self.running_mean, self.running_var, mean, var,
-                                 input.shape[0] * math.prod(input.shape[2:]), factor)
         if track:
             # counted once the batch was accepted: a refused input changes nothing
             self.num_batches_tracked.add_(1)
