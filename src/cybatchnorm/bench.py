@@ -169,6 +169,71 @@ def round_robin(calls, repeats):
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+# ------------------------------------------------------- torch drop-in
+
+DROPIN_CASES = [("32x16", None), ("256x1024", None), ("4096x1024", None),
+                ("32x64x56x56", None), ("32x64x56x56", "channels_last")]
+DROPIN_TARGET = 0.8
+
+
+def dropin_case(torch, shape, fmt, repeats):
+    """Median seconds of one training step (forward, then backward of a given
+    dout) of ``cybatchnorm.torch.BatchNorm1d/2d`` and of torch's, float32,
+    timed interleaved without pauses, as a model alternating them runs."""
+    import cybatchnorm.torch as cbt
+    nn = torch.nn
+    ours = (cbt.BatchNorm1d if len(shape) < 4 else cbt.BatchNorm2d)(shape[1])
+    theirs = (nn.BatchNorm1d if len(shape) < 4 else nn.BatchNorm2d)(shape[1])
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen)
+    dout = torch.randn(shape, generator=gen)
+    if fmt:
+        x = x.to(memory_format=getattr(torch, fmt))
+        dout = dout.to(memory_format=getattr(torch, fmt))
+    x.requires_grad_(True)
+    inner = max(1, min(2000, int(2e7 // x.numel())))
+
+    def step(m):
+        def run():
+            for _ in range(inner):
+                m(x).backward(dout)
+        return run
+    t = round_robin_nopause({"ours": step(ours), "torch": step(theirs)}, repeats)
+    return {k: v / inner for k, v in t.items()}
+
+
+def round_robin_nopause(calls, repeats):
+    """As :func:`round_robin` without the pause: contenders back to back."""
+    for fn in calls.values():
+        fn()
+    times = {k: [] for k in calls}
+    for _ in range(repeats):
+        for k, fn in calls.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def dropin_table(torch, repeats, file):
+    """Print the drop-in against torch.nn.BatchNorm1d/2d, one line per case."""
+    w = lambda s: print(s, file=file, flush=True)    # noqa: E731
+    w(f"cybatchnorm.torch.BatchNorm1d/2d against torch.nn's (float32, training step: forward"
+      f" + backward, interleaved, {torch.get_num_threads()} torch threads); target <="
+      f" {DROPIN_TARGET}x")
+    rows = []
+    for case, fmt in DROPIN_CASES:
+        shape = parse_case(case)
+        t = dropin_case(torch, shape, fmt, repeats)
+        ratio = t["ours"] / t["torch"]
+        rows.append({"shape": shape, "format": fmt or "contiguous", "ours": t["ours"],
+                     "torch": t["torch"], "ratio": ratio})
+        w(f"  {case:>12} {fmt or 'contiguous':>13}: ours {t['ours'] * 1e3:8.3f} ms, torch"
+          f" {t['torch'] * 1e3:8.3f} ms, {ratio:5.2f}x"
+          f" ({'met' if ratio <= DROPIN_TARGET else 'NOT met'})")
+    return rows
+
+
 # ---------------------------------------------------------------- memory
 
 def peak_bytes(fn):
@@ -314,6 +379,10 @@ def run(cases=None, dtypes=("float32", "float64"), threads=None, repeats=7, json
       " bound: 8 x bytes of x at the copy bandwidth measured with the same threads;"
       " np-f+b: numpy forward + closed-form backward; np-stg: numpy staged backward;"
       " np-stg/stg: how much faster the compiled staged backward is; stg/fus: staged over fused backward")
+    dropin = None
+    if torch is not None and cases is None:
+        w("")
+        dropin = dropin_table(torch, repeats, file)
     if json_path:
         meta = {"version": __version__, "machine": platform.machine(),
                 "description": f"{cpu_model()}, {platform.system()} {platform.machine()}",
@@ -321,6 +390,6 @@ def run(cases=None, dtypes=("float32", "float64"), threads=None, repeats=7, json
                 "numpy": np.__version__, "torch": torch.__version__ if torch else None,
                 "repeats": repeats}
         with open(json_path, "w") as fh:
-            json.dump({"meta": meta, "results": results}, fh, indent=1)
+            json.dump({"meta": meta, "results": results, "dropin": dropin}, fh, indent=1)
         w(f"results written to {json_path}")
     return results
