@@ -451,3 +451,75 @@ def copy(const floating[::1] src, floating[::1] dst, int n_threads):
         lo = b * B
         hi = min(L, lo + B)
         memcpy(&dst[lo], &src[lo], (hi - lo) * sizeof(floating))
+
+
+cdef inline void _double_channel(const floating[:, :, ::1] ggx, bint has_ggx,
+                                 const floating[:, :, ::1] dout,
+                                 const floating[:, :, ::1] x, double m, double r,
+                                 double g, double ag, double ab, bint batch_stats,
+                                 floating[:, :, ::1] ddout, floating[:, :, ::1] dx,
+                                 double* dgamma, Py_ssize_t c) noexcept nogil:
+    # one channel of the double backward, in two passes over its values
+    cdef Py_ssize_t N = dout.shape[0], S = dout.shape[2], n, s
+    cdef double M = <double>N * S, a = 0.0, dy, xh
+    cdef double sa = 0.0, sax = 0.0, sd = 0.0, sdx = 0.0, sad = 0.0, inner, pa, pd
+    for n in range(N):
+        for s in range(S):
+            dy = dout[n, c, s]
+            xh = (x[n, c, s] - m) * r
+            if has_ggx:
+                a = ggx[n, c, s]
+            sa += a
+            sax += a * xh
+            sd += dy
+            sdx += dy * xh
+            sad += a * dy
+    if batch_stats:
+        inner = sad - sa * sd / M - sax * sdx / M       # <a, P(dy)>
+        dgamma[0] = r * inner
+        for n in range(N):
+            for s in range(S):
+                dy = dout[n, c, s]
+                xh = (x[n, c, s] - m) * r
+                if has_ggx:
+                    a = ggx[n, c, s]
+                pa = a - sa / M - xh * (sax / M)
+                pd = dy - sd / M - xh * (sdx / M)
+                ddout[n, c, s] = <floating>(g * r * pa + ag * xh + ab)
+                dx[n, c, s] = <floating>((g * r * r / M) * (-xh * inner - sax * pd - sdx * pa)
+                                         + ag * r * pd)
+    else:
+        dgamma[0] = r * sad
+        for n in range(N):
+            for s in range(S):
+                xh = (x[n, c, s] - m) * r
+                if has_ggx:
+                    a = ggx[n, c, s]
+                ddout[n, c, s] = <floating>(g * r * a + ag * xh + ab)
+                dx[n, c, s] = <floating>(ag * r * dout[n, c, s])
+
+
+def double_backward(const floating[:, :, ::1] ggx, bint has_ggx,
+                    const floating[:, :, ::1] dout, const floating[:, :, ::1] x,
+                    const double[::1] mu64, const double[::1] ivar64,
+                    const double[::1] gamma, const double[::1] ggw,
+                    const double[::1] ggb, bint batch_stats,
+                    floating[:, :, ::1] ddout, floating[:, :, ::1] dx,
+                    double[::1] dgamma, int n_threads):
+    """Second derivatives: the gradients of ``<ggx, dx> + <ggw, dgamma> + <ggb, dbeta>``
+    with respect to dout (``ddout``), x (``dx``) and gamma (``dgamma``).
+
+    Per channel, over its M values, with xhat = (x - mu) * r, a = ggx and
+    P(v) = v - mean(v) - xhat * mean(v * xhat) (the docs' "Double backward"):
+    ``ddout = g*r*P(a) + ggw*xhat + ggb``, ``dgamma = r * <a, P(dout)>``,
+    ``dx = g*r^2/M * (-xhat*<a, P(dout)> - <a, xhat>*P(dout) - <dout, xhat>*P(a))
+    + ggw*r*P(dout)``. With ``batch_stats`` false (eval mode: mu and r
+    constants) P is the identity and ``dx = ggw*r*dout``. ``has_ggx`` false
+    reads ``ggx`` as zeros (pass any array of the right shape). Sums in
+    float64, one channel per task in a fixed order: bitwise the same for any
+    thread count.
+    """
+    cdef Py_ssize_t C = dout.shape[1], c
+    for c in prange(C, nogil=True, schedule='static', num_threads=n_threads):
+        _double_channel(ggx, has_ggx, dout, x, mu64[c], ivar64[c], gamma[c], ggw[c], ggb[c],
+                        batch_stats, ddout, dx, &dgamma[c], c)

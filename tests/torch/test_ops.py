@@ -194,3 +194,19 @@ def test_eager_calls_equal_the_registered_operators(training):
         results.append((out,) + grads + (rmi, rvi))
     for a, b_ in zip(*results):
         assert torch.equal(a, b_)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=str)
+def test_double_backward_kernel_is_thread_count_independent(training, fmt):
+    x, w, _, _, _ = data((5, 7, 3, 4), 6)
+    x = x.to(memory_format=fmt)
+    dout, ggx = torch.randn_like(x), torch.randn_like(x)
+    mean, invstd = x.mean((0, 2, 3)), (x.var((0, 2, 3), unbiased=False) + 1e-5).rsqrt()
+    runs = [torch.ops.cybatchnorm.batch_norm_double_backward(
+        ggx, torch.randn(7, generator=torch.Generator().manual_seed(1), dtype=F64),
+        torch.ones(7, dtype=F64), dout, x, w, mean, invstd, training, n) for n in (1, 2, 3)]
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert torch.equal(a, b)
+    assert runs[0][1].is_contiguous(memory_format=fmt)

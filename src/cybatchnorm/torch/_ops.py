@@ -282,7 +282,8 @@ def batch_norm_double_backward(ggx: Optional[Tensor], ggw: Optional[Tensor],
     ``ggx``, ``ggw``, ``ggb`` are the incoming gradients of
     :func:`batch_norm_backward`'s three outputs (None for zero).
     """
-    return _double_backward(ggx, ggw, ggb, dout, x, weight, mean, invstd, training)
+    return _double_backward(ggx, ggw, ggb, dout, x, weight, mean, invstd, training,
+                            num_threads)
 
 
 @batch_norm_double_backward.register_fake
@@ -292,50 +293,29 @@ def _double_fake(ggx, ggw, ggb, dout, x, weight, mean, invstd, training, num_thr
     return torch.empty_like(dout), torch.empty_like(x), x.new_empty((C,), dtype=pdt)
 
 
-def _double_backward(ggx, ggw, ggb, dout, x, weight, mean, invstd, training):
-    # in float64, per channel c over its M values (docs: "Double backward"):
-    #   ddout = g*r*P(a) + ag*xhat + ab
-    #   dgamma = r * <a, P(dy)>
-    #   dx = g*r^2/M * (-xhat*<a, P(dy)> - <a, xhat>*P(dy) - <dy, xhat>*P(a)) + ag*r*P(dy)
-    # with P(v) = v - mean(v) - xhat*mean(v*xhat), a = ggx, ag = ggw, ab = ggb;
-    # in eval mode (mu and r constants) P is the identity and the x terms vanish
+def _double_backward(ggx, ggw, ggb, dout, x, weight, mean, invstd, training, num_threads):
+    # the compiled kernel ``double_backward`` (its docstring and the docs'
+    # "Double backward" give the formulas), in the computation dtype with
+    # float64 sums, on dout, x and ggx in x's layout
+    cdt = _compute_dtype(x)
     C = x.shape[1]
-    shape = (1, C) + (1,) * (x.dim() - 2)
-    dims = [0] + list(range(2, x.dim()))
-    M = x.shape[0] * _spatial(x)
-
-    def chan(t, fill):
-        if t is None:
-            return torch.full(shape, fill, dtype=_F64)
-        return t.detach().to(_F64).reshape(shape)
-
-    def sums(t):
-        return t.sum(dims, keepdim=True)
-
-    g = chan(weight, 1.0)
-    r = invstd.to(_F64).reshape(shape)
-    xhat = (x.detach().to(_F64) - mean.to(_F64).reshape(shape)) * r
-    dy = dout.detach().to(_F64)
-    a = torch.zeros_like(dy) if ggx is None else ggx.detach().to(_F64)
-    ag, ab = chan(ggw, 0.0), chan(ggb, 0.0)
-    if training:
-        def proj(v, s, sx):
-            return v - s / M - xhat * (sx / M)
-        sa, sax = sums(a), sums(a * xhat)
-        sd, sdx = sums(dy), sums(dy * xhat)
-        pa, pd = proj(a, sa, sax), proj(dy, sd, sdx)
-        inner = sums(a * pd)                                 # <a, P(dy)>
-        ddout = g * r * pa + ag * xhat + ab
-        dgamma = r * inner
-        dx = (g * r * r / M) * (-xhat * inner - sax * pd - sdx * pa) + ag * r * pd
-    else:
-        ddout = g * r * a + ag * xhat + ab
-        dgamma = r * sums(a * dy)
-        dx = ag * r * dy
-    pdt = weight.dtype if weight is not None else _compute_dtype(x)
+    xc, layout = _prepare(x, cdt)
+    g = _in_layout(dout.detach().to(cdt), layout)
+    a = g if ggx is None else _in_layout(ggx.detach().to(cdt), layout)
+    ddout, dx = _out_like(xc), _out_like(xc)
+    dgamma = torch.zeros(C, dtype=_F64)
+    if xc.numel():
+        _fused.double_backward(_view3(a, layout), ggx is not None, _view3(g, layout),
+                               _view3(xc, layout), mean.numpy(), invstd.numpy(),
+                               _channel(weight, C, _F64, 1.0), _channel(ggw, C, _F64, 0.0),
+                               _channel(ggb, C, _F64, 0.0), training, _view3(ddout, layout),
+                               _view3(dx, layout), dgamma.numpy(),
+                               _threads(num_threads, xc.numel()))
+    pdt = weight.dtype if weight is not None else cdt
     # in the memory formats the fake implementation promises
     return (torch.empty_like(dout).copy_(ddout), torch.empty_like(x).copy_(dx),
-            dgamma.reshape(C).to(pdt))
+            dgamma.to(pdt))
+
 
 batch_norm_forward.register_autograd(_forward_grad, setup_context=_forward_setup)
 batch_norm_backward.register_autograd(_backward_grad, setup_context=_backward_setup)
