@@ -154,12 +154,25 @@ def test_error_inputs_raise_as_torch(info, training):
             with pytest.raises(err.error_type, match=err.error_regex):
                 OURS[info.module_cls](*args, **kwargs)
             continue
-        if training or "eps" not in err.error_regex:
+        if training:
             with pytest.raises(err.error_type, match=err.error_regex):
                 ours(*sample.forward_input.args)
-        # torch accepts eps = 0 in eval mode only; we raise for eps < 0 there
+        else:
+            # eval mode: torch accepts eps = 0 and says "non-negative" for
+            # eps < 0; whatever torch does, we do, word for word
+            theirs = info.module_cls(*args, **kwargs).eval()
+            x = sample.forward_input.args[0]
+            assert raised(lambda: ours(x)) == raised(lambda: theirs(x))
         for k, v in ours.state_dict().items():
             assert torch.equal(v, before[k]), k
+
+
+def raised(fn):
+    try:
+        fn()
+    except Exception as exc:       # noqa: BLE001 (comparing what each raises)
+        return type(exc), str(exc)
+    return None
 
 
 @pytest.mark.parametrize("info", INFOS, ids=lambda m: m.module_cls.__name__)
