@@ -10,8 +10,8 @@ batch. Scenarios:
   gradients, running statistics per rank;
 * ``ddp``: a Conv2d/SyncBatchNorm/ReLU model under DistributedDataParallel,
   a few SGD steps: parameters and buffers per rank;
-* ``quiet``: eval mode with the collectives replaced by ones that raise (eval
-  must not communicate);
+* ``quiet``: eval mode (or, in a world of one process, training) with the
+  collectives replaced by ones that raise (neither may communicate);
 * ``timeout``: rank 1 never calls forward; rank 0 records the error its
   process group's timeout raises.
 """
@@ -104,12 +104,14 @@ def _quiet(rank, world, shards, fmt):
     from cybatchnorm.torch import SyncBatchNorm
     m = params(SyncBatchNorm(C, dtype=F64))
     x, dout = batch(sum(shards), 0, fmt)
-    m(x[:2])                                  # one synchronised training step
+    if world > 1:
+        m(x[:2])                              # one synchronised training step
 
     def refuse(*args, **kwargs):
-        raise AssertionError("communicated in eval mode")
+        raise AssertionError("communicated in eval mode or in a world of one")
     dist.all_gather, dist.all_reduce = refuse, refuse
-    m.eval()
+    if world > 1:
+        m.eval()
     xi = x[:2].clone().requires_grad_()
     out = m(xi)
     out.backward(dout[:2])

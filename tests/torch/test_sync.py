@@ -86,10 +86,20 @@ def test_ddp_training_matches_one_process(tmp_path):
                 assert torch.equal(state[k], v), k
 
 
-def test_eval_mode_never_communicates(tmp_path):
-    ranks = sync_check.run("quiet", (2, 2), tmp_path)
-    for seen in ranks:
-        assert seen[0]["out"].shape == (2, sync_check.C, sync_check.H, sync_check.W)
+def test_eval_mode_and_a_world_of_one_never_communicate(tmp_path):
+    for shards in ((2, 2), (4,)):
+        ranks = sync_check.run("quiet", shards, tmp_path)
+        for seen in ranks:
+            assert seen[0]["out"].shape == (2, sync_check.C, sync_check.H, sync_check.W)
+    # the world of one trained on its two rows as plain batch norm does
+    ref = sync_check.params(torch.nn.BatchNorm2d(sync_check.C, dtype=F64))
+    x, dout = sync_check.batch(4, 0, torch.contiguous_format)
+    xi = x[:2].clone().requires_grad_()
+    out = ref(xi)
+    out.backward(dout[:2])
+    close(ranks[0][0]["out"], out, "out")
+    close(ranks[0][0]["dx"], xi.grad, "dx")
+    close(ranks[0][0]["running_var"], ref.running_var, "running_var")
 
 
 def test_a_missing_rank_raises_the_timeout(tmp_path):
