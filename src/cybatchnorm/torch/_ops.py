@@ -79,6 +79,9 @@ def _view3(t, layout):
     N, C, S = t.shape[0], t.shape[1], _spatial(t)
     t = t.detach()
     if layout == "ncs":
+        a = t.numpy()
+        if a.flags.c_contiguous:        # always, for "ncs": then reshape is a view
+            return a.reshape(N, C, S)
         return t.view(N, C, S).numpy()
     return t.movedim(1, -1).view(N * S, C, 1).numpy()
 
@@ -101,18 +104,21 @@ def _out_like(x):
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
+_NUMPY = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+
+
 def _channel(t, C, dtype, fill):
     """A (C,) parameter as a contiguous numpy array of ``dtype`` (a view when it already is)."""
     if t is None:
-        return np.full(C, fill, dtype=torch.empty(0, dtype=dtype).numpy().dtype)
+        return np.full(C, fill, dtype=_NUMPY[dtype])
     t = t.detach()
     if t.dtype != dtype or not t.is_contiguous():
         t = t.to(dtype).contiguous()
-    return t.view(C).numpy()
+    return (t if t.dim() == 1 else t.view(C)).numpy()
 
 
 def _np(dtype):
-    return torch.empty(0, dtype=dtype).numpy().dtype
+    return _NUMPY[dtype]
 
 
 # ------------------------------------------------------------------ forward
@@ -131,12 +137,13 @@ def _forward_impl(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
     """
     cdt = check_batch_norm(x, weight, bias, running_mean, running_var, training, eps)
     N, C, S = x.shape[0], x.shape[1], _spatial(x)
-    mean, invstd = torch.zeros(C, dtype=_F64), torch.zeros(C, dtype=_F64)
     xc, layout = _prepare(x, cdt)
-    out = _out_like(xc)
+    out = torch.empty_like(xc)          # xc is dense in ``layout``: out is too
     if N * S == 0 or C == 0:
         # an empty batch: an empty output, statistics untouched (as torch)
-        return out.to(x.dtype), mean, invstd, torch.zeros(C, dtype=_F64)
+        zeros = [torch.zeros(C, dtype=_F64) for _ in range(3)]
+        return (out.to(x.dtype), *zeros)
+    mean, invstd = np.empty(C), np.empty(C)
     x3, o3 = _view3(xc, layout), _view3(out, layout)
     npdt = x3.dtype
     gamma, beta = _channel(weight, C, cdt, 1.0), _channel(bias, C, cdt, 0.0)
@@ -146,12 +153,13 @@ def _forward_impl(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
         mu, var = _channel(running_mean, C, cdt, 0.0), _channel(running_var, C, cdt, 1.0)
     K = _fused.row_chunks(x3.shape[0], C, x3.shape[2], npdt.itemsize)
     _fused.forward(x3, gamma, beta, eps, o3, o3, o3, False, mu, var, np.empty(C, npdt),
-                   np.empty(C, npdt), mean.numpy(), invstd.numpy(), not training,
+                   np.empty(C, npdt), mean, invstd, not training,
                    np.empty((K, C)), np.empty((K, C)), np.empty(C),
                    _threads(num_threads, x3.size))
     if out.dtype != x.dtype:
         out = out.to(x.dtype)
-    return out, mean, invstd, torch.from_numpy(var.astype(np.float64))
+    return (out, torch.from_numpy(mean), torch.from_numpy(invstd),
+            torch.from_numpy(var.astype(np.float64)))
 
 
 def update_running_stats(running_mean, running_var, mean, var, count, momentum):
@@ -225,7 +233,7 @@ def _backward_impl(dout: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tens
     cdt = _compute_dtype(x)
     C = x.shape[1]
     xc, layout = _prepare(x, cdt)
-    dx = _out_like(xc)
+    dx = torch.empty_like(xc)           # xc is dense in ``layout``: dx is too
     npdt = _np(cdt)
     dgamma, dbeta = np.zeros(C, npdt), np.zeros(C, npdt)
     if dx.numel():
