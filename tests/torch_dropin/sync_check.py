@@ -2,7 +2,7 @@
 
 ``run(scenario, world, ...)`` starts ``world`` processes (torch.multiprocessing
 spawn), each running one rank of ``scenario`` and saving what it saw; the
-caller (tests/torch/test_sync.py) compares it with one process on the whole
+caller (tests/torch_dropin/test_sync.py) compares it with one process on the whole
 batch. Scenarios:
 
 * ``layer``: shards of the given sizes through SyncBatchNorm, three training
