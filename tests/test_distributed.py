@@ -70,3 +70,14 @@ def test_one_rank_equals_batchnorm(rng):
         np.testing.assert_allclose(sync.dgamma, ref.dgamma, atol=1e-13)
         np.testing.assert_allclose(sync.running_var, ref.running_var, atol=1e-15)
     assert "SyncBatchNorm(3" in repr(sync)
+
+
+def test_cybatchnorm_torch_without_torch_says_what_to_install():
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "try:\n"
+            "    import cybatchnorm.torch\n"
+            "except ImportError as exc:\n"
+            "    assert 'pip install cybatchnorm[torch]' in str(exc), exc\n"
+            "else:\n"
+            "    raise AssertionError('imported without torch')\n")
+    subprocess.run([sys.executable, "-c", code], check=True)

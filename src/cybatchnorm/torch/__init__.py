@@ -16,6 +16,12 @@ CPU tensors; float32 and float64, float16 and bfloat16 computed in float32.
 Needs PyTorch (``pip install cybatchnorm[torch]``); ``import cybatchnorm``
 never imports it.
 """
+try:
+    import torch  # noqa: F401
+except ImportError as exc:          # a clear word instead of a bare "No module named 'torch'"
+    raise ImportError("cybatchnorm.torch needs PyTorch (>= 2.5): pip install cybatchnorm[torch]"
+                      ) from exc
+
 from ._ops import batch_norm_backward, batch_norm_double_backward, batch_norm_forward
 from .functional import batch_norm
 from .modules import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
