@@ -83,14 +83,18 @@ def test_eval_gradient_matches_finite_differences(rng):
     assert ref.rel(dx, num) < 1e-8
 
 
-def test_train_backward_matches_functional(rng):
-    layer = BatchNorm(4, dtype=np.float32)
+@pytest.mark.parametrize("backward,kind", [("fused", "minimal"), ("staged", "full")])
+def test_train_backward_matches_functional(rng, backward, kind):
+    # the layer is the functional path it names, bit for bit
+    layer = BatchNorm(4, dtype=np.float32, backward=backward)
     x, dout = rng.normal(size=(6, 4)).astype(np.float32), rng.normal(size=(6, 4)).astype(np.float32)
     out = layer.forward(x)
     dx = layer.backward(dout)
-    o2, cache = bn.batchnorm_forward(x, np.ones(4, np.float32), np.zeros(4, np.float32))
+    o2, cache = bn.batchnorm_forward(x, np.ones(4, np.float32), np.zeros(4, np.float32),
+                                     cache=kind)
+    walk = bn.batchnorm_backward_fused if backward == "fused" else bn.batchnorm_backward
     np.testing.assert_array_equal(out, o2)
-    np.testing.assert_array_equal(dx, bn.batchnorm_backward(dout, cache)[0])
+    np.testing.assert_array_equal(dx, walk(dout, cache)[0])
     assert layer.running_mean.dtype == np.float32
 
 
@@ -137,3 +141,44 @@ def test_forward_validates_channels_and_backward_needs_forward(rng):
         layer.forward(np.ones((1, 3)))          # training needs 2 values
     assert layer.num_batches_tracked == 0       # failed calls change nothing
     np.testing.assert_array_equal(layer.running_mean, np.zeros(3))
+
+
+@pytest.mark.parametrize("shape", [(16, 5), (4, 3, 5, 6)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_default_equals_staged(rng, shape, dtype, training):
+    x = rng.normal(2.0, 3.0, shape).astype(dtype)
+    dout = rng.normal(size=shape).astype(dtype)
+    fused, staged = BatchNorm(shape[1], dtype=dtype), BatchNorm(shape[1], dtype=dtype,
+                                                                  backward="staged")
+    assert fused.backward_kind == "fused" and "staged" in repr(staged)
+    for layer in (fused, staged):
+        layer.gamma[:] = np.linspace(0.5, 2.0, shape[1])
+        layer.forward(x)              # moves the running statistics
+        layer.train(training)
+    a, b = fused.forward(x), staged.forward(x)
+    assert fused._cache.kind == "minimal" and staged._cache.kind == "full"
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-5)
+    # float32 without xmu/xhat to keep takes the affine fast path: within an ulp
+    np.testing.assert_allclose(a, b, **tol)
+    np.testing.assert_allclose(fused.backward(dout), staged.backward(dout), **tol)
+    np.testing.assert_allclose(fused.dgamma, staged.dgamma, **tol)
+    np.testing.assert_allclose(fused.dbeta, staged.dbeta, **tol)
+
+
+@pytest.mark.parametrize("backward", ["fused", "staged"])
+def test_changing_x_after_forward_does_not_change_the_gradient(rng, backward):
+    x = rng.normal(size=(8, 3))
+    dout = rng.normal(size=x.shape)
+    want = BatchNorm(3, backward=backward)
+    want.forward(x.copy())
+    expected = want.backward(dout)
+    layer = BatchNorm(3, backward=backward)
+    layer.forward(x)
+    x[:] = 0.0                        # the caller reuses its buffer
+    np.testing.assert_array_equal(layer.backward(dout), expected)
+
+
+def test_backward_option_is_checked():
+    with pytest.raises(ValueError, match="^backward: expected 'fused' or 'staged'"):
+        BatchNorm(3, backward="closed")

@@ -5,11 +5,13 @@ import operator
 
 import numpy as np
 
-from .api import _forward, batchnorm_backward
+from .api import _forward, batchnorm_backward, batchnorm_backward_fused
 from ._threads import effective_num_threads
 from ._validation import check_eps, full
 
 __all__ = ["BatchNorm"]
+
+_BACKWARDS = ("fused", "staged")
 
 
 class BatchNorm:
@@ -36,6 +38,15 @@ class BatchNorm:
         normalizes with the batch statistics.
     dtype : float32 or float64, default numpy.float64
         dtype of the parameters and running statistics.
+    num_threads : int or None, keyword-only
+        OpenMP threads of the kernels; None uses all cores.
+    backward : {"fused", "staged"}, keyword-only, default "fused"
+        ``"fused"``: the closed-form backward, and the forward keeps only what
+        it needs (the statistics and x itself, copied when it is the caller's
+        array, so changing x after the forward cannot change the gradient);
+        ``"staged"``: the forward keeps the full cache (``xmu`` and ``xhat``)
+        and the backward walks the graph node by node. Both give the same
+        gradients to rounding.
 
     Attributes
     ----------
@@ -67,7 +78,8 @@ class BatchNorm:
     """
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, dtype=np.float64, *, num_threads=None):
+                 track_running_stats=True, dtype=np.float64, *, num_threads=None,
+                 backward="fused"):
         if isinstance(num_features, bool):
             raise TypeError("num_features: expected a positive int, got a bool")
         try:
@@ -93,6 +105,8 @@ class BatchNorm:
         if dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
         effective_num_threads(num_threads)    # validated now, not at the first forward
+        if backward not in _BACKWARDS:
+            raise ValueError(f"backward: expected 'fused' or 'staged', got {backward!r}")
         self.num_features = num_features
         self.eps = check_eps(eps)
         self.momentum = momentum
@@ -100,6 +114,7 @@ class BatchNorm:
         self.track_running_stats = bool(track_running_stats)
         self.dtype = dtype
         self.num_threads = num_threads
+        self.backward_kind = backward
         self.training = True
         self.gamma = self.beta = self.dgamma = self.dbeta = None
         self.running_mean = self.running_var = None
@@ -150,7 +165,13 @@ class BatchNorm:
         gamma, beta = self._params(dt)
         use_running = not self.training and self.track_running_stats
         stats = (self.running_mean, self.running_var) if use_running else None
-        out, cache = _forward(x3.reshape(shape), gamma, beta, self.eps, self.num_threads, stats)
+        kind = "minimal" if self.backward_kind == "fused" else "full"
+        if kind == "minimal" and isinstance(x, np.ndarray) and np.may_share_memory(x3, x):
+            # the fused backward reads x: keep our own, so that a caller who
+            # changes x after the forward does not change the gradient
+            x3 = x3.copy()
+        out, cache = _forward(x3.reshape(shape), gamma, beta, self.eps, self.num_threads, stats,
+                              cache=kind)
         if self.training and self.track_running_stats:
             self._update_running_stats(cache.mu, cache.var, shape[0] * math.prod(shape[2:]))
         self._cache = cache
@@ -174,13 +195,15 @@ class BatchNorm:
     def backward(self, dout):
         """Gradient of the loss with respect to the last forward's input.
 
+        The closed form or the staged walk, as the ``backward`` option says.
         Returns ``dx`` and sets ``dgamma`` and ``dbeta`` (None without
         ``affine``). In eval mode with running statistics the statistics are
         constants, so ``dx = gamma * ivar * dout``.
         """
         if self._cache is None:
             raise RuntimeError("backward: call forward first")
-        dx, dgamma, dbeta = batchnorm_backward(dout, self._cache, num_threads=self.num_threads)
+        walk = batchnorm_backward_fused if self.backward_kind == "fused" else batchnorm_backward
+        dx, dgamma, dbeta = walk(dout, self._cache, num_threads=self.num_threads)
         if self.affine:
             self.dgamma, self.dbeta = dgamma, dbeta
         return dx
@@ -188,4 +211,5 @@ class BatchNorm:
     def __repr__(self):
         return (f"BatchNorm({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
                 f"affine={self.affine}, track_running_stats={self.track_running_stats}, "
-                f"dtype={self.dtype.name})")
+                f"dtype={self.dtype.name}"
+                + (", backward='staged')" if self.backward_kind == "staged" else ")"))
