@@ -320,3 +320,73 @@ def test_outputs_larger_than_the_cache_are_streamed_correctly(rng, shape, dtype)
     assert ref.rel(out, vals["out"]) < TOL[dtype]
     assert ref.dx_error(dx, r["dx"], dout, vals) < TOL[dtype] * 20
     assert ref.rel(dgamma, r["dgamma"]) < TOL[dtype] * 20
+
+
+@pytest.mark.parametrize("shape", [(4, 5, 6, 3), (3, 7, 2), (2, 3, 4, 5, 6)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("kind", ["full", "minimal"])
+def test_channels_last_equals_channels_first(rng, shape, dtype, kind):
+    x = rng.normal(2.0, 3.0, shape).astype(dtype)
+    dout = rng.normal(size=shape).astype(dtype)
+    C = shape[-1]
+    g, b = rng.uniform(0.5, 2.0, C).astype(dtype), rng.normal(size=C).astype(dtype)
+    first = lambda a: np.ascontiguousarray(np.moveaxis(a, -1, 1))  # noqa: E731
+    out, cache = bn.batchnorm_forward(x, g, b, axis=-1, cache=kind)
+    ref, rcache = bn.batchnorm_forward(first(x), g, b, cache=kind)
+    assert out.shape == shape and cache.axis == -1 and cache.x_shape == shape
+    assert cache.shape == (x.size // C, C)
+    if kind == "minimal":
+        assert np.shares_memory(cache.x, x)      # read in place: no transposed copy
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(first(out), ref, **tol)
+    for walk in (bn.batchnorm_backward, bn.batchnorm_backward_fused):
+        dx, dgamma, dbeta = walk(dout, cache)
+        rdx, rdgamma, rdbeta = walk(first(dout), rcache)
+        assert dx.shape == shape
+        np.testing.assert_allclose(first(dx), rdx, **tol)
+        np.testing.assert_allclose(dgamma, rdgamma, **tol)
+        np.testing.assert_allclose(dbeta, rdbeta, **tol)
+
+
+def test_channels_last_buffers_and_errors(rng):
+    x = rng.normal(size=(2, 3, 4, 5))
+    dout = rng.normal(size=x.shape)
+    g, b = np.ones(5), np.zeros(5)
+    out, dx = np.empty_like(x), np.empty_like(x)
+    got, cache = bn.batchnorm_forward(x, g, b, axis=-1, cache="minimal", out=out)
+    assert got is out
+    assert bn.batchnorm_backward_fused(dout, cache, dx=dx)[0] is dx
+    np.testing.assert_allclose(dx, bn.batchnorm_backward(dout, cache)[0], rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="^dout: expected shape"):
+        bn.batchnorm_backward_fused(np.moveaxis(dout, -1, 1), cache)
+    with pytest.raises(ValueError, match="^out: expected"):
+        bn.batchnorm_forward(x, g, b, axis=-1, out=np.empty((2, 5, 3, 4)))
+    with pytest.raises(ValueError, match="^gamma: expected shape"):
+        bn.batchnorm_forward(x, np.ones(3), np.zeros(3), axis=-1)
+    for bad, err in ((2, ValueError), (0, ValueError), (True, TypeError), ("c", TypeError)):
+        with pytest.raises(err, match="^axis: expected"):
+            bn.batchnorm_forward(x, g, b, axis=bad)
+    with pytest.raises(ValueError, match="^x: the batch is empty"):
+        bn.batchnorm_forward(np.ones((2, 0, 3, 5)), g, b, axis=-1)
+
+
+@pytest.mark.parametrize("backward", ["fused", "staged"])
+def test_layer_channels_last(rng, backward):
+    x = rng.normal(1.0, 2.0, (6, 4, 3, 2))
+    dout = rng.normal(size=x.shape)
+    last = bn.BatchNorm(2, axis=-1, backward=backward)
+    first = bn.BatchNorm(2, backward=backward)
+    assert "axis=-1" in repr(last)
+    move = lambda a: np.ascontiguousarray(np.moveaxis(a, -1, 1))  # noqa: E731
+    for training in (True, False):
+        last.train(training)
+        first.train(training)
+        out = last.forward(x)
+        np.testing.assert_allclose(move(out), first.forward(move(x)), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(move(last.backward(dout)), first.backward(move(dout)),
+                                   rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(last.running_var, first.running_var, rtol=1e-13)
+    with pytest.raises(ValueError, match="channels on axis -1"):
+        last.forward(rng.normal(size=(6, 2, 3, 4)))
+    with pytest.raises(ValueError, match="^axis: expected"):
+        bn.BatchNorm(2, axis=2)

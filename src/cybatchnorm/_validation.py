@@ -143,3 +143,21 @@ def check_batch_count(shape):
             f"(N x spatial size = {count} for shape {shape})"
         )
     return count
+
+
+def channel_axis(axis, ndim):
+    """Validate the channel axis of an ``ndim``-D array: 1 (channels first,
+    (N, C, *spatial)) or the last axis (channels last, (N, *spatial, C));
+    return 1 or -1 (-1 only for more than two dimensions, where it differs)."""
+    if isinstance(axis, bool):
+        raise TypeError("axis: expected 1 or -1, got a bool")
+    try:
+        axis = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"axis: expected 1 or -1, got {type(axis).__name__}") from None
+    if ndim >= 2 and axis in (1, 1 - ndim):
+        return 1
+    if ndim >= 2 and axis in (-1, ndim - 1):
+        return -1 if ndim > 2 else 1
+    raise ValueError(f"axis: expected 1 (channels first) or -1 (channels last) for a "
+                     f"{ndim}-D array, got {axis}")

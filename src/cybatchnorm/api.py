@@ -10,7 +10,8 @@ import numpy as np
 from . import graph
 from ._kernels import fused as _fused
 from ._threads import effective_num_threads
-from ._validation import check_batch_count, check_eps, feature, full, view3d
+from ._validation import (as_array, channel_axis, check_batch_count, check_eps,
+                          computation_dtype, feature, full, view3d)
 
 __all__ = ["Cache", "batchnorm_forward", "batchnorm_backward", "batchnorm_backward_fused"]
 
@@ -46,7 +47,10 @@ class Cache:
     ========== =============== ==============================================
 
     plus ``mu64`` and ``ivar64``, float64 copies of ``mu`` and ``ivar`` that
-    the fused kernels use, ``eps`` (float), ``shape`` (x's shape), ``dtype``, ``kind``
+    the fused kernels use, ``eps`` (float), ``shape`` (x's shape; for
+    channels-last input, ``axis=-1``, the shape of the (N*H*W, C) matrix the
+    kernels read, and of ``xmu``, ``xhat`` and ``x``), ``x_shape`` (x's
+    shape), ``axis`` (1 or -1), ``dtype``, ``kind``
     (``"full"`` or ``"minimal"``) and ``mode`` (``"train"``: batch
     statistics, gradients flow through mu and var; ``"eval"``: mu and var
     were the running statistics, constants).
@@ -61,9 +65,10 @@ class Cache:
     A Cache is made by the forward pass and cannot be changed afterwards.
     """
 
-    __slots__ = ("shape", "dtype", "eps", "mode", "kind", "x", "mu64", "ivar64") + _CHANNEL + _FULL
+    __slots__ = ("shape", "x_shape", "axis", "dtype", "eps", "mode", "kind", "x", "mu64",
+                 "ivar64") + _CHANNEL + _FULL
 
-    def __init__(self, *, shape, dtype, eps, mode, kind, **arrays):
+    def __init__(self, *, shape, dtype, eps, mode, kind, axis=1, x_shape=None, **arrays):
         for name in _CHANNEL + _FULL + ("x", "mu64", "ivar64"):
             arr = arrays.get(name)
             if arr is not None:
@@ -71,6 +76,8 @@ class Cache:
                 arr.flags.writeable = False
             object.__setattr__(self, name, arr)
         object.__setattr__(self, "shape", tuple(shape))
+        object.__setattr__(self, "x_shape", tuple(shape if x_shape is None else x_shape))
+        object.__setattr__(self, "axis", axis)
         object.__setattr__(self, "dtype", np.dtype(dtype))
         object.__setattr__(self, "eps", float(eps))
         object.__setattr__(self, "mode", mode)
@@ -80,7 +87,8 @@ class Cache:
         raise AttributeError("Cache is read-only: it holds the values of one forward pass")
 
     def __repr__(self):
-        return (f"Cache(shape={self.shape}, dtype={self.dtype}, kind={self.kind!r}, "
+        last = f", axis=-1, x_shape={self.x_shape}" if self.axis == -1 else ""
+        return (f"Cache(shape={self.shape}{last}, dtype={self.dtype}, kind={self.kind!r}, "
                 f"mode={self.mode!r}, eps={self.eps})")
 
     @property
@@ -132,12 +140,18 @@ def _check_output(name, arr, shape, dtype, inputs):
     return arr.reshape(view3d(shape))
 
 
-def _forward(x, gamma, beta, eps, num_threads, stats=None, cache="full", out=None):
+def _forward(x, gamma, beta, eps, num_threads, stats=None, cache="full", out=None, axis=1):
     """Validate, run the fused forward kernel, wrap the results.
 
     ``stats`` None computes the batch statistics (training); a pair
-    ``(mean, var)`` normalizes with those instead (eval mode).
+    ``(mean, var)`` normalizes with those instead (eval mode). ``axis=-1``:
+    channels-last input, computed as the (N*H*W, C) matrix it already is.
     """
+    if not (type(axis) is int and axis == 1):
+        arr = as_array("x", x)
+        # an array of fewer than 2 dimensions is refused below, by name
+        if channel_axis(axis, max(arr.ndim, 2)) == -1:
+            return _forward_channels_last(arr, gamma, beta, eps, num_threads, stats, cache, out)
     x_in, gamma_in, beta_in = x, gamma, beta
     x3, shape, dt = full("x", x)
     C = shape[1]
@@ -180,7 +194,27 @@ def _forward(x, gamma, beta, eps, num_threads, stats=None, cache="full", out=Non
     return (out if out is not None else out3.reshape(shape)), c
 
 
-def batchnorm_forward(x, gamma, beta, eps=1e-5, *, num_threads=None, cache="full", out=None):
+def _forward_channels_last(arr, gamma, beta, eps, num_threads, stats, cache, out):
+    # (N, *spatial, C) is, in memory, the (N*S, C) matrix of N*S rows: the
+    # kernels reduce it in place (a reshape, no transpose) and the cache
+    # holds that matrix; x_shape and axis tell the backward how dout comes
+    shape = arr.shape
+    if 0 in shape[:-1]:
+        raise ValueError(f"x: the batch is empty (a size 0 in shape {shape} before the "
+                         f"channel axis)")
+    C = shape[-1]
+    out2 = None
+    if out is not None:
+        _check_output("out", out, shape, computation_dtype("x", arr), (arr,))
+        out2 = out.reshape(-1, C)
+    o2, c = _forward(arr.reshape(-1, C), gamma, beta, eps, num_threads, stats, cache, out2)
+    object.__setattr__(c, "axis", -1)
+    object.__setattr__(c, "x_shape", tuple(shape))
+    return (out if out is not None else o2.reshape(shape)), c
+
+
+def batchnorm_forward(x, gamma, beta, eps=1e-5, *, axis=1, num_threads=None, cache="full",
+                      out=None):
     """Batch normalization, training mode: normalize each channel over the batch.
 
     Parameters
@@ -194,6 +228,11 @@ def batchnorm_forward(x, gamma, beta, eps=1e-5, *, num_threads=None, cache="full
         Scale and shift, cast to the computation dtype.
     eps : float, default 1e-5
         Added to the variance; finite and > 0.
+    axis : int, keyword-only, default 1
+        The channel axis: 1 for ``(N, C, *spatial)``, -1 (the last) for
+        channels-last ``(N, *spatial, C)`` data, which is reduced in place as
+        an ``(N*H*W, C)`` matrix, never transposed; gamma and beta have shape
+        ``(C,) = (x.shape[axis],)``.
     num_threads : int or None, keyword-only
         OpenMP threads; None uses all cores (honouring ``OMP_NUM_THREADS`` and
         threadpoolctl). Results are bitwise identical for any value.
@@ -232,11 +271,20 @@ def batchnorm_forward(x, gamma, beta, eps=1e-5, *, num_threads=None, cache="full
     array([[-1., -1.],
            [ 1.,  1.]])
     """
-    return _forward(x, gamma, beta, eps, num_threads, cache=cache, out=out)
+    return _forward(x, gamma, beta, eps, num_threads, cache=cache, out=out, axis=axis)
 
 
 def _prepare_backward(dout, cache, num_threads, dx):
     _check_cache(cache)
+    if cache.axis == -1:
+        # channels last: dout (and dx) of x's shape, read as the cache's matrix
+        arr = as_array("dout", dout)
+        if arr.shape != cache.x_shape:
+            raise ValueError(f"dout: expected shape {cache.x_shape}, got {arr.shape}")
+        dout = arr.reshape(cache.shape)
+        if dx is not None:
+            _check_output("dx", dx, cache.x_shape, cache.dtype, [arr])
+            dx = dx.reshape(cache.shape)
     g3 = full("dout", dout, cache.dtype, cache.shape)[0]
     nt = effective_num_threads(num_threads, g3.size)
     if dx is not None:
@@ -304,7 +352,8 @@ def batchnorm_backward(dout, cache, *, num_threads=None, dx=None):
     grads = graph.backward(g3.reshape(cache.shape), saved, num_threads=nt,
                            constants=constants,
                            dx=None if dx3 is None else dx3.reshape(cache.shape))
-    return (dx if dx is not None else grads["dx"]), grads["dgamma"], grads["dbeta"]
+    return (dx if dx is not None else grads["dx"].reshape(cache.x_shape)), grads["dgamma"], \
+        grads["dbeta"]
 
 
 def batchnorm_backward_fused(dout, cache, *, num_threads=None, dx=None):
@@ -370,4 +419,4 @@ def batchnorm_backward_fused(dout, cache, *, num_threads=None, dx=None):
     _fused.backward(g3, src, from_x, cache.mu64, cache.ivar64, cache.gamma, dx3, dgamma,
                     dbeta, cache.mode == "train", np.empty((K, C)), np.empty((K, C)),
                     np.empty((3, C)), nt)
-    return (dx if dx is not None else dx3.reshape(shape)), dgamma, dbeta
+    return (dx if dx is not None else dx3.reshape(cache.x_shape)), dgamma, dbeta

@@ -1,5 +1,4 @@
 """BatchNorm: a layer with parameters, running statistics and train/eval modes."""
-import math
 import numbers
 import operator
 
@@ -7,7 +6,7 @@ import numpy as np
 
 from .api import _forward, batchnorm_backward, batchnorm_backward_fused
 from ._threads import effective_num_threads
-from ._validation import check_eps, full
+from ._validation import channel_axis, check_eps, full
 
 __all__ = ["BatchNorm"]
 
@@ -40,7 +39,11 @@ class BatchNorm:
         dtype of the parameters and running statistics.
     num_threads : int or None, keyword-only
         OpenMP threads of the kernels; None uses all cores.
-    backward : {"fused", "staged"}, keyword-only, default "fused"
+    axis : int, keyword-only, default 1
+        The channel axis of the input: 1 for ``(N, C, *spatial)``, -1 for
+        channels-last ``(N, *spatial, C)``, reduced in place as an
+        ``(N*H*W, C)`` matrix.
+    backward : str, keyword-only, default "fused"
         ``"fused"``: the closed-form backward, and the forward keeps only what
         it needs (the statistics and x itself, copied when it is the caller's
         array, so changing x after the forward cannot change the gradient);
@@ -79,7 +82,7 @@ class BatchNorm:
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, dtype=np.float64, *, num_threads=None,
-                 backward="fused"):
+                 axis=1, backward="fused"):
         if isinstance(num_features, bool):
             raise TypeError("num_features: expected a positive int, got a bool")
         try:
@@ -105,6 +108,8 @@ class BatchNorm:
         if dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
         effective_num_threads(num_threads)    # validated now, not at the first forward
+        if channel_axis(axis, 3) and axis not in (1, -1):     # an int, then 1 or -1 itself
+            raise ValueError(f"axis: expected 1 (channels first) or -1 (channels last), got {axis}")
         if backward not in _BACKWARDS:
             raise ValueError(f"backward: expected 'fused' or 'staged', got {backward!r}")
         self.num_features = num_features
@@ -115,6 +120,7 @@ class BatchNorm:
         self.dtype = dtype
         self.num_threads = num_threads
         self.backward_kind = backward
+        self.axis = axis
         self.training = True
         self.gamma = self.beta = self.dgamma = self.dbeta = None
         self.running_mean = self.running_var = None
@@ -158,9 +164,10 @@ class BatchNorm:
         ``track_running_stats``).
         """
         x3, shape, dt = full("x", x)
-        if shape[1] != self.num_features:
+        axis = channel_axis(self.axis, len(shape))
+        if shape[axis] != self.num_features:
             raise ValueError(
-                f"x: expected {self.num_features} channels on axis 1, got shape {shape}"
+                f"x: expected {self.num_features} channels on axis {self.axis}, got shape {shape}"
             )
         gamma, beta = self._params(dt)
         use_running = not self.training and self.track_running_stats
@@ -171,9 +178,9 @@ class BatchNorm:
             # changes x after the forward does not change the gradient
             x3 = x3.copy()
         out, cache = _forward(x3.reshape(shape), gamma, beta, self.eps, self.num_threads, stats,
-                              cache=kind)
+                              cache=kind, axis=axis)
         if self.training and self.track_running_stats:
-            self._update_running_stats(cache.mu, cache.var, shape[0] * math.prod(shape[2:]))
+            self._update_running_stats(cache.mu, cache.var, x3.size // self.num_features)
         self._cache = cache
         return out
 
@@ -212,4 +219,5 @@ class BatchNorm:
         return (f"BatchNorm({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
                 f"affine={self.affine}, track_running_stats={self.track_running_stats}, "
                 f"dtype={self.dtype.name}"
+                + (f", axis={self.axis}" if self.axis != 1 else "")
                 + (", backward='staged')" if self.backward_kind == "staged" else ")"))
