@@ -215,3 +215,11 @@ def test_simd_builds_and_baseline_agree_bitwise(monkeypatch, rng, shape, dtype, 
         runs.append([a.tobytes() for a in res])
     assert runs[0] == runs[1]
     assert _split.SIMD == "baseline" and fast.SIMD == level
+
+
+def test_inverse_std_is_the_kernels_rule(rng):
+    # merged statistics normalize with the bits of a single process
+    from cybatchnorm.split import inverse_std
+    x = rng.normal(3.0, 2.0, (37, 6, 5))
+    _, cache = bn.batchnorm_forward(x, np.ones(6), np.zeros(6), eps=1e-3)
+    np.testing.assert_array_equal(inverse_std(cache.var, 1e-3), cache.ivar64)

@@ -15,7 +15,7 @@ from . import graph
 from .api import batchnorm_backward, batchnorm_backward_fused, batchnorm_forward
 from .gradcheck import check_gradients
 from ._threads import effective_num_threads
-from ._validation import full
+from ._validation import DEFAULT_EPS, full
 from .bench import CASES, run as run_bench
 
 # staged and fused agree to rounding; these are the promised tolerances
@@ -135,7 +135,7 @@ def demo(args, out=None):
     out = out or sys.stdout
     x, gamma, beta, dout, source = _load_batch(args)
     nt = effective_num_threads(args.threads)
-    eps = 1e-5
+    eps = DEFAULT_EPS
     w = lambda *s: print(*s, file=out)
 
     # the textbook walk: one compiled kernel per node, forward then reverse

@@ -15,6 +15,9 @@ import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
+#: The one default of ``eps`` (added to the variance), everywhere in the package.
+DEFAULT_EPS = 1e-5
+
 
 def as_array(name, value):
     """``np.asarray(value)``, with a clear error naming ``name`` on failure."""

@@ -10,7 +10,7 @@ import numpy as np
 from . import graph
 from ._kernels import fused as _fused
 from ._threads import effective_num_threads
-from ._validation import (as_array, channel_axis, check_batch_count, check_eps,
+from ._validation import (DEFAULT_EPS, as_array, channel_axis, check_batch_count, check_eps,
                           computation_dtype, feature, full, view3d)
 
 __all__ = ["Cache", "batchnorm_forward", "batchnorm_backward", "batchnorm_backward_fused"]
@@ -213,7 +213,7 @@ def _forward_channels_last(arr, gamma, beta, eps, num_threads, stats, cache, out
     return (out if out is not None else o2.reshape(shape)), c
 
 
-def batchnorm_forward(x, gamma, beta, eps=1e-5, *, axis=1, num_threads=None, cache="full",
+def batchnorm_forward(x, gamma, beta, eps=DEFAULT_EPS, *, axis=1, num_threads=None, cache="full",
                       out=None):
     """Batch normalization, training mode: normalize each channel over the batch.
 

@@ -28,11 +28,12 @@ import numpy as np
 
 from ._kernels import fused as _fused
 from ._threads import effective_num_threads
+from ._validation import DEFAULT_EPS
 from .api import batchnorm_backward, batchnorm_backward_fused, batchnorm_forward
 from ._version import __version__
 
 CASES = ["256x1024", "4096x1024", "65536x256", "512x16384", "32x64x56x56"]
-EPS = 1e-5
+EPS = DEFAULT_EPS
 
 
 def parse_case(text):

@@ -19,9 +19,10 @@ made without ``comm`` or runs its backward, never by ``import cybatchnorm``.
 """
 import numpy as np
 
-from ._validation import full
+from ._validation import DEFAULT_EPS, full
 from .layer import BatchNorm
-from .split import backward_elementwise, backward_reduce, batch_stats, merge_stats, normalize
+from .split import (backward_elementwise, backward_reduce, batch_stats, inverse_std, merge_stats,
+                    normalize)
 
 __all__ = ["SyncBatchNorm"]
 
@@ -92,7 +93,7 @@ class SyncBatchNorm(BatchNorm):
         dx = layer.backward(np.ones_like(out))  # and layer.dgamma, layer.dbeta
     """
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+    def __init__(self, num_features, eps=DEFAULT_EPS, momentum=0.1, affine=True,
                  track_running_stats=True, dtype=np.float64, *, comm=None, num_threads=None):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype,
                          num_threads=num_threads)
@@ -137,7 +138,7 @@ class SyncBatchNorm(BatchNorm):
                 raise ValueError(
                     f"x: expected more than 1 value per channel over all processes, got {total}"
                 )
-        ivar = 1.0 / np.sqrt(gvar + self.eps)
+        ivar = inverse_std(gvar, self.eps)
         gamma, beta = self._params(dt)
         out = normalize(xs, gmean, ivar, gamma, beta, num_threads=self.num_threads)
         if self.training and self.track_running_stats:

@@ -4,7 +4,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .api import batchnorm_backward, batchnorm_forward
-from ._validation import check_eps, feature, full
+from ._validation import DEFAULT_EPS, check_eps, feature, full
 
 __all__ = ["GradientCheck", "check_gradients", "relative_error"]
 
@@ -44,7 +44,7 @@ def _numeric(f, p, h):
     return grad
 
 
-def check_gradients(x, gamma, beta, dout=None, h=1e-5, *, eps=1e-5, num_threads=None):
+def check_gradients(x, gamma, beta, dout=None, h=1e-5, *, eps=DEFAULT_EPS, num_threads=None):
     """Compare the staged backward's dx, dgamma, dbeta with centred differences.
 
     The loss is ``sum(out * dout)``, whose gradient with respect to ``out`` is

@@ -30,7 +30,7 @@ import numpy as np
 
 from ._kernels import nodes as _nodes
 from ._threads import effective_num_threads
-from ._validation import (as_array, check_batch_count, check_eps, check_out,
+from ._validation import (DEFAULT_EPS, as_array, check_batch_count, check_eps, check_out,
                           computation_dtype, feature, full, shape_arg, view3d)
 
 __all__ = [
@@ -425,7 +425,7 @@ def node(name):
     raise KeyError(f"name: no node {name!r}; the nodes are {[n.name for n in NODES]}")
 
 
-def forward(x, gamma, beta, eps=1e-5, *, num_threads=None):
+def forward(x, gamma, beta, eps=DEFAULT_EPS, *, num_threads=None):
     """Walk :data:`NODES` in order; return every value by name.
 
     The result maps ``x``, ``gamma``, ``beta``, ``eps`` and each node name to

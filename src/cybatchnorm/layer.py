@@ -6,7 +6,7 @@ import numpy as np
 
 from .api import _forward, batchnorm_backward, batchnorm_backward_fused
 from ._threads import effective_num_threads
-from ._validation import channel_axis, check_eps, full
+from ._validation import DEFAULT_EPS, channel_axis, check_eps, full
 
 __all__ = ["BatchNorm"]
 
@@ -80,7 +80,7 @@ class BatchNorm:
     >>> out_eval = layer.eval().forward(x)
     """
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+    def __init__(self, num_features, eps=DEFAULT_EPS, momentum=0.1, affine=True,
                  track_running_stats=True, dtype=np.float64, *, num_threads=None,
                  axis=1, backward="fused"):
         if isinstance(num_features, bool):

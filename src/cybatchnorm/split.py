@@ -31,6 +31,13 @@ from ._validation import as_array, check_dtype, feature, full
 __all__ = ["batch_stats", "merge_stats", "normalize", "backward_reduce", "backward_elementwise"]
 
 
+
+def inverse_std(var, eps):
+    """``1 / sqrt(var + eps)`` in float64, the operations of the compiled
+    forward's own rule (``_fused.pyx``), so merged statistics normalize with
+    the same bits a single process would."""
+    return 1.0 / np.sqrt(np.asarray(var, dtype=np.float64) + eps)
+
 def _f64(name, value, C):
     return feature(name, value, C, np.float64)
 

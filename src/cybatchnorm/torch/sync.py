@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from .._kernels import split as _split
+from ..split import inverse_std
 from ._checks import check_batch_norm, check_transforms
 from ._ops import _F64, _out_like, _prepare, _threads, _view3, _channel, _in_layout
 from ._ops import update_running_stats
@@ -72,7 +73,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         # every shard empty: an empty output and statistics untouched, as
         # torch's batch norm does for an empty batch
         var = m2 / count if count else np.zeros(C)
-        invstd = 1.0 / np.sqrt(var + eps)
+        invstd = inverse_std(var, eps)
         out = _out_like(xc)
         if x.numel():
             x3, o3 = _view3(xc, layout), _view3(out, layout)
