@@ -261,7 +261,27 @@ def test_fused_path_allocates_nothing_the_size_of_x(rng, shape):
         tracemalloc.stop()
     assert o is out and d is dx
     assert peak < 0.1 * x.nbytes + 64 * 1024, peak
-    assert cache.xmu is None and cache.xhat is None and cache.x.base is not None
+    assert cache._xmu is None and cache._xhat is None and cache.x.base is not None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("training", [True, False])
+def test_minimal_cache_computes_its_nodes_on_first_access(rng, dtype, training):
+    x, g, b, dout = make(rng, (40, 3, 5), dtype)
+    stats = (np.array([0.5, -1.0, 2.0], dtype), np.array([1.5, 0.5, 4.0], dtype))
+    extra = {} if training else {"stats": stats}
+    _, full = bn.api._forward(x, g, b, 1e-5, None, cache="full", **extra)
+    _, minimal = bn.api._forward(x, g, b, 1e-5, None, cache="minimal", **extra)
+    before = minimal.nbytes
+    assert minimal._xmu is None
+    np.testing.assert_array_equal(minimal.xhat, full.xhat)     # bitwise a full cache's
+    np.testing.assert_array_equal(minimal.xmu, full.xmu)
+    assert minimal.kind == "minimal" and minimal.nbytes == before + 2 * x.nbytes
+    assert not minimal.xmu.flags.writeable
+    for walk in (bn.batchnorm_backward, bn.batchnorm_backward_fused):
+        for a, c in zip(walk(dout, minimal), walk(dout, full)):
+            np.testing.assert_allclose(a, c, rtol=1e-5 if dtype == np.float32 else 1e-12,
+                                       atol=1e-6 if dtype == np.float32 else 1e-13)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -36,11 +36,11 @@ class Cache:
     attribute  shape           value
     ========== =============== ==============================================
     mu         (C,)            batch mean per channel
-    xmu        x.shape         ``x - mu`` (None in a minimal cache)
+    xmu        x.shape         ``x - mu`` (a minimal cache: computed on first access)
     var        (C,)            biased batch variance
     sqrtvar    (C,)            ``sqrt(var + eps)``
     ivar       (C,)            ``1 / sqrtvar``
-    xhat       x.shape         ``xmu * ivar`` (None in a minimal cache)
+    xhat       x.shape         ``xmu * ivar`` (a minimal cache: computed on first access)
     x          x.shape         the input, minimal cache only (None otherwise)
     gamma      (C,)            a copy of the scale used by the forward
     beta       (C,)            a copy of the shift used by the forward
@@ -59,14 +59,16 @@ class Cache:
     ``xhat``) plus (C,) vectors, about ``2 * x.nbytes``. A minimal cache holds
     no new array the size of x: it keeps a *reference* to the (contiguous,
     typed) input instead, like PyTorch does, so x must not be changed in
-    place between the forward and the backward. ``sq`` is never kept: its
+    place between the forward and the backward (or a first read of ``xmu``
+    or ``xhat``, which a minimal cache then computes from x, bitwise as a
+    full cache holds them, and keeps). ``sq`` is never kept: its
     backward needs only ``xmu``.
 
     A Cache is made by the forward pass and cannot be changed afterwards.
     """
 
     __slots__ = ("shape", "x_shape", "axis", "dtype", "eps", "mode", "kind", "x", "mu64",
-                 "ivar64") + _CHANNEL + _FULL
+                 "ivar64", "_xmu", "_xhat") + _CHANNEL
 
     def __init__(self, *, shape, dtype, eps, mode, kind, axis=1, x_shape=None, **arrays):
         for name in _CHANNEL + _FULL + ("x", "mu64", "ivar64"):
@@ -74,7 +76,7 @@ class Cache:
             if arr is not None:
                 arr = arr.view()
                 arr.flags.writeable = False
-            object.__setattr__(self, name, arr)
+            object.__setattr__(self, "_" + name if name in _FULL else name, arr)
         object.__setattr__(self, "shape", tuple(shape))
         object.__setattr__(self, "x_shape", tuple(shape if x_shape is None else x_shape))
         object.__setattr__(self, "axis", axis)
@@ -86,6 +88,32 @@ class Cache:
     def __setattr__(self, name, value):
         raise AttributeError("Cache is read-only: it holds the values of one forward pass")
 
+    @property
+    def xmu(self):
+        """``x - mu``, of the cache's shape: kept by a full cache; a minimal
+        cache computes it (with ``xhat``) on first access, see :meth:`_nodes`."""
+        if self._xmu is None:
+            self._nodes()
+        return self._xmu
+
+    @property
+    def xhat(self):
+        """``xmu * ivar``, of the cache's shape: kept by a full cache; a
+        minimal cache computes it (with ``xmu``) on first access."""
+        if self._xhat is None:
+            self._nodes()
+        return self._xhat
+
+    def _nodes(self):
+        # a minimal cache's xmu and xhat, computed from its x by the fused
+        # forward kernel as a full-cache forward would (same x, shape and
+        # dtype: bitwise the same values) and kept from then on. x must not
+        # have changed since the forward
+        kept = _forward(self.x, self.gamma, self.beta, self.eps, None,
+                        stats=(self.mu, self.var) if self.mode == "eval" else None)[1]
+        object.__setattr__(self, "_xmu", kept._xmu)
+        object.__setattr__(self, "_xhat", kept._xhat)
+
     def __repr__(self):
         last = f", axis=-1, x_shape={self.x_shape}" if self.axis == -1 else ""
         return (f"Cache(shape={self.shape}{last}, dtype={self.dtype}, kind={self.kind!r}, "
@@ -93,10 +121,12 @@ class Cache:
 
     @property
     def nbytes(self):
-        """Bytes of the arrays this cache holds that the forward allocated
-        (the referenced input of a minimal cache is not counted)."""
-        names = _CHANNEL + ("mu64", "ivar64") + (_FULL if self.kind == "full" else ())
-        return sum(getattr(self, n).nbytes for n in names)
+        """Bytes of the arrays this cache holds that the forward allocated, and
+        of the ``xmu``/``xhat`` a minimal cache computed since (the referenced
+        input of a minimal cache is not counted)."""
+        arrays = [getattr(self, n) for n in _CHANNEL + ("mu64", "ivar64")]
+        arrays += [a for a in (self._xmu, self._xhat) if a is not None]
+        return sum(a.nbytes for a in arrays)
 
 
 def _check_cache(cache):
@@ -288,7 +318,7 @@ def _prepare_backward(dout, cache, num_threads, dx):
     g3 = full("dout", dout, cache.dtype, cache.shape)[0]
     nt = effective_num_threads(num_threads, g3.size)
     if dx is not None:
-        held = [getattr(cache, n) for n in _CHANNEL + _FULL + ("x",)]
+        held = [getattr(cache, n) for n in _CHANNEL + ("x",)] + [cache._xmu, cache._xhat]
         dx = _check_output("dx", dx, cache.shape, cache.dtype, [dout, g3] + held)
     return g3, nt, dx
 
