@@ -72,4 +72,7 @@ def test_gil_is_released_during_kernels():
     finally:
         stop.set()
         t.join()
-    assert during > 0.4 * alone, (during, alone)
+    # held, the GIL would leave the counter only the moments between calls
+    # (well under 5% of its pace); a shared, loaded 2-core machine can slow
+    # it to a third: 10% tells the two apart without timing the machine
+    assert during > 0.1 * alone, (during, alone)

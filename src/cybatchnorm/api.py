@@ -91,7 +91,7 @@ class Cache:
     @property
     def xmu(self):
         """``x - mu``, of the cache's shape: kept by a full cache; a minimal
-        cache computes it (with ``xhat``) on first access, see :meth:`_nodes`."""
+        cache computes it (with ``xhat``) on first access, from its x."""
         if self._xmu is None:
             self._nodes()
         return self._xmu
