@@ -30,6 +30,7 @@ from ._kernels import fused as _fused
 from ._threads import effective_num_threads
 from ._validation import DEFAULT_EPS
 from .api import batchnorm_backward, batchnorm_backward_fused, batchnorm_forward
+from .layer import BatchNorm
 from ._version import __version__
 
 CASES = ["256x1024", "4096x1024", "65536x256", "512x16384", "32x64x56x56"]
@@ -289,6 +290,11 @@ def bench_case(shape, dtype, threads, repeats, torch):
     _, mini = batchnorm_forward(x, gamma, beta, EPS, num_threads=nt, cache="minimal")
     _, npc = numpy_forward(x, gamma, beta)
     out, dx = np.empty_like(x), np.empty_like(x)
+    layer = BatchNorm(C, dtype=dtype, num_threads=nt)
+
+    def layer_step():
+        layer.forward(x)
+        layer.backward(dout)
     calls = {
         "copy": lambda: _fused.copy(x.reshape(-1), buf.reshape(-1), nt),
         "alloc_fwd": lambda: batchnorm_forward(x, gamma, beta, EPS, num_threads=nt,
@@ -301,7 +307,18 @@ def bench_case(shape, dtype, threads, repeats, torch):
         "numpy_fwd": lambda: numpy_forward(x, gamma, beta),
         "numpy_staged_bwd": lambda: numpy_staged_backward(dout, npc),
         "numpy_fused_bwd": lambda: numpy_fused_backward(dout, npc),
+        "layer": layer_step,
     }
+    if len(shape) > 2:
+        # the same data channels last, (N, *spatial, C), through axis=-1
+        x_cl = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+        dout_cl = np.ascontiguousarray(np.moveaxis(dout, 1, -1))
+
+        def channels_last():
+            _, c = batchnorm_forward(x_cl, gamma, beta, EPS, axis=-1, num_threads=nt,
+                                     cache="minimal")
+            batchnorm_backward_fused(dout_cl, c, num_threads=nt)
+        calls["channels_last"] = channels_last
     if torch is not None:
         calls.update(torch_calls(torch, x, gamma, beta, dout, nt))
     r.update(round_robin(calls, repeats))
@@ -347,6 +364,39 @@ def format_table(results, have_torch):
     return "\n".join(lines)
 
 
+TARGETS = (("layer f+b / torch f+b", 0.7), ("allocating / passed-in", 1.2),
+           ("staged bwd / fused bwd", 2.0), ("channels-last / (N, C) layout", 1.1),
+           ("passed-in f+b / 8S bound (>= 16 MiB)", 0.9))
+
+
+def format_targets(results, have_torch):
+    """One line per target of the benchmark: the worst case's ratio, and
+    whether every case meets it."""
+    rows = {name: [] for name, _ in TARGETS}
+    for r in results:
+        case = f"{'x'.join(map(str, r['shape']))} {r['dtype']} {r['threads']} thr"
+        if have_torch:
+            rows["layer f+b / torch f+b"].append((r["layer"] / r["torch_alloc_total"], case))
+        rows["allocating / passed-in"].append((r["alloc_total"] / r["passed_total"], case))
+        rows["staged bwd / fused bwd"].append((r["staged_bwd"] / r["alloc_bwd"], case))
+        if "channels_last" in r:
+            rows["channels-last / (N, C) layout"].append((r["channels_last"] / r["alloc_total"],
+                                                         case))
+        if r["mib"] >= 16:
+            rows["passed-in f+b / 8S bound (>= 16 MiB)"].append(
+                (r["passed_total"] / r["bound"], case))
+    lines = ["targets (worst case of the run; every case must meet the target):"]
+    for name, target in TARGETS:
+        if not rows[name]:
+            lines.append(f"  {name:38s} <= {target:.2f}x: no case measured")
+            continue
+        worst, case = max(rows[name])
+        ok = sum(v <= target for v, _ in rows[name])
+        lines.append(f"  {name:38s} <= {target:.2f}x: worst {worst:5.2f}x ({case}); "
+                     f"{ok} of {len(rows[name])} cases meet it")
+    return "\n".join(lines)
+
+
 def run(cases=None, dtypes=("float32", "float64"), threads=None, repeats=7, json_path=None,
         file=None):
     """Run the benchmark; print a line per case, then the table. Returns the results."""
@@ -380,6 +430,8 @@ def run(cases=None, dtypes=("float32", "float64"), threads=None, repeats=7, json
       " bound: 8 x bytes of x at the copy bandwidth measured with the same threads;"
       " np-f+b: numpy forward + closed-form backward; np-stg: numpy staged backward;"
       " np-stg/stg: how much faster the compiled staged backward is; stg/fus: staged over fused backward")
+    w("")
+    w(format_targets(results, torch is not None))
     dropin = None
     if torch is not None and cases is None:
         w("")
