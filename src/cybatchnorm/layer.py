@@ -108,7 +108,8 @@ class BatchNorm:
         if dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
         effective_num_threads(num_threads)    # validated now, not at the first forward
-        if channel_axis(axis, 3) and axis not in (1, -1):     # an int, then 1 or -1 itself
+        channel_axis(axis, 3)               # an int (TypeError otherwise) ...
+        if axis not in (1, -1):             # ... that is 1 or -1 itself, for any rank
             raise ValueError(f"axis: expected 1 (channels first) or -1 (channels last), got {axis}")
         if backward not in _BACKWARDS:
             raise ValueError(f"backward: expected 'fused' or 'staged', got {backward!r}")

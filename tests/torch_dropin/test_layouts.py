@@ -8,6 +8,7 @@ torch = pytest.importorskip(
 
 import cybatchnorm.torch as cbt  # noqa: E402
 from cybatchnorm.torch import _ops  # noqa: E402
+from raised import raised  # noqa: E402
 
 F64 = torch.float64
 CL = {4: torch.channels_last, 5: torch.channels_last_3d}
@@ -93,14 +94,6 @@ def test_autocast_cpu():
     torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2)
     out.float().sum().backward()
     assert ours[1].weight.grad.dtype == torch.float32
-
-
-def raised(fn):
-    try:
-        fn()
-    except Exception as exc:       # noqa: BLE001 (comparing what each raises)
-        return type(exc), str(exc)
-    return None
 
 
 def both(make, call):

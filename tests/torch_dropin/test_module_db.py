@@ -22,6 +22,7 @@ pytest.importorskip("expecttest", reason="torch's test utilities need expecttest
 from torch.testing._internal import common_modules  # noqa: E402
 
 import cybatchnorm.torch as cbt  # noqa: E402
+from raised import raised  # noqa: E402
 
 INFOS = [m for m in common_modules.module_db
          if m.module_cls in (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)]
@@ -165,14 +166,6 @@ def test_error_inputs_raise_as_torch(info, training):
             assert raised(lambda: ours(x)) == raised(lambda: theirs(x))
         for k, v in ours.state_dict().items():
             assert torch.equal(v, before[k]), k
-
-
-def raised(fn):
-    try:
-        fn()
-    except Exception as exc:       # noqa: BLE001 (comparing what each raises)
-        return type(exc), str(exc)
-    return None
 
 
 @pytest.mark.parametrize("info", INFOS, ids=lambda m: m.module_cls.__name__)

@@ -117,10 +117,6 @@ def _channel(t, C, dtype, fill):
     return (t if t.dim() == 1 else t.view(C)).numpy()
 
 
-def _np(dtype):
-    return _NUMPY[dtype]
-
-
 # ------------------------------------------------------------------ forward
 
 def _forward_impl(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
@@ -200,23 +196,33 @@ def _forward_fake(x, weight, bias, running_mean, running_var, training, eps, num
     return (out,) + tuple(x.new_empty((C,), dtype=_F64) for _ in range(3))
 
 
-def _forward_setup(ctx, inputs, output):
-    x, weight, bias, _, _, training, _, num_threads = inputs
-    _, mean, invstd, var = output
+def _save(ctx, x, weight, bias, mean, invstd, training, num_threads):
+    # what the gradient of a forward needs, for the operator and _Eager alike
     ctx.save_for_backward(x, weight, mean, invstd)
     ctx.training, ctx.num_threads = training, num_threads
     ctx.bias_dtype = None if bias is None else bias.dtype
+
+
+def _input_grads(ctx, dout, backward):
+    # (dx, dweight, dbias) by ``backward`` (the operator or its
+    # implementation), each None where not needed, in the parameters' dtypes
+    x, weight, mean, invstd = ctx.saved_tensors
+    dx, dweight, dbias = backward(dout, x, weight, mean, invstd, ctx.training, ctx.num_threads)
+    need = ctx.needs_input_grad
+    dweight = dweight.to(weight.dtype) if weight is not None and need[1] else None
+    dbias = dbias.to(ctx.bias_dtype) if ctx.bias_dtype is not None and need[2] else None
+    return dx if need[0] else None, dweight, dbias
+
+
+def _forward_setup(ctx, inputs, output):
+    x, weight, bias, _, _, training, _, num_threads = inputs
+    _, mean, invstd, var = output
+    _save(ctx, x, weight, bias, mean, invstd, training, num_threads)
     ctx.mark_non_differentiable(mean, invstd, var)
 
 
 def _forward_grad(ctx, dout, _dmean, _dinvstd, _dvar):
-    x, weight, mean, invstd = ctx.saved_tensors
-    dx, dweight, dbias = batch_norm_backward(dout, x, weight, mean, invstd, ctx.training,
-                                             ctx.num_threads)
-    need = ctx.needs_input_grad
-    dweight = dweight.to(weight.dtype) if weight is not None and need[1] else None
-    dbias = dbias.to(ctx.bias_dtype) if ctx.bias_dtype is not None and need[2] else None
-    return dx if need[0] else None, dweight, dbias, None, None, None, None, None
+    return _input_grads(ctx, dout, batch_norm_backward) + (None,) * 5
 
 
 # ----------------------------------------------------------------- backward
@@ -234,7 +240,7 @@ def _backward_impl(dout: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tens
     C = x.shape[1]
     xc, layout = _prepare(x, cdt)
     dx = torch.empty_like(xc)           # xc is dense in ``layout``: dx is too
-    npdt = _np(cdt)
+    npdt = _NUMPY[cdt]
     dgamma, dbeta = np.zeros(C, npdt), np.zeros(C, npdt)
     if dx.numel():
         g = dout.detach()
@@ -350,22 +356,15 @@ class _Eager(torch.autograd.Function):
         if training:
             update_running_stats(running_mean, running_var, mean, var,
                                  x.shape[0] * _spatial(x), momentum)
-        ctx.save_for_backward(x, weight, mean, invstd)
-        ctx.training, ctx.num_threads = training, num_threads
-        ctx.bias_dtype = None if bias is None else bias.dtype
+        _save(ctx, x, weight, bias, mean, invstd, training, num_threads)
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        if torch.is_grad_enabled():
-            return _forward_grad(ctx, dout, None, None, None) + (None,)
-        x, weight, mean, invstd = ctx.saved_tensors
-        dx, dweight, dbias = _backward_impl(dout, x, weight, mean, invstd, ctx.training,
-                                            ctx.num_threads)
-        need = ctx.needs_input_grad
-        dweight = dweight.to(weight.dtype) if weight is not None and need[1] else None
-        dbias = dbias.to(ctx.bias_dtype) if ctx.bias_dtype is not None and need[2] else None
-        return dx if need[0] else None, dweight, dbias, None, None, None, None, None, None
+        # building a graph of the backward (create_graph=True): the
+        # differentiable operator; otherwise its implementation directly
+        backward = batch_norm_backward if torch.is_grad_enabled() else _backward_impl
+        return _input_grads(ctx, dout, backward) + (None,) * 6
 
 
 def forward(x, weight, bias, running_mean, running_var, training, momentum, eps, num_threads):

@@ -23,22 +23,28 @@ class _CyBatchNorm(_BatchNorm):
                          device, dtype, bias=bias)
         self.num_threads = num_threads
 
-    def forward(self, input):
-        self._check_input_dim(input)
-        check_transforms(input)
+    def _momentum(self):
+        """(whether this training forward counts a batch, the running
+        statistics' update factor), as torch's ``_BatchNorm.forward`` has them."""
         track = self.training and self.track_running_stats \
             and self.num_batches_tracked is not None
         factor = 0.0 if self.momentum is None else self.momentum
         if track and self.momentum is None:
             # the cumulative average over the batches seen, this one included
             factor = 1.0 / float(self.num_batches_tracked + 1)
+        return track, float(factor)
+
+    def forward(self, input):
+        self._check_input_dim(input)
+        check_transforms(input)
+        track, factor = self._momentum()
         bn_training = self.training or (self.running_mean is None and self.running_var is None)
         # the buffers are passed only when they are to be updated (training
         # and tracked) or to normalize with (eval mode), as torch does
         use = not self.training or self.track_running_stats
         out = _batch_norm(
             input, self.weight, self.bias, self.running_mean if use else None,
-            self.running_var if use else None, bn_training, float(factor), float(self.eps),
+            self.running_var if use else None, bn_training, factor, float(self.eps),
             threads_arg(self.num_threads))
         if track:
             # counted once the batch was accepted: a refused input changes nothing

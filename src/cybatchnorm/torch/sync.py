@@ -27,7 +27,7 @@ import torch.distributed as dist
 from .._kernels import split as _split
 from ..split import inverse_std
 from ._checks import check_batch_norm, check_transforms
-from ._ops import _F64, _out_like, _prepare, _threads, _view3, _channel, _in_layout
+from ._ops import _F64, _channel, _compute_dtype, _in_layout, _out_like, _prepare, _threads, _view3
 from ._ops import update_running_stats
 from .functional import threads_arg
 from .modules import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, _CyBatchNorm
@@ -93,7 +93,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
     def backward(ctx, dout):
         x, weight = ctx.saved_tensors
         mean, invstd, count = ctx.stats
-        cdt = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        cdt = _compute_dtype(x)
         C = x.shape[1]
         xc, layout = _prepare(x, cdt)
         sums = torch.zeros(2, C, dtype=_F64)
@@ -178,13 +178,10 @@ class SyncBatchNorm(_CyBatchNorm):
         if group is None:
             return super().forward(input)
         check_transforms(input)
-        track = self.track_running_stats and self.num_batches_tracked is not None
-        factor = 0.0 if self.momentum is None else self.momentum
-        if track and self.momentum is None:
-            factor = 1.0 / float(self.num_batches_tracked + 1)
+        track, factor = self._momentum()      # training: _group() is None otherwise
         out = _SyncBatchNormFunction.apply(
             input, self.weight, self.bias, self.running_mean if track else None,
-            self.running_var if track else None, float(self.eps), float(factor), group, world,
+            self.running_var if track else None, float(self.eps), factor, group, world,
             threads_arg(self.num_threads))
         if track:
             self.num_batches_tracked.add_(1)
