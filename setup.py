@@ -149,7 +149,7 @@ class BuildExt(build_ext):
 # vectors asked for explicitly (GCC prefers 256 bits otherwise)
 AVX512_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mprefer-vector-width=512"]
 KERNELS = ["_nodes", "_fused", "_split"]
-MODULES = ["_openmp"] + [k + v for v in ("", "_avx2", "_avx512") for k in KERNELS]
+MODULES = ["_openmp", "_pool"] + [k + v for v in ("", "_avx2", "_avx512") for k in KERNELS]
 extensions = [
     Extension(f"cybatchnorm.{name}", [f"src/cybatchnorm/{name}.pyx"])
     for name in MODULES

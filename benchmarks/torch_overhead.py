@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 import cybatchnorm.torch as cbt
-from cybatchnorm._kernels import fused
+from cybatchnorm._engine import fused
 
 
 def interleaved(calls, n, repeats=9):

@@ -155,12 +155,17 @@ def test_staged_backward_walks_the_node_kernels(monkeypatch, rng):
     good = bn.batchnorm_backward(dout, cache)
     i = [n.name for n in graph.NODES].index("sq")
     orig = graph.NODES[i]
+
+    def wrong_op(dsq, xmu3, nt, out):      # 3 instead of 2, dsq the (C,) vector
+        return np.multiply(3 * xmu3, dsq[None, :, None], out=out)
     broken = orig.__class__(**{**orig.__dict__, "adds": False,
-                               "backward": lambda dsq, xmu, num_threads: 3 * xmu * dsq})
+                               "backward": lambda dsq, xmu, num_threads: 3 * xmu * dsq,
+                               "backward_op": wrong_op})
     monkeypatch.setattr(graph, "NODES", graph.NODES[:i] + (broken,) + graph.NODES[i + 1:])
-    bad = bn.batchnorm_backward(dout, cache)
-    assert ref.rel(bad[0], good[0]) > 1e-3
-    np.testing.assert_array_equal(bad[2], good[2])   # dbeta does not pass through sq
+    for bad in (bn.batchnorm_backward(dout, cache), graph.staged_backward(dout[:, :, None], cache, 1),
+                [graph.backward(dout, cache)[k] for k in ("dx", "dgamma", "dbeta")]):
+        assert ref.rel(bad[0].reshape(x.shape), good[0]) > 1e-3
+        np.testing.assert_array_equal(bad[2], good[2])   # dbeta does not pass through sq
 
 
 @pytest.mark.parametrize("shape", [(6, 3), (4, 3, 5), (16, 512)])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import cybatchnorm as bn
-from cybatchnorm import _fused, _kernels, _nodes, _openmp
+from cybatchnorm import _engine, _fused, _nodes, _openmp
 
 
 
@@ -25,15 +25,15 @@ def test_dispatch_follows_the_cpu():
         expected = "avx2"
     else:
         expected = "baseline"
-    assert _kernels.SIMD == expected
-    assert _kernels.fused.__name__ == "cybatchnorm._fused" + ("" if expected == "baseline"
+    assert _engine.SIMD == expected
+    assert _engine.fused.__name__ == "cybatchnorm._fused" + ("" if expected == "baseline"
                                                                else "_" + expected)
     assert _fused.SIMD == "baseline" and _nodes.SIMD == "baseline"
 
 
 @pytest.mark.parametrize("level", ["baseline", "avx2"])
 def test_simd_level_can_be_capped(level):
-    code = "from cybatchnorm import _kernels; print(_kernels.SIMD)"
+    code = "from cybatchnorm import _engine; print(_engine.SIMD)"
     env = dict(os.environ, CYBATCHNORM_SIMD=level)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True).stdout
@@ -55,8 +55,8 @@ def test_simd_builds_and_baseline_agree_bitwise(monkeypatch, rng, shape, dtype, 
     dout = rng.normal(size=shape).astype(dtype)
     runs = []
     for fused, nodes in ((_fused, _nodes), fast):
-        monkeypatch.setattr(api, "_fused", fused)
-        monkeypatch.setattr(graph, "_nodes", nodes)
+        monkeypatch.setattr(_engine, "fused", fused)
+        monkeypatch.setattr(_engine, "nodes", nodes)
         out, cache = bn.batchnorm_forward(x, g, b, cache=kind)
         res = [out, cache.mu, cache.var]
         res += bn.batchnorm_backward(dout, cache) + bn.batchnorm_backward_fused(dout, cache)

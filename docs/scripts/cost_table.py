@@ -18,7 +18,7 @@ import sys
 import numpy as np
 
 import cybatchnorm as bn
-from cybatchnorm import api, graph
+from cybatchnorm import _engine
 
 FUSED_SWEEPS = 2   # _fused.backward: pass 1 reduces, pass 2 writes dx
 
@@ -88,8 +88,9 @@ def costs():
     x = rng.normal(size=(64, 32))
     gamma, beta, dout = rng.uniform(0.5, 2, 32), rng.normal(size=32), rng.normal(size=x.shape)
     _, cache = bn.batchnorm_forward(x, gamma, beta)
-    staged, sdx = _measure(lambda: bn.batchnorm_backward(dout, cache)[0], graph, "_nodes", x.size)
-    fused, fdx = _measure(lambda: bn.batchnorm_backward_fused(dout, cache)[0], api, "_fused",
+    staged, sdx = _measure(lambda: bn.batchnorm_backward(dout, cache)[0], _engine, "nodes",
+                           x.size)
+    fused, fdx = _measure(lambda: bn.batchnorm_backward_fused(dout, cache)[0], _engine, "fused",
                           x.size)
     rows = []
     for name, calls, dx, sweeps in (("staged (`batchnorm_backward`)", staged, sdx, 1),

@@ -1,17 +1,39 @@
-"""The Cache: what a forward pass keeps for the backward, and its check.
+"""The Cache: what a forward pass keeps for the backward, and the forward
+that makes it (:func:`run_forward`, over validated arguments).
 
 Made by :func:`cybatchnorm.batchnorm_forward` (and the layer), read by the
-backward passes; :func:`check_cache` refuses a forged or damaged one before a
-kernel reads it.
+backward passes; ``_validation.check_cache`` refuses a forged or damaged one
+before a kernel reads it.
 """
+import math
+
 import numpy as np
 
-__all__ = ["Cache", "check_cache"]
+from . import _engine
+from ._threads import effective_num_threads
+
+__all__ = ["Cache", "run_forward"]
 
 FULL = ("xmu", "xhat")
 CHANNEL = ("mu", "var", "sqrtvar", "ivar", "gamma", "beta")
 KINDS = ("full", "minimal")
-_FULL, _CHANNEL, _KINDS = FULL, CHANNEL, KINDS
+
+
+def run_forward(a):
+    """The fused forward of a validated call (``_validation.ForwardArgs``);
+    returns ``(out, cache)``, out of x's shape (the caller's ``out`` if given)."""
+    keep = a.kind == "full"
+    out3 = a.out3 if a.out3 is not None else _engine.empty(a.x3.shape, a.dtype)
+    values = _engine.forward(a.x3, a.gamma, a.beta, a.eps, out3, keep, a.stats, a.nt)
+    if keep:
+        values["xmu"] = values["xmu"].reshape(a.shape)
+        values["xhat"] = values["xhat"].reshape(a.shape)
+    else:
+        values["x"] = a.x3.reshape(a.shape)
+    cache = Cache(shape=a.shape, dtype=a.dtype, eps=a.eps,
+                  mode="train" if a.stats is None else "eval", kind=a.kind, axis=a.axis,
+                  x_shape=a.x_shape, gamma=a.gamma, beta=a.beta, **values)
+    return (a.out if a.out is not None else out3.reshape(a.x_shape)), cache
 
 
 class Cache:
@@ -56,15 +78,15 @@ class Cache:
     """
 
     __slots__ = ("shape", "x_shape", "axis", "dtype", "eps", "mode", "kind", "x", "mu64",
-                 "ivar64", "_xmu", "_xhat") + _CHANNEL
+                 "ivar64", "_xmu", "_xhat") + CHANNEL
 
     def __init__(self, *, shape, dtype, eps, mode, kind, axis=1, x_shape=None, **arrays):
-        for name in _CHANNEL + _FULL + ("x", "mu64", "ivar64"):
+        for name in CHANNEL + FULL + ("x", "mu64", "ivar64"):
             arr = arrays.get(name)
             if arr is not None:
                 arr = arr.view()
                 arr.flags.writeable = False
-            object.__setattr__(self, "_" + name if name in _FULL else name, arr)
+            object.__setattr__(self, "_" + name if name in FULL else name, arr)
         object.__setattr__(self, "shape", tuple(shape))
         object.__setattr__(self, "x_shape", tuple(shape if x_shape is None else x_shape))
         object.__setattr__(self, "axis", axis)
@@ -97,11 +119,15 @@ class Cache:
         # forward kernel as a full-cache forward would (same x, shape and
         # dtype: bitwise the same values) and kept from then on. x must not
         # have changed since the forward
-        from .api import _forward       # api makes caches: imported when first needed
-        kept = _forward(self.x, self.gamma, self.beta, self.eps, None,
-                        stats=(self.mu, self.var) if self.mode == "eval" else None)[1]
-        object.__setattr__(self, "_xmu", kept._xmu)
-        object.__setattr__(self, "_xhat", kept._xhat)
+        x3 = self.x.reshape(self.shape[0], self.shape[1], math.prod(self.shape[2:]))
+        stats = (self.mu.copy(), self.var.copy()) if self.mode == "eval" else None
+        values = _engine.forward(x3, self.gamma, self.beta, self.eps,
+                                 _engine.empty(x3.shape, self.dtype), True, stats,
+                                 effective_num_threads(None, x3.size))
+        for name in FULL:
+            arr = values[name].reshape(self.shape)
+            arr.flags.writeable = False
+            object.__setattr__(self, "_" + name, arr)
 
     def __repr__(self):
         last = f", axis=-1, x_shape={self.x_shape}" if self.axis == -1 else ""
@@ -113,30 +139,6 @@ class Cache:
         """Bytes of the arrays this cache holds that the forward allocated, and
         of the ``xmu``/``xhat`` a minimal cache computed since (the referenced
         input of a minimal cache is not counted)."""
-        arrays = [getattr(self, n) for n in _CHANNEL + ("mu64", "ivar64")]
+        arrays = [getattr(self, n) for n in CHANNEL + ("mu64", "ivar64")]
         arrays += [a for a in (self._xmu, self._xhat) if a is not None]
         return sum(a.nbytes for a in arrays)
-
-
-def check_cache(cache):
-    """Make sure ``cache`` is a Cache whose arrays agree with each other,
-    so a forged or damaged one is refused before a kernel reads it."""
-    if not isinstance(cache, Cache):
-        raise TypeError(
-            f"cache: expected the Cache returned by batchnorm_forward, got {type(cache).__name__}"
-        )
-    shape, dt = cache.shape, cache.dtype
-    if cache.mode not in ("train", "eval") or cache.kind not in _KINDS:
-        raise ValueError(f"cache: unknown mode {cache.mode!r} or kind {cache.kind!r}")
-    want = {n: (shape[1],) for n in _CHANNEL}
-    want.update({n: shape for n in (_FULL if cache.kind == "full" else ("x",))})
-    for name, wshape in want.items():
-        arr = getattr(cache, name)
-        if not (isinstance(arr, np.ndarray) and arr.dtype == dt and arr.shape == wshape
-                and arr.flags.c_contiguous):
-            raise ValueError(f"cache: its {name} is not a C-contiguous {dt} array of shape {wshape}")
-    for name in ("mu64", "ivar64"):
-        arr = getattr(cache, name)
-        if not (isinstance(arr, np.ndarray) and arr.dtype == np.float64
-                and arr.shape == (shape[1],) and arr.flags.c_contiguous):
-            raise ValueError(f"cache: its {name} is not a float64 array of shape ({shape[1]},)")

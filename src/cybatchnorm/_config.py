@@ -3,7 +3,7 @@ import sys
 
 import numpy as np
 
-from . import _kernels, _openmp
+from . import _engine
 from ._threads import effective_num_threads
 from ._version import __version__
 
@@ -26,14 +26,14 @@ def show_config(file=None):
     """
     if file is not None and not callable(getattr(file, "write", None)):
         raise TypeError(f"file: expected a file-like object with write(), got {type(file).__name__}")
-    cflags, ldflags = _openmp.build_flags()
+    cflags, ldflags = _engine.build_flags()
     lines = [
         f"cybatchnorm {__version__}",
-        f"  OpenMP: {'enabled' if _openmp.openmp_enabled() else 'disabled (kernels run serially)'}",
+        f"  OpenMP: {'enabled' if _engine.openmp_enabled() else 'disabled (kernels run serially)'}",
         f"  compile flags: {cflags}",
         f"  link flags: {ldflags or '(none)'}",
-        f"  kernels: {_kernels.SIMD} (CPU has AVX2: {'yes' if _openmp.cpu_has_avx2() else 'no'}, "
-        f"AVX-512: {'yes' if _openmp.cpu_has_avx512() else 'no'})",
+        f"  kernels: {_engine.SIMD} (CPU has AVX2: {'yes' if _engine.cpu_has_avx2() else 'no'}, "
+        f"AVX-512: {'yes' if _engine.cpu_has_avx512() else 'no'})",
         f"  threads (num_threads=None): {effective_num_threads(None)}",
         f"  numpy: {np.__version__}",
         f"  python: {sys.version.split()[0]}",

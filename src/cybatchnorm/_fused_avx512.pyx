@@ -1,4 +1,4 @@
 # The kernels of _fused.pyx compiled a third time with AVX-512 (F, BW, DQ, VL; see
-# setup.py); cybatchnorm._kernels picks this module at import time when the CPU
+# setup.py); cybatchnorm._engine picks this module at import time when the CPU
 # has those extensions.
 include "_fused.pyx"

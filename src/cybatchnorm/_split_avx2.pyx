@@ -1,3 +1,3 @@
 # The kernels of _split.pyx compiled a second time with AVX2 (see setup.py);
-# cybatchnorm._kernels picks this module at import time when the CPU has AVX2.
+# cybatchnorm._engine picks this module at import time when the CPU has AVX2.
 include "_split.pyx"

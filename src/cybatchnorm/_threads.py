@@ -2,7 +2,7 @@
 import operator
 import os
 
-from . import _openmp
+from . import _engine
 
 
 def _cpu_count():
@@ -28,7 +28,7 @@ def effective_num_threads(num_threads=None, size=None):
     Results never depend on the thread count.
     """
     if num_threads is None:
-        n = max(1, min(_openmp.omp_max_threads(), _cpu_count()))
+        n = max(1, min(_engine.omp_max_threads(), _cpu_count()))
         if size is not None:
             n = max(1, min(n, size // GRAIN))
         return n

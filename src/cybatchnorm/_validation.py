@@ -10,8 +10,12 @@ Full-size arrays of shape (N, C, *spatial) are handed to the kernels as the
 import math
 import numbers
 import operator
+from typing import NamedTuple, Optional
 
 import numpy as np
+
+from ._cache import CHANNEL, FULL, Cache
+from ._threads import effective_num_threads as check_num_threads
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -164,3 +168,114 @@ def channel_axis(axis, ndim):
         return -1 if ndim > 2 else 1
     raise ValueError(f"axis: expected 1 (channels first) or -1 (channels last) for a "
                      f"{ndim}-D array, got {axis}")
+
+
+# ------------------------------------------------- the functional entry points
+
+class ForwardArgs(NamedTuple):
+    """A forward call, validated: what ``_cache.run_forward`` hands the engine."""
+    x3: np.ndarray          # the (N, C, S) view the kernels read (channels last: (N*S, C, 1))
+    shape: tuple            # the kernels' shape: x's, or the (N*S, C) matrix's
+    x_shape: tuple          # x's own shape
+    axis: int               # 1, or -1 for channels last
+    dtype: np.dtype
+    gamma: np.ndarray       # copies: the cache keeps them
+    beta: np.ndarray
+    eps: float
+    stats: Optional[tuple]  # None (batch statistics) or copies of (mean, var)
+    kind: str               # "full" or "minimal"
+    out: Optional[np.ndarray]   # the caller's out, or None
+    out3: Optional[np.ndarray]  # its (N, C, S) view
+    nt: int
+
+
+def forward_args(x, gamma, beta, eps, *, axis=1, num_threads=None, cache="full", out=None,
+                 stats=None, own_x=False, channels=None):
+    """Validate a forward call once; return its :class:`ForwardArgs`.
+
+    ``stats`` None is training (at least two values per channel); a pair
+    ``(mean, var)`` normalizes with those (eval mode). ``own_x`` copies x when
+    the kernels would read the caller's own array, so that a cache keeping it
+    cannot change when the caller changes x afterwards. ``channels``: the
+    number of channels x must have (a layer's ``num_features``).
+    """
+    arr = as_array("x", x)
+    last = not (type(axis) is int and axis == 1) and channel_axis(axis, max(arr.ndim, 2)) == -1
+    if last:
+        # (N, *spatial, C) is, in memory, the (N*S, C) matrix of its N*S rows:
+        # the kernels reduce that matrix in place (a reshape, no transpose)
+        if 0 in arr.shape[:-1]:
+            raise ValueError(f"x: the batch is empty (a size 0 in shape {arr.shape} before the "
+                             f"channel axis)")
+        x_shape = arr.shape
+        arr = np.ascontiguousarray(arr, dtype=computation_dtype("x", arr))
+        x3, shape, dt = full("x", arr.reshape(-1, x_shape[-1]))
+    else:
+        x3, shape, dt = full("x", arr)
+        x_shape = shape
+    if channels is not None and shape[1] != channels:
+        raise ValueError(f"x: expected {channels} channels on axis {axis}, got shape {x_shape}")
+    if stats is None:
+        check_batch_count(shape)
+    C = shape[1]
+    given = (x, x3, gamma, beta) + (tuple(stats) if stats is not None else ())
+    gamma = feature("gamma", gamma, C, dt).copy()
+    beta = feature("beta", beta, C, dt).copy()
+    eps = check_eps(eps)
+    if cache not in ("full", "minimal"):
+        raise ValueError(f"cache: expected 'full' or 'minimal', got {cache!r}")
+    if stats is not None:
+        stats = (feature("running_mean", stats[0], C, dt).copy(),
+                 feature("running_var", stats[1], C, dt).copy())
+    nt = check_num_threads(num_threads, x3.size)
+    out3 = None
+    if out is not None:
+        out3 = check_out("out", out, x_shape, dt, given).reshape(x3.shape)
+    if own_x and cache == "minimal" and isinstance(x, np.ndarray) and np.may_share_memory(x3, x):
+        x3 = x3.copy()
+    return ForwardArgs(x3, shape, x_shape, -1 if last else 1, dt, gamma, beta, eps, stats,
+                       cache, out, out3, nt)
+
+
+def check_cache(cache):
+    """Make sure ``cache`` is a Cache whose arrays agree with each other,
+    so a forged or damaged one is refused before a kernel reads it."""
+    if not isinstance(cache, Cache):
+        raise TypeError(
+            f"cache: expected the Cache returned by batchnorm_forward, got {type(cache).__name__}"
+        )
+    shape, dt = cache.shape, cache.dtype
+    if cache.mode not in ("train", "eval") or cache.kind not in ("full", "minimal"):
+        raise ValueError(f"cache: unknown mode {cache.mode!r} or kind {cache.kind!r}")
+    want = {n: (shape[1],) for n in CHANNEL}
+    want.update({n: shape for n in (FULL if cache.kind == "full" else ("x",))})
+    for name, wshape in want.items():
+        arr = getattr(cache, name)
+        if not (isinstance(arr, np.ndarray) and arr.dtype == dt and arr.shape == wshape
+                and arr.flags.c_contiguous):
+            raise ValueError(f"cache: its {name} is not a C-contiguous {dt} array of shape {wshape}")
+    for name in ("mu64", "ivar64"):
+        arr = getattr(cache, name)
+        if not (isinstance(arr, np.ndarray) and arr.dtype == np.float64
+                and arr.shape == (shape[1],) and arr.flags.c_contiguous):
+            raise ValueError(f"cache: its {name} is not a float64 array of shape ({shape[1]},)")
+
+
+def backward_args(dout, cache, num_threads, dx):
+    """Validate a backward call once: the cache, ``dout`` of x's shape (cast
+    to the cache's dtype) and ``dx``; return ``(g3, nt, dx3)``, ``g3`` and
+    ``dx3`` (None when not given) the (N, C, S) views of the cache's shape."""
+    check_cache(cache)
+    arr = as_array("dout", dout)
+    check_dtype("dout", arr)
+    if arr.shape != cache.x_shape:
+        raise ValueError(f"dout: expected shape {cache.x_shape}, got {arr.shape}")
+    g3 = full("dout", arr.reshape(cache.shape) if cache.axis == -1 else arr, cache.dtype,
+              cache.shape)[0]
+    nt = check_num_threads(num_threads, g3.size)
+    dx3 = None
+    if dx is not None:
+        held = [getattr(cache, n) for n in CHANNEL + ("x",)] + [cache._xmu, cache._xhat]
+        dx3 = check_out("dx", dx, cache.x_shape, cache.dtype, [dout, arr, g3] + held)
+        dx3 = dx3.reshape(g3.shape)
+    return g3, nt, dx3

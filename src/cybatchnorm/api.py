@@ -1,118 +1,17 @@
 """The functional API: batchnorm_forward, batchnorm_backward (staged) and
 batchnorm_backward_fused; the Cache they pass along lives in ``_cache``.
 
-This is where user input is validated (through ``_validation``) before any
-kernel runs; the kernels themselves never check anything.
+Each function validates its arguments once (``_validation``), then runs the
+unchecked engine (``_engine``, the only importer of the compiled kernels) and
+wraps the results. A call goes: this file -> ``_validation`` -> ``_engine``
+(and ``_cache.run_forward`` for the forward, ``graph`` for the staged walk).
 """
 
-import numpy as np
-
-from . import graph
-from ._cache import CHANNEL as _CHANNEL, FULL as _FULL, KINDS as _KINDS, Cache
-from ._cache import check_cache as _check_cache
-from ._kernels import fused as _fused
-from ._threads import effective_num_threads
-from ._validation import (DEFAULT_EPS, as_array, channel_axis, check_batch_count, check_eps,
-                          computation_dtype, feature, full, view3d)
+from . import _engine, graph
+from ._cache import Cache, run_forward
+from ._validation import DEFAULT_EPS, backward_args, forward_args
 
 __all__ = ["Cache", "batchnorm_forward", "batchnorm_backward", "batchnorm_backward_fused"]
-
-
-
-def _row_chunks(view, dtype):
-    # row chunks of the kernels' work grid: a function of the shape and dtype
-    # alone, never of the thread count (see _common.pxd)
-    return _fused.row_chunks(*view, np.dtype(dtype).itemsize)
-
-
-def _check_output(name, arr, shape, dtype, inputs):
-    """Validate a preallocated output (``out=``, ``dx=``); return its (N, C, S) view."""
-    if not isinstance(arr, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy array, got {type(arr).__name__}")
-    if arr.dtype != dtype or arr.shape != tuple(shape):
-        raise ValueError(f"{name}: expected a {dtype} array of shape {tuple(shape)}, "
-                         f"got {arr.dtype} {arr.shape}")
-    if not arr.flags.c_contiguous:
-        raise ValueError(f"{name}: expected a C-contiguous array")
-    if not arr.flags.writeable:
-        raise ValueError(f"{name}: expected a writable array")
-    for other in inputs:
-        if other is not None and np.may_share_memory(arr, other):
-            raise ValueError(f"{name}: must not share memory with an input or the cache")
-    return arr.reshape(view3d(shape))
-
-
-def _forward(x, gamma, beta, eps, num_threads, stats=None, cache="full", out=None, axis=1):
-    """Validate, run the fused forward kernel, wrap the results.
-
-    ``stats`` None computes the batch statistics (training); a pair
-    ``(mean, var)`` normalizes with those instead (eval mode). ``axis=-1``:
-    channels-last input, computed as the (N*H*W, C) matrix it already is.
-    """
-    if not (type(axis) is int and axis == 1):
-        arr = as_array("x", x)
-        # an array of fewer than 2 dimensions is refused below, by name
-        if channel_axis(axis, max(arr.ndim, 2)) == -1:
-            return _forward_channels_last(arr, gamma, beta, eps, num_threads, stats, cache, out)
-    x_in, gamma_in, beta_in = x, gamma, beta
-    x3, shape, dt = full("x", x)
-    C = shape[1]
-    if stats is None:
-        check_batch_count(shape)
-    gamma = feature("gamma", gamma, C, dt).copy()
-    beta = feature("beta", beta, C, dt).copy()
-    eps = check_eps(eps)
-    if cache not in _KINDS:
-        raise ValueError(f"cache: expected 'full' or 'minimal', got {cache!r}")
-    nt = effective_num_threads(num_threads, x3.size)
-    if out is None:
-        out3 = np.empty(x3.shape, dt)
-    else:
-        out3 = _check_output("out", out, shape, dt,
-                             (x_in, x3, gamma_in, beta_in)
-                             + (tuple(stats) if stats is not None else ()))
-    keep = cache == "full"
-    xmu = np.empty(x3.shape, dt) if keep else out3
-    xhat = np.empty(x3.shape, dt) if keep else out3
-    if stats is None:
-        mu, var = np.empty(C, dt), np.empty(C, dt)
-    else:
-        mu = feature("running_mean", stats[0], C, dt).copy()
-        var = feature("running_var", stats[1], C, dt).copy()
-    sqrtvar, ivar = np.empty(C, dt), np.empty(C, dt)
-    mu64, ivar64 = np.empty(C), np.empty(C)
-    K = _row_chunks(x3.shape, dt)
-    _fused.forward(x3, gamma, beta, eps, out3, xmu, xhat, keep, mu, var, sqrtvar, ivar,
-                   mu64, ivar64, stats is not None, np.empty((K, C)), np.empty((K, C)),
-                   np.empty(C), nt)
-    arrays = dict(mu=mu, var=var, sqrtvar=sqrtvar, ivar=ivar, gamma=gamma, beta=beta,
-                  mu64=mu64, ivar64=ivar64)
-    if keep:
-        arrays.update(xmu=xmu.reshape(shape), xhat=xhat.reshape(shape))
-    else:
-        arrays.update(x=x3.reshape(shape))
-    c = Cache(shape=shape, dtype=dt, eps=eps, mode="train" if stats is None else "eval",
-              kind=cache, **arrays)
-    return (out if out is not None else out3.reshape(shape)), c
-
-
-def _forward_channels_last(arr, gamma, beta, eps, num_threads, stats, cache, out):
-    # (N, *spatial, C) is, in memory, the (N*S, C) matrix of N*S rows: the
-    # kernels reduce it in place (a reshape, no transpose) and the cache
-    # holds that matrix; x_shape and axis tell the backward how dout comes
-    shape = arr.shape
-    if 0 in shape[:-1]:
-        raise ValueError(f"x: the batch is empty (a size 0 in shape {shape} before the "
-                         f"channel axis)")
-    C = shape[-1]
-    out2 = None
-    if out is not None:
-        _check_output("out", out, shape, computation_dtype("x", arr), (arr,))
-        out2 = out.reshape(-1, C)
-    o2, c = _forward(arr.reshape(-1, C), gamma, beta, eps, num_threads, stats, cache, out2)
-    object.__setattr__(c, "axis", -1)
-    object.__setattr__(c, "x_shape", tuple(shape))
-    return (out if out is not None else o2.reshape(shape)), c
 
 
 def batchnorm_forward(x, gamma, beta, eps=DEFAULT_EPS, *, axis=1, num_threads=None, cache="full",
@@ -173,26 +72,8 @@ def batchnorm_forward(x, gamma, beta, eps=DEFAULT_EPS, *, axis=1, num_threads=No
     array([[-1., -1.],
            [ 1.,  1.]])
     """
-    return _forward(x, gamma, beta, eps, num_threads, cache=cache, out=out, axis=axis)
-
-
-def _prepare_backward(dout, cache, num_threads, dx):
-    _check_cache(cache)
-    if cache.axis == -1:
-        # channels last: dout (and dx) of x's shape, read as the cache's matrix
-        arr = as_array("dout", dout)
-        if arr.shape != cache.x_shape:
-            raise ValueError(f"dout: expected shape {cache.x_shape}, got {arr.shape}")
-        dout = arr.reshape(cache.shape)
-        if dx is not None:
-            _check_output("dx", dx, cache.x_shape, cache.dtype, [arr])
-            dx = dx.reshape(cache.shape)
-    g3 = full("dout", dout, cache.dtype, cache.shape)[0]
-    nt = effective_num_threads(num_threads, g3.size)
-    if dx is not None:
-        held = [getattr(cache, n) for n in _CHANNEL + ("x",)] + [cache._xmu, cache._xhat]
-        dx = _check_output("dx", dx, cache.shape, cache.dtype, [dout, g3] + held)
-    return g3, nt, dx
+    return run_forward(forward_args(x, gamma, beta, eps, axis=axis, num_threads=num_threads,
+                                    cache=cache, out=out))
 
 
 def batchnorm_backward(dout, cache, *, num_threads=None, dx=None):
@@ -241,21 +122,9 @@ def batchnorm_backward(dout, cache, *, num_threads=None, dx=None):
     >>> bool(np.abs(dx).max() < 1e-12)     # a constant dout does not move a normalized output
     True
     """
-    g3, nt, dx3 = _prepare_backward(dout, cache, num_threads, dx)
-    constants = ("mu", "ivar") if cache.mode == "eval" else ()
-    saved = cache
-    if cache.kind == "minimal":
-        # the walk reads xmu and xhat: rerun the forward on x for a full
-        # cache. Same shape and dtype give bitwise the same statistics, and
-        # xmu comes from the float64 mean (x minus the mean rounded to x's
-        # dtype would lose digits to cancellation for data far from zero)
-        saved = _forward(cache.x, cache.gamma, cache.beta, cache.eps, nt,
-                         stats=(cache.mu, cache.var) if cache.mode == "eval" else None)[1]
-    grads = graph.backward(g3.reshape(cache.shape), saved, num_threads=nt,
-                           constants=constants,
-                           dx=None if dx3 is None else dx3.reshape(cache.shape))
-    return (dx if dx is not None else grads["dx"].reshape(cache.x_shape)), grads["dgamma"], \
-        grads["dbeta"]
+    g3, nt, dx3 = backward_args(dout, cache, num_threads, dx)
+    dx3, dgamma, dbeta = graph.staged_backward(g3, cache, nt, dx3)
+    return (dx if dx is not None else dx3.reshape(cache.x_shape)), dgamma, dbeta
 
 
 def batchnorm_backward_fused(dout, cache, *, num_threads=None, dx=None):
@@ -310,15 +179,11 @@ def batchnorm_backward_fused(dout, cache, *, num_threads=None, dx=None):
     >>> all(np.allclose(s, f, rtol=1e-12, atol=1e-14) for s, f in zip(staged, fused))
     True
     """
-    g3, nt, dx3 = _prepare_backward(dout, cache, num_threads, dx)
-    shape, dt, C = cache.shape, cache.dtype, cache.shape[1]
+    g3, nt, dx3 = backward_args(dout, cache, num_threads, dx)
     if dx3 is None:
-        dx3 = np.empty(g3.shape, dt)
-    dgamma, dbeta = np.empty(C, dt), np.empty(C, dt)
+        dx3 = _engine.empty(g3.shape, cache.dtype)
     from_x = cache.kind == "minimal"
     src = (cache.x if from_x else cache.xhat).reshape(g3.shape)
-    K = _row_chunks(g3.shape, dt)
-    _fused.backward(g3, src, from_x, cache.mu64, cache.ivar64, cache.gamma, dx3, dgamma,
-                    dbeta, cache.mode == "train", np.empty((K, C)), np.empty((K, C)),
-                    np.empty((3, C)), nt)
+    dgamma, dbeta = _engine.backward(g3, src, from_x, cache.mu64, cache.ivar64, cache.gamma, dx3,
+                                     cache.mode == "train", nt)
     return (dx if dx is not None else dx3.reshape(cache.x_shape)), dgamma, dbeta

@@ -26,7 +26,7 @@ import tracemalloc
 
 import numpy as np
 
-from ._kernels import fused as _fused
+from . import _engine
 from ._threads import effective_num_threads
 from ._validation import DEFAULT_EPS
 from .api import batchnorm_backward, batchnorm_backward_fused, batchnorm_forward
@@ -296,7 +296,7 @@ def bench_case(shape, dtype, threads, repeats, torch):
         layer.forward(x)
         layer.backward(dout)
     calls = {
-        "copy": lambda: _fused.copy(x.reshape(-1), buf.reshape(-1), nt),
+        "copy": lambda: _engine.copy(x.reshape(-1), buf.reshape(-1), nt),
         "alloc_fwd": lambda: batchnorm_forward(x, gamma, beta, EPS, num_threads=nt,
                                                cache="minimal"),
         "alloc_bwd": lambda: batchnorm_backward_fused(dout, mini, num_threads=nt),

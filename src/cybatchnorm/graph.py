@@ -28,7 +28,7 @@ from typing import Callable, Tuple
 
 import numpy as np
 
-from ._kernels import nodes as _nodes
+from . import _engine
 from ._threads import effective_num_threads
 from ._validation import (DEFAULT_EPS, as_array, check_batch_count, check_eps, check_out,
                           computation_dtype, feature, full, shape_arg, view3d)
@@ -50,8 +50,147 @@ def _full_out(out, shape, dtype, inputs, allow=()):
     # memory with an input unless it is one of ``allow`` (elementwise kernels
     # read each value before writing the same place)
     if out is None:
-        return np.empty(view3d(shape), dtype=dtype)
+        return _engine.empty(view3d(shape), dtype)
     return check_out("out", out, shape, dtype, inputs, allow)
+
+
+# ------------------------------------------------------- unchecked operations
+# One per node and direction, over validated (N, C, S) views and (C,) vectors,
+# calling that node's compiled kernel: the public functions below validate
+# and call these; the staged walk of the functional API calls them directly.
+# Full-size results go into ``out`` when given (else a new array); a gradient
+# that is one value per channel broadcast over the batch (var_backward's dsq,
+# mu_backward's dx2) is returned as its (C,) vector.
+
+
+def _new(like, out=None):
+    return _engine.empty(like.shape, like.dtype) if out is None else out
+
+
+def _vec(like):
+    return np.empty(like.shape[1] if like.ndim == 3 else like.shape[0], like.dtype)
+
+
+def _mu_fwd(x3, nt):
+    mu = _vec(x3)
+    _engine.nodes.mu_forward(x3, mu, nt)
+    return mu
+
+
+def _xmu_fwd(x3, mu, nt, out=None):
+    res = _new(x3, out)
+    _engine.nodes.xmu_forward(x3, mu, res, nt)
+    return res
+
+
+def _sq_fwd(xmu3, nt, out=None):
+    res = _new(xmu3, out)
+    _engine.nodes.sq_forward(xmu3, res, nt)
+    return res
+
+
+def _var_fwd(sq3, nt):
+    var = _vec(sq3)
+    _engine.nodes.var_forward(sq3, var, nt)
+    return var
+
+
+def _sqrtvar_fwd(var, eps, nt):
+    res = np.empty_like(var)
+    _engine.nodes.sqrtvar_forward(var, eps, res, nt)
+    return res
+
+
+def _ivar_fwd(sqrtvar, nt):
+    res = np.empty_like(sqrtvar)
+    _engine.nodes.ivar_forward(sqrtvar, res, nt)
+    return res
+
+
+def _xhat_fwd(xmu3, ivar, nt, out=None):
+    res = _new(xmu3, out)
+    _engine.nodes.xhat_forward(xmu3, ivar, res, nt)
+    return res
+
+
+def _gammax_fwd(xhat3, gamma, nt, out=None):
+    res = _new(xhat3, out)
+    _engine.nodes.gammax_forward(xhat3, gamma, res, nt)
+    return res
+
+
+def _out_fwd(gammax3, beta, nt, out=None):
+    res = _new(gammax3, out)
+    _engine.nodes.out_forward(gammax3, beta, res, nt)
+    return res
+
+
+def _out_bwd(dout3, nt):
+    dbeta = _vec(dout3)
+    _engine.nodes.out_backward(dout3, dbeta, nt)
+    return dbeta, dout3
+
+
+def _gammax_bwd(dgammax3, xhat3, gamma, nt, out=None):
+    dgamma, dxhat = _vec(dgammax3), _new(dgammax3, out)
+    _engine.nodes.gammax_backward(dgammax3, xhat3, gamma, dgamma, dxhat, nt)
+    return dgamma, dxhat
+
+
+def _xhat_bwd(dxhat3, xmu3, ivar, nt, out=None):
+    divar, dxmu1 = _vec(dxhat3), _new(dxhat3, out)
+    _engine.nodes.xhat_backward(dxhat3, xmu3, ivar, divar, dxmu1, nt)
+    return divar, dxmu1
+
+
+def _ivar_bwd(divar, sqrtvar, nt):
+    res = np.empty_like(divar)
+    _engine.nodes.ivar_backward(divar, sqrtvar, res, nt)
+    return res
+
+
+def _sqrtvar_bwd(dsqrtvar, sqrtvar, nt):
+    res = np.empty_like(dsqrtvar)
+    _engine.nodes.sqrtvar_backward(dsqrtvar, sqrtvar, res, nt)
+    return res
+
+
+def _var_bwd(dvar, shape3, nt):
+    dsq = np.empty_like(dvar)
+    _engine.nodes.var_backward(dvar, float(shape3[0] * shape3[2]), dsq, nt)
+    return dsq
+
+
+def _sq_bwd(dsq, xmu3, nt, out=None, add_to=None):
+    # dsq: a full (N, C, S) gradient, or the (C,) vector of a broadcast one
+    res = add_to if add_to is not None else _new(xmu3, out)
+    if dsq.ndim == 1:
+        _engine.nodes.sq_backward_channel(dsq, xmu3, res, add_to is not None, nt)
+    else:
+        _engine.nodes.sq_backward(dsq, xmu3, res, add_to is not None, nt)
+    return res
+
+
+def _xmu_bwd(dxmu3, nt):
+    dmu = _vec(dxmu3)
+    _engine.nodes.xmu_backward(dxmu3, dmu, nt)
+    return dxmu3, dmu
+
+
+def _mu_bwd(dmu, shape3, nt):
+    dx2 = np.empty_like(dmu)
+    _engine.nodes.mu_backward(dmu, float(shape3[0] * shape3[2]), dx2, nt)
+    return dx2
+
+
+def _branch_sum(a3, b, nt, out=None):
+    # b: a full gradient, or the (C,) vector of a broadcast one
+    res = _new(a3, out)
+    if b.ndim == 1:
+        _engine.nodes.branch_sum_channel(a3, b, res, nt)
+    else:
+        _engine.nodes.branch_sum(a3, b, res, nt)
+    return res
 
 
 # ------------------------------------------------------------------ forward
@@ -59,34 +198,26 @@ def _full_out(out, shape, dtype, inputs, allow=()):
 def mu_forward(x, *, num_threads=None):
     """``mu = mean(x)`` over the batch (and spatial axes): shape (C,)."""
     x3, shape, dt = full("x", x)
-    mu = np.empty(shape[1], dt)
-    _nodes.mu_forward(x3, mu, effective_num_threads(num_threads, x3.size))
-    return mu
+    return _mu_fwd(x3, effective_num_threads(num_threads, x3.size))
 
 
 def xmu_forward(x, mu, *, num_threads=None):
     """``xmu = x - mu``, mu broadcast along the batch: shape of x."""
     x3, shape, dt = full("x", x)
     mu = feature("mu", mu, shape[1], dt)
-    xmu = np.empty(x3.shape, dt)
-    _nodes.xmu_forward(x3, mu, xmu, effective_num_threads(num_threads, x3.size))
-    return xmu.reshape(shape)
+    return _xmu_fwd(x3, mu, effective_num_threads(num_threads, x3.size)).reshape(shape)
 
 
 def sq_forward(xmu, *, num_threads=None):
     """``sq = xmu ** 2``, elementwise: shape of xmu."""
     a3, shape, dt = full("xmu", xmu)
-    sq = np.empty(a3.shape, dt)
-    _nodes.sq_forward(a3, sq, effective_num_threads(num_threads, a3.size))
-    return sq.reshape(shape)
+    return _sq_fwd(a3, effective_num_threads(num_threads, a3.size)).reshape(shape)
 
 
 def var_forward(sq, *, num_threads=None):
     """``var = mean(sq)`` over the batch: shape (C,). The biased variance."""
     a3, shape, dt = full("sq", sq)
-    var = np.empty(shape[1], dt)
-    _nodes.var_forward(a3, var, effective_num_threads(num_threads, a3.size))
-    return var
+    return _var_fwd(a3, effective_num_threads(num_threads, a3.size))
 
 
 def _vector(name, value):
@@ -101,45 +232,34 @@ def _vector(name, value):
 def sqrtvar_forward(var, eps, *, num_threads=None):
     """``sqrtvar = sqrt(var + eps)``: shape (C,)."""
     var, dt = _vector("var", var)
-    eps = check_eps(eps)
-    out = np.empty_like(var)
-    _nodes.sqrtvar_forward(var, eps, out, effective_num_threads(num_threads, var.size))
-    return out
+    return _sqrtvar_fwd(var, check_eps(eps), effective_num_threads(num_threads, var.size))
 
 
 def ivar_forward(sqrtvar, *, num_threads=None):
     """``ivar = 1 / sqrtvar``: shape (C,)."""
     sqrtvar, dt = _vector("sqrtvar", sqrtvar)
-    out = np.empty_like(sqrtvar)
-    _nodes.ivar_forward(sqrtvar, out, effective_num_threads(num_threads, sqrtvar.size))
-    return out
+    return _ivar_fwd(sqrtvar, effective_num_threads(num_threads, sqrtvar.size))
 
 
 def xhat_forward(xmu, ivar, *, num_threads=None):
     """``xhat = xmu * ivar``, ivar broadcast along the batch: shape of xmu."""
     a3, shape, dt = full("xmu", xmu)
     ivar = feature("ivar", ivar, shape[1], dt)
-    out = np.empty(a3.shape, dt)
-    _nodes.xhat_forward(a3, ivar, out, effective_num_threads(num_threads, a3.size))
-    return out.reshape(shape)
+    return _xhat_fwd(a3, ivar, effective_num_threads(num_threads, a3.size)).reshape(shape)
 
 
 def gammax_forward(xhat, gamma, *, num_threads=None):
     """``gammax = gamma * xhat``, gamma broadcast along the batch."""
     a3, shape, dt = full("xhat", xhat)
     gamma = feature("gamma", gamma, shape[1], dt)
-    out = np.empty(a3.shape, dt)
-    _nodes.gammax_forward(a3, gamma, out, effective_num_threads(num_threads, a3.size))
-    return out.reshape(shape)
+    return _gammax_fwd(a3, gamma, effective_num_threads(num_threads, a3.size)).reshape(shape)
 
 
 def out_forward(gammax, beta, *, num_threads=None):
     """``out = gammax + beta``, beta broadcast along the batch."""
     a3, shape, dt = full("gammax", gammax)
     beta = feature("beta", beta, shape[1], dt)
-    out = np.empty(a3.shape, dt)
-    _nodes.out_forward(a3, beta, out, effective_num_threads(num_threads, a3.size))
-    return out.reshape(shape)
+    return _out_fwd(a3, beta, effective_num_threads(num_threads, a3.size)).reshape(shape)
 
 
 # ----------------------------------------------------------------- backward
@@ -152,9 +272,7 @@ def out_backward(dout, *, num_threads=None):
     the gradient through unchanged (the same array is returned).
     """
     g3, shape, dt = full("dout", dout)
-    dbeta = np.empty(shape[1], dt)
-    _nodes.out_backward(g3, dbeta, effective_num_threads(num_threads, g3.size))
-    return dbeta, g3.reshape(shape)
+    return _out_bwd(g3, effective_num_threads(num_threads, g3.size))[0], g3.reshape(shape)
 
 
 def gammax_backward(dgammax, xhat, gamma, *, num_threads=None, out=None):
@@ -166,9 +284,8 @@ def gammax_backward(dgammax, xhat, gamma, *, num_threads=None, out=None):
     g3, shape, dt = full("dgammax", dgammax)
     h3 = full("xhat", xhat, dt, shape)[0]
     gamma = feature("gamma", gamma, shape[1], dt)
-    dgamma = np.empty(shape[1], dt)
     dxhat = _full_out(out, shape, dt, (dgammax, g3, xhat, h3), allow=(dgammax,))
-    _nodes.gammax_backward(g3, h3, gamma, dgamma, dxhat, effective_num_threads(num_threads, g3.size))
+    dgamma, dxhat = _gammax_bwd(g3, h3, gamma, effective_num_threads(num_threads, g3.size), dxhat)
     return dgamma, dxhat.reshape(shape)
 
 
@@ -182,9 +299,8 @@ def xhat_backward(dxhat, xmu, ivar, *, num_threads=None, out=None):
     g3, shape, dt = full("dxhat", dxhat)
     m3 = full("xmu", xmu, dt, shape)[0]
     ivar = feature("ivar", ivar, shape[1], dt)
-    divar = np.empty(shape[1], dt)
     dxmu1 = _full_out(out, shape, dt, (dxhat, g3, xmu, m3), allow=(dxhat,))
-    _nodes.xhat_backward(g3, m3, ivar, divar, dxmu1, effective_num_threads(num_threads, g3.size))
+    divar, dxmu1 = _xhat_bwd(g3, m3, ivar, effective_num_threads(num_threads, g3.size), dxmu1)
     return divar, dxmu1.reshape(shape)
 
 
@@ -192,23 +308,14 @@ def ivar_backward(divar, sqrtvar, *, num_threads=None):
     """Gradient of ``ivar = 1 / sqrtvar``: ``dsqrtvar = -divar / sqrtvar**2``."""
     divar, dt = _vector("divar", divar)
     sqrtvar = feature("sqrtvar", sqrtvar, divar.shape[0], dt)
-    out = np.empty_like(divar)
-    _nodes.ivar_backward(divar, sqrtvar, out, effective_num_threads(num_threads, divar.size))
-    return out
+    return _ivar_bwd(divar, sqrtvar, effective_num_threads(num_threads, divar.size))
 
 
 def sqrtvar_backward(dsqrtvar, sqrtvar, *, num_threads=None):
     """Gradient of ``sqrtvar = sqrt(var + eps)``: ``dvar = 0.5 * dsqrtvar / sqrtvar``."""
     dsqrtvar, dt = _vector("dsqrtvar", dsqrtvar)
     sqrtvar = feature("sqrtvar", sqrtvar, dsqrtvar.shape[0], dt)
-    out = np.empty_like(dsqrtvar)
-    _nodes.sqrtvar_backward(dsqrtvar, sqrtvar, out, effective_num_threads(num_threads, dsqrtvar.size))
-    return out
-
-
-def _values_per_channel(shape):
-    # M: the batch size times the spatial size, the values behind each mean
-    return shape[0] * math.prod(shape[2:])
+    return _sqrtvar_bwd(dsqrtvar, sqrtvar, effective_num_threads(num_threads, dsqrtvar.size))
 
 
 def _per_channel_view(vec, shape):
@@ -238,9 +345,7 @@ def var_backward(dvar, shape, *, num_threads=None):
     """
     dvar, dt = _vector("dvar", dvar)
     shape = _grad_shape(shape, dvar)
-    dsq = np.empty_like(dvar)
-    _nodes.var_backward(dvar, float(_values_per_channel(shape)), dsq,
-                        effective_num_threads(num_threads, dvar.size))
+    dsq = _var_bwd(dvar, view3d(shape), effective_num_threads(num_threads, dvar.size))
     return _per_channel_view(dsq, shape)
 
 
@@ -270,11 +375,10 @@ def sq_backward(dsq, xmu, *, num_threads=None, out=None, add_to=None):
     else:
         res = _full_out(out, shape, dt, inputs, allow=allow)
     nt = effective_num_threads(num_threads, m3.size)
-    if vec is None:
-        _nodes.sq_backward(g3, m3, res, add_to is not None, nt)
-    else:
-        _nodes.sq_backward_channel(np.ascontiguousarray(vec, dt), m3, res, add_to is not None, nt)
-    return res.reshape(shape)
+    dsq3 = g3 if vec is None else np.ascontiguousarray(vec, dt)
+    if add_to is not None:
+        return _sq_bwd(dsq3, m3, nt, add_to=res).reshape(shape)
+    return _sq_bwd(dsq3, m3, nt, out=res).reshape(shape)
 
 
 def xmu_backward(dxmu, *, num_threads=None):
@@ -284,9 +388,7 @@ def xmu_backward(dxmu, *, num_threads=None):
     batch, because mu was broadcast and subtracted.
     """
     g3, shape, dt = full("dxmu", dxmu)
-    dmu = np.empty(shape[1], dt)
-    _nodes.xmu_backward(g3, dmu, effective_num_threads(num_threads, g3.size))
-    return g3.reshape(shape), dmu
+    return g3.reshape(shape), _xmu_bwd(g3, effective_num_threads(num_threads, g3.size))[1]
 
 
 def mu_backward(dmu, shape, *, num_threads=None):
@@ -297,9 +399,7 @@ def mu_backward(dmu, shape, *, num_threads=None):
     """
     dmu, dt = _vector("dmu", dmu)
     shape = _grad_shape(shape, dmu)
-    dx2 = np.empty_like(dmu)
-    _nodes.mu_backward(dmu, float(_values_per_channel(shape)), dx2,
-                       effective_num_threads(num_threads, dmu.size))
+    dx2 = _mu_bwd(dmu, view3d(shape), effective_num_threads(num_threads, dmu.size))
     return _per_channel_view(dx2, shape)
 
 
@@ -323,11 +423,7 @@ def branch_sum(a, b, *, num_threads=None, out=None):
     o3 = _full_out(out, shape, dt, (a, a3, b) + ((b3,) if bvec is None else ()),
                    allow=(a, b))
     nt = effective_num_threads(num_threads, a3.size)
-    if bvec is None:
-        _nodes.branch_sum(a3, b3, o3, nt)
-    else:
-        _nodes.branch_sum_channel(a3, bvec, o3, nt)
-    return o3.reshape(shape)
+    return _branch_sum(a3, b3 if bvec is None else bvec, nt, o3).reshape(shape)
 
 
 def _grad_shape(shape, grad):
@@ -370,6 +466,11 @@ class Node:
     writes_full : bool
         Whether ``backward`` makes a new gradient the size of x (it then
         accepts ``out=``, a buffer to write it into).
+    forward_op, backward_op : callable
+        The same computations unchecked, on the (N, C, S) views the kernels
+        read (``op(*values, nt, ...)``): what :func:`staged_backward` runs. A
+        gradient that is one value per channel broadcast over the batch is
+        passed and returned as its (C,) vector.
     """
 
     name: str
@@ -382,6 +483,8 @@ class Node:
     backward: Callable
     writes_full: bool = False
     adds: bool = False
+    forward_op: Callable = None
+    backward_op: Callable = None
 
     def targets(self):
         """The input each returned gradient belongs to (``dxmu1`` -> ``xmu``)."""
@@ -396,23 +499,32 @@ def _grad_targets(grads):
 
 NODES = (
     Node("mu", ("x",), "channel", "mean(x)", mu_forward,
-         ("shape",), ("dx2",), mu_backward),
+         ("shape",), ("dx2",), mu_backward,
+         forward_op=_mu_fwd, backward_op=_mu_bwd),
     Node("xmu", ("x", "mu"), "full", "x - mu", xmu_forward,
-         (), ("dx1", "dmu"), xmu_backward),
+         (), ("dx1", "dmu"), xmu_backward,
+         forward_op=_xmu_fwd, backward_op=_xmu_bwd),
     Node("sq", ("xmu",), "full", "xmu ** 2", sq_forward,
-         ("xmu",), ("dxmu2",), sq_backward, True, True),
+         ("xmu",), ("dxmu2",), sq_backward, True, True,
+         forward_op=_sq_fwd, backward_op=_sq_bwd),
     Node("var", ("sq",), "channel", "mean(sq)", var_forward,
-         ("shape",), ("dsq",), var_backward),
+         ("shape",), ("dsq",), var_backward,
+         forward_op=_var_fwd, backward_op=_var_bwd),
     Node("sqrtvar", ("var", "eps"), "channel", "sqrt(var + eps)", sqrtvar_forward,
-         ("sqrtvar",), ("dvar",), sqrtvar_backward),
+         ("sqrtvar",), ("dvar",), sqrtvar_backward,
+         forward_op=_sqrtvar_fwd, backward_op=_sqrtvar_bwd),
     Node("ivar", ("sqrtvar",), "channel", "1 / sqrtvar", ivar_forward,
-         ("sqrtvar",), ("dsqrtvar",), ivar_backward),
+         ("sqrtvar",), ("dsqrtvar",), ivar_backward,
+         forward_op=_ivar_fwd, backward_op=_ivar_bwd),
     Node("xhat", ("xmu", "ivar"), "full", "xmu * ivar", xhat_forward,
-         ("xmu", "ivar"), ("divar", "dxmu1"), xhat_backward, True),
+         ("xmu", "ivar"), ("divar", "dxmu1"), xhat_backward, True,
+         forward_op=_xhat_fwd, backward_op=_xhat_bwd),
     Node("gammax", ("xhat", "gamma"), "full", "gamma * xhat", gammax_forward,
-         ("xhat", "gamma"), ("dgamma", "dxhat"), gammax_backward, True),
+         ("xhat", "gamma"), ("dgamma", "dxhat"), gammax_backward, True,
+         forward_op=_gammax_fwd, backward_op=_gammax_bwd),
     Node("out", ("gammax", "beta"), "full", "gammax + beta", out_forward,
-         (), ("dbeta", "dgammax"), out_backward),
+         (), ("dbeta", "dgammax"), out_backward,
+         forward_op=_out_fwd, backward_op=_out_bwd),
 )
 """The graph's nodes in forward (topological) order."""
 
@@ -557,3 +669,112 @@ def backward(dout, cache, *, num_threads=None, constants=(), keep=False, dx=None
         produced.update(result)
         return produced
     return result
+
+
+# --------------------------------------------------- the staged walk, planned
+
+@functools.lru_cache(maxsize=None)
+def _plan(nodes, constants):
+    """The staged walk over ``nodes`` (:data:`NODES`) with ``constants`` (a
+    frozenset of node names), worked out once for the fixed graph: the nodes :func:`backward` visits, in its
+    order, with its branch sums and its reuse of dead buffers.
+
+    Each gradient is named by where it lives: ``"dout"`` (the caller's,
+    read-only), an int (a walk buffer the size of x) or its own name (a (C,)
+    vector: a per-channel gradient, or one value per channel broadcast over
+    the batch). Returns ``(steps, locations of dx, dgamma and dbeta, number
+    of buffers)``; a step is ``(node, gradient, keywords, results)`` or
+    ``(None, a, b, destination)`` for a branch sum.
+    """
+    steps, pending, spare = [], {"out": "dout"}, []
+    nbuf = 0
+
+    def buffer():
+        nonlocal nbuf
+        if spare:
+            return spare.pop()
+        nbuf += 1
+        return nbuf - 1
+
+    full_values = {"x"} | {n.name for n in nodes if n.kind == "full"}
+    for n in reversed(nodes):
+        if n.name not in pending:       # nothing depends on this node via x
+            continue
+        g = pending.pop(n.name)
+        kw = {}
+        if n.adds and isinstance(pending.get(n.targets()[0]), int):
+            # the other branch's gradient is a walk buffer: add into it
+            kw["add_to"] = pending.pop(n.targets()[0])
+        elif n.writes_full:
+            kw["out"] = g if isinstance(g, int) else buffer()
+        results = []
+        for gname, target in zip(n.grads, n.targets()):
+            if target not in full_values:
+                results.append(gname)                          # a (C,) gradient
+            elif n.writes_full:
+                results.append(kw.get("add_to", kw.get("out")))
+            else:
+                # a reduction node broadcasts its (C,) gradient; an addition
+                # passes its gradient through unchanged
+                results.append(gname if n.kind == "channel" else g)
+        steps.append((n, g, kw, tuple(results)))
+        if isinstance(g, int) and g not in results:
+            spare.append(g)
+        for target, loc in zip(n.targets(), results):
+            if target in constants or target == "eps":
+                continue
+            if target in pending:
+                # two branches meet: their gradients add, into a walk buffer
+                a, b = pending[target], loc
+                if not (isinstance(a, int) or a == "dout"):
+                    a, b = b, a                 # the full-size one first
+                dest = a if isinstance(a, int) else buffer()
+                steps.append((None, a, b, dest))
+                if isinstance(b, int) and b != dest:
+                    spare.append(b)
+                loc = dest
+            pending[target] = loc
+    return tuple(steps), (pending["x"], pending["gamma"], pending["beta"]), nbuf
+
+
+def staged_backward(g3, cache, nt, dx3=None):
+    """The staged backward of validated arguments, by :func:`_plan`: every
+    node's unchecked operation (its compiled kernel) in the order and with
+    the buffers of the plan; bitwise :func:`backward`'s results.
+
+    ``g3`` is dout's (N, C, S) view of the cache's shape, ``dx3`` None or the
+    view to write dx into. Returns ``(dx3, dgamma, dbeta)``. The walk's one
+    buffer the size of x becomes dx.
+    """
+    steps, (dx_loc, dgamma_loc, dbeta_loc), nbuf = _plan(
+        NODES, frozenset(("mu", "ivar")) if cache.mode == "eval" else frozenset())
+    shape3 = g3.shape
+    bufs = [dx3 if (i == dx_loc and dx3 is not None) else _engine.empty(shape3, g3.dtype)
+            for i in range(nbuf)]
+    vals = {"dout": g3}
+
+    def at(loc):
+        return bufs[loc] if isinstance(loc, int) else vals[loc]
+
+    def saved(name):
+        if name == "shape":
+            return shape3
+        v = getattr(cache, name)
+        return v.reshape(shape3) if v.ndim > 1 else v
+
+    for n, a, b, c in steps:
+        if n is None:
+            _branch_sum(at(a), at(b), nt, bufs[c])
+            continue
+        kw = {k: bufs[v] for k, v in b.items()}
+        res = n.backward_op(at(a), *(saved(s) for s in n.saved), nt, **kw)
+        for loc, value in zip(c, res if len(n.grads) > 1 else (res,)):
+            if not isinstance(loc, int) and loc != "dout":
+                vals[loc] = value
+    dx = at(dx_loc)
+    if dx3 is not None and dx is not dx3:
+        np.copyto(dx3, dx)
+        dx = dx3
+    elif not isinstance(dx_loc, int):
+        dx = dx.copy()              # never hand back the caller's own dout
+    return dx, at(dgamma_loc), at(dbeta_loc)

@@ -4,9 +4,11 @@ import operator
 
 import numpy as np
 
-from .api import _forward, batchnorm_backward, batchnorm_backward_fused
+from . import _engine
+from ._cache import run_forward
+from .api import batchnorm_backward, batchnorm_backward_fused
 from ._threads import effective_num_threads
-from ._validation import DEFAULT_EPS, channel_axis, check_eps, full
+from ._validation import DEFAULT_EPS, channel_axis, check_eps, forward_args
 
 __all__ = ["BatchNorm"]
 
@@ -164,24 +166,17 @@ class BatchNorm:
         eval mode uses the running statistics (or the batch's, without
         ``track_running_stats``).
         """
-        x3, shape, dt = full("x", x)
-        axis = channel_axis(self.axis, len(shape))
-        if shape[axis] != self.num_features:
-            raise ValueError(
-                f"x: expected {self.num_features} channels on axis {self.axis}, got shape {shape}"
-            )
-        gamma, beta = self._params(dt)
+        kind = "minimal" if self.backward_kind == "fused" else "full"
         use_running = not self.training and self.track_running_stats
         stats = (self.running_mean, self.running_var) if use_running else None
-        kind = "minimal" if self.backward_kind == "fused" else "full"
-        if kind == "minimal" and isinstance(x, np.ndarray) and np.may_share_memory(x3, x):
-            # the fused backward reads x: keep our own, so that a caller who
-            # changes x after the forward does not change the gradient
-            x3 = x3.copy()
-        out, cache = _forward(x3.reshape(shape), gamma, beta, self.eps, self.num_threads, stats,
-                              cache=kind, axis=axis)
+        gamma, beta = self._params(self.dtype)
+        # the fused backward reads x: own_x keeps our own copy of it, so that
+        # a caller who changes x after the forward does not change the gradient
+        a = forward_args(x, gamma, beta, self.eps, axis=self.axis, num_threads=self.num_threads,
+                         cache=kind, stats=stats, own_x=True, channels=self.num_features)
+        out, cache = run_forward(a)
         if self.training and self.track_running_stats:
-            self._update_running_stats(cache.mu, cache.var, x3.size // self.num_features)
+            self._update_running_stats(cache.mu, cache.var, a.x3.size // self.num_features)
         self._cache = cache
         return out
 
@@ -190,15 +185,9 @@ class BatchNorm:
     def _update_running_stats(self, mean, var, count):
         # mean and biased var of the batch over ``count`` values per channel
         self.num_batches_tracked += 1
-        if self.momentum is None:   # cumulative moving average
-            f = 1.0 / self.num_batches_tracked
-        else:
-            f = self.momentum
-        unbiased = var.astype(self.dtype) * (count / (count - 1))
-        self.running_mean *= 1.0 - f
-        self.running_mean += f * mean.astype(self.dtype)
-        self.running_var *= 1.0 - f
-        self.running_var += f * unbiased
+        f = 1.0 / self.num_batches_tracked if self.momentum is None else self.momentum
+        _engine.update_running_stats(self.running_mean, self.running_var,
+                                     mean.astype(self.dtype), var.astype(self.dtype), count, f)
 
     def backward(self, dout):
         """Gradient of the loss with respect to the last forward's input.

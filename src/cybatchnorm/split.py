@@ -24,7 +24,7 @@ import operator
 
 import numpy as np
 
-from ._kernels import split as _split
+from . import _engine
 from ._threads import effective_num_threads
 from ._validation import as_array, check_dtype, feature, full
 
@@ -84,9 +84,7 @@ def batch_stats(x, *, num_threads=None):
     x3, _, _ = full("x", x)
     N, C, S = x3.shape
     nt = effective_num_threads(num_threads, x3.size)
-    K = _split.row_chunks(N, C, S, x3.itemsize)
-    mean, m2 = np.zeros(C), np.zeros(C)
-    _split.batch_stats(x3, mean, m2, np.empty((K, C)), np.empty((K, C)), np.empty(C), nt)
+    mean, m2 = _engine.batch_stats(x3, nt)
     return N * S, mean, m2
 
 
@@ -180,8 +178,7 @@ def merge_stats(counts, means, m2s, *, num_threads=None):
         raise ValueError("m2s: a sum of squared deviations cannot be negative")
     C = means.shape[1]
     nt = effective_num_threads(num_threads, P * C)
-    mean, m2 = np.zeros(C), np.zeros(C)
-    _split.merge(counts, means, m2s, mean, m2, nt)
+    mean, m2 = _engine.merge(counts, means, m2s, nt)
     return total, mean, m2 / total
 
 
@@ -224,9 +221,8 @@ def normalize(x, mean, ivar, gamma, beta, *, num_threads=None):
     mean, ivar = _f64("mean", mean, C), _f64("ivar", ivar, C)
     gamma, beta = feature("gamma", gamma, C, dt), feature("beta", beta, C, dt)
     nt = effective_num_threads(num_threads, x3.size)
-    out = np.empty(x3.shape, dt)
-    K = _split.row_chunks(*x3.shape, x3.itemsize)
-    _split.normalize(x3, mean, ivar, gamma, beta, out, K, nt)
+    out = _engine.empty(x3.shape, dt)
+    _engine.normalize(x3, mean, ivar, gamma, beta, out, nt)
     return out.reshape(shape)
 
 
@@ -280,10 +276,7 @@ def backward_reduce(dout, x, mean, ivar=None, *, num_threads=None):
     if ivar is not None:
         _f64("ivar", ivar, C)
     nt = effective_num_threads(num_threads, x3.size)
-    K = _split.row_chunks(*x3.shape, x3.itemsize)
-    sd, sdx = np.zeros(C), np.zeros(C)
-    _split.backward_reduce(g3, x3, mean, sd, sdx, np.empty((K, C)), np.empty((K, C)), nt)
-    return sd, sdx
+    return _engine.backward_reduce(g3, x3, mean, nt)
 
 
 def _count(value):
@@ -360,8 +353,6 @@ def backward_elementwise(dout, x, mean, ivar, gamma, sum_dout, sum_dout_xmu, cou
     sd, sdx = _f64("sum_dout", sum_dout, C), _f64("sum_dout_xmu", sum_dout_xmu, C)
     count = _count(count)
     nt = effective_num_threads(num_threads, x3.size)
-    dx = np.empty(x3.shape, dt)
-    _split.backward_elementwise(g3, x3, mean, ivar, gamma, sd, sdx, float(count), dx,
-                                np.empty((3, C)), _split.row_chunks(*x3.shape, x3.itemsize),
-                                nt)
+    dx = _engine.empty(x3.shape, dt)
+    _engine.backward_elementwise(g3, x3, mean, ivar, gamma, sd, sdx, count, dx, nt)
     return dx.reshape(shape)

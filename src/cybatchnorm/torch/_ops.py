@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._kernels import fused as _fused
+from .. import _engine
 from .._threads import effective_num_threads
 from ._checks import REDUCED, check_batch_norm
 
@@ -139,42 +139,31 @@ def _forward_impl(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
         # an empty batch: an empty output, statistics untouched (as torch)
         zeros = [torch.zeros(C, dtype=_F64) for _ in range(3)]
         return (out.to(x.dtype), *zeros)
-    mean, invstd = np.empty(C), np.empty(C)
     x3, o3 = _view3(xc, layout), _view3(out, layout)
-    npdt = x3.dtype
     gamma, beta = _channel(weight, C, cdt, 1.0), _channel(bias, C, cdt, 0.0)
-    if training:
-        mu, var = np.empty(C, npdt), np.empty(C, npdt)
-    else:
-        mu, var = _channel(running_mean, C, cdt, 0.0), _channel(running_var, C, cdt, 1.0)
-    K = _fused.row_chunks(x3.shape[0], C, x3.shape[2], npdt.itemsize)
-    _fused.forward(x3, gamma, beta, eps, o3, o3, o3, False, mu, var, np.empty(C, npdt),
-                   np.empty(C, npdt), mean, invstd, not training,
-                   np.empty((K, C)), np.empty((K, C)), np.empty(C),
-                   _threads(num_threads, x3.size))
+    stats = None if training else (_channel(running_mean, C, cdt, 0.0),
+                                   _channel(running_var, C, cdt, 1.0))
+    v = _engine.forward(x3, gamma, beta, eps, o3, False, stats, _threads(num_threads, x3.size))
     if out.dtype != x.dtype:
         out = out.to(x.dtype)
-    return (out, torch.from_numpy(mean), torch.from_numpy(invstd),
-            torch.from_numpy(var.astype(np.float64)))
+    return (out, torch.from_numpy(v["mu64"]), torch.from_numpy(v["ivar64"]),
+            torch.from_numpy(v["var"].astype(np.float64)))
 
 
 def update_running_stats(running_mean, running_var, mean, var, count, momentum):
     """``running = (1 - momentum) * running + momentum * batch`` in place, with
     the unbiased batch variance ``var * count / (count - 1)``, as torch does;
     nothing for an empty batch."""
-    if count == 0:
+    if count == 0 or (running_mean is None and running_var is None):
         return
     plain = all(t is None or t.dtype in (torch.float32, torch.float64)
                 for t in (running_mean, running_var))
     if plain and not torch.compiler.is_compiling():
         # the same arithmetic on numpy views: a fraction of the per-call cost
-        f = count / (count - 1)
-        for run, batch in ((running_mean, mean), (running_var, var)):
-            if run is not None:
-                r = run.detach().numpy()
-                b = batch.numpy()
-                r *= 1.0 - momentum
-                r += momentum * (b * f if run is running_var else b)
+        _engine.update_running_stats(
+            None if running_mean is None else running_mean.detach().numpy(),
+            None if running_var is None else running_var.detach().numpy(),
+            mean.numpy(), var.numpy(), count, momentum)
         return
     with torch.no_grad():
         if running_mean is not None:
@@ -246,11 +235,9 @@ def _backward_impl(dout: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tens
         g = dout.detach()
         g = _in_layout(g if g.dtype == cdt else g.to(cdt), layout)
         g3, x3, dx3 = _view3(g, layout), _view3(xc, layout), _view3(dx, layout)
-        K = _fused.row_chunks(x3.shape[0], C, x3.shape[2], npdt.itemsize)
-        _fused.backward(g3, x3, True, mean.numpy(), invstd.numpy(),
-                        _channel(weight, C, cdt, 1.0), dx3, dgamma, dbeta, training,
-                        np.empty((K, C)), np.empty((K, C)), np.empty((3, C)),
-                        _threads(num_threads, x3.size))
+        dgamma, dbeta = _engine.backward(g3, x3, True, mean.numpy(), invstd.numpy(),
+                                         _channel(weight, C, cdt, 1.0), dx3, training,
+                                         _threads(num_threads, x3.size))
     if dx.dtype != x.dtype:
         dx = dx.to(x.dtype)
     return dx, torch.from_numpy(dgamma), torch.from_numpy(dbeta)
@@ -319,12 +306,11 @@ def _double_backward(ggx, ggw, ggb, dout, x, weight, mean, invstd, training, num
     ddout, dx = _out_like(xc), _out_like(xc)
     dgamma = torch.zeros(C, dtype=_F64)
     if xc.numel():
-        _fused.double_backward(_view3(a, layout), ggx is not None, _view3(g, layout),
-                               _view3(xc, layout), mean.numpy(), invstd.numpy(),
-                               _channel(weight, C, _F64, 1.0), _channel(ggw, C, _F64, 0.0),
-                               _channel(ggb, C, _F64, 0.0), training, _view3(ddout, layout),
-                               _view3(dx, layout), dgamma.numpy(),
-                               _threads(num_threads, xc.numel()))
+        dgamma = torch.from_numpy(_engine.double_backward(
+            None if ggx is None else _view3(a, layout), _view3(g, layout), _view3(xc, layout),
+            mean.numpy(), invstd.numpy(), _channel(weight, C, _F64, 1.0),
+            _channel(ggw, C, _F64, 0.0), _channel(ggb, C, _F64, 0.0), training,
+            _view3(ddout, layout), _view3(dx, layout), _threads(num_threads, xc.numel())))
     pdt = weight.dtype if weight is not None else cdt
     # in the memory formats the fake implementation promises
     return (torch.empty_like(dout).copy_(ddout), torch.empty_like(x).copy_(dx),

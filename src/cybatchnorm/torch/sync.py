@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .._kernels import split as _split
+from .. import _engine
 from ..split import inverse_std
 from ._checks import check_batch_norm, check_transforms
 from ._ops import _F64, _channel, _compute_dtype, _in_layout, _out_like, _prepare, _threads, _view3
@@ -42,18 +42,15 @@ def _gather_stats(x, cdt, num_threads, group, world):
     xc, layout = _prepare(x, cdt)
     if x.numel():
         x3 = _view3(xc, layout)
-        K = _split.row_chunks(x3.shape[0], C, x3.shape[2], x3.dtype.itemsize)
-        m = local.numpy()
-        _split.batch_stats(x3, m[1], m[2], np.empty((K, C)), np.empty((K, C)), np.empty(C),
-                           _threads(num_threads, x3.size))
+        mean, m2 = _engine.batch_stats(x3, _threads(num_threads, x3.size))
+        local[1], local[2] = torch.from_numpy(mean), torch.from_numpy(m2)
         local[0] = x.numel() // C
     shards = [torch.empty_like(local) for _ in range(world)]
     dist.all_gather(shards, local, group=group)
     every = torch.stack(shards).numpy()             # (P, 3, C), in rank order
     counts = np.ascontiguousarray(every[:, 0, 0])
-    mean, m2 = np.zeros(C), np.zeros(C)
-    _split.merge(counts, np.ascontiguousarray(every[:, 1]), np.ascontiguousarray(every[:, 2]),
-                 mean, m2, 1)
+    mean, m2 = _engine.merge(counts, np.ascontiguousarray(every[:, 1]),
+                             np.ascontiguousarray(every[:, 2]), 1)
     return xc, layout, float(counts.sum()), mean, m2
 
 
@@ -77,9 +74,8 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         out = _out_like(xc)
         if x.numel():
             x3, o3 = _view3(xc, layout), _view3(out, layout)
-            K = _split.row_chunks(x3.shape[0], C, x3.shape[2], x3.dtype.itemsize)
-            _split.normalize(x3, mean, invstd, _channel(weight, C, cdt, 1.0),
-                             _channel(bias, C, cdt, 0.0), o3, K, _threads(num_threads, x3.size))
+            _engine.normalize(x3, mean, invstd, _channel(weight, C, cdt, 1.0),
+                              _channel(bias, C, cdt, 0.0), o3, _threads(num_threads, x3.size))
         update_running_stats(running_mean, running_var, torch.from_numpy(mean),
                              torch.from_numpy(var), int(count), momentum)
         ctx.save_for_backward(x, weight)
@@ -102,18 +98,16 @@ class _SyncBatchNormFunction(torch.autograd.Function):
             g = dout.detach()
             g = _in_layout(g if g.dtype == cdt else g.to(cdt), layout)
             g3, x3 = _view3(g, layout), _view3(xc, layout)
-            K = _split.row_chunks(x3.shape[0], C, x3.shape[2], x3.dtype.itemsize)
-            s = sums.numpy()
-            _split.backward_reduce(g3, x3, mean.numpy(), s[0], s[1], np.empty((K, C)),
-                                   np.empty((K, C)), _threads(ctx.num_threads, x3.size))
+            sd, sdx = _engine.backward_reduce(g3, x3, mean.numpy(),
+                                              _threads(ctx.num_threads, x3.size))
+            sums[0], sums[1] = torch.from_numpy(sd), torch.from_numpy(sdx)
         local = sums.clone()
         dist.all_reduce(sums, group=ctx.group)
         if x.numel():
             s = sums.numpy()
-            _split.backward_elementwise(g3, x3, mean.numpy(), invstd.numpy(),
-                                        _channel(weight, C, cdt, 1.0), s[0], s[1], count,
-                                        _view3(dx, layout), np.empty((3, C)), K,
-                                        _threads(ctx.num_threads, x3.size))
+            _engine.backward_elementwise(g3, x3, mean.numpy(), invstd.numpy(),
+                                         _channel(weight, C, cdt, 1.0), s[0], s[1], count,
+                                         _view3(dx, layout), _threads(ctx.num_threads, x3.size))
         need = ctx.needs_input_grad
         dweight = dbias = None
         if weight is not None and need[1]:

@@ -1,0 +1,193 @@
+"""The unchecked engine: the only importer of the compiled kernels.
+
+Every function here assumes its caller validated everything (shapes, dtypes,
+contiguity, eps, the thread count): the public functions do, once, through
+``_validation``. Arrays arrive as the (N, C, S) views the kernels read, per
+channel vectors as (C,); results go back the same way and the caller reshapes.
+Nothing here checks, loops over elements or holds state beyond the pool of
+output buffers.
+
+Which compiled build runs: the AVX-512 one when the CPU has AVX-512 (F, BW,
+DQ, VL), else the AVX2 one when it has AVX2, else the baseline. All are the
+same Cython source and give bitwise equal results (no FMA contraction).
+``CYBATCHNORM_SIMD=baseline`` or ``=avx2`` caps the choice.
+"""
+import importlib
+import math
+import os
+
+import numpy as np
+
+from . import _fused, _nodes, _openmp, _pool, _split
+
+LEVELS = ("baseline", "avx2", "avx512")
+
+
+def _load(level):
+    # the three kernel modules of one instruction-set level, or None when
+    # they were not built for it (a compiler without the flags)
+    if level == "baseline":
+        return _fused, _nodes, _split
+    try:
+        mods = tuple(importlib.import_module(f"{__package__}.{m}_{level}")
+                     for m in ("_fused", "_nodes", "_split"))
+    except ImportError:
+        return None
+    return mods if all(m.SIMD == level for m in mods) else None
+
+
+def _pick():
+    want = os.environ.get("CYBATCHNORM_SIMD", "").strip().lower()
+    cap = LEVELS.index(want) if want in LEVELS else len(LEVELS) - 1
+    cpu = {"avx512": _openmp.cpu_has_avx512(), "avx2": _openmp.cpu_has_avx2()}
+    for level in reversed(LEVELS[1:cap + 1]):
+        if cpu[level]:
+            mods = _load(level)
+            if mods is not None:
+                return mods
+    return _fused, _nodes, _split
+
+
+fused, nodes, split = _pick()
+SIMD = fused.SIMD
+
+# what the build and the runtime offer (for show_config and the thread count)
+openmp_enabled = _openmp.openmp_enabled
+omp_max_threads = _openmp.omp_max_threads
+build_flags = _openmp.build_flags
+cpu_has_avx2 = _openmp.cpu_has_avx2
+cpu_has_avx512 = _openmp.cpu_has_avx512
+
+F64 = np.dtype(np.float64)
+
+
+# ------------------------------------------------------------------ memory
+
+def empty(shape, dtype):
+    """An uninitialized array for an output of the package: from the pool of
+    reused buffers when it is large (see ``cybatchnorm.memory``), else
+    ``np.empty``. Writable, C-contiguous, 64-byte aligned."""
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes < _pool.MIN_BYTES:
+        return np.empty(shape, dtype)
+    return np.frombuffer(_pool.Block(nbytes), dtype).reshape(shape)
+
+
+pool_set_limit = _pool.set_limit
+pool_release = _pool.release
+pool_info = _pool.info
+
+
+# ------------------------------------------------------------------ fused
+
+def _chunks(shape3, dtype):
+    # row chunks of the kernels' work grid: a function of the shape and dtype
+    # alone, never of the thread count (see _common.pxd)
+    return fused.row_chunks(*shape3, dtype.itemsize)
+
+
+def forward(x3, gamma, beta, eps, out3, keep, stats, nt):
+    """The fused forward; returns the node values by name.
+
+    ``stats`` None computes the batch statistics; otherwise ``(mu, var)``
+    (copies the engine may keep) normalize instead. ``keep`` also writes and
+    returns ``xmu`` and ``xhat`` (pooled arrays of x's view shape).
+    """
+    dt, C = x3.dtype, x3.shape[1]
+    xmu = empty(x3.shape, dt) if keep else out3
+    xhat = empty(x3.shape, dt) if keep else out3
+    mu, var = (np.empty(C, dt), np.empty(C, dt)) if stats is None else stats
+    sqrtvar, ivar = np.empty(C, dt), np.empty(C, dt)
+    mu64, ivar64 = np.empty(C), np.empty(C)
+    K = _chunks(x3.shape, dt)
+    fused.forward(x3, gamma, beta, eps, out3, xmu, xhat, keep, mu, var, sqrtvar, ivar,
+                  mu64, ivar64, stats is not None, np.empty((K, C)), np.empty((K, C)),
+                  np.empty(C), nt)
+    values = dict(mu=mu, var=var, sqrtvar=sqrtvar, ivar=ivar, mu64=mu64, ivar64=ivar64)
+    if keep:
+        values.update(xmu=xmu, xhat=xhat)
+    return values
+
+
+def backward(g3, src, from_x, mu64, ivar64, gamma, dx3, batch_stats, nt):
+    """The closed-form backward into ``dx3``; returns ``(dgamma, dbeta)``.
+    ``src`` is xhat, or x when ``from_x``."""
+    dt, C = g3.dtype, g3.shape[1]
+    dgamma, dbeta = np.empty(C, dt), np.empty(C, dt)
+    K = _chunks(g3.shape, dt)
+    fused.backward(g3, src, from_x, mu64, ivar64, gamma, dx3, dgamma, dbeta, batch_stats,
+                   np.empty((K, C)), np.empty((K, C)), np.empty((3, C)), nt)
+    return dgamma, dbeta
+
+
+def double_backward(ggx, dout, x, mu64, ivar64, gamma, ggw, ggb, batch_stats, ddout, dx, nt):
+    """Second derivatives into ``ddout`` and ``dx`` (``ggx`` None reads as
+    zeros); returns the float64 ``dgamma``."""
+    dgamma = np.empty(dout.shape[1])
+    fused.double_backward(dout if ggx is None else ggx, ggx is not None, dout, x, mu64, ivar64,
+                          gamma, ggw, ggb, batch_stats, ddout, dx, dgamma, nt)
+    return dgamma
+
+
+def copy(src, dst, nt):
+    """``dst[:] = src`` for 1-D arrays: the benchmark's bandwidth probe."""
+    fused.copy(src, dst, nt)
+
+
+# ------------------------------------------------------------------ split
+
+def batch_stats(x3, nt):
+    """Float64 per-channel mean and m2 of one shard."""
+    N, C, S = x3.shape
+    K = split.row_chunks(N, C, S, x3.itemsize)
+    mean, m2 = np.zeros(C), np.zeros(C)
+    split.batch_stats(x3, mean, m2, np.empty((K, C)), np.empty((K, C)), np.empty(C), nt)
+    return mean, m2
+
+
+def merge(counts, means, m2s, nt):
+    """Chan's merge of (P,) counts and (P, C) means and m2s, in shard order."""
+    C = means.shape[1]
+    mean, m2 = np.zeros(C), np.zeros(C)
+    split.merge(counts, means, m2s, mean, m2, nt)
+    return mean, m2
+
+
+def normalize(x3, mean, ivar, gamma, beta, out3, nt):
+    """``out3 = gamma * (x3 - mean) * ivar + beta`` with float64 statistics."""
+    split.normalize(x3, mean, ivar, gamma, beta, out3, split.row_chunks(*x3.shape, x3.itemsize),
+                    nt)
+
+
+def backward_reduce(g3, x3, mean, nt):
+    """Float64 per-channel ``sum(dout)`` and ``sum(dout * (x - mean))``."""
+    C = g3.shape[1]
+    K = split.row_chunks(*x3.shape, x3.itemsize)
+    sd, sdx = np.zeros(C), np.zeros(C)
+    split.backward_reduce(g3, x3, mean, sd, sdx, np.empty((K, C)), np.empty((K, C)), nt)
+    return sd, sdx
+
+
+def backward_elementwise(g3, x3, mean, ivar, gamma, sd, sdx, count, dx3, nt):
+    """A shard's dx from the global sums, into ``dx3``."""
+    C = g3.shape[1]
+    split.backward_elementwise(g3, x3, mean, ivar, gamma, sd, sdx, float(count), dx3,
+                               np.empty((3, C)), split.row_chunks(*x3.shape, x3.itemsize), nt)
+
+
+
+# ------------------------------------------------------- running statistics
+
+def update_running_stats(running_mean, running_var, mean, var, count, momentum):
+    """The package's one running-statistics rule, as PyTorch's: in place,
+    ``running = (1 - momentum) * running + momentum * batch`` with the
+    unbiased batch variance ``var * count / (count - 1)``. Either running
+    array may be None; numpy arrays (or CPU tensors' numpy views)."""
+    f = count / (count - 1)
+    if running_mean is not None:
+        running_mean *= 1.0 - momentum
+        running_mean += momentum * mean
+    if running_var is not None:
+        running_var *= 1.0 - momentum
+        running_var += momentum * (var * f)
