@@ -270,7 +270,7 @@ def test_minimal_cache_computes_its_nodes_on_first_access(rng, dtype, training):
     x, g, b, dout = make(rng, (40, 3, 5), dtype)
     stats = (np.array([0.5, -1.0, 2.0], dtype), np.array([1.5, 0.5, 4.0], dtype))
     extra = {} if training else {"stats": stats}
-    from cybatchnorm._cache import run_forward
+    from cybatchnorm.api import run_forward
     from cybatchnorm._validation import forward_args
     _, full = run_forward(forward_args(x, g, b, 1e-5, cache="full", **extra))
     _, minimal = run_forward(forward_args(x, g, b, 1e-5, cache="minimal", **extra))

@@ -221,3 +221,48 @@ def test_constants_cut_the_graph(rng):
 def test_node_functions_validate(call, match):
     with pytest.raises((TypeError, ValueError), match=match):
         call()
+
+
+@pytest.mark.parametrize("shape", [(6, 3), (4, 3, 5), (300, 40)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("kind", ["full", "minimal"])
+def test_planned_walk_is_the_docs_walk_bit_for_bit(rng, shape, dtype, mode, kind):
+    from cybatchnorm.api import run_forward
+    from cybatchnorm._validation import forward_args
+    x = rng.normal(2, 3, shape).astype(dtype)
+    dout = rng.normal(size=shape).astype(dtype)
+    g, b = rng.uniform(0.5, 2, shape[1]).astype(dtype), rng.normal(size=shape[1]).astype(dtype)
+    stats = None if mode == "train" else (rng.normal(size=shape[1]), rng.uniform(1, 2, shape[1]))
+    _, cache = run_forward(forward_args(x, g, b, 1e-5, cache=kind, stats=stats))
+    walk = graph.backward(dout, cache, constants=("mu", "ivar") if mode == "eval" else ())
+    planned = bn.batchnorm_backward(dout, cache)
+    for name, value in zip(("dx", "dgamma", "dbeta"), planned):
+        assert value.tobytes() == np.asarray(walk[name]).tobytes(), name
+
+
+def test_the_plan_needs_one_buffer_the_size_of_x():
+    # train: dxhat, dxmu1, dxmu (added into), dx1 and dx share one buffer
+    for constants in (frozenset(), frozenset(("mu", "ivar"))):
+        steps, (dx_loc, dgamma_loc, dbeta_loc), nbuf = graph._plan(graph.NODES, constants)
+        assert nbuf == 1 and dx_loc == 0
+        assert (dgamma_loc, dbeta_loc) == ("dgamma", "dbeta")
+    steps = graph._plan(graph.NODES, frozenset())[0]
+    assert [s[0].name if s[0] else "branch_sum" for s in steps] == [
+        "out", "gammax", "xhat", "ivar", "sqrtvar", "var", "sq", "xmu", "mu", "branch_sum"]
+
+
+def test_planned_walk_writes_into_dx_and_allocates_nothing_else(rng):
+    import tracemalloc
+    x, dout = rng.normal(size=(512, 300)), rng.normal(size=(512, 300))
+    _, cache = bn.batchnorm_forward(x, np.ones(300), np.zeros(300))
+    dx = np.empty_like(x)
+    bn.batchnorm_backward(dout, cache, dx=dx)
+    tracemalloc.start()
+    try:
+        res = bn.batchnorm_backward(dout, cache, dx=dx)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert res[0] is dx and peak < x.nbytes / 4
+    np.testing.assert_array_equal(dx, bn.batchnorm_backward(dout, cache)[0])

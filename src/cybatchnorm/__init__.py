@@ -7,7 +7,9 @@ form), :class:`BatchNorm`, :class:`Cache`, :func:`check_gradients`,
 :func:`show_config` and the :mod:`cybatchnorm.graph` module; the split API
 for batches spread over processes (:func:`batch_stats`, :func:`merge_stats`,
 :func:`normalize`, :func:`backward_reduce`, :func:`backward_elementwise`,
-from :mod:`cybatchnorm.split`). :mod:`cybatchnorm.distributed` (MPI) and
+from :mod:`cybatchnorm.split`); the pool of output buffers
+(:func:`set_pool_limit`, :func:`release_pool`, :func:`pool_info`, from
+:mod:`cybatchnorm.memory`). :mod:`cybatchnorm.distributed` (MPI) and
 :mod:`cybatchnorm.torch` (PyTorch) are imported on demand only.
 """
 from ._version import __version__
@@ -16,10 +18,12 @@ from .api import Cache, batchnorm_backward, batchnorm_backward_fused, batchnorm_
 from .gradcheck import check_gradients
 from .layer import BatchNorm
 from .split import backward_elementwise, backward_reduce, batch_stats, merge_stats, normalize
+from .memory import pool_info, release_pool, set_pool_limit
 from ._config import show_config
 
 __all__ = [
     "__version__", "graph", "Cache", "batchnorm_forward", "batchnorm_backward",
     "batchnorm_backward_fused", "BatchNorm", "check_gradients", "show_config",
     "batch_stats", "merge_stats", "normalize", "backward_reduce", "backward_elementwise",
+    "set_pool_limit", "release_pool", "pool_info",
 ]

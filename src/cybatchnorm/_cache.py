@@ -1,5 +1,4 @@
-"""The Cache: what a forward pass keeps for the backward, and the forward
-that makes it (:func:`run_forward`, over validated arguments).
+"""The Cache: what a forward pass keeps for the backward.
 
 Made by :func:`cybatchnorm.batchnorm_forward` (and the layer), read by the
 backward passes; ``_validation.check_cache`` refuses a forged or damaged one
@@ -12,28 +11,11 @@ import numpy as np
 from . import _engine
 from ._threads import effective_num_threads
 
-__all__ = ["Cache", "run_forward"]
+__all__ = ["Cache"]
 
 FULL = ("xmu", "xhat")
 CHANNEL = ("mu", "var", "sqrtvar", "ivar", "gamma", "beta")
 KINDS = ("full", "minimal")
-
-
-def run_forward(a):
-    """The fused forward of a validated call (``_validation.ForwardArgs``);
-    returns ``(out, cache)``, out of x's shape (the caller's ``out`` if given)."""
-    keep = a.kind == "full"
-    out3 = a.out3 if a.out3 is not None else _engine.empty(a.x3.shape, a.dtype)
-    values = _engine.forward(a.x3, a.gamma, a.beta, a.eps, out3, keep, a.stats, a.nt)
-    if keep:
-        values["xmu"] = values["xmu"].reshape(a.shape)
-        values["xhat"] = values["xhat"].reshape(a.shape)
-    else:
-        values["x"] = a.x3.reshape(a.shape)
-    cache = Cache(shape=a.shape, dtype=a.dtype, eps=a.eps,
-                  mode="train" if a.stats is None else "eval", kind=a.kind, axis=a.axis,
-                  x_shape=a.x_shape, gamma=a.gamma, beta=a.beta, **values)
-    return (a.out if a.out is not None else out3.reshape(a.x_shape)), cache
 
 
 class Cache:

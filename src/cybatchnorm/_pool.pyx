@@ -8,7 +8,7 @@
 # the next call of the same size reuses them with their pages still mapped.
 # Nothing process-wide changes: numpy's allocator and malloc's settings are
 # left alone; other arrays never touch this pool.
-from cpython.buffer cimport PyBUF_WRITABLE
+from libc.stdint cimport uintptr_t
 from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock,
                                PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK)
 
@@ -36,7 +36,14 @@ cdef extern from *:
     void* block_alloc "cybn_block_alloc"(size_t n, size_t align) nogil
     void block_free "cybn_block_free"(void* p) nogil
 
+cdef extern from "Python.h":
+    # so that tracemalloc (and the benchmark's peak memory) sees pooled
+    # buffers in use, as it sees numpy's own allocations
+    int PyTraceMalloc_Track(unsigned int domain, uintptr_t ptr, size_t size)
+    int PyTraceMalloc_Untrack(unsigned int domain, uintptr_t ptr)
+
 cdef enum:
+    TRACE_DOMAIN = 0x63796e62   # "cynb": this pool's tracemalloc domain
     SLOTS = 64                  # buffers the pool can hold at once
     HUGE = 4 << 20              # buffers this large are 2 MiB aligned, huge pages advised
 
@@ -119,6 +126,7 @@ cdef class Block:
         if self.ptr == NULL:
             raise MemoryError(f"out: cannot allocate {nbytes} bytes")
         self.nbytes = nbytes
+        PyTraceMalloc_Track(TRACE_DOMAIN, <uintptr_t>self.ptr, nbytes)
 
     def __getbuffer__(self, Py_buffer* buf, int flags):
         self._shape[0] = self.nbytes
@@ -139,6 +147,7 @@ cdef class Block:
 
     def __dealloc__(self):
         if self.ptr != NULL:
+            PyTraceMalloc_Untrack(TRACE_DOMAIN, <uintptr_t>self.ptr)
             _give_back(self.ptr, self.nbytes)
 
 

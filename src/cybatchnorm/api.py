@@ -4,14 +4,32 @@ batchnorm_backward_fused; the Cache they pass along lives in ``_cache``.
 Each function validates its arguments once (``_validation``), then runs the
 unchecked engine (``_engine``, the only importer of the compiled kernels) and
 wraps the results. A call goes: this file -> ``_validation`` -> ``_engine``
-(and ``_cache.run_forward`` for the forward, ``graph`` for the staged walk).
+(``graph`` for the staged walk): three files from a call to its kernel.
 """
 
 from . import _engine, graph
-from ._cache import Cache, run_forward
+from ._cache import Cache
 from ._validation import DEFAULT_EPS, backward_args, forward_args
 
 __all__ = ["Cache", "batchnorm_forward", "batchnorm_backward", "batchnorm_backward_fused"]
+
+
+def run_forward(a):
+    """The fused forward of a validated call (``_validation.ForwardArgs``), for
+    :func:`batchnorm_forward` and :meth:`BatchNorm.forward`;
+    returns ``(out, cache)``, out of x's shape (the caller's ``out`` if given)."""
+    keep = a.kind == "full"
+    out3 = a.out3 if a.out3 is not None else _engine.empty(a.x3.shape, a.dtype)
+    values = _engine.forward(a.x3, a.gamma, a.beta, a.eps, out3, keep, a.stats, a.nt)
+    if keep:
+        values["xmu"] = values["xmu"].reshape(a.shape)
+        values["xhat"] = values["xhat"].reshape(a.shape)
+    else:
+        values["x"] = a.x3.reshape(a.shape)
+    cache = Cache(shape=a.shape, dtype=a.dtype, eps=a.eps,
+                  mode="train" if a.stats is None else "eval", kind=a.kind, axis=a.axis,
+                  x_shape=a.x_shape, gamma=a.gamma, beta=a.beta, **values)
+    return (a.out if a.out is not None else out3.reshape(a.x_shape)), cache
 
 
 def batchnorm_forward(x, gamma, beta, eps=DEFAULT_EPS, *, axis=1, num_threads=None, cache="full",

@@ -5,8 +5,7 @@ import operator
 import numpy as np
 
 from . import _engine
-from ._cache import run_forward
-from .api import batchnorm_backward, batchnorm_backward_fused
+from .api import batchnorm_backward, batchnorm_backward_fused, run_forward
 from ._threads import effective_num_threads
 from ._validation import DEFAULT_EPS, channel_axis, check_eps, forward_args
 

@@ -1,0 +1,77 @@
+"""The pool of output buffers: what it keeps, and how to make it let go.
+
+Every output of the package of 1 MiB or more (``out``, ``dx``, a full
+cache's ``xmu`` and ``xhat``, a layer's copy of x, the staged walk's
+buffer) is taken from a pool of buffers that earlier calls returned, when one
+of exactly that size is there. A fresh buffer that large comes from the
+operating system: the first write to each page faults and the kernel zeroes
+it, and freeing unmaps it again, so a training loop that allocates its outputs
+would pay for that on every step. A buffer goes back to the pool when the
+last array viewing it is garbage collected.
+
+The pool holds at most :func:`set_pool_limit` bytes (256 MiB by default;
+the oldest buffers are freed first) and nothing else: numpy's allocator and
+malloc's settings are not touched, and arrays made by anyone else never
+enter it. :func:`release_pool` hands everything it holds back to the system.
+"""
+import operator
+
+from . import _engine
+
+__all__ = ["pool_info", "release_pool", "set_pool_limit"]
+
+
+def set_pool_limit(nbytes):
+    """Set how many bytes of unused output buffers the pool may keep.
+
+    Parameters
+    ----------
+    nbytes : int
+        The limit, >= 0; 0 turns pooling off (every buffer is freed when its
+        last array dies). Buffers held beyond the new limit are freed now.
+
+    Returns
+    -------
+    int
+        The previous limit.
+
+    Examples
+    --------
+    >>> import cybatchnorm as bn
+    >>> old = bn.set_pool_limit(64 << 20)
+    >>> bn.pool_info()["limit"]
+    67108864
+    >>> _ = bn.set_pool_limit(old)
+    """
+    if isinstance(nbytes, bool):
+        raise TypeError("nbytes: expected an int >= 0, got a bool")
+    try:
+        nbytes = operator.index(nbytes)
+    except TypeError:
+        raise TypeError(f"nbytes: expected an int >= 0, got {type(nbytes).__name__}") from None
+    if nbytes < 0:
+        raise ValueError(f"nbytes: expected an int >= 0, got {nbytes}")
+    return _engine.pool_set_limit(nbytes)
+
+
+def release_pool():
+    """Free every unused buffer the pool holds; return the number of bytes freed.
+
+    Buffers still viewed by live arrays are not affected: they return to the
+    pool (or are freed, with a limit of 0) when those arrays die.
+
+    Examples
+    --------
+    >>> import cybatchnorm as bn
+    >>> freed = bn.release_pool()
+    >>> bn.pool_info()["held"]
+    0
+    """
+    return _engine.pool_release()
+
+
+def pool_info():
+    """The pool's state, as a dict: ``limit`` and ``held`` (bytes), ``buffers``
+    (held), ``reused`` and ``allocated`` (buffers handed out since the
+    process started: from the pool, and fresh from the system)."""
+    return _engine.pool_info()
