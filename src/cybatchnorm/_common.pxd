@@ -141,6 +141,63 @@ cdef inline Py_ssize_t rstart(Py_ssize_t k, Py_ssize_t K,
     return (k * N) // K
 
 
+cdef struct Task:
+    # one task of the grid: rows [r0, r1) of chunk k, channels [c0, c1)
+    Py_ssize_t k, r0, r1, c0, c1
+
+
+cdef inline Task task_bounds(Py_ssize_t t, Py_ssize_t K, Py_ssize_t N,
+                             Py_ssize_t C, Py_ssize_t FB) noexcept nogil:
+    # task t of the K x ceil(C / FB) grid, chunk-major. Returned by value:
+    # inside prange each thread gets its own copy, where a struct written
+    # through a pointer would be shared between threads
+    cdef Py_ssize_t nfb = (C + FB - 1) // FB
+    cdef Task task
+    task.k = t // nfb
+    task.r0 = rstart(task.k, K, N)
+    task.r1 = rstart(task.k + 1, K, N)
+    task.c0 = (t % nfb) * FB
+    task.c1 = min(C, task.c0 + FB)
+    return task
+
+
+cdef inline Py_ssize_t n_tasks(Py_ssize_t K, Py_ssize_t C,
+                               Py_ssize_t FB) noexcept nogil:
+    return K * ((C + FB - 1) // FB)
+
+
+cdef inline double chunk_sum(const double* part, Py_ssize_t K, Py_ssize_t C,
+                             Py_ssize_t c) noexcept nogil:
+    # channel c's K partial sums of a (K, C) buffer, merged in chunk order:
+    # the same order for any thread count
+    cdef double tot = 0.0
+    cdef Py_ssize_t j
+    for j in range(K):
+        tot = tot + part[j * C + c]
+    return tot
+
+
+cdef struct Moments:
+    double n, mean, m2      # count, mean and sum of squared deviations
+
+
+cdef inline Moments chan_merge(Moments a, double n_b, double mean_b,
+                               double m2_b) noexcept nogil:
+    # Chan, Golub and LeVeque's pairwise update of (n, mean, m2) by a part
+    # of n_b values: n = n_a + n_b, d = mean_b - mean_a, mean = mean_a +
+    # d n_b / n, m2 = m2_a + m2_b + d^2 n_a n_b / n. An empty part changes
+    # nothing. The one place this formula is written.
+    cdef double n, d
+    if n_b == 0.0:
+        return a
+    n = a.n + n_b
+    d = mean_b - a.mean
+    a.mean = a.mean + d * (n_b / n)
+    a.m2 = a.m2 + m2_b + d * d * (a.n * n_b / n)
+    a.n = n
+    return a
+
+
 cdef inline double run_sum(const floating* p, Py_ssize_t S) noexcept nogil:
     # Four partial sums break the add latency chain without reordering
     # anything that depends on the thread count.
@@ -316,33 +373,32 @@ cdef inline void stats_pass(const floating[:, :, ::1] x, double* shift,
     """Partial shifted mean/m2 of every (chunk, channel) into the (K, C)
     row-major buffers ``pmean``/``pm2``; ``shift`` (C,) is filled here."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
-    cdef Py_ssize_t FB = grid_block(N, C, S, sizeof(floating))
-    cdef Py_ssize_t nfb = (C + FB - 1) // FB, t, k, c0, c1, c
+    cdef Py_ssize_t FB = grid_block(N, C, S, sizeof(floating)), t, c
+    cdef Task w
     for c in range(C):
         shift[c] = x[0, c, 0]
-    for t in prange(K * nfb, schedule='static', num_threads=n_threads):
-        k = t // nfb
-        c0 = (t % nfb) * FB
-        c1 = min(C, c0 + FB)
-        welford_rows(x, rstart(k, K, N), rstart(k + 1, K, N), c0, c1,
-                     &shift[c0], &pmean[k * C + c0], &pm2[k * C + c0])
+    for t in prange(n_tasks(K, C, FB), schedule='static', num_threads=n_threads):
+        w = task_bounds(t, K, N, C, FB)
+        welford_rows(x, w.r0, w.r1, w.c0, w.c1, &shift[w.c0], &pmean[w.k * C + w.c0],
+                     &pm2[w.k * C + w.c0])
 
 
-cdef inline void merge_stats(Py_ssize_t N, Py_ssize_t S, Py_ssize_t K,
-                             Py_ssize_t C, Py_ssize_t c, const double* shift,
-                             const double* pmean, const double* pm2,
-                             double* mean, double* m2) noexcept nogil:
-    """Chan's merge of channel c's K partials, in chunk order."""
-    cdef double n_a = 0.0, n_b, m = 0.0, q = 0.0, d
+cdef inline Moments merge_chunk_stats(Py_ssize_t N, Py_ssize_t S, Py_ssize_t K,
+                                      Py_ssize_t C, Py_ssize_t c, const double* shift,
+                                      const double* pmean,
+                                      const double* pm2) noexcept nogil:
+    """Channel c's (count, mean, m2) from its K chunk partials (of x - shift),
+    merged by Chan's update in chunk order."""
+    cdef Moments r
     cdef Py_ssize_t j
+    r.n = 0.0
+    r.mean = 0.0
+    r.m2 = 0.0
     for j in range(K):
-        n_b = <double>(rstart(j + 1, K, N) - rstart(j, K, N)) * S
-        d = pmean[j * C + c] - m
-        m = m + d * (n_b / (n_a + n_b))
-        q = q + pm2[j * C + c] + d * d * (n_a * n_b / (n_a + n_b))
-        n_a = n_a + n_b
-    mean[0] = m + shift[c]
-    m2[0] = q
+        r = chan_merge(r, <double>(rstart(j + 1, K, N) - rstart(j, K, N)) * S,
+                       pmean[j * C + c], pm2[j * C + c])
+    r.mean = r.mean + shift[c]
+    return r
 
 
 cdef inline void normalize_rows(const floating[:, :, ::1] x,

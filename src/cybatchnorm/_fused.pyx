@@ -29,9 +29,10 @@ from libc.string cimport memcpy
 from libc.stdlib cimport malloc, free
 
 from cybatchnorm._common cimport (run_sum, run_dot, row_chunks as _row_chunks,
-                                  grid_block, rstart as _rstart, stats_pass,
-                                  welford_rows, merge_stats, stream_copy,
-                                  store_fence, normalize_rows, dx_rows, STREAM_BYTES)
+                                  grid_block, Task, task_bounds, n_tasks, chunk_sum,
+                                  Moments, merge_chunk_stats, stats_pass, welford_rows,
+                                  stream_copy, store_fence, normalize_rows, dx_rows,
+                                  STREAM_BYTES)
 cimport cybatchnorm._openmp
 from cybatchnorm._openmp cimport CYBN_SIMD
 
@@ -127,13 +128,15 @@ cdef inline void _channel_stats(Py_ssize_t c, Py_ssize_t N, Py_ssize_t S,
     # channel c's statistics from its K partials (Chan, in chunk order) or,
     # in eval mode, from the given mu and var; ab gets the float32 affine
     # coefficients when it is not NULL
-    cdef double m = 0.0, q = 0.0, v, sd
+    cdef double m, v, sd
+    cdef Moments r
     if given_stats:
         m = mu[c]
         v = var[c]
     else:
-        merge_stats(N, S, K, C, c, shift, pmean, pm2, &m, &q)
-        v = q / (<double>N * S)
+        r = merge_chunk_stats(N, S, K, C, c, shift, pmean, pm2)
+        m = r.mean
+        v = r.m2 / (<double>N * S)
         mu[c] = <floating>m
         var[c] = <floating>v
     sd = sqrt(v + eps)
@@ -167,8 +170,8 @@ def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
     normalizes it right after reducing it, while it is still in cache.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
-    cdef Py_ssize_t K = pmean.shape[0], FB = grid_block(N, C, S, sizeof(floating))
-    cdef Py_ssize_t nfb = (C + FB - 1) // FB, t, k, c0, c1, c
+    cdef Py_ssize_t K = pmean.shape[0], FB = grid_block(N, C, S, sizeof(floating)), t, c
+    cdef Task w
     cdef float* ab = NULL
     cdef bint fast = floating is float and not keep_nodes
     cdef bint stream = not keep_nodes and N * C * S * sizeof(floating) > STREAM_BYTES
@@ -181,19 +184,19 @@ def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
     with nogil:
         if K == 1:
             # strips: statistics and normalization of a block in one task
-            for t in prange(nfb, schedule='static', num_threads=n_threads):
-                c0 = t * FB
-                c1 = min(C, c0 + FB)
+            for t in prange(n_tasks(1, C, FB), schedule='static', num_threads=n_threads):
+                w = task_bounds(t, 1, N, C, FB)
                 if not given_stats:
-                    for c in range(c0, c1):
+                    for c in range(w.c0, w.c1):
                         shift[c] = x[0, c, 0]
-                    welford_rows(x, 0, N, c0, c1, &shift[c0], &pmean[0, c0], &pm2[0, c0])
-                for c in range(c0, c1):
+                    welford_rows(x, 0, N, w.c0, w.c1, &shift[w.c0], &pmean[0, w.c0],
+                                 &pm2[0, w.c0])
+                for c in range(w.c0, w.c1):
                     _channel_stats(c, N, S, K, C, eps, given_stats, gamma, beta, mu, var,
                                    sqrtvar, ivar, mu64, ivar64, &shift[0], &pmean[0, 0],
                                    &pm2[0, 0], ab)
                 _normalize_task(x, gamma, beta, mu64, ivar64, out, xmu, xhat, keep_nodes,
-                                ab, stream, 0, N, c0, c1)
+                                ab, stream, 0, N, w.c0, w.c1)
         else:
             if not given_stats:
                 # pass 1: partial statistics of every (chunk, block) task
@@ -204,12 +207,10 @@ def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
                                sqrtvar, ivar, mu64, ivar64, &shift[0], &pmean[0, 0],
                                &pm2[0, 0], ab)
             # pass 2: normalize
-            for t in prange(K * nfb, schedule='static', num_threads=n_threads):
-                k = t // nfb
-                c0 = (t % nfb) * FB
-                c1 = min(C, c0 + FB)
+            for t in prange(n_tasks(K, C, FB), schedule='static', num_threads=n_threads):
+                w = task_bounds(t, K, N, C, FB)
                 _normalize_task(x, gamma, beta, mu64, ivar64, out, xmu, xhat, keep_nodes,
-                                ab, stream, _rstart(k, K, N), _rstart(k + 1, K, N), c0, c1)
+                                ab, stream, w.r0, w.r1, w.c0, w.c1)
     free(ab)
 
 
@@ -335,11 +336,7 @@ cdef inline void _channel_coef(Py_ssize_t c, Py_ssize_t K, Py_ssize_t C,
                                float* afg) noexcept nogil:
     # merge channel c's K partial sums in chunk order; dx = A * dout + E * xhat + B
     # with A = gamma * ivar, B = -A * sum(dout) / M, E = -A * sum(dout * xhat) / M
-    cdef double sd = 0.0, sdx = 0.0, a
-    cdef Py_ssize_t j
-    for j in range(K):
-        sd = sd + psum[j * C + c]
-        sdx = sdx + pdot[j * C + c]
+    cdef double sd = chunk_sum(psum, K, C, c), sdx = chunk_sum(pdot, K, C, c), a
     dbeta[c] = <floating>sd
     dgamma[c] = <floating>sdx
     a = gamma[c] * ivar64[c]
@@ -399,8 +396,8 @@ def backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] src,
     while dout and src are still in cache.
     """
     cdef Py_ssize_t N = dout.shape[0], C = dout.shape[1], S = dout.shape[2]
-    cdef Py_ssize_t K = psum.shape[0], FB = grid_block(N, C, S, sizeof(floating))
-    cdef Py_ssize_t nfb = (C + FB - 1) // FB, t, k, c0, c1, c
+    cdef Py_ssize_t K = psum.shape[0], FB = grid_block(N, C, S, sizeof(floating)), t, c
+    cdef Task w
     cdef double M = <double>N * S
     cdef float* afg = NULL
     cdef bint fast = floating is float and from_x
@@ -414,33 +411,29 @@ def backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] src,
     with nogil:
         if K == 1:
             # strips: sums, coefficients and dx of a block in one task
-            for t in prange(nfb, schedule='static', num_threads=n_threads):
-                c0 = t * FB
-                c1 = min(C, c0 + FB)
-                _sums_rows(dout, src, from_x, mu64, ivar64, 0, N, c0, c1,
-                           &psum[0, c0], &pdot[0, c0])
-                for c in range(c0, c1):
+            for t in prange(n_tasks(1, C, FB), schedule='static', num_threads=n_threads):
+                w = task_bounds(t, 1, N, C, FB)
+                _sums_rows(dout, src, from_x, mu64, ivar64, 0, N, w.c0, w.c1,
+                           &psum[0, w.c0], &pdot[0, w.c0])
+                for c in range(w.c0, w.c1):
                     _channel_coef(c, K, C, M, batch_stats, gamma, mu64, ivar64, dgamma, dbeta,
                                   &psum[0, 0], &pdot[0, 0], &coef[0, 0], afg)
-                _dx_task(dout, src, from_x, mu64, ivar64, &coef[0, 0], afg, stream, dx, 0, N, c0, c1)
+                _dx_task(dout, src, from_x, mu64, ivar64, &coef[0, 0], afg, stream, dx, 0, N,
+                         w.c0, w.c1)
         else:
             # pass 1: partial sums of every (chunk, block) task
-            for t in prange(K * nfb, schedule='static', num_threads=n_threads):
-                k = t // nfb
-                c0 = (t % nfb) * FB
-                c1 = min(C, c0 + FB)
-                _sums_rows(dout, src, from_x, mu64, ivar64, _rstart(k, K, N),
-                           _rstart(k + 1, K, N), c0, c1, &psum[k, c0], &pdot[k, c0])
+            for t in prange(n_tasks(K, C, FB), schedule='static', num_threads=n_threads):
+                w = task_bounds(t, K, N, C, FB)
+                _sums_rows(dout, src, from_x, mu64, ivar64, w.r0, w.r1, w.c0, w.c1,
+                           &psum[w.k, w.c0], &pdot[w.k, w.c0])
             for c in prange(C, schedule='static', num_threads=n_threads):
                 _channel_coef(c, K, C, M, batch_stats, gamma, mu64, ivar64, dgamma, dbeta,
                               &psum[0, 0], &pdot[0, 0], &coef[0, 0], afg)
             # pass 2: dx
-            for t in prange(K * nfb, schedule='static', num_threads=n_threads):
-                k = t // nfb
-                c0 = (t % nfb) * FB
-                c1 = min(C, c0 + FB)
+            for t in prange(n_tasks(K, C, FB), schedule='static', num_threads=n_threads):
+                w = task_bounds(t, K, N, C, FB)
                 _dx_task(dout, src, from_x, mu64, ivar64, &coef[0, 0], afg, stream, dx,
-                         _rstart(k, K, N), _rstart(k + 1, K, N), c0, c1)
+                         w.r0, w.r1, w.c0, w.c1)
     free(afg)
 
 

@@ -16,8 +16,8 @@ from libc.math cimport sqrt
 from libc.stdlib cimport malloc, free
 
 from cybatchnorm._common cimport (n_blocks, block_start, run_sum, run_dot,
-                                  row_chunks, grid_block, rstart, stats_pass,
-                                  merge_stats)
+                                  row_chunks, grid_block, Task, task_bounds, n_tasks,
+                                  chunk_sum, Moments, merge_chunk_stats, stats_pass)
 # The shim makes prange serial, not broken, in a build without OpenMP.
 cimport cybatchnorm._openmp
 from cybatchnorm._openmp cimport CYBN_SIMD
@@ -35,7 +35,7 @@ cdef enum:
 
 # ---------------------------------------------------------------- helpers
 
-cdef inline void _reduce_rows(const floating[:, :, ::1] a,
+cdef inline void _node_sum_rows(const floating[:, :, ::1] a,
                               const floating[:, :, ::1] b, bint with_b,
                               const floating* p, floating* out,
                               bint with_out, Py_ssize_t r0, Py_ssize_t r1,
@@ -109,9 +109,8 @@ cdef int _reduce(const floating[:, :, ::1] a, const floating[:, :, ::1] b,
     sums could not be allocated."""
     cdef Py_ssize_t N = a.shape[0], C = a.shape[1], S = a.shape[2]
     cdef Py_ssize_t K = row_chunks(N, C, S, sizeof(floating))
-    cdef Py_ssize_t FB = grid_block(N, C, S, sizeof(floating))
-    cdef Py_ssize_t nfb = (C + FB - 1) // FB, t, k, c0, c1, c, j
-    cdef double tot
+    cdef Py_ssize_t FB = grid_block(N, C, S, sizeof(floating)), t, c
+    cdef Task w
     cdef double* part
     if C == 0:
         return 0
@@ -120,17 +119,12 @@ cdef int _reduce(const floating[:, :, ::1] a, const floating[:, :, ::1] b,
     part = <double*>malloc(K * C * sizeof(double))
     if part == NULL:
         return 1
-    for t in prange(K * nfb, schedule='static', num_threads=n_threads):
-        k = t // nfb
-        c0 = (t % nfb) * FB
-        c1 = min(C, c0 + FB)
-        _reduce_rows(a, b, with_b, p, out, with_out, rstart(k, K, N),
-                     rstart(k + 1, K, N), c0, c1, part + k * C + c0)
+    for t in prange(n_tasks(K, C, FB), schedule='static', num_threads=n_threads):
+        w = task_bounds(t, K, N, C, FB)
+        _node_sum_rows(a, b, with_b, p, out, with_out, w.r0, w.r1, w.c0, w.c1,
+                       part + w.k * C + w.c0)
     for c in prange(C, schedule='static', num_threads=n_threads):
-        tot = 0.0
-        for j in range(K):      # chunks merged in order
-            tot = tot + part[j * C + c]
-        res[c] = <floating>(scale * tot)
+        res[c] = <floating>(scale * chunk_sum(part, K, C, c))
     free(part)
     return 0
 
@@ -212,7 +206,6 @@ def mu_forward(const floating[:, :, ::1] x, floating[::1] mu, int n_threads):
     """mu = mean(x) per channel, by the same one-pass statistics as the fused path."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
     cdef Py_ssize_t K = row_chunks(N, C, S, sizeof(floating)), c
-    cdef double m, q
     cdef double* buf
     if C == 0:
         return
@@ -222,12 +215,8 @@ def mu_forward(const floating[:, :, ::1] x, floating[::1] mu, int n_threads):
     with nogil:
         stats_pass(x, buf, buf + C, buf + C + K * C, K, n_threads)
         for c in prange(C, schedule='static', num_threads=n_threads):
-            # assigned here so that Cython makes m and q private to each
-            # thread: a variable only written through a pointer would be shared
-            m = 0.0
-            q = 0.0
-            merge_stats(N, S, K, C, c, buf, buf + C, buf + C + K * C, &m, &q)
-            mu[c] = <floating>m
+            mu[c] = <floating>merge_chunk_stats(N, S, K, C, c, buf, buf + C,
+                                                buf + C + K * C).mean
     free(buf)
 
 

@@ -25,9 +25,9 @@ from cython cimport floating
 from cython.parallel cimport prange
 
 from cybatchnorm._common cimport (row_chunks as _row_chunks, fblock as _fblock,
-                                  rstart as _rstart, run_sum, stats_pass,
-                                  merge_stats as _merge_chunks, normalize_rows,
-                                  dx_rows)
+                                  Task, task_bounds, n_tasks, chunk_sum, Moments,
+                                  chan_merge, merge_chunk_stats, run_sum, stats_pass,
+                                  normalize_rows, dx_rows)
 cimport cybatchnorm._openmp
 from cybatchnorm._openmp cimport CYBN_SIMD
 
@@ -52,35 +52,30 @@ def batch_stats(const floating[:, :, ::1] x, double[::1] mean, double[::1] m2,
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
     cdef Py_ssize_t K = pmean.shape[0], c
+    cdef Moments r
     if C == 0:
         return
     with nogil:
         stats_pass(x, &shift[0], &pmean[0, 0], &pm2[0, 0], K, n_threads)
         for c in prange(C, schedule='static', num_threads=n_threads):
-            _merge_chunks(N, S, K, C, c, &shift[0], &pmean[0, 0], &pm2[0, 0],
-                          &mean[c], &m2[c])
+            r = merge_chunk_stats(N, S, K, C, c, &shift[0], &pmean[0, 0], &pm2[0, 0])
+            mean[c] = r.mean
+            m2[c] = r.m2
 
 
-cdef inline void _chan(Py_ssize_t P, Py_ssize_t C, Py_ssize_t c,
-                       const double* counts, const double* means,
-                       const double* m2s, double* mean,
-                       double* m2) noexcept nogil:
-    # Chan, Golub and LeVeque's pairwise update, shard by shard in order:
-    # n = n_a + n_b, d = mean_b - mean_a, mean = mean_a + d n_b / n,
-    # m2 = m2_a + m2_b + d^2 n_a n_b / n. Empty shards are skipped.
-    cdef double n_a = 0.0, n_b, n, m = 0.0, q = 0.0, d
+cdef inline Moments _merge_shards(Py_ssize_t P, Py_ssize_t C, Py_ssize_t c,
+                                  const double* counts, const double* means,
+                                  const double* m2s) noexcept nogil:
+    # channel c over P shards, merged by Chan's update shard by shard in
+    # index order (empty shards change nothing)
+    cdef Moments r
     cdef Py_ssize_t p
+    r.n = 0.0
+    r.mean = 0.0
+    r.m2 = 0.0
     for p in range(P):
-        n_b = counts[p]
-        if n_b == 0.0:
-            continue
-        n = n_a + n_b
-        d = means[p * C + c] - m
-        m = m + d * (n_b / n)
-        q = q + m2s[p * C + c] + d * d * (n_a * n_b / n)
-        n_a = n
-    mean[0] = m
-    m2[0] = q
+        r = chan_merge(r, counts[p], means[p * C + c], m2s[p * C + c])
+    return r
 
 
 def merge(const double[::1] counts, const double[:, ::1] means,
@@ -92,10 +87,13 @@ def merge(const double[::1] counts, const double[:, ::1] means,
     order, so the result depends only on the inputs, not on who merges them.
     """
     cdef Py_ssize_t P = means.shape[0], C = means.shape[1], c
+    cdef Moments r
     if C == 0 or P == 0:
         return
     for c in prange(C, nogil=True, schedule='static', num_threads=n_threads):
-        _chan(P, C, c, &counts[0], &means[0, 0], &m2s[0, 0], &mean[c], &m2[c])
+        r = _merge_shards(P, C, c, &counts[0], &means[0, 0], &m2s[0, 0])
+        mean[c] = r.mean
+        m2[c] = r.m2
 
 
 def normalize(const floating[:, :, ::1] x, const double[::1] mean,
@@ -104,18 +102,17 @@ def normalize(const floating[:, :, ::1] x, const double[::1] mean,
               Py_ssize_t K, int n_threads):
     """``out = gamma * (x - mean) * ivar + beta`` over a grid of K row chunks."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
-    cdef Py_ssize_t FB = _fblock(S), nfb = (C + FB - 1) // FB, t, k, c0, c1
-    for t in prange(K * nfb, nogil=True, schedule='static', num_threads=n_threads):
-        k = t // nfb
-        c0 = (t % nfb) * FB
-        c1 = min(C, c0 + FB)
+    cdef Py_ssize_t FB = _fblock(S), t
+    cdef Task w
+    for t in prange(n_tasks(K, C, FB), nogil=True, schedule='static', num_threads=n_threads):
+        w = task_bounds(t, K, N, C, FB)
         normalize_rows(x, gamma, beta, mean, ivar, out, out, out, False,
-                       _rstart(k, K, N), _rstart(k + 1, K, N), c0, c1, NULL)
+                       w.r0, w.r1, w.c0, w.c1, NULL)
 
 
 # ----------------------------------------------------------- backward side
 
-cdef inline void _reduce_rows(const floating[:, :, ::1] dout,
+cdef inline void _shard_sums_rows(const floating[:, :, ::1] dout,
                               const floating[:, :, ::1] x,
                               const double[::1] m, Py_ssize_t r0,
                               Py_ssize_t r1, Py_ssize_t c0, Py_ssize_t c1,
@@ -162,26 +159,18 @@ def backward_reduce(const floating[:, :, ::1] dout, const floating[:, :, ::1] x,
     afterwards in chunk order.
     """
     cdef Py_ssize_t N = dout.shape[0], C = dout.shape[1], S = dout.shape[2]
-    cdef Py_ssize_t K = psum.shape[0], FB = _fblock(S)
-    cdef Py_ssize_t nfb = (C + FB - 1) // FB, t, k, c0, c1, c, j
-    cdef double sd, sdx
+    cdef Py_ssize_t K = psum.shape[0], FB = _fblock(S), t, c
+    cdef Task w
     if C == 0:
         return
     with nogil:
-        for t in prange(K * nfb, schedule='static', num_threads=n_threads):
-            k = t // nfb
-            c0 = (t % nfb) * FB
-            c1 = min(C, c0 + FB)
-            _reduce_rows(dout, x, mean, _rstart(k, K, N), _rstart(k + 1, K, N),
-                         c0, c1, &psum[k, c0], &pdot[k, c0])
+        for t in prange(n_tasks(K, C, FB), schedule='static', num_threads=n_threads):
+            w = task_bounds(t, K, N, C, FB)
+            _shard_sums_rows(dout, x, mean, w.r0, w.r1, w.c0, w.c1, &psum[w.k, w.c0],
+                             &pdot[w.k, w.c0])
         for c in prange(C, schedule='static', num_threads=n_threads):
-            sd = 0.0
-            sdx = 0.0
-            for j in range(K):
-                sd = sd + psum[j, c]
-                sdx = sdx + pdot[j, c]
-            sum_dout[c] = sd
-            sum_dout_xmu[c] = sdx
+            sum_dout[c] = chunk_sum(&psum[0, 0], K, C, c)
+            sum_dout_xmu[c] = chunk_sum(&pdot[0, 0], K, C, c)
 
 
 def backward_elementwise(const floating[:, :, ::1] dout,
@@ -199,7 +188,8 @@ def backward_elementwise(const floating[:, :, ::1] dout,
     ``coef`` (3, C) is scratch; the grid has K row chunks.
     """
     cdef Py_ssize_t N = dout.shape[0], C = dout.shape[1], S = dout.shape[2]
-    cdef Py_ssize_t FB = _fblock(S), nfb = (C + FB - 1) // FB, t, k, c0, c1, c
+    cdef Py_ssize_t FB = _fblock(S), t, c
+    cdef Task w
     cdef double a
     if C == 0:
         return
@@ -209,9 +199,7 @@ def backward_elementwise(const floating[:, :, ::1] dout,
             coef[0, c] = a
             coef[1, c] = -a * sum_dout[c] / count
             coef[2, c] = -a * (sum_dout_xmu[c] * ivar[c]) / count
-        for t in prange(K * nfb, schedule='static', num_threads=n_threads):
-            k = t // nfb
-            c0 = (t % nfb) * FB
-            c1 = min(C, c0 + FB)
+        for t in prange(n_tasks(K, C, FB), schedule='static', num_threads=n_threads):
+            w = task_bounds(t, K, N, C, FB)
             dx_rows(dout, x, True, mean, ivar, &coef[0, 0], &coef[1, 0], &coef[2, 0], dx,
-                    _rstart(k, K, N), _rstart(k + 1, K, N), c0, c1, NULL)
+                    w.r0, w.r1, w.c0, w.c1, NULL)
