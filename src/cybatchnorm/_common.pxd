@@ -198,75 +198,119 @@ cdef inline Moments chan_merge(Moments a, double n_b, double mean_b,
     return a
 
 
+# Reductions along a contiguous run of S values keep LANES partial sums,
+# lane j taking values j, j + LANES, ...; the values after the last full
+# group go to lane 0 in order, and the lanes are combined by one fixed
+# pairwise tree. Sixteen independent add chains hide the add latency on any
+# vector width (two 8-wide chains with AVX-512, four 4-wide with AVX2, eight
+# 2-wide with SSE2: four lanes, one vector, ran at one value per cycle),
+# and the order is the source's, so every SIMD build and thread count gives
+# the same bits.
+
+cdef enum:
+    LANES = 16
+
+
+cdef inline double lanes_total(double* a) noexcept nogil:
+    # the fixed pairwise combine of LANES partial sums
+    cdef int w = LANES // 2, j
+    while w >= 1:
+        for j in range(w):
+            a[j] = a[j] + a[j + w]
+        w = w // 2
+    return a[0]
+
+
 cdef inline double run_sum(const floating* p, Py_ssize_t S) noexcept nogil:
-    # Four partial sums break the add latency chain without reordering
-    # anything that depends on the thread count.
-    cdef double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0
+    cdef double a[LANES]
     cdef Py_ssize_t k = 0
-    while k + 4 <= S:
-        a0 += p[k]
-        a1 += p[k + 1]
-        a2 += p[k + 2]
-        a3 += p[k + 3]
-        k += 4
+    cdef int j
+    for j in range(LANES):
+        a[j] = 0.0
+    while k + LANES <= S:
+        for j in range(LANES):
+            a[j] += p[k + j]
+        k += LANES
     while k < S:
-        a0 += p[k]
+        a[0] += p[k]
         k += 1
-    return (a0 + a1) + (a2 + a3)
+    return lanes_total(a)
 
 
 cdef inline double run_sum_shifted(const floating* p, double K,
                                    Py_ssize_t S) noexcept nogil:
     # sum of (p - K), as run_sum
-    cdef double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0
+    cdef double a[LANES]
     cdef Py_ssize_t k = 0
-    while k + 4 <= S:
-        a0 += p[k] - K
-        a1 += p[k + 1] - K
-        a2 += p[k + 2] - K
-        a3 += p[k + 3] - K
-        k += 4
+    cdef int j
+    for j in range(LANES):
+        a[j] = 0.0
+    while k + LANES <= S:
+        for j in range(LANES):
+            a[j] += p[k + j] - K
+        k += LANES
     while k < S:
-        a0 += p[k] - K
+        a[0] += p[k] - K
         k += 1
-    return (a0 + a1) + (a2 + a3)
+    return lanes_total(a)
 
 
 cdef inline double run_dot(const floating* p, const floating* q,
                            Py_ssize_t S) noexcept nogil:
-    cdef double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0
+    # sum of p * q in float64, as run_sum
+    cdef double a[LANES]
     cdef Py_ssize_t k = 0
-    while k + 4 <= S:
-        a0 += <double>p[k] * q[k]
-        a1 += <double>p[k + 1] * q[k + 1]
-        a2 += <double>p[k + 2] * q[k + 2]
-        a3 += <double>p[k + 3] * q[k + 3]
-        k += 4
+    cdef int j
+    for j in range(LANES):
+        a[j] = 0.0
+    while k + LANES <= S:
+        for j in range(LANES):
+            a[j] += <double>p[k + j] * q[k + j]
+        k += LANES
     while k < S:
-        a0 += <double>p[k] * q[k]
+        a[0] += <double>p[k] * q[k]
         k += 1
-    return (a0 + a1) + (a2 + a3)
+    return lanes_total(a)
+
+
+cdef inline double run_dot_centred(const floating* g, const floating* x, double m,
+                                   double r, Py_ssize_t S) noexcept nogil:
+    # sum of g * ((x - m) * r): dout against xhat recomputed from x (r = 1:
+    # against x - m), as run_sum
+    cdef double a[LANES]
+    cdef Py_ssize_t k = 0
+    cdef int j
+    for j in range(LANES):
+        a[j] = 0.0
+    while k + LANES <= S:
+        for j in range(LANES):
+            a[j] += g[k + j] * ((x[k + j] - m) * r)
+        k += LANES
+    while k < S:
+        a[0] += g[k] * ((x[k] - m) * r)
+        k += 1
+    return lanes_total(a)
 
 
 cdef inline double run_sqdev(const floating* p, double m,
                              Py_ssize_t S) noexcept nogil:
-    cdef double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0, d
+    # sum of (p - m)**2, as run_sum
+    cdef double a[LANES]
+    cdef double d
     cdef Py_ssize_t k = 0
-    while k + 4 <= S:
-        d = p[k] - m
-        a0 += d * d
-        d = p[k + 1] - m
-        a1 += d * d
-        d = p[k + 2] - m
-        a2 += d * d
-        d = p[k + 3] - m
-        a3 += d * d
-        k += 4
+    cdef int j
+    for j in range(LANES):
+        a[j] = 0.0
+    while k + LANES <= S:
+        for j in range(LANES):
+            d = p[k + j] - m
+            a[j] += d * d
+        k += LANES
     while k < S:
         d = p[k] - m
-        a0 += d * d
+        a[0] += d * d
         k += 1
-    return (a0 + a1) + (a2 + a3)
+    return lanes_total(a)
 
 
 # S == 1 reductions over rows [r0, r1) read four rows per step, a quarter of

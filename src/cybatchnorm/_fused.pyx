@@ -28,7 +28,7 @@ from libc.math cimport sqrt
 from libc.string cimport memcpy
 from libc.stdlib cimport malloc, free
 
-from cybatchnorm._common cimport (run_sum, run_dot, row_chunks as _row_chunks,
+from cybatchnorm._common cimport (run_sum, run_dot, run_dot_centred, row_chunks as _row_chunks,
                                   grid_block, Task, task_bounds, n_tasks, chunk_sum,
                                   Moments, merge_chunk_stats, stats_pass, welford_rows,
                                   stream_copy, store_fence, normalize_rows, dx_rows,
@@ -273,18 +273,7 @@ cdef inline void _sums_rows(const floating[:, :, ::1] dout,
             k = c * S
             sd[c] += run_sum(gr + k, S)
             if from_x:
-                mc = m[c0 + c]
-                ic = iv[c0 + c]
-                a0 = 0.0
-                a1 = 0.0
-                s = 0
-                while s + 2 <= S:
-                    a0 += gr[k + s] * ((hr[k + s] - mc) * ic)
-                    a1 += gr[k + s + 1] * ((hr[k + s + 1] - mc) * ic)
-                    s += 2
-                if s < S:
-                    a0 += gr[k + s] * ((hr[k + s] - mc) * ic)
-                sdx[c] += a0 + a1
+                sdx[c] += run_dot_centred(gr + k, hr + k, m[c0 + c], iv[c0 + c], S)
             else:
                 sdx[c] += run_dot(gr + k, hr + k, S)
 

@@ -26,7 +26,8 @@ from cython.parallel cimport prange
 
 from cybatchnorm._common cimport (row_chunks as _row_chunks, fblock as _fblock,
                                   Task, task_bounds, n_tasks, chunk_sum, Moments,
-                                  chan_merge, merge_chunk_stats, run_sum, stats_pass,
+                                  chan_merge, merge_chunk_stats, run_sum, run_dot_centred,
+                                  stats_pass,
                                   normalize_rows, dx_rows)
 cimport cybatchnorm._openmp
 from cybatchnorm._openmp cimport CYBN_SIMD
@@ -121,7 +122,7 @@ cdef inline void _shard_sums_rows(const floating[:, :, ::1] dout,
     cdef Py_ssize_t S = dout.shape[2], n, c, s, k
     cdef const floating* gr
     cdef const floating* xr
-    cdef double a0, a1, mc
+    cdef double mc
     for c in range(c1 - c0):
         sd[c] = 0.0
         sdx[c] = 0.0
@@ -136,17 +137,7 @@ cdef inline void _shard_sums_rows(const floating[:, :, ::1] dout,
             for c in range(c1 - c0):
                 k = c * S
                 sd[c] += run_sum(gr + k, S)
-                mc = m[c0 + c]
-                a0 = 0.0
-                a1 = 0.0
-                s = 0
-                while s + 2 <= S:
-                    a0 += gr[k + s] * (xr[k + s] - mc)
-                    a1 += gr[k + s + 1] * (xr[k + s + 1] - mc)
-                    s += 2
-                if s < S:
-                    a0 += gr[k + s] * (xr[k + s] - mc)
-                sdx[c] += a0 + a1
+                sdx[c] += run_dot_centred(gr + k, xr + k, m[c0 + c], 1.0, S)
 
 
 def backward_reduce(const floating[:, :, ::1] dout, const floating[:, :, ::1] x,
