@@ -89,14 +89,24 @@ def test_bench_smoke(tmp_path):
     r = run("bench", "--cases", "16x8,4x3x2x2", "--dtype", "float32", "--threads", "1,all",
             "--repeats", "1", "--json", str(out))
     assert r.returncode == 0, r.stderr
-    assert "16x8" in r.stdout and "f+b/bnd" in r.stdout
+    assert "16x8" in r.stdout and "/5S" in r.stdout and "/8S" in r.stdout
+    assert "targets" in r.stdout and "layer f+b / torch.nn module f+b" in r.stdout
     import json
     data = json.loads(out.read_text())
     assert len(data["results"]) >= 2
     for res in data["results"]:
-        for key in ("alloc_total", "passed_total", "staged_bwd", "bound", "numpy_staged_bwd",
-                    "peak_alloc", "peak_passed"):
+        for key in ("alloc_total", "passed_total", "staged_bwd", "bound", "bound5", "layer",
+                    "numpy_staged_bwd", "peak_alloc", "peak_passed"):
             assert res[key] > 0
+        assert res["bound5"] == 2.5 * res["copy"] and res["bound"] == 4 * res["copy"]
+        for name, runs in res["samples"].items():      # raw samples, and their spread
+            assert len(runs) == 1
+            assert res["spread"][name]["min"] == res[name] == res["spread"][name]["max"]
+    env = data["meta"]["environment"]
+    for key in ("python", "numpy", "simd", "openmp", "openmp_runtime", "threads", "cpu",
+                "caches"):
+        assert key in env
+    assert env["simd"] in ("baseline", "avx2", "avx512")
 
 
 @pytest.mark.parametrize("args, needle", [

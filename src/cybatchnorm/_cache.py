@@ -60,15 +60,21 @@ class Cache:
     """
 
     __slots__ = ("shape", "x_shape", "axis", "dtype", "eps", "mode", "kind", "x", "mu64",
-                 "ivar64", "_xmu", "_xhat") + CHANNEL
+                 "ivar64", "_xmu", "_xhat", "_sealed") + CHANNEL
 
-    def __init__(self, *, shape, dtype, eps, mode, kind, axis=1, x_shape=None, **arrays):
+    def __init__(self, *, shape, dtype, eps, mode, kind, axis=1, x_shape=None, _owned=False,
+                 **arrays):
+        # _owned: the arrays were made for this cache by the forward (only x
+        # may be someone else's), so they are frozen in place instead of
+        # through views, and the cache is sealed: check_cache trusts it
+        setattr_ = object.__setattr__
         for name in CHANNEL + FULL + ("x", "mu64", "ivar64"):
             arr = arrays.get(name)
             if arr is not None:
-                arr = arr.view()
+                if not _owned or name == "x":
+                    arr = arr.view()
                 arr.flags.writeable = False
-            object.__setattr__(self, "_" + name if name in FULL else name, arr)
+            setattr_(self, "_" + name if name in FULL else name, arr)
         object.__setattr__(self, "shape", tuple(shape))
         object.__setattr__(self, "x_shape", tuple(shape if x_shape is None else x_shape))
         object.__setattr__(self, "axis", axis)
@@ -76,6 +82,15 @@ class Cache:
         object.__setattr__(self, "eps", float(eps))
         object.__setattr__(self, "mode", mode)
         object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "_sealed", self._fingerprint() if _owned else None)
+
+    def _fingerprint(self):
+        # which arrays the cache holds: a sealed cache still holding exactly
+        # them needs no check (they agree by construction); one whose arrays
+        # were replaced behind the read-only guard is checked in full
+        names = CHANNEL + ("mu64", "ivar64") + (("_xmu", "_xhat") if self.kind == "full"
+                                                 else ("x",))
+        return tuple(id(getattr(self, n)) for n in names)
 
     def __setattr__(self, name, value):
         raise AttributeError("Cache is read-only: it holds the values of one forward pass")

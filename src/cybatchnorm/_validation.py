@@ -244,6 +244,8 @@ def check_cache(cache):
         raise TypeError(
             f"cache: expected the Cache returned by batchnorm_forward, got {type(cache).__name__}"
         )
+    if cache._sealed is not None and cache._sealed == cache._fingerprint():
+        return          # made by a forward, untouched: its arrays agree by construction
     shape, dt = cache.shape, cache.dtype
     if cache.mode not in ("train", "eval") or cache.kind not in ("full", "minimal"):
         raise ValueError(f"cache: unknown mode {cache.mode!r} or kind {cache.kind!r}")

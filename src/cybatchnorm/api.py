@@ -28,7 +28,7 @@ def run_forward(a):
         values["x"] = a.x3.reshape(a.shape)
     cache = Cache(shape=a.shape, dtype=a.dtype, eps=a.eps,
                   mode="train" if a.stats is None else "eval", kind=a.kind, axis=a.axis,
-                  x_shape=a.x_shape, gamma=a.gamma, beta=a.beta, **values)
+                  x_shape=a.x_shape, gamma=a.gamma, beta=a.beta, _owned=True, **values)
     return (a.out if a.out is not None else out3.reshape(a.x_shape)), cache
 
 
