@@ -12,7 +12,8 @@ import tarfile
 import venv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SOURCES = ["_nodes.pyx", "_fused.pyx", "_split.pyx", "_openmp.pyx", "_openmp.pxd", "_common.pxd"]
+SOURCES = ["_nodes.pyx", "_fused.pyx", "_split.pyx", "_pool.pyx", "_openmp.pyx", "_openmp.pxd",
+           "_common.pxd"]
 SMOKE = """
 import sys, numpy as np, cybatchnorm as bn
 try:

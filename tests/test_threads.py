@@ -8,7 +8,7 @@ import pytest
 
 import cybatchnorm as bn
 from cybatchnorm import _openmp
-from cybatchnorm._threads import effective_num_threads
+from cybatchnorm._validation import check_num_threads
 from conftest import DTYPES
 
 
@@ -31,20 +31,20 @@ def test_results_bitwise_identical_for_any_thread_count(rng, shape, dtype):
 
 
 def test_num_threads_validation():
-    assert effective_num_threads(3) == 3
-    assert effective_num_threads(np.int64(2)) == 2
-    assert effective_num_threads(None) >= 1
+    assert check_num_threads(3) == 3
+    assert check_num_threads(np.int64(2)) == 2
+    assert check_num_threads(None) >= 1
     for bad in (0, -1):
         with pytest.raises(ValueError, match="num_threads"):
-            effective_num_threads(bad)
+            check_num_threads(bad)
     for bad in (1.5, "2", True):
         with pytest.raises(TypeError, match="num_threads"):
-            effective_num_threads(bad)
+            check_num_threads(bad)
 
 
 @pytest.mark.skipif(not _openmp.openmp_enabled(), reason="build without OpenMP")
 def test_omp_num_threads_is_honoured():
-    code = "from cybatchnorm._threads import effective_num_threads as e; print(e(None))"
+    code = "from cybatchnorm._validation import check_num_threads as e; print(e(None))"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True).stdout
@@ -54,14 +54,14 @@ def test_omp_num_threads_is_honoured():
 @pytest.mark.skipif(not _openmp.openmp_enabled(), reason="build without OpenMP")
 def test_threadpoolctl_limit_is_honoured():
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    before = effective_num_threads(None)
+    before = check_num_threads(None)
     with threadpoolctl.threadpool_limits(limits=1, user_api="openmp"):
-        assert effective_num_threads(None) == 1
-    assert effective_num_threads(None) == before
+        assert check_num_threads(None) == 1
+    assert check_num_threads(None) == before
 
 
 def test_small_work_runs_on_one_thread_unless_asked():
     from cybatchnorm._threads import GRAIN
-    assert effective_num_threads(None, size=GRAIN - 1) == 1
-    assert effective_num_threads(None, size=100 * GRAIN) == effective_num_threads(None)
-    assert effective_num_threads(3, size=10) == 3          # an explicit count is honoured
+    assert check_num_threads(None, size=GRAIN - 1) == 1
+    assert check_num_threads(None, size=100 * GRAIN) == check_num_threads(None)
+    assert check_num_threads(3, size=10) == 3          # an explicit count is honoured

@@ -14,7 +14,7 @@ import numpy as np
 from . import graph
 from .api import batchnorm_backward, batchnorm_backward_fused, batchnorm_forward
 from .gradcheck import check_gradients
-from ._threads import effective_num_threads
+from ._validation import check_num_threads
 from ._validation import DEFAULT_EPS, full
 from .bench import CASES, run as run_bench
 
@@ -88,10 +88,10 @@ def _bench(args):
     for t in args.threads.split(","):
         t = t.strip()
         if t == "all":
-            threads.append(effective_num_threads(None))
+            threads.append(check_num_threads(None))
         else:
             try:
-                threads.append(effective_num_threads(int(t)))
+                threads.append(check_num_threads(int(t)))
             except ValueError:
                 raise ValueError(f"--threads: expected positive integers or 'all', got {t!r}") from None
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
@@ -134,7 +134,7 @@ def demo(args, out=None):
     """Run the demo for parsed ``args``; return the exit status."""
     out = out or sys.stdout
     x, gamma, beta, dout, source = _load_batch(args)
-    nt = effective_num_threads(args.threads)
+    nt = check_num_threads(args.threads)
     eps = DEFAULT_EPS
     w = lambda *s: print(*s, file=out)
 

@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from . import _engine
-from ._threads import effective_num_threads
+from ._threads import default_num_threads
 
 __all__ = ["Cache"]
 
@@ -120,7 +120,7 @@ class Cache:
         stats = (self.mu.copy(), self.var.copy()) if self.mode == "eval" else None
         values = _engine.forward(x3, self.gamma, self.beta, self.eps,
                                  _engine.empty(x3.shape, self.dtype), True, stats,
-                                 effective_num_threads(None, x3.size))
+                                 default_num_threads(x3.size))
         for name in FULL:
             arr = values[name].reshape(self.shape)
             arr.flags.writeable = False

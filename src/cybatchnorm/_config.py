@@ -4,7 +4,7 @@ import sys
 import numpy as np
 
 from . import _engine
-from ._threads import effective_num_threads
+from ._validation import check_num_threads
 from ._version import __version__
 
 
@@ -34,7 +34,7 @@ def show_config(file=None):
         f"  link flags: {ldflags or '(none)'}",
         f"  kernels: {_engine.SIMD} (CPU has AVX2: {'yes' if _engine.cpu_has_avx2() else 'no'}, "
         f"AVX-512: {'yes' if _engine.cpu_has_avx512() else 'no'})",
-        f"  threads (num_threads=None): {effective_num_threads(None)}",
+        f"  threads (num_threads=None): {check_num_threads(None)}",
         f"  numpy: {np.__version__}",
         f"  python: {sys.version.split()[0]}",
     ]

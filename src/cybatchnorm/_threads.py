@@ -1,5 +1,4 @@
 """The number of OpenMP threads a call uses, decided once in Python."""
-import operator
 import os
 
 from . import _engine
@@ -17,29 +16,18 @@ def _cpu_count():
 GRAIN = 1 << 15
 
 
-def effective_num_threads(num_threads=None, size=None):
-    """Return the thread count for ``num_threads`` (validated).
+def default_num_threads(size=None):
+    """The thread count a call with ``num_threads=None`` uses.
 
-    ``None`` means all usable cores, capped by OpenMP's own limit, which
-    follows ``OMP_NUM_THREADS`` and ``threadpoolctl.threadpool_limits``, and,
-    when ``size`` (the number of values to process) is given, by one thread per
-    ``GRAIN`` values, so small arrays run on one thread. A positive int is
-    used as given. In a build without OpenMP every count runs serially.
-    Results never depend on the thread count.
+    All usable cores (the CPU affinity mask), capped by OpenMP's own limit,
+    which follows ``OMP_NUM_THREADS`` and ``threadpoolctl.threadpool_limits``,
+    and, when ``size`` (the number of values to process) is given, by one
+    thread per ``GRAIN`` values, so small arrays run on one thread. In a build
+    without OpenMP every count runs serially. Results never depend on the
+    thread count. A given ``num_threads`` is checked by
+    ``_validation.check_num_threads``.
     """
-    if num_threads is None:
-        n = max(1, min(_engine.omp_max_threads(), _cpu_count()))
-        if size is not None:
-            n = max(1, min(n, size // GRAIN))
-        return n
-    if isinstance(num_threads, bool):
-        raise TypeError("num_threads: expected a positive int or None, got a bool")
-    try:
-        n = operator.index(num_threads)
-    except TypeError:
-        raise TypeError(
-            f"num_threads: expected a positive int or None, got {type(num_threads).__name__}"
-        ) from None
-    if n < 1:
-        raise ValueError(f"num_threads: expected a positive int or None, got {n}")
+    n = max(1, min(_engine.omp_max_threads(), _cpu_count()))
+    if size is not None:
+        n = max(1, min(n, size // GRAIN))
     return n

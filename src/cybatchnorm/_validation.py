@@ -15,7 +15,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from ._cache import CHANNEL, FULL, Cache
-from ._threads import effective_num_threads as check_num_threads
+from ._threads import default_num_threads
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -129,6 +129,24 @@ def check_out(name, out, shape, dtype, inputs=(), allow=()):
                 and not any(out is a for a in allow)):
             raise ValueError(f"{name}: must not share memory with an input")
     return out.reshape(view3d(shape))
+
+
+def check_num_threads(num_threads, size=None):
+    """Validate ``num_threads``: None (the default count for ``size`` values,
+    see ``_threads.default_num_threads``) or a positive int, used as given."""
+    if num_threads is None:
+        return default_num_threads(size)
+    if isinstance(num_threads, bool):
+        raise TypeError("num_threads: expected a positive int or None, got a bool")
+    try:
+        n = operator.index(num_threads)
+    except TypeError:
+        raise TypeError(
+            f"num_threads: expected a positive int or None, got {type(num_threads).__name__}"
+        ) from None
+    if n < 1:
+        raise ValueError(f"num_threads: expected a positive int or None, got {n}")
+    return n
 
 
 def check_eps(eps):
@@ -281,3 +299,74 @@ def backward_args(dout, cache, num_threads, dx):
         dx3 = check_out("dx", dx, cache.x_shape, cache.dtype, [dout, arr, g3] + held)
         dx3 = dx3.reshape(g3.shape)
     return g3, nt, dx3
+
+
+# ----------------------------------------------- node and split API arguments
+
+def vector(name, value):
+    """A lone (C,) input of a node function: its own length and dtype define
+    the node's shape; return ``(array, dtype)``."""
+    arr = as_array(name, value)
+    dt = computation_dtype(name, arr)
+    if arr.ndim != 1:
+        raise ValueError(f"{name}: expected shape (C,), got {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=dt), dt
+
+
+def grad_shape(shape, grad):
+    """Validate the ``shape`` argument of var_backward / mu_backward against
+    the (C,) gradient ``grad``."""
+    shape = shape_arg("shape", shape)
+    if shape[1] != grad.shape[0]:
+        raise ValueError(
+            f"shape: expected {grad.shape[0]} channels (shape[1]) to match the gradient, got {shape}"
+        )
+    return shape
+
+
+def f64_vector(name, value, C):
+    """A per-channel (C,) argument of the split API, read as float64."""
+    return feature(name, value, C, np.float64)
+
+
+def shard_counts(value):
+    """The (P,) values per channel of every shard (whole numbers >= 0, not all
+    0); return ``(float64 counts, total)``."""
+    arr = as_array("counts", value)
+    check_dtype("counts", arr)
+    if arr.ndim != 1 or arr.shape[0] == 0:
+        raise ValueError(f"counts: expected shape (P,) with P >= 1 shards, got {arr.shape}")
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise ValueError("counts: expected whole numbers of values per shard")
+    if np.any(arr < 0):
+        raise ValueError("counts: expected non-negative counts")
+    counts = arr.astype(np.float64)
+    total = int(arr.astype(np.int64).sum())
+    if total < 1:
+        raise ValueError("counts: all shards are empty (the counts sum to 0)")
+    if total > 2**53:
+        raise ValueError("counts: more than 2**53 values per channel")
+    return np.ascontiguousarray(counts), total
+
+
+def per_shard(name, value, P):
+    """A (P, C) per-shard statistic, read as float64."""
+    arr = as_array(name, value)
+    check_dtype(name, arr)
+    if arr.ndim != 2 or arr.shape[0] != P:
+        raise ValueError(f"{name}: expected shape (P, C) with P = {P} shards, got {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.float64)
+
+
+def positive_count(value):
+    """``count``: a positive int (values per channel over all shards)."""
+    if isinstance(value, bool):
+        raise TypeError("count: expected a positive int, got a bool")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"count: expected a positive int, got {type(value).__name__}") from None
+    if value < 1:
+        raise ValueError(f"count: expected a positive int (values per channel), got {value}")
+    return value

@@ -32,7 +32,7 @@ import tracemalloc
 import numpy as np
 
 from . import _engine
-from ._threads import effective_num_threads
+from ._validation import check_num_threads
 from ._validation import DEFAULT_EPS
 from .api import batchnorm_backward, batchnorm_backward_fused, batchnorm_forward
 from .layer import BatchNorm
@@ -179,12 +179,16 @@ def pause(seconds=PAUSE):
 def samples(calls, repeats):
     """Seconds of every run of every callable, timed in turns (one run of
     each per round) so that whatever else the machine does falls on all of
-    them alike, with a short pause before each call (see PAUSE)."""
+    them alike, with a short pause before each call (see PAUSE). Each round
+    starts one contender later than the one before, so that none always
+    follows the same neighbour (torch's threads, say, still spinning)."""
     for fn in calls.values():   # warm-up
         fn()
     times = {k: [] for k in calls}
-    for _ in range(repeats):
-        for k, fn in calls.items():
+    order = list(calls.items())
+    for i in range(repeats):
+        j = i % len(order)
+        for k, fn in order[j:] + order[:j]:
             pause()
             t0 = time.perf_counter()
             fn()
@@ -315,7 +319,7 @@ def bench_case(shape, dtype, threads, repeats, torch):
     dout = rng.normal(size=shape).astype(dtype)
     # all threads: our calls get num_threads=None, the default a user gets
     # (small batches then run on fewer threads); the copy uses them all
-    nt = None if threads == effective_num_threads(None) else threads
+    nt = None if threads == check_num_threads(None) else threads
     r = {"shape": list(shape), "dtype": np.dtype(dtype).name, "threads": threads,
          "mib": x.nbytes / 2**20}
 
@@ -508,7 +512,7 @@ def run(cases=None, dtypes=("float32", "float64"), threads=None, repeats=7, json
     """Run the benchmark; print a line per case, then the table. Returns the results."""
     file = file or sys.stdout
     shapes = [parse_case(c) for c in (cases or CASES)]
-    all_threads = effective_num_threads(None)
+    all_threads = check_num_threads(None)
     thread_list = threads or sorted({1, all_threads})
     torch = _torch()
     w = lambda s: print(s, file=file, flush=True)

@@ -22,16 +22,15 @@ feeds both ``sq`` and ``xhat``; ``x`` feeds both ``mu`` and ``xmu``).
 """
 from dataclasses import dataclass
 import functools
-import math
 import re
 from typing import Callable, Tuple
 
 import numpy as np
 
 from . import _engine
-from ._threads import effective_num_threads
-from ._validation import (DEFAULT_EPS, as_array, check_batch_count, check_eps, check_out,
-                          computation_dtype, feature, full, shape_arg, view3d)
+from ._validation import (DEFAULT_EPS, check_batch_count, check_eps, check_num_threads,
+                          check_out, computation_dtype, feature, full, grad_shape, vector,
+                          view3d)
 
 __all__ = [
     "Node", "NODES", "node", "forward", "backward",
@@ -198,68 +197,59 @@ def _branch_sum(a3, b, nt, out=None):
 def mu_forward(x, *, num_threads=None):
     """``mu = mean(x)`` over the batch (and spatial axes): shape (C,)."""
     x3, shape, dt = full("x", x)
-    return _mu_fwd(x3, effective_num_threads(num_threads, x3.size))
+    return _mu_fwd(x3, check_num_threads(num_threads, x3.size))
 
 
 def xmu_forward(x, mu, *, num_threads=None):
     """``xmu = x - mu``, mu broadcast along the batch: shape of x."""
     x3, shape, dt = full("x", x)
     mu = feature("mu", mu, shape[1], dt)
-    return _xmu_fwd(x3, mu, effective_num_threads(num_threads, x3.size)).reshape(shape)
+    return _xmu_fwd(x3, mu, check_num_threads(num_threads, x3.size)).reshape(shape)
 
 
 def sq_forward(xmu, *, num_threads=None):
     """``sq = xmu ** 2``, elementwise: shape of xmu."""
     a3, shape, dt = full("xmu", xmu)
-    return _sq_fwd(a3, effective_num_threads(num_threads, a3.size)).reshape(shape)
+    return _sq_fwd(a3, check_num_threads(num_threads, a3.size)).reshape(shape)
 
 
 def var_forward(sq, *, num_threads=None):
     """``var = mean(sq)`` over the batch: shape (C,). The biased variance."""
     a3, shape, dt = full("sq", sq)
-    return _var_fwd(a3, effective_num_threads(num_threads, a3.size))
-
-
-def _vector(name, value):
-    # a lone (C,) input: its own length and dtype define the node's shape
-    arr = as_array(name, value)
-    dt = computation_dtype(name, arr)
-    if arr.ndim != 1:
-        raise ValueError(f"{name}: expected shape (C,), got {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=dt), dt
+    return _var_fwd(a3, check_num_threads(num_threads, a3.size))
 
 
 def sqrtvar_forward(var, eps, *, num_threads=None):
     """``sqrtvar = sqrt(var + eps)``: shape (C,)."""
-    var, dt = _vector("var", var)
-    return _sqrtvar_fwd(var, check_eps(eps), effective_num_threads(num_threads, var.size))
+    var, dt = vector("var", var)
+    return _sqrtvar_fwd(var, check_eps(eps), check_num_threads(num_threads, var.size))
 
 
 def ivar_forward(sqrtvar, *, num_threads=None):
     """``ivar = 1 / sqrtvar``: shape (C,)."""
-    sqrtvar, dt = _vector("sqrtvar", sqrtvar)
-    return _ivar_fwd(sqrtvar, effective_num_threads(num_threads, sqrtvar.size))
+    sqrtvar, dt = vector("sqrtvar", sqrtvar)
+    return _ivar_fwd(sqrtvar, check_num_threads(num_threads, sqrtvar.size))
 
 
 def xhat_forward(xmu, ivar, *, num_threads=None):
     """``xhat = xmu * ivar``, ivar broadcast along the batch: shape of xmu."""
     a3, shape, dt = full("xmu", xmu)
     ivar = feature("ivar", ivar, shape[1], dt)
-    return _xhat_fwd(a3, ivar, effective_num_threads(num_threads, a3.size)).reshape(shape)
+    return _xhat_fwd(a3, ivar, check_num_threads(num_threads, a3.size)).reshape(shape)
 
 
 def gammax_forward(xhat, gamma, *, num_threads=None):
     """``gammax = gamma * xhat``, gamma broadcast along the batch."""
     a3, shape, dt = full("xhat", xhat)
     gamma = feature("gamma", gamma, shape[1], dt)
-    return _gammax_fwd(a3, gamma, effective_num_threads(num_threads, a3.size)).reshape(shape)
+    return _gammax_fwd(a3, gamma, check_num_threads(num_threads, a3.size)).reshape(shape)
 
 
 def out_forward(gammax, beta, *, num_threads=None):
     """``out = gammax + beta``, beta broadcast along the batch."""
     a3, shape, dt = full("gammax", gammax)
     beta = feature("beta", beta, shape[1], dt)
-    return _out_fwd(a3, beta, effective_num_threads(num_threads, a3.size)).reshape(shape)
+    return _out_fwd(a3, beta, check_num_threads(num_threads, a3.size)).reshape(shape)
 
 
 # ----------------------------------------------------------------- backward
@@ -272,7 +262,7 @@ def out_backward(dout, *, num_threads=None):
     the gradient through unchanged (the same array is returned).
     """
     g3, shape, dt = full("dout", dout)
-    return _out_bwd(g3, effective_num_threads(num_threads, g3.size))[0], g3.reshape(shape)
+    return _out_bwd(g3, check_num_threads(num_threads, g3.size))[0], g3.reshape(shape)
 
 
 def gammax_backward(dgammax, xhat, gamma, *, num_threads=None, out=None):
@@ -285,7 +275,7 @@ def gammax_backward(dgammax, xhat, gamma, *, num_threads=None, out=None):
     h3 = full("xhat", xhat, dt, shape)[0]
     gamma = feature("gamma", gamma, shape[1], dt)
     dxhat = _full_out(out, shape, dt, (dgammax, g3, xhat, h3), allow=(dgammax,))
-    dgamma, dxhat = _gammax_bwd(g3, h3, gamma, effective_num_threads(num_threads, g3.size), dxhat)
+    dgamma, dxhat = _gammax_bwd(g3, h3, gamma, check_num_threads(num_threads, g3.size), dxhat)
     return dgamma, dxhat.reshape(shape)
 
 
@@ -300,22 +290,22 @@ def xhat_backward(dxhat, xmu, ivar, *, num_threads=None, out=None):
     m3 = full("xmu", xmu, dt, shape)[0]
     ivar = feature("ivar", ivar, shape[1], dt)
     dxmu1 = _full_out(out, shape, dt, (dxhat, g3, xmu, m3), allow=(dxhat,))
-    divar, dxmu1 = _xhat_bwd(g3, m3, ivar, effective_num_threads(num_threads, g3.size), dxmu1)
+    divar, dxmu1 = _xhat_bwd(g3, m3, ivar, check_num_threads(num_threads, g3.size), dxmu1)
     return divar, dxmu1.reshape(shape)
 
 
 def ivar_backward(divar, sqrtvar, *, num_threads=None):
     """Gradient of ``ivar = 1 / sqrtvar``: ``dsqrtvar = -divar / sqrtvar**2``."""
-    divar, dt = _vector("divar", divar)
+    divar, dt = vector("divar", divar)
     sqrtvar = feature("sqrtvar", sqrtvar, divar.shape[0], dt)
-    return _ivar_bwd(divar, sqrtvar, effective_num_threads(num_threads, divar.size))
+    return _ivar_bwd(divar, sqrtvar, check_num_threads(num_threads, divar.size))
 
 
 def sqrtvar_backward(dsqrtvar, sqrtvar, *, num_threads=None):
     """Gradient of ``sqrtvar = sqrt(var + eps)``: ``dvar = 0.5 * dsqrtvar / sqrtvar``."""
-    dsqrtvar, dt = _vector("dsqrtvar", dsqrtvar)
+    dsqrtvar, dt = vector("dsqrtvar", dsqrtvar)
     sqrtvar = feature("sqrtvar", sqrtvar, dsqrtvar.shape[0], dt)
-    return _sqrtvar_bwd(dsqrtvar, sqrtvar, effective_num_threads(num_threads, dsqrtvar.size))
+    return _sqrtvar_bwd(dsqrtvar, sqrtvar, check_num_threads(num_threads, dsqrtvar.size))
 
 
 def _per_channel_view(vec, shape):
@@ -343,9 +333,9 @@ def var_backward(dvar, shape, *, num_threads=None):
     ``dvar / M`` and ``dsq`` is a read-only view of it with stride 0 along
     the batch and spatial axes: nothing the size of x is written.
     """
-    dvar, dt = _vector("dvar", dvar)
-    shape = _grad_shape(shape, dvar)
-    dsq = _var_bwd(dvar, view3d(shape), effective_num_threads(num_threads, dvar.size))
+    dvar, dt = vector("dvar", dvar)
+    shape = grad_shape(shape, dvar)
+    dsq = _var_bwd(dvar, view3d(shape), check_num_threads(num_threads, dvar.size))
     return _per_channel_view(dsq, shape)
 
 
@@ -374,7 +364,7 @@ def sq_backward(dsq, xmu, *, num_threads=None, out=None, add_to=None):
         res = check_out("add_to", add_to, shape, dt, inputs)
     else:
         res = _full_out(out, shape, dt, inputs, allow=allow)
-    nt = effective_num_threads(num_threads, m3.size)
+    nt = check_num_threads(num_threads, m3.size)
     dsq3 = g3 if vec is None else np.ascontiguousarray(vec, dt)
     if add_to is not None:
         return _sq_bwd(dsq3, m3, nt, add_to=res).reshape(shape)
@@ -388,7 +378,7 @@ def xmu_backward(dxmu, *, num_threads=None):
     batch, because mu was broadcast and subtracted.
     """
     g3, shape, dt = full("dxmu", dxmu)
-    return g3.reshape(shape), _xmu_bwd(g3, effective_num_threads(num_threads, g3.size))[1]
+    return g3.reshape(shape), _xmu_bwd(g3, check_num_threads(num_threads, g3.size))[1]
 
 
 def mu_backward(dmu, shape, *, num_threads=None):
@@ -397,9 +387,9 @@ def mu_backward(dmu, shape, *, num_threads=None):
     Like :func:`var_backward`, a read-only zero-stride view of the (C,)
     vector ``dmu / M``.
     """
-    dmu, dt = _vector("dmu", dmu)
-    shape = _grad_shape(shape, dmu)
-    dx2 = _mu_bwd(dmu, view3d(shape), effective_num_threads(num_threads, dmu.size))
+    dmu, dt = vector("dmu", dmu)
+    shape = grad_shape(shape, dmu)
+    dx2 = _mu_bwd(dmu, view3d(shape), check_num_threads(num_threads, dmu.size))
     return _per_channel_view(dx2, shape)
 
 
@@ -422,17 +412,8 @@ def branch_sum(a, b, *, num_threads=None, out=None):
     # out may be a or b itself (elementwise, in place), never a partial overlap
     o3 = _full_out(out, shape, dt, (a, a3, b) + ((b3,) if bvec is None else ()),
                    allow=(a, b))
-    nt = effective_num_threads(num_threads, a3.size)
+    nt = check_num_threads(num_threads, a3.size)
     return _branch_sum(a3, b3 if bvec is None else bvec, nt, o3).reshape(shape)
-
-
-def _grad_shape(shape, grad):
-    shape = shape_arg("shape", shape)
-    if shape[1] != grad.shape[0]:
-        raise ValueError(
-            f"shape: expected {grad.shape[0]} channels (shape[1]) to match the gradient, got {shape}"
-        )
-    return shape
 
 
 # -------------------------------------------------------------------- graph
@@ -554,7 +535,7 @@ def forward(x, gamma, beta, eps=DEFAULT_EPS, *, num_threads=None):
         "beta": feature("beta", beta, shape[1], dt),
         "eps": check_eps(eps),
     }
-    nt = effective_num_threads(num_threads, x3.size)
+    nt = check_num_threads(num_threads, x3.size)
     for n in NODES:
         values[n.name] = n.forward(*(values[i] for i in n.inputs), num_threads=nt)
     return values
@@ -599,7 +580,7 @@ def backward(dout, cache, *, num_threads=None, constants=(), keep=False, dx=None
     """
     g3, shape, dt = full("dout", dout)
     dout = g3.reshape(shape)
-    nt = effective_num_threads(num_threads, g3.size)
+    nt = check_num_threads(num_threads, g3.size)
     try:
         constants = set(constants)
     except TypeError:

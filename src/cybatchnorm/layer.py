@@ -6,8 +6,7 @@ import numpy as np
 
 from . import _engine
 from .api import batchnorm_backward, batchnorm_backward_fused, run_forward
-from ._threads import effective_num_threads
-from ._validation import DEFAULT_EPS, channel_axis, check_eps, forward_args
+from ._validation import DEFAULT_EPS, channel_axis, check_eps, check_num_threads, forward_args
 
 __all__ = ["BatchNorm"]
 
@@ -108,7 +107,7 @@ class BatchNorm:
             raise TypeError(f"dtype: expected float32 or float64, got {dtype!r}") from None
         if dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
-        effective_num_threads(num_threads)    # validated now, not at the first forward
+        check_num_threads(num_threads)    # validated now, not at the first forward
         channel_axis(axis, 3)               # an int (TypeError otherwise) ...
         if axis not in (1, -1):             # ... that is 1 or -1 itself, for any rank
             raise ValueError(f"axis: expected 1 (channels first) or -1 (channels last), got {axis}")

@@ -20,13 +20,12 @@ compiled, with OpenMP over features, for float32 and float64 data (statistics
 and sums are always float64), and give bitwise identical results for any
 thread count.
 """
-import operator
 
 import numpy as np
 
 from . import _engine
-from ._threads import effective_num_threads
-from ._validation import as_array, check_dtype, feature, full
+from ._validation import (check_num_threads, f64_vector, feature, full, per_shard,
+                          positive_count, shard_counts)
 
 __all__ = ["batch_stats", "merge_stats", "normalize", "backward_reduce", "backward_elementwise"]
 
@@ -37,10 +36,6 @@ def inverse_std(var, eps):
     forward's own rule (``_fused.pyx``), so merged statistics normalize with
     the same bits a single process would."""
     return 1.0 / np.sqrt(np.asarray(var, dtype=np.float64) + eps)
-
-def _f64(name, value, C):
-    return feature(name, value, C, np.float64)
-
 
 def batch_stats(x, *, num_threads=None):
     """Per-channel count, mean and m2 of one shard: the forward's local reduction.
@@ -83,36 +78,9 @@ def batch_stats(x, *, num_threads=None):
     """
     x3, _, _ = full("x", x)
     N, C, S = x3.shape
-    nt = effective_num_threads(num_threads, x3.size)
+    nt = check_num_threads(num_threads, x3.size)
     mean, m2 = _engine.batch_stats(x3, nt)
     return N * S, mean, m2
-
-
-def _counts(value):
-    arr = as_array("counts", value)
-    check_dtype("counts", arr)
-    if arr.ndim != 1 or arr.shape[0] == 0:
-        raise ValueError(f"counts: expected shape (P,) with P >= 1 shards, got {arr.shape}")
-    if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
-            raise ValueError("counts: expected whole numbers of values per shard")
-    if np.any(arr < 0):
-        raise ValueError("counts: expected non-negative counts")
-    counts = arr.astype(np.float64)
-    total = int(arr.astype(np.int64).sum())
-    if total < 1:
-        raise ValueError("counts: all shards are empty (the counts sum to 0)")
-    if total > 2**53:
-        raise ValueError("counts: more than 2**53 values per channel")
-    return np.ascontiguousarray(counts), total
-
-
-def _per_shard(name, value, P):
-    arr = as_array(name, value)
-    check_dtype(name, arr)
-    if arr.ndim != 2 or arr.shape[0] != P:
-        raise ValueError(f"{name}: expected shape (P, C) with P = {P} shards, got {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=np.float64)
 
 
 def merge_stats(counts, means, m2s, *, num_threads=None):
@@ -168,16 +136,16 @@ def merge_stats(counts, means, m2s, *, num_threads=None):
     >>> count, bool(np.allclose(mean, x.mean(0))), bool(np.allclose(var, x.var(0)))
     (5, True, True)
     """
-    counts, total = _counts(counts)
+    counts, total = shard_counts(counts)
     P = counts.shape[0]
-    means = _per_shard("means", means, P)
-    m2s = _per_shard("m2s", m2s, P)
+    means = per_shard("means", means, P)
+    m2s = per_shard("m2s", m2s, P)
     if m2s.shape != means.shape:
         raise ValueError(f"m2s: expected shape {means.shape} like means, got {m2s.shape}")
     if np.any(m2s < 0):
         raise ValueError("m2s: a sum of squared deviations cannot be negative")
     C = means.shape[1]
-    nt = effective_num_threads(num_threads, P * C)
+    nt = check_num_threads(num_threads, P * C)
     mean, m2 = _engine.merge(counts, means, m2s, nt)
     return total, mean, m2 / total
 
@@ -218,9 +186,9 @@ def normalize(x, mean, ivar, gamma, beta, *, num_threads=None):
     """
     x3, shape, dt = full("x", x)
     C = shape[1]
-    mean, ivar = _f64("mean", mean, C), _f64("ivar", ivar, C)
+    mean, ivar = f64_vector("mean", mean, C), f64_vector("ivar", ivar, C)
     gamma, beta = feature("gamma", gamma, C, dt), feature("beta", beta, C, dt)
-    nt = effective_num_threads(num_threads, x3.size)
+    nt = check_num_threads(num_threads, x3.size)
     out = _engine.empty(x3.shape, dt)
     _engine.normalize(x3, mean, ivar, gamma, beta, out, nt)
     return out.reshape(shape)
@@ -272,23 +240,11 @@ def backward_reduce(dout, x, mean, ivar=None, *, num_threads=None):
     x3, shape, dt = full("x", x)
     g3 = full("dout", dout, dt, shape)[0]
     C = shape[1]
-    mean = _f64("mean", mean, C)
+    mean = f64_vector("mean", mean, C)
     if ivar is not None:
-        _f64("ivar", ivar, C)
-    nt = effective_num_threads(num_threads, x3.size)
+        f64_vector("ivar", ivar, C)
+    nt = check_num_threads(num_threads, x3.size)
     return _engine.backward_reduce(g3, x3, mean, nt)
-
-
-def _count(value):
-    if isinstance(value, bool):
-        raise TypeError("count: expected a positive int, got a bool")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"count: expected a positive int, got {type(value).__name__}") from None
-    if value < 1:
-        raise ValueError(f"count: expected a positive int (values per channel), got {value}")
-    return value
 
 
 def backward_elementwise(dout, x, mean, ivar, gamma, sum_dout, sum_dout_xmu, count, *,
@@ -348,11 +304,11 @@ def backward_elementwise(dout, x, mean, ivar, gamma, sum_dout, sum_dout_xmu, cou
     x3, shape, dt = full("x", x)
     g3 = full("dout", dout, dt, shape)[0]
     C = shape[1]
-    mean, ivar = _f64("mean", mean, C), _f64("ivar", ivar, C)
+    mean, ivar = f64_vector("mean", mean, C), f64_vector("ivar", ivar, C)
     gamma = feature("gamma", gamma, C, dt)
-    sd, sdx = _f64("sum_dout", sum_dout, C), _f64("sum_dout_xmu", sum_dout_xmu, C)
-    count = _count(count)
-    nt = effective_num_threads(num_threads, x3.size)
+    sd, sdx = f64_vector("sum_dout", sum_dout, C), f64_vector("sum_dout_xmu", sum_dout_xmu, C)
+    count = positive_count(count)
+    nt = check_num_threads(num_threads, x3.size)
     dx = _engine.empty(x3.shape, dt)
     _engine.backward_elementwise(g3, x3, mean, ivar, gamma, sd, sdx, count, dx, nt)
     return dx.reshape(shape)

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from .. import _engine
-from .._threads import effective_num_threads
+from .._validation import check_num_threads
 from ._checks import REDUCED, check_batch_norm
 
 _F64 = torch.float64
@@ -38,7 +38,7 @@ _F64 = torch.float64
 
 def _threads(num_threads, size):
     # 0 stands for "all cores" in the operator schemas (an int, not Optional)
-    return effective_num_threads(num_threads if num_threads > 0 else None, size)
+    return check_num_threads(num_threads if num_threads > 0 else None, size)
 
 
 def _compute_dtype(x):

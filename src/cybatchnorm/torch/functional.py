@@ -1,5 +1,5 @@
 """``batch_norm``: ``torch.nn.functional.batch_norm`` computed by the compiled kernels."""
-from .._threads import effective_num_threads
+from .._validation import check_num_threads
 from ._checks import check_transforms
 from ._ops import forward
 
@@ -8,7 +8,7 @@ __all__ = ["batch_norm"]
 
 def threads_arg(num_threads):
     """Validate ``num_threads`` (None or a positive int); 0 stands for None in the ops."""
-    return 0 if num_threads is None else effective_num_threads(num_threads)
+    return 0 if num_threads is None else check_num_threads(num_threads)
 
 
 def _momentum(momentum):
