@@ -4,7 +4,7 @@ import sys
 import numpy as np
 
 from . import _engine
-from ._validation import check_num_threads
+from ._validation import check_file, check_num_threads
 from ._version import __version__
 
 
@@ -24,8 +24,7 @@ def show_config(file=None):
     cybatchnorm ...
       OpenMP: ...
     """
-    if file is not None and not callable(getattr(file, "write", None)):
-        raise TypeError(f"file: expected a file-like object with write(), got {type(file).__name__}")
+    check_file(file)
     cflags, ldflags = _engine.build_flags()
     lines = [
         f"cybatchnorm {__version__}",

@@ -301,6 +301,70 @@ def backward_args(dout, cache, num_threads, dx):
     return g3, nt, dx3
 
 
+def layer_args(num_features, eps, momentum, dtype, num_threads, axis, backward):
+    """Validate ``BatchNorm``'s constructor arguments; return ``(num_features,
+    eps, momentum, dtype)`` normalized (num_threads, axis and backward are
+    returned to the caller unchanged once valid)."""
+    if isinstance(num_features, bool):
+        raise TypeError("num_features: expected a positive int, got a bool")
+    try:
+        num_features = operator.index(num_features)
+    except TypeError:
+        raise TypeError(
+            f"num_features: expected a positive int, got {type(num_features).__name__}"
+        ) from None
+    if num_features < 1:
+        raise ValueError(f"num_features: expected a positive int, got {num_features}")
+    eps = check_eps(eps)
+    if momentum is not None:
+        if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
+            raise TypeError(
+                f"momentum: expected a number in [0, 1] or None, got {type(momentum).__name__}"
+            )
+        if not 0.0 <= float(momentum) <= 1.0:
+            raise ValueError(f"momentum: expected a number in [0, 1] or None, got {momentum}")
+        momentum = float(momentum)
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype: expected float32 or float64, got {dtype!r}") from None
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
+    check_num_threads(num_threads)    # validated now, not at the first forward
+    channel_axis(axis, 3)               # an int (TypeError otherwise) ...
+    if axis not in (1, -1):             # ... that is 1 or -1 itself, for any rank
+        raise ValueError(f"axis: expected 1 (channels first) or -1 (channels last), got {axis}")
+    if backward not in ("fused", "staged"):
+        raise ValueError(f"backward: expected 'fused' or 'staged', got {backward!r}")
+    return num_features, eps, momentum, dtype
+
+
+def walk_args(dout, cache, num_threads, constants, dx, nodes):
+    """Validate a call of ``graph.backward`` (the walk the docs read): ``cache``
+    any object with the values the visited ``nodes`` save, ``dout`` of their
+    shape, ``constants`` an iterable of node names, ``dx`` a suitable output.
+    Returns ``(dout, shape, nt, constants)``."""
+    g3, shape, dt = full("dout", dout)
+    dout = g3.reshape(shape)
+    nt = check_num_threads(num_threads, g3.size)
+    try:
+        constants = set(constants)
+    except TypeError:
+        raise TypeError(f"constants: expected an iterable of node names, got "
+                        f"{type(constants).__name__}") from None
+    needed = {s for n in nodes if n.name not in constants for s in n.saved}
+    for s in sorted(needed):
+        if not hasattr(cache, s):
+            raise TypeError(f"cache: expected an object with the forward's values as "
+                            f"attributes (a Cache), got {type(cache).__name__} without {s!r}")
+        v = getattr(cache, s)
+        if isinstance(v, np.ndarray) and v.ndim > 1 and v.shape != shape:
+            raise ValueError(f"dout: shape {shape} does not match the cache's {s} {v.shape}")
+    if dx is not None:
+        check_out("dx", dx, shape, dt, [dout] + [getattr(cache, s) for s in needed if s != "shape"])
+    return dout, shape, nt, constants
+
+
 # ----------------------------------------------- node and split API arguments
 
 def vector(name, value):
@@ -350,13 +414,48 @@ def shard_counts(value):
     return np.ascontiguousarray(counts), total
 
 
-def per_shard(name, value, P):
-    """A (P, C) per-shard statistic, read as float64."""
+def per_shard(name, value, P, like=None):
+    """A (P, C) per-shard statistic, read as float64; with ``like`` (the
+    means), the m2s: of the means' shape and >= 0."""
     arr = as_array(name, value)
     check_dtype(name, arr)
     if arr.ndim != 2 or arr.shape[0] != P:
         raise ValueError(f"{name}: expected shape (P, C) with P = {P} shards, got {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=np.float64)
+    arr = np.ascontiguousarray(arr, dtype=np.float64)
+    if like is not None:
+        if arr.shape != like.shape:
+            raise ValueError(f"{name}: expected shape {like.shape} like means, got {arr.shape}")
+        if np.any(arr < 0):
+            raise ValueError(f"{name}: a sum of squared deviations cannot be negative")
+    return arr
+
+
+def pool_bytes(nbytes):
+    """``nbytes`` of the pool's limit: an int >= 0."""
+    if isinstance(nbytes, bool):
+        raise TypeError("nbytes: expected an int >= 0, got a bool")
+    try:
+        nbytes = operator.index(nbytes)
+    except TypeError:
+        raise TypeError(f"nbytes: expected an int >= 0, got {type(nbytes).__name__}") from None
+    if nbytes < 0:
+        raise ValueError(f"nbytes: expected an int >= 0, got {nbytes}")
+    return nbytes
+
+
+def check_step(h):
+    """The finite-difference step of check_gradients: finite and > 0."""
+    if not (isinstance(h, (int, float, np.floating)) and not isinstance(h, bool)
+            and np.isfinite(h) and h > 0):
+        raise ValueError(f"h: expected a positive finite step, got {h!r}")
+    return float(h)
+
+
+def check_file(file):
+    """A file-like object with write(), or None."""
+    if file is not None and not callable(getattr(file, "write", None)):
+        raise TypeError(f"file: expected a file-like object with write(), got {type(file).__name__}")
+    return file
 
 
 def positive_count(value):

@@ -4,7 +4,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .api import batchnorm_backward, batchnorm_forward
-from ._validation import DEFAULT_EPS, check_eps, feature, full
+from ._validation import DEFAULT_EPS, check_eps, check_step, feature, full
 
 __all__ = ["GradientCheck", "check_gradients", "relative_error"]
 
@@ -86,8 +86,7 @@ def check_gradients(x, gamma, beta, dout=None, h=1e-5, *, eps=DEFAULT_EPS, num_t
         dout = np.random.default_rng(0).standard_normal(x.shape)
     dout = full("dout", dout, np.float64, x.shape)[0].reshape(x.shape)
     eps = check_eps(eps)
-    if not (isinstance(h, (int, float, np.floating)) and np.isfinite(h) and h > 0):
-        raise ValueError(f"h: expected a positive finite step, got {h!r}")
+    h = check_step(h)
     kw = {"num_threads": num_threads}
 
     def loss():

@@ -30,7 +30,7 @@ import numpy as np
 from . import _engine
 from ._validation import (DEFAULT_EPS, check_batch_count, check_eps, check_num_threads,
                           check_out, computation_dtype, feature, full, grad_shape, vector,
-                          view3d)
+                          view3d, walk_args)
 
 __all__ = [
     "Node", "NODES", "node", "forward", "backward",
@@ -578,24 +578,7 @@ def backward(dout, cache, *, num_threads=None, constants=(), keep=False, dx=None
         by name in the order it was produced, including the branch sums
         ``dxmu = dxmu1 + dxmu2`` and ``dx = dx1 + dx2``.
     """
-    g3, shape, dt = full("dout", dout)
-    dout = g3.reshape(shape)
-    nt = check_num_threads(num_threads, g3.size)
-    try:
-        constants = set(constants)
-    except TypeError:
-        raise TypeError(f"constants: expected an iterable of node names, got "
-                        f"{type(constants).__name__}") from None
-    needed = {s for n in NODES if n.name not in constants for s in n.saved}
-    for s in sorted(needed):
-        if not hasattr(cache, s):
-            raise TypeError(f"cache: expected an object with the forward's values as "
-                            f"attributes (a Cache), got {type(cache).__name__} without {s!r}")
-        v = getattr(cache, s)
-        if isinstance(v, np.ndarray) and v.ndim > 1 and v.shape != shape:
-            raise ValueError(f"dout: shape {shape} does not match the cache's {s} {v.shape}")
-    if dx is not None:
-        check_out("dx", dx, shape, dt, [dout] + [getattr(cache, s) for s in needed if s != "shape"])
+    dout, shape, nt, constants = walk_args(dout, cache, num_threads, constants, dx, NODES)
     pending = {"out": dout}      # gradients waiting for their node, by node name
     produced = {}
     spare = []                   # dead gradient buffers this walk made, for reuse

@@ -1,17 +1,12 @@
 """BatchNorm: a layer with parameters, running statistics and train/eval modes."""
-import numbers
-import operator
 
 import numpy as np
 
 from . import _engine
 from .api import batchnorm_backward, batchnorm_backward_fused, run_forward
-from ._validation import DEFAULT_EPS, channel_axis, check_eps, check_num_threads, forward_args
+from ._validation import DEFAULT_EPS, forward_args, layer_args
 
 __all__ = ["BatchNorm"]
-
-_BACKWARDS = ("fused", "staged")
-
 
 class BatchNorm:
     """Batch normalization layer for (N, C) or (N, C, spatial...) input.
@@ -83,38 +78,10 @@ class BatchNorm:
     def __init__(self, num_features, eps=DEFAULT_EPS, momentum=0.1, affine=True,
                  track_running_stats=True, dtype=np.float64, *, num_threads=None,
                  axis=1, backward="fused"):
-        if isinstance(num_features, bool):
-            raise TypeError("num_features: expected a positive int, got a bool")
-        try:
-            num_features = operator.index(num_features)
-        except TypeError:
-            raise TypeError(
-                f"num_features: expected a positive int, got {type(num_features).__name__}"
-            ) from None
-        if num_features < 1:
-            raise ValueError(f"num_features: expected a positive int, got {num_features}")
-        if momentum is not None:
-            if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
-                raise TypeError(
-                    f"momentum: expected a number in [0, 1] or None, got {type(momentum).__name__}"
-                )
-            if not 0.0 <= float(momentum) <= 1.0:
-                raise ValueError(f"momentum: expected a number in [0, 1] or None, got {momentum}")
-            momentum = float(momentum)
-        try:
-            dtype = np.dtype(dtype)
-        except TypeError:
-            raise TypeError(f"dtype: expected float32 or float64, got {dtype!r}") from None
-        if dtype not in (np.float32, np.float64):
-            raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
-        check_num_threads(num_threads)    # validated now, not at the first forward
-        channel_axis(axis, 3)               # an int (TypeError otherwise) ...
-        if axis not in (1, -1):             # ... that is 1 or -1 itself, for any rank
-            raise ValueError(f"axis: expected 1 (channels first) or -1 (channels last), got {axis}")
-        if backward not in _BACKWARDS:
-            raise ValueError(f"backward: expected 'fused' or 'staged', got {backward!r}")
+        num_features, eps, momentum, dtype = layer_args(num_features, eps, momentum, dtype,
+                                                        num_threads, axis, backward)
         self.num_features = num_features
-        self.eps = check_eps(eps)
+        self.eps = eps
         self.momentum = momentum
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)

@@ -14,9 +14,8 @@ the oldest buffers are freed first) and nothing else: numpy's allocator and
 malloc's settings are not touched, and arrays made by anyone else never
 enter it. :func:`release_pool` hands everything it holds back to the system.
 """
-import operator
-
 from . import _engine
+from ._validation import pool_bytes
 
 __all__ = ["pool_info", "release_pool", "set_pool_limit"]
 
@@ -43,15 +42,7 @@ def set_pool_limit(nbytes):
     67108864
     >>> _ = bn.set_pool_limit(old)
     """
-    if isinstance(nbytes, bool):
-        raise TypeError("nbytes: expected an int >= 0, got a bool")
-    try:
-        nbytes = operator.index(nbytes)
-    except TypeError:
-        raise TypeError(f"nbytes: expected an int >= 0, got {type(nbytes).__name__}") from None
-    if nbytes < 0:
-        raise ValueError(f"nbytes: expected an int >= 0, got {nbytes}")
-    return _engine.pool_set_limit(nbytes)
+    return _engine.pool_set_limit(pool_bytes(nbytes))
 
 
 def release_pool():

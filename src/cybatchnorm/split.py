@@ -139,11 +139,7 @@ def merge_stats(counts, means, m2s, *, num_threads=None):
     counts, total = shard_counts(counts)
     P = counts.shape[0]
     means = per_shard("means", means, P)
-    m2s = per_shard("m2s", m2s, P)
-    if m2s.shape != means.shape:
-        raise ValueError(f"m2s: expected shape {means.shape} like means, got {m2s.shape}")
-    if np.any(m2s < 0):
-        raise ValueError("m2s: a sum of squared deviations cannot be negative")
+    m2s = per_shard("m2s", m2s, P, like=means)
     C = means.shape[1]
     nt = check_num_threads(num_threads, P * C)
     mean, m2 = _engine.merge(counts, means, m2s, nt)
