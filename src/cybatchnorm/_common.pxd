@@ -4,8 +4,8 @@
 # channel's values in one row are a contiguous run of S elements.
 #
 # Determinism: a channel is always reduced by one thread, in one fixed order
-# (rows in order; inside a run, four interleaved partial sums combined the same
-# way), so results do not depend on the number of threads.
+# (rows in order; inside a run, sixteen interleaved partial sums combined by one
+# fixed tree), so results do not depend on the number of threads.
 from cython cimport floating
 from cython.parallel cimport prange
 
