@@ -5,6 +5,7 @@ backward passes; ``_validation.check_cache`` refuses a forged or damaged one
 before a kernel reads it.
 """
 import math
+import operator
 
 import numpy as np
 
@@ -16,6 +17,9 @@ __all__ = ["Cache"]
 FULL = ("xmu", "xhat")
 CHANNEL = ("mu", "var", "sqrtvar", "ivar", "gamma", "beta")
 KINDS = ("full", "minimal")
+# the arrays a minimal (False) or full (True) cache holds, read in one call
+_HELD = {False: operator.attrgetter(*CHANNEL, "mu64", "ivar64", "x"),
+         True: operator.attrgetter(*CHANNEL, "mu64", "ivar64", "_xmu", "_xhat")}
 
 
 class Cache:
@@ -88,9 +92,7 @@ class Cache:
         # which arrays the cache holds: a sealed cache still holding exactly
         # them needs no check (they agree by construction); one whose arrays
         # were replaced behind the read-only guard is checked in full
-        names = CHANNEL + ("mu64", "ivar64") + (("_xmu", "_xhat") if self.kind == "full"
-                                                 else ("x",))
-        return tuple(id(getattr(self, n)) for n in names)
+        return tuple(map(id, _HELD[self.kind == "full"](self)))
 
     def __setattr__(self, name, value):
         raise AttributeError("Cache is read-only: it holds the values of one forward pass")
