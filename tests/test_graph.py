@@ -162,7 +162,7 @@ def test_staged_backward_walks_the_node_kernels(monkeypatch, rng):
                                "backward": lambda dsq, xmu, num_threads: 3 * xmu * dsq,
                                "backward_op": wrong_op})
     monkeypatch.setattr(graph, "NODES", graph.NODES[:i] + (broken,) + graph.NODES[i + 1:])
-    for bad in (bn.batchnorm_backward(dout, cache), graph.staged_backward(dout[:, :, None], cache, 1),
+    for bad in (bn.batchnorm_backward(dout, cache), graph._staged_backward(dout[:, :, None], cache, 1),
                 [graph.backward(dout, cache)[k] for k in ("dx", "dgamma", "dbeta")]):
         assert ref.rel(bad[0].reshape(x.shape), good[0]) > 1e-3
         np.testing.assert_array_equal(bad[2], good[2])   # dbeta does not pass through sq

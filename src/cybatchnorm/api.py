@@ -141,7 +141,7 @@ def batchnorm_backward(dout, cache, *, num_threads=None, dx=None):
     True
     """
     g3, nt, dx3 = backward_args(dout, cache, num_threads, dx)
-    dx3, dgamma, dbeta = graph.staged_backward(g3, cache, nt, dx3)
+    dx3, dgamma, dbeta = graph._staged_backward(g3, cache, nt, dx3)
     return (dx if dx is not None else dx3.reshape(cache.x_shape)), dgamma, dbeta
 
 

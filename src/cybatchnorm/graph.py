@@ -449,7 +449,7 @@ class Node:
         accepts ``out=``, a buffer to write it into).
     forward_op, backward_op : callable
         The same computations unchecked, on the (N, C, S) views the kernels
-        read (``op(*values, nt, ...)``): what :func:`staged_backward` runs. A
+        read (``op(*values, nt, ...)``): what ``batchnorm_backward`` runs. A
         gradient that is one value per channel broadcast over the batch is
         passed and returned as its (C,) vector.
     """
@@ -701,7 +701,7 @@ def _plan(nodes, constants):
     return tuple(steps), (pending["x"], pending["gamma"], pending["beta"]), nbuf
 
 
-def staged_backward(g3, cache, nt, dx3=None):
+def _staged_backward(g3, cache, nt, dx3=None):
     """The staged backward of validated arguments, by :func:`_plan`: every
     node's unchecked operation (its compiled kernel) in the order and with
     the buffers of the plan; bitwise :func:`backward`'s results.
