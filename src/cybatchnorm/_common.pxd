@@ -221,96 +221,76 @@ cdef inline double lanes_total(double* a) noexcept nogil:
     return a[0]
 
 
-cdef inline double run_sum(const floating* p, Py_ssize_t S) noexcept nogil:
-    cdef double a[LANES]
+cdef enum:
+    # what a run reduction sums, value by value (k the index in the run)
+    RUN_SUM = 0         # p[k]
+    RUN_SHIFTED = 1     # p[k] - a
+    RUN_DOT = 2         # p[k] * q[k]
+    RUN_CENTRED = 3     # p[k] * ((q[k] - a) * b)
+    RUN_SQDEV = 4       # (p[k] - a)**2
+
+
+cdef inline double run_term(int op, const floating* p, const floating* q, double a,
+                            double b, Py_ssize_t k) noexcept nogil:
+    cdef double d
+    if op == RUN_SUM:
+        return p[k]
+    if op == RUN_SHIFTED:
+        return p[k] - a
+    if op == RUN_DOT:
+        return <double>p[k] * q[k]
+    if op == RUN_CENTRED:
+        return p[k] * ((q[k] - a) * b)
+    d = p[k] - a
+    return d * d
+
+
+cdef inline double run_reduce(int op, const floating* p, const floating* q, double a,
+                              double b, Py_ssize_t S) noexcept nogil:
+    # the one lane loop of every run reduction; ``op`` is a constant at each
+    # call site, so the compiler keeps only its own term once inlined
+    cdef double acc[LANES]
     cdef Py_ssize_t k = 0
     cdef int j
     for j in range(LANES):
-        a[j] = 0.0
+        acc[j] = 0.0
     while k + LANES <= S:
         for j in range(LANES):
-            a[j] += p[k + j]
+            acc[j] += run_term(op, p, q, a, b, k + j)
         k += LANES
     while k < S:
-        a[0] += p[k]
+        acc[0] += run_term(op, p, q, a, b, k)
         k += 1
-    return lanes_total(a)
+    return lanes_total(acc)
+
+
+cdef inline double run_sum(const floating* p, Py_ssize_t S) noexcept nogil:
+    return run_reduce(RUN_SUM, p, p, 0.0, 0.0, S)
 
 
 cdef inline double run_sum_shifted(const floating* p, double K,
                                    Py_ssize_t S) noexcept nogil:
-    # sum of (p - K), as run_sum
-    cdef double a[LANES]
-    cdef Py_ssize_t k = 0
-    cdef int j
-    for j in range(LANES):
-        a[j] = 0.0
-    while k + LANES <= S:
-        for j in range(LANES):
-            a[j] += p[k + j] - K
-        k += LANES
-    while k < S:
-        a[0] += p[k] - K
-        k += 1
-    return lanes_total(a)
+    # sum of (p - K)
+    return run_reduce(RUN_SHIFTED, p, p, K, 0.0, S)
 
 
 cdef inline double run_dot(const floating* p, const floating* q,
                            Py_ssize_t S) noexcept nogil:
-    # sum of p * q in float64, as run_sum
-    cdef double a[LANES]
-    cdef Py_ssize_t k = 0
-    cdef int j
-    for j in range(LANES):
-        a[j] = 0.0
-    while k + LANES <= S:
-        for j in range(LANES):
-            a[j] += <double>p[k + j] * q[k + j]
-        k += LANES
-    while k < S:
-        a[0] += <double>p[k] * q[k]
-        k += 1
-    return lanes_total(a)
+    # sum of p * q in float64
+    return run_reduce(RUN_DOT, p, q, 0.0, 0.0, S)
 
 
 cdef inline double run_dot_centred(const floating* g, const floating* x, double m,
                                    double r, Py_ssize_t S) noexcept nogil:
     # sum of g * ((x - m) * r): dout against xhat recomputed from x (r = 1:
-    # against x - m), as run_sum
-    cdef double a[LANES]
-    cdef Py_ssize_t k = 0
-    cdef int j
-    for j in range(LANES):
-        a[j] = 0.0
-    while k + LANES <= S:
-        for j in range(LANES):
-            a[j] += g[k + j] * ((x[k + j] - m) * r)
-        k += LANES
-    while k < S:
-        a[0] += g[k] * ((x[k] - m) * r)
-        k += 1
-    return lanes_total(a)
+    # against x - m)
+    return run_reduce(RUN_CENTRED, g, x, m, r, S)
 
 
 cdef inline double run_sqdev(const floating* p, double m,
                              Py_ssize_t S) noexcept nogil:
-    # sum of (p - m)**2, as run_sum
-    cdef double a[LANES]
-    cdef double d
-    cdef Py_ssize_t k = 0
-    cdef int j
-    for j in range(LANES):
-        a[j] = 0.0
-    while k + LANES <= S:
-        for j in range(LANES):
-            d = p[k + j] - m
-            a[j] += d * d
-        k += LANES
-    while k < S:
-        d = p[k] - m
-        a[0] += d * d
-        k += 1
-    return lanes_total(a)
+    # sum of (p - m)**2
+    return run_reduce(RUN_SQDEV, p, p, m, 0.0, S)
 
 
 # S == 1 reductions over rows [r0, r1) read four rows per step, a quarter of

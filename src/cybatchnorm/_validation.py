@@ -131,22 +131,26 @@ def check_out(name, out, shape, dtype, inputs=(), allow=()):
     return out.reshape(view3d(shape))
 
 
+def int_arg(name, value, minimum, expected):
+    """An int argument (anything with ``__index__``, not a bool) that is at
+    least ``minimum``; ``expected`` says what was expected in the errors."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name}: expected {expected}, got a bool")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected {expected}, got {type(value).__name__}") from None
+    if value < minimum:
+        raise ValueError(f"{name}: expected {expected}, got {value}")
+    return value
+
+
 def check_num_threads(num_threads, size=None):
     """Validate ``num_threads``: None (the default count for ``size`` values,
     see ``_threads.default_num_threads``) or a positive int, used as given."""
     if num_threads is None:
         return default_num_threads(size)
-    if isinstance(num_threads, bool):
-        raise TypeError("num_threads: expected a positive int or None, got a bool")
-    try:
-        n = operator.index(num_threads)
-    except TypeError:
-        raise TypeError(
-            f"num_threads: expected a positive int or None, got {type(num_threads).__name__}"
-        ) from None
-    if n < 1:
-        raise ValueError(f"num_threads: expected a positive int or None, got {n}")
-    return n
+    return int_arg("num_threads", num_threads, 1, "a positive int or None")
 
 
 def check_eps(eps):
@@ -305,16 +309,7 @@ def layer_args(num_features, eps, momentum, dtype, num_threads, axis, backward):
     """Validate ``BatchNorm``'s constructor arguments; return ``(num_features,
     eps, momentum, dtype)`` normalized (num_threads, axis and backward are
     returned to the caller unchanged once valid)."""
-    if isinstance(num_features, bool):
-        raise TypeError("num_features: expected a positive int, got a bool")
-    try:
-        num_features = operator.index(num_features)
-    except TypeError:
-        raise TypeError(
-            f"num_features: expected a positive int, got {type(num_features).__name__}"
-        ) from None
-    if num_features < 1:
-        raise ValueError(f"num_features: expected a positive int, got {num_features}")
+    num_features = int_arg("num_features", num_features, 1, "a positive int")
     eps = check_eps(eps)
     if momentum is not None:
         if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
@@ -432,15 +427,7 @@ def per_shard(name, value, P, like=None):
 
 def pool_bytes(nbytes):
     """``nbytes`` of the pool's limit: an int >= 0."""
-    if isinstance(nbytes, bool):
-        raise TypeError("nbytes: expected an int >= 0, got a bool")
-    try:
-        nbytes = operator.index(nbytes)
-    except TypeError:
-        raise TypeError(f"nbytes: expected an int >= 0, got {type(nbytes).__name__}") from None
-    if nbytes < 0:
-        raise ValueError(f"nbytes: expected an int >= 0, got {nbytes}")
-    return nbytes
+    return int_arg("nbytes", nbytes, 0, "an int >= 0")
 
 
 def check_step(h):
@@ -460,12 +447,4 @@ def check_file(file):
 
 def positive_count(value):
     """``count``: a positive int (values per channel over all shards)."""
-    if isinstance(value, bool):
-        raise TypeError("count: expected a positive int, got a bool")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"count: expected a positive int, got {type(value).__name__}") from None
-    if value < 1:
-        raise ValueError(f"count: expected a positive int (values per channel), got {value}")
-    return value
+    return int_arg("count", value, 1, "a positive int (values per channel)")
