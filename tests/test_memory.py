@@ -112,3 +112,18 @@ def test_threads_share_the_pool_safely(pool):
 def test_bad_limit_is_refused_by_name(value, exc):
     with pytest.raises(exc, match="^nbytes"):
         bn.set_pool_limit(value)
+
+
+def test_the_layers_copy_of_x_comes_from_the_pool(pool):
+    x, _, _ = data()
+    layer = bn.BatchNorm(SHAPE[1], dtype=np.float32)     # fused: keeps its own copy of x
+    layer.forward(x)
+    kept = layer._cache.x
+    assert not np.shares_memory(kept, x)
+    np.testing.assert_array_equal(kept, x)
+    before = bn.pool_info()
+    del kept
+    layer._cache = None                 # the copy dies with the cache ...
+    assert bn.pool_info()["held"] == before["held"] + x.nbytes   # ... into the pool
+    layer.forward(x)
+    assert bn.pool_info()["reused"] > before["reused"]

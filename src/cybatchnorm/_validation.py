@@ -15,6 +15,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from ._cache import CHANNEL, FULL, Cache
+from ._engine import empty as _pooled_empty
 from ._threads import default_num_threads
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -211,6 +212,14 @@ class ForwardArgs(NamedTuple):
     nt: int
 
 
+def copy_pooled(arr):
+    """A C-contiguous copy of ``arr`` in a buffer from the output pool (the
+    layer's own copy of x is as large as an output, and as frequent)."""
+    out = _pooled_empty(arr.shape, arr.dtype)
+    np.copyto(out, arr)
+    return out
+
+
 def forward_args(x, gamma, beta, eps, *, axis=1, num_threads=None, cache="full", out=None,
                  stats=None, own_x=False, channels=None):
     """Validate a forward call once; return its :class:`ForwardArgs`.
@@ -254,7 +263,7 @@ def forward_args(x, gamma, beta, eps, *, axis=1, num_threads=None, cache="full",
     if out is not None:
         out3 = check_out("out", out, x_shape, dt, given).reshape(x3.shape)
     if own_x and cache == "minimal" and isinstance(x, np.ndarray) and np.may_share_memory(x3, x):
-        x3 = x3.copy()
+        x3 = copy_pooled(x3)
     return ForwardArgs(x3, shape, x_shape, -1 if last else 1, dt, gamma, beta, eps, stats,
                        cache, out, out3, nt)
 
