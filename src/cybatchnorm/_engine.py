@@ -58,8 +58,6 @@ build_flags = _openmp.build_flags
 cpu_has_avx2 = _openmp.cpu_has_avx2
 cpu_has_avx512 = _openmp.cpu_has_avx512
 
-F64 = np.dtype(np.float64)
-
 
 # ------------------------------------------------------------------ memory
 
@@ -82,8 +80,9 @@ pool_info = _pool.info
 # ------------------------------------------------------------------ fused
 
 def _chunks(shape3, dtype):
-    # row chunks of the kernels' work grid: a function of the shape and dtype
-    # alone, never of the thread count (see _common.pxd)
+    # row chunks of the kernels' work grid (the fused and the split kernels
+    # share it): a function of the shape and dtype alone, never of the
+    # thread count (see _common.pxd)
     return fused.row_chunks(*shape3, dtype.itemsize)
 
 
@@ -139,8 +138,8 @@ def copy(src, dst, nt):
 
 def batch_stats(x3, nt):
     """Float64 per-channel mean and m2 of one shard."""
-    N, C, S = x3.shape
-    K = split.row_chunks(N, C, S, x3.itemsize)
+    C = x3.shape[1]
+    K = _chunks(x3.shape, x3.dtype)
     mean, m2 = np.zeros(C), np.zeros(C)
     split.batch_stats(x3, mean, m2, np.empty((K, C)), np.empty((K, C)), np.empty(C), nt)
     return mean, m2
@@ -156,14 +155,13 @@ def merge(counts, means, m2s, nt):
 
 def normalize(x3, mean, ivar, gamma, beta, out3, nt):
     """``out3 = gamma * (x3 - mean) * ivar + beta`` with float64 statistics."""
-    split.normalize(x3, mean, ivar, gamma, beta, out3, split.row_chunks(*x3.shape, x3.itemsize),
-                    nt)
+    split.normalize(x3, mean, ivar, gamma, beta, out3, _chunks(x3.shape, x3.dtype), nt)
 
 
 def backward_reduce(g3, x3, mean, nt):
     """Float64 per-channel ``sum(dout)`` and ``sum(dout * (x - mean))``."""
     C = g3.shape[1]
-    K = split.row_chunks(*x3.shape, x3.itemsize)
+    K = _chunks(x3.shape, x3.dtype)
     sd, sdx = np.zeros(C), np.zeros(C)
     split.backward_reduce(g3, x3, mean, sd, sdx, np.empty((K, C)), np.empty((K, C)), nt)
     return sd, sdx
@@ -173,9 +171,7 @@ def backward_elementwise(g3, x3, mean, ivar, gamma, sd, sdx, count, dx3, nt):
     """A shard's dx from the global sums, into ``dx3``."""
     C = g3.shape[1]
     split.backward_elementwise(g3, x3, mean, ivar, gamma, sd, sdx, float(count), dx3,
-                               np.empty((3, C)), split.row_chunks(*x3.shape, x3.itemsize), nt)
-
-
+                               np.empty((3, C)), _chunks(x3.shape, x3.dtype), nt)
 
 # ------------------------------------------------------- running statistics
 

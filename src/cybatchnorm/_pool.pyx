@@ -57,23 +57,31 @@ cdef Py_ssize_t _hits = 0, _misses = 0
 cdef PyThread_type_lock _lock = PyThread_allocate_lock()
 
 
+cdef void* _pop(Py_ssize_t i) noexcept nogil:
+    # take slot i out of the pool (the lock held), keeping the others in
+    # order, oldest first; returns its buffer
+    global _count, _held
+    cdef void* p = _ptr[i]
+    _held -= _size[i]
+    _count -= 1
+    while i < _count:
+        _ptr[i] = _ptr[i + 1]
+        _size[i] = _size[i + 1]
+        i += 1
+    return p
+
+
 cdef void* _take(Py_ssize_t n):
     # the most recently returned buffer of exactly n bytes (still warm in the
     # caches), or a fresh one; NULL when there is no memory
-    global _count, _held, _hits, _misses
+    global _hits, _misses
     cdef Py_ssize_t i
     cdef void* p = NULL
     PyThread_acquire_lock(_lock, WAIT_LOCK)
     i = _count - 1
     while i >= 0:
         if _size[i] == n:
-            p = _ptr[i]
-            _held -= n
-            _count -= 1
-            while i < _count:
-                _ptr[i] = _ptr[i + 1]
-                _size[i] = _size[i + 1]
-                i += 1
+            p = _pop(i)
             _hits += 1
             break
         i -= 1
@@ -97,13 +105,8 @@ cdef void _give_back(void* p, Py_ssize_t n) noexcept:
         nd += 1
     else:
         while _count > 0 and (_held + n > _limit or _count == SLOTS):
-            drop[nd] = _ptr[0]
+            drop[nd] = _pop(0)
             nd += 1
-            _held -= _size[0]
-            _count -= 1
-            for i in range(_count):
-                _ptr[i] = _ptr[i + 1]
-                _size[i] = _size[i + 1]
         _ptr[_count] = p
         _size[_count] = n
         _count += 1
@@ -165,19 +168,13 @@ def set_limit(Py_ssize_t nbytes):
 
 cdef Py_ssize_t _trim(Py_ssize_t keep):
     # free the oldest buffers until the pool holds at most ``keep`` bytes
-    global _count, _held
     cdef void* drop[SLOTS]
     cdef Py_ssize_t nd = 0, freed = 0, i
     PyThread_acquire_lock(_lock, WAIT_LOCK)
     while _count > 0 and _held > keep:
-        drop[nd] = _ptr[0]
-        nd += 1
         freed += _size[0]
-        _held -= _size[0]
-        _count -= 1
-        for i in range(_count):
-            _ptr[i] = _ptr[i + 1]
-            _size[i] = _size[i + 1]
+        drop[nd] = _pop(0)
+        nd += 1
     PyThread_release_lock(_lock)
     for i in range(nd):
         block_free(drop[i])

@@ -14,7 +14,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from ._cache import CHANNEL, FULL, Cache
+from ._cache import CHANNEL, FULL, KINDS, Cache
 from ._engine import empty as _pooled_empty
 from ._threads import default_num_threads
 
@@ -196,7 +196,7 @@ def channel_axis(axis, ndim):
 # ------------------------------------------------- the functional entry points
 
 class ForwardArgs(NamedTuple):
-    """A forward call, validated: what ``_cache.run_forward`` hands the engine."""
+    """A forward call, validated: what ``api.run_forward`` hands the engine."""
     x3: np.ndarray          # the (N, C, S) view the kernels read (channels last: (N*S, C, 1))
     shape: tuple            # the kernels' shape: x's, or the (N*S, C) matrix's
     x_shape: tuple          # x's own shape
@@ -253,7 +253,7 @@ def forward_args(x, gamma, beta, eps, *, axis=1, num_threads=None, cache="full",
     gamma = feature("gamma", gamma, C, dt).copy()
     beta = feature("beta", beta, C, dt).copy()
     eps = check_eps(eps)
-    if cache not in ("full", "minimal"):
+    if cache not in KINDS:
         raise ValueError(f"cache: expected 'full' or 'minimal', got {cache!r}")
     if stats is not None:
         stats = (feature("running_mean", stats[0], C, dt).copy(),
@@ -278,7 +278,7 @@ def check_cache(cache):
     if cache._sealed is not None and cache._sealed == cache._fingerprint():
         return          # made by a forward, untouched: its arrays agree by construction
     shape, dt = cache.shape, cache.dtype
-    if cache.mode not in ("train", "eval") or cache.kind not in ("full", "minimal"):
+    if cache.mode not in ("train", "eval") or cache.kind not in KINDS:
         raise ValueError(f"cache: unknown mode {cache.mode!r} or kind {cache.kind!r}")
     want = {n: (shape[1],) for n in CHANNEL}
     want.update({n: shape for n in (FULL if cache.kind == "full" else ("x",))})

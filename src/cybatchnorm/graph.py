@@ -76,10 +76,37 @@ def _mu_fwd(x3, nt):
     return mu
 
 
-def _xmu_fwd(x3, mu, nt, out=None):
-    res = _new(x3, out)
-    _engine.nodes.xmu_forward(x3, mu, res, nt)
-    return res
+def _broadcast_op(kernel):
+    # a node elementwise in a full input and a (C,) vector broadcast over the
+    # batch (xmu, xhat, gammax, out): ``op(a3, p, nt, out=None)``. The kernel
+    # is looked up at call time, so the SIMD build the engine holds is used
+    def op(a3, p, nt, out=None):
+        res = _new(a3, out)
+        getattr(_engine.nodes, kernel)(a3, p, res, nt)
+        return res
+    op.__name__ = op.__qualname__ = "_" + kernel
+    return op
+
+
+def _channel_op(kernel):
+    # a node between (C,) vectors (sqrtvar, ivar and their backward):
+    # ``op(v, *others, nt)``, the result shaped like v
+    def op(v, *rest):
+        res = np.empty_like(v)
+        getattr(_engine.nodes, kernel)(v, *rest[:-1], res, rest[-1])
+        return res
+    op.__name__ = op.__qualname__ = "_" + kernel
+    return op
+
+
+_xmu_fwd = _broadcast_op("xmu_forward")
+_xhat_fwd = _broadcast_op("xhat_forward")
+_gammax_fwd = _broadcast_op("gammax_forward")
+_out_fwd = _broadcast_op("out_forward")
+_sqrtvar_fwd = _channel_op("sqrtvar_forward")      # (var, eps, nt)
+_ivar_fwd = _channel_op("ivar_forward")            # (sqrtvar, nt)
+_ivar_bwd = _channel_op("ivar_backward")           # (divar, sqrtvar, nt)
+_sqrtvar_bwd = _channel_op("sqrtvar_backward")     # (dsqrtvar, sqrtvar, nt)
 
 
 def _sq_fwd(xmu3, nt, out=None):
@@ -92,36 +119,6 @@ def _var_fwd(sq3, nt):
     var = _vec(sq3)
     _engine.nodes.var_forward(sq3, var, nt)
     return var
-
-
-def _sqrtvar_fwd(var, eps, nt):
-    res = np.empty_like(var)
-    _engine.nodes.sqrtvar_forward(var, eps, res, nt)
-    return res
-
-
-def _ivar_fwd(sqrtvar, nt):
-    res = np.empty_like(sqrtvar)
-    _engine.nodes.ivar_forward(sqrtvar, res, nt)
-    return res
-
-
-def _xhat_fwd(xmu3, ivar, nt, out=None):
-    res = _new(xmu3, out)
-    _engine.nodes.xhat_forward(xmu3, ivar, res, nt)
-    return res
-
-
-def _gammax_fwd(xhat3, gamma, nt, out=None):
-    res = _new(xhat3, out)
-    _engine.nodes.gammax_forward(xhat3, gamma, res, nt)
-    return res
-
-
-def _out_fwd(gammax3, beta, nt, out=None):
-    res = _new(gammax3, out)
-    _engine.nodes.out_forward(gammax3, beta, res, nt)
-    return res
 
 
 def _out_bwd(dout3, nt):
@@ -140,18 +137,6 @@ def _xhat_bwd(dxhat3, xmu3, ivar, nt, out=None):
     divar, dxmu1 = _vec(dxhat3), _new(dxhat3, out)
     _engine.nodes.xhat_backward(dxhat3, xmu3, ivar, divar, dxmu1, nt)
     return divar, dxmu1
-
-
-def _ivar_bwd(divar, sqrtvar, nt):
-    res = np.empty_like(divar)
-    _engine.nodes.ivar_backward(divar, sqrtvar, res, nt)
-    return res
-
-
-def _sqrtvar_bwd(dsqrtvar, sqrtvar, nt):
-    res = np.empty_like(dsqrtvar)
-    _engine.nodes.sqrtvar_backward(dsqrtvar, sqrtvar, res, nt)
-    return res
 
 
 def _var_bwd(dvar, shape3, nt):
