@@ -83,10 +83,10 @@ def plot(results, path):
     """Ratios to torch and to the bound, all threads, both output modes."""
     top = max(r["threads"] for r in results)
     rows = [r for r in results if r["threads"] == top]
-    labels = [f"{_case(r)}\n{r['dtype']}" for r in rows]
+    labels = [f"{_case(r)} {r['dtype']}" for r in rows]
     have_torch = all("torch_module" in r for r in rows)
     panels = (["torch"] if have_torch else []) + ["bound"]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
     for ax, what in zip(axes[0], panels):
         if what == "torch":
             series = [("layer (BatchNorm) step", [r["layer"] / r["torch_module"] for r in rows])]
@@ -101,7 +101,7 @@ def plot(results, path):
         ax.axhline(target, color="k", ls="--", lw=1, label=f"target {target}x")
         ax.axhline(1.0, color="grey", lw=0.8)
         ax.set_xticks(range(len(rows)))
-        ax.set_xticklabels(labels, fontsize=7)
+        ax.set_xticklabels(labels, fontsize=7, rotation=45, ha="right")
         ax.set_ylabel("training step / torch.nn's" if what == "torch"
                       else "fwd+bwd time / 8S bound")
         ax.set_title(f"{top} threads: {'layer against torch.nn.BatchNorm1d/2d' if what == 'torch' else 'fused path against the 8S bound'}"
