@@ -34,9 +34,10 @@ from cybatchnorm._common cimport (run_sum, run_dot, run_dot_centred, row_chunks 
                                   stream_copy, store_fence, normalize_rows, dx_rows,
                                   STREAM_BYTES)
 cimport cybatchnorm._openmp
-from cybatchnorm._openmp cimport CYBN_SIMD
+from cybatchnorm._openmp cimport CYBN_SIMD, CYBN_BUILD_CFLAGS
 
 SIMD = CYBN_SIMD.decode()
+BUILD_CFLAGS = CYBN_BUILD_CFLAGS.decode()   # the flags this module was compiled with
    # which instruction set this module was compiled for
 
 

@@ -20,9 +20,10 @@ from cybatchnorm._common cimport (n_blocks, block_start, run_sum, run_dot,
                                   chunk_sum, Moments, merge_chunk_stats, stats_pass)
 # The shim makes prange serial, not broken, in a build without OpenMP.
 cimport cybatchnorm._openmp
-from cybatchnorm._openmp cimport CYBN_SIMD
+from cybatchnorm._openmp cimport CYBN_SIMD, CYBN_BUILD_CFLAGS
 
 SIMD = CYBN_SIMD.decode()   # which instruction set this module was compiled for
+BUILD_CFLAGS = CYBN_BUILD_CFLAGS.decode()   # and with which flags
 
 cdef enum:
     OP_ADD = 0

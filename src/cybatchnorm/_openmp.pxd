@@ -36,11 +36,28 @@ cdef extern from *:
     #ifndef CYBN_BUILD_LDFLAGS
     #define CYBN_BUILD_LDFLAGS "unknown"
     #endif
+    #ifndef CYBN_OPENMP_STATUS
+    #define CYBN_OPENMP_STATUS "unknown"
+    #endif
+    /* the compiler that compiled this very module, as it names itself */
+    #define CYBN_STR_(x) #x
+    #define CYBN_STR(x) CYBN_STR_(x)
+    #if defined(__clang__)
+    #define CYBN_COMPILER "clang " __clang_version__
+    #elif defined(__GNUC__)
+    #define CYBN_COMPILER "gcc " __VERSION__
+    #elif defined(_MSC_FULL_VER)
+    #define CYBN_COMPILER "msvc " CYBN_STR(_MSC_FULL_VER)
+    #else
+    #define CYBN_COMPILER "unknown"
+    #endif
     """
     bint CYBN_OPENMP_ENABLED
     const char* CYBN_BUILD_CFLAGS
     const char* CYBN_BUILD_LDFLAGS
     const char* CYBN_SIMD
+    const char* CYBN_OPENMP_STATUS
+    const char* CYBN_COMPILER
     int cybn_cpu_has_avx2() noexcept nogil
     int cybn_cpu_has_avx512() noexcept nogil
     int omp_get_max_threads() noexcept nogil

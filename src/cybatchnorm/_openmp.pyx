@@ -28,3 +28,13 @@ def cpu_has_avx2():
 def cpu_has_avx512():
     """True when the CPU running this process supports AVX2 and AVX-512 F, BW, DQ and VL."""
     return bool(cybn_cpu_has_avx512())
+
+
+def openmp_status():
+    """How the build decided on OpenMP: ``"enabled (<flags>)"`` or ``"disabled (<why>)"``."""
+    return CYBN_OPENMP_STATUS.decode()
+
+
+def compiler():
+    """The C compiler that built the extensions, as it names itself (``"gcc 12.2.0"``)."""
+    return CYBN_COMPILER.decode()

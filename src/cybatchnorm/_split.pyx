@@ -30,9 +30,10 @@ from cybatchnorm._common cimport (row_chunks as _row_chunks, fblock as _fblock,
                                   stats_pass,
                                   normalize_rows, dx_rows)
 cimport cybatchnorm._openmp
-from cybatchnorm._openmp cimport CYBN_SIMD
+from cybatchnorm._openmp cimport CYBN_SIMD, CYBN_BUILD_CFLAGS
 
 SIMD = CYBN_SIMD.decode()   # which instruction set this module was compiled for
+BUILD_CFLAGS = CYBN_BUILD_CFLAGS.decode()   # and with which flags
 
 
 def row_chunks(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t itemsize):
