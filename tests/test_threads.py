@@ -65,3 +65,68 @@ def test_small_work_runs_on_one_thread_unless_asked():
     assert check_num_threads(None, size=GRAIN - 1) == 1
     assert check_num_threads(None, size=100 * GRAIN) == check_num_threads(None)
     assert check_num_threads(3, size=10) == 3          # an explicit count is honoured
+
+
+# ---------------------------------------------------------------- cgroup quotas
+
+def _tree(tmp_path, proc, files):
+    """A fake cgroup file system under tmp_path/cg and a fake /proc/self/cgroup."""
+    root = tmp_path / "cg"
+    for rel, text in files.items():
+        f = root / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text + "\n")
+    (tmp_path / "proc_cgroup").write_text(proc)
+    return str(root), str(tmp_path / "proc_cgroup")
+
+
+@pytest.mark.parametrize("proc, files, want", [
+    # cgroup v2, as in a container: the process's cgroup is the root
+    ("0::/\n", {"cpu.max": "200000 100000"}, 2),
+    ("0::/\n", {"cpu.max": "150000 100000"}, 2),          # 1.5 CPUs: rounded up
+    ("0::/\n", {"cpu.max": "50000 100000"}, 1),
+    ("0::/\n", {"cpu.max": "max 100000"}, None),          # no quota
+    ("0::/\n", {}, None),                                 # no cpu controller
+    # v2 on a host: the tightest quota of the cgroup and its ancestors binds
+    ("0::/a/b\n", {"a/b/cpu.max": "max 100000", "a/cpu.max": "300000 100000",
+                   "cpu.max": "800000 100000"}, 3),
+    ("0::/a/b\n", {"a/b/cpu.max": "100000 100000", "a/cpu.max": "300000 100000"}, 1),
+    # cgroup v1, hierarchy mounted per controller, the cgroup below it (a host)
+    ("4:cpu,cpuacct:/docker/abc\n0::/\n",
+     {"cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "400000",
+      "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000"}, 4),
+    # v1 in a container: its own cgroup mounted at the controller's root
+    ("1:cpu:/docker/abc\n2:cpuacct:/docker/abc\n",
+     {"cpu/cpu.cfs_quota_us": "250000", "cpu/cpu.cfs_period_us": "100000"}, 3),
+    ("1:cpu:/\n", {"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None),
+    ("garbage\n", {"cpu.max": "200000 100000"}, None),
+])
+def test_cgroup_quota(tmp_path, proc, files, want):
+    from cybatchnorm._threads import cgroup_cpu_limit
+    root, proc_file = _tree(tmp_path, proc, files)
+    assert cgroup_cpu_limit(root, proc_file) == want
+
+
+def test_no_cgroup_files_means_no_quota(tmp_path):
+    from cybatchnorm._threads import cgroup_cpu_limit
+    assert cgroup_cpu_limit(str(tmp_path / "none"), str(tmp_path / "none")) is None
+
+
+def test_default_thread_count_honours_the_quota(monkeypatch, tmp_path):
+    from cybatchnorm import _threads
+    root, proc_file = _tree(tmp_path, "0::/\n", {"cpu.max": "100000 100000"})
+    monkeypatch.setattr(_threads, "_quota", lambda: _threads.cgroup_cpu_limit(root, proc_file))
+    assert _threads.usable_cpus() == 1
+    assert check_num_threads(None) == 1
+    assert check_num_threads(4) == 4           # an explicit count is still honoured
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2
+                    or not _openmp.openmp_enabled(),
+                    reason="needs CPU affinity control, two usable cores and OpenMP")
+def test_default_thread_count_honours_cpu_affinity():
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from cybatchnorm._validation import check_num_threads as c; print(c(None))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=dict(os.environ, OMP_NUM_THREADS="8")).stdout
+    assert out.strip() == "1"

@@ -450,7 +450,7 @@ WALK_CASES = [
     ("batchnorm_forward gamma object", fwd(gamma=G.astype(object)), TypeError, "gamma"),
     ("batchnorm_forward beta strings", fwd(beta=["a", "b", "c"]), TypeError, "beta"),
     ("batchnorm_forward out aliasing gamma's buffer", _out_aliasing_gamma(), ValueError, "out"),
-    ("show_config file not writable", lambda: bn.show_config(5), TypeError, "file"),
+    ("show_config file not writable", lambda: bn.show_config(file=5), TypeError, "file"),
 ]
 
 

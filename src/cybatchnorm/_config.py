@@ -1,40 +1,142 @@
-"""show_config: what this build of cybatchnorm was compiled with."""
+"""show_config: how this copy of cybatchnorm was built and what a call would run."""
+from __future__ import annotations
+
+import os
+import platform
 import sys
+from typing import IO, Any
 
 import numpy as np
 
-from . import _engine
+from . import _engine, _threads
 from ._validation import check_file, check_num_threads
 from ._version import __version__
 
+# the OpenMP runtimes threadpoolctl knows, by the prefix of their library name
+_OPENMP_LIBS = ("libgomp", "libomp", "libiomp", "vcomp")
 
-def show_config(file=None):
-    """Print the build configuration: OpenMP on or off, the compiler and
-    linker flags, and the threads a call with ``num_threads=None`` uses.
+
+def _openmp_runtimes() -> list[dict[str, Any]]:
+    # threadpoolctl when it is installed (it knows versions and thread counts);
+    # else the shared objects mapped into this process (Linux)
+    try:
+        import threadpoolctl
+    except ImportError:
+        threadpoolctl = None
+    if threadpoolctl is not None:
+        return [{k: info.get(k) for k in ("internal_api", "prefix", "version", "num_threads",
+                                          "filepath")}
+                for info in threadpoolctl.threadpool_info() if info.get("user_api") == "openmp"]
+    found: dict[str, dict[str, Any]] = {}
+    try:
+        with open("/proc/self/maps") as fh:
+            for line in fh:
+                path = line.split()[-1] if "/" in line else ""
+                name = os.path.basename(path)
+                if name.startswith(_OPENMP_LIBS):
+                    found.setdefault(path, {"prefix": name.split(".")[0].split("-")[0],
+                                            "filepath": path, "source": "/proc/self/maps"})
+    except OSError:
+        pass
+    return list(found.values())
+
+
+def config() -> dict[str, Any]:
+    """The facts :func:`show_config` reports, as nested dicts."""
+    cflags, ldflags = _engine.build_flags()
+    quota = _threads.cgroup_cpu_limit()
+    return {
+        "cybatchnorm": {"version": __version__,
+                        "path": os.path.dirname(os.path.abspath(__file__))},
+        "Python": {"version": platform.python_version(),
+                   "implementation": platform.python_implementation(),
+                   "executable": sys.executable},
+        "numpy": {"version": np.__version__},
+        "Build": {
+            "compiler": _engine.compiler(),
+            "kernel compile flags": _engine.fused.BUILD_CFLAGS,
+            "baseline compile flags": cflags,
+            "link flags": ldflags,
+            "openmp": _engine.openmp_status(),
+            "simd levels built": list(_engine.SIMD_BUILT),
+        },
+        "Runtime": {
+            "simd": _engine.SIMD,
+            "simd reason": _engine.SIMD_REASON,
+            "cpu features": {"avx2": _engine.cpu_has_avx2(), "avx512": _engine.cpu_has_avx512()},
+            "CYBATCHNORM_SIMD": os.environ.get("CYBATCHNORM_SIMD"),
+            "machine": platform.machine(),
+            "openmp runtimes loaded": _openmp_runtimes(),
+            "openmp max threads": _engine.omp_max_threads(),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+            "usable cpus": _threads.usable_cpus(),
+            "cgroup cpu quota": quota,
+            "threads (num_threads=None)": check_num_threads(None),
+        },
+    }
+
+
+def _lines(d: dict[str, Any], indent: int = 0) -> list[str]:
+    out = []
+    pad = "  " * indent
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.append(f"{pad}{k}:")
+            out += _lines(v, indent + 1)
+        elif isinstance(v, list) and v and isinstance(v[0], dict):
+            out.append(f"{pad}{k}:")
+            for item in v:
+                sub = _lines(item, indent + 2)
+                out.append(f"{pad}  - " + sub[0].lstrip())
+                out += sub[1:]
+        elif isinstance(v, list):
+            out.append(f"{pad}{k}: {', '.join(map(str, v)) or '(none)'}")
+        elif v is None:      # an unset variable, an unknown version, no quota
+            none = "(not set)" if k.isupper() else "(unknown)" if k == "version" else "(none)"
+            out.append(f"{pad}{k}: {none}")
+        else:
+            out.append(f"{pad}{k}: {v}")
+    return out
+
+
+def show_config(mode: str = "stdout", *, file: IO[str] | None = None) -> dict[str, Any] | None:
+    """Report how this copy of cybatchnorm was built and what a call runs.
+
+    As ``numpy.show_config``: the version; Python and numpy; the build (the
+    compiler and its version, the flags of the kernel modules in use, the
+    OpenMP decision of the build, the SIMD levels built); the runtime (the SIMD
+    level chosen and why, the CPU features seen, the OpenMP runtimes loaded
+    with their paths, from threadpoolctl when it is installed, the usable
+    CPUs, a cgroup CPU quota and the threads a call with ``num_threads=None``
+    uses).
 
     Parameters
     ----------
+    mode : {"stdout", "dicts"}, default "stdout"
+        ``"stdout"`` prints the report; ``"dicts"`` returns it as nested
+        dicts and prints nothing.
     file : file-like, optional
-        Where to print (default: ``sys.stdout``).
+        Where ``"stdout"`` prints (default: ``sys.stdout``).
+
+    Returns
+    -------
+    dict or None
+        The report for ``mode="dicts"``, else None.
 
     Examples
     --------
     >>> import cybatchnorm
     >>> cybatchnorm.show_config()  # doctest: +ELLIPSIS
-    cybatchnorm ...
-      OpenMP: ...
+    cybatchnorm:
+      version: ...
+    >>> cybatchnorm.show_config(mode="dicts")["Build"]["openmp"]  # doctest: +ELLIPSIS
+    '...abled (...)'
     """
+    if mode not in ("stdout", "dicts"):
+        raise ValueError(f"mode: expected 'stdout' or 'dicts', got {mode!r}")
     check_file(file)
-    cflags, ldflags = _engine.build_flags()
-    lines = [
-        f"cybatchnorm {__version__}",
-        f"  OpenMP: {'enabled' if _engine.openmp_enabled() else 'disabled (kernels run serially)'}",
-        f"  compile flags: {cflags}",
-        f"  link flags: {ldflags or '(none)'}",
-        f"  kernels: {_engine.SIMD} (CPU has AVX2: {'yes' if _engine.cpu_has_avx2() else 'no'}, "
-        f"AVX-512: {'yes' if _engine.cpu_has_avx512() else 'no'})",
-        f"  threads (num_threads=None): {check_num_threads(None)}",
-        f"  numpy: {np.__version__}",
-        f"  python: {sys.version.split()[0]}",
-    ]
-    print("\n".join(lines), file=file or sys.stdout)
+    info = config()
+    if mode == "dicts":
+        return info
+    print("\n".join(_lines(info)), file=file or sys.stdout)
+    return None

@@ -10,17 +10,22 @@ output buffers.
 Which compiled build runs: the AVX-512 one when the CPU has AVX-512 (F, BW,
 DQ, VL), else the AVX2 one when it has AVX2, else the baseline. All are the
 same Cython source and give bitwise equal results (no FMA contraction).
-``CYBATCHNORM_SIMD=baseline`` or ``=avx2`` caps the choice.
+``CYBATCHNORM_SIMD=baseline`` or ``=avx2`` caps the choice; another value
+warns and is ignored. A build whose OpenMP probe failed warns at import.
 """
 import importlib
+import importlib.util
 import math
 import os
+import warnings
 
 import numpy as np
 
 from . import _fused, _nodes, _openmp, _pool, _split
 
 LEVELS = ("baseline", "avx2", "avx512")
+KERNEL_MODULES = ("_fused", "_nodes", "_split")
+_FEATURES = {"avx2": "AVX2", "avx512": "AVX-512 F, BW, DQ and VL"}
 
 
 def _load(level):
@@ -30,31 +35,58 @@ def _load(level):
         return _fused, _nodes, _split
     try:
         mods = tuple(importlib.import_module(f"{__package__}.{m}_{level}")
-                     for m in ("_fused", "_nodes", "_split"))
+                     for m in KERNEL_MODULES)
     except ImportError:
         return None
     return mods if all(m.SIMD == level for m in mods) else None
 
 
 def _pick():
-    want = os.environ.get("CYBATCHNORM_SIMD", "").strip().lower()
-    cap = LEVELS.index(want) if want in LEVELS else len(LEVELS) - 1
+    # returns the modules and why they were chosen, for show_config
+    raw = os.environ.get("CYBATCHNORM_SIMD", "")
+    want = raw.strip().lower()
+    cap = len(LEVELS) - 1
+    if want in LEVELS:
+        cap = LEVELS.index(want)
+    elif want:
+        warnings.warn(f"CYBATCHNORM_SIMD={raw!r} is not one of {', '.join(LEVELS)}; ignored "
+                      "(the best level this CPU and build support is used)",
+                      RuntimeWarning, stacklevel=3)
     cpu = {"avx512": _openmp.cpu_has_avx512(), "avx2": _openmp.cpu_has_avx2()}
+    capped = f", capped by CYBATCHNORM_SIMD={want}" if want in LEVELS and cap < 2 else ""
     for level in reversed(LEVELS[1:cap + 1]):
-        if cpu[level]:
-            mods = _load(level)
-            if mods is not None:
-                return mods
-    return _fused, _nodes, _split
+        if not cpu[level]:
+            continue
+        mods = _load(level)
+        if mods is not None:
+            return mods, f"the CPU has {_FEATURES[level]}{capped}"
+    if want == "baseline":
+        why = "CYBATCHNORM_SIMD=baseline"
+    elif not any(cpu[lv] for lv in LEVELS[1:cap + 1]):
+        why = f"the CPU has neither AVX2 nor AVX-512{capped}"
+    else:
+        why = "this build has no AVX2/AVX-512 modules (a non-x86 target or a compiler without the flags)"
+    return (_fused, _nodes, _split), why
 
 
-fused, nodes, split = _pick()
+(fused, nodes, split), SIMD_REASON = _pick()
 SIMD = fused.SIMD
+if _openmp.openmp_status().startswith("disabled (the build's OpenMP probe failed"):
+    warnings.warn("cybatchnorm was built without OpenMP because the build's OpenMP probe "
+                  "failed: its kernels run on one thread. Rebuild with a compiler that has "
+                  "OpenMP (see show_config(); CYBATCHNORM_NO_OPENMP=1 builds serially "
+                  "on purpose and quietly)", RuntimeWarning, stacklevel=2)
+# found, not imported: a twin's code may not run on this CPU
+SIMD_BUILT = ("baseline",) + tuple(
+    lv for lv in LEVELS[1:]
+    if all(importlib.util.find_spec(f"{__package__}.{m}_{lv}") is not None for m in KERNEL_MODULES))
 
 # what the build and the runtime offer (for show_config and the thread count)
 openmp_enabled = _openmp.openmp_enabled
 omp_max_threads = _openmp.omp_max_threads
 build_flags = _openmp.build_flags
+openmp_status = _openmp.openmp_status
+compiler = _openmp.compiler
 cpu_has_avx2 = _openmp.cpu_has_avx2
 cpu_has_avx512 = _openmp.cpu_has_avx512
 
