@@ -87,7 +87,7 @@ def test_bench_smoke(tmp_path):
     # tiny cases so the command cannot rot; timings are printed, never asserted
     out = tmp_path / "b.json"
     r = run("bench", "--cases", "16x8,4x3x2x2", "--dtype", "float32", "--threads", "1,all",
-            "--repeats", "1", "--json", str(out))
+            "--repeats", "1", "--json", str(out), "--wide")
     assert r.returncode == 0, r.stderr
     assert "16x8" in r.stdout and "/5S" in r.stdout and "/8S" in r.stdout
     assert "targets" in r.stdout and "layer f+b / torch.nn module f+b" in r.stdout
@@ -117,3 +117,110 @@ def test_bench_smoke(tmp_path):
 def test_bench_errors(args, needle):
     r = run(*args)
     assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- manners
+
+def test_version():
+    import cybatchnorm
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"cybatchnorm {cybatchnorm.__version__}"
+
+
+def test_closed_pipe_ends_quietly():
+    # `python -m cybatchnorm | head -1`: the reader goes away after one line
+    import os
+    r_fd, w_fd = os.pipe()
+    p = subprocess.Popen([sys.executable, "-m", "cybatchnorm"], stdout=w_fd,
+                         stderr=subprocess.PIPE, text=True)
+    os.close(w_fd)
+    with os.fdopen(r_fd) as reader:
+        reader.readline()
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert "Traceback" not in err and "Broken pipe" not in err
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["bench", "--cases", ","], "--cases: expected comma-separated shapes"),
+    (["bench", "--cases", ""], "--cases: expected"),
+    (["bench", "--dtype", ","], "--dtype: expected"),
+    (["bench", "--threads", ""], "--threads: expected"),
+    (["bench", "--cases", "16x8,32"], "--cases"),                  # every case checked first
+    (["--threads", "1", "bench"], "--threads is an option of the demo, not of bench"),
+    (["--dtype", "float32", "bench"], "put it after 'bench'"),
+    (["--n", "4", "bench"], "--n is an option of the demo"),
+])
+def test_bench_refuses_before_running(args, needle):
+    r = run(*args)
+    assert r.returncode == 2 and needle in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and r.stdout == ""   # nothing was timed
+
+
+@pytest.mark.parametrize("where", ["missing-dir/b.json", "."])
+def test_bench_json_is_checked_before_the_run(tmp_path, where):
+    r = run("bench", "--cases", "16x8", "--repeats", "1", "--json", str(tmp_path / where))
+    assert r.returncode == 2 and "--json" in r.stderr and r.stdout == ""
+
+
+def _width(text):
+    return max(map(len, text.splitlines()))
+
+
+def test_bench_report_fits_100_columns():
+    r = run("bench", "--cases", "16x8", "--dtype", "float64", "--threads", "1", "--repeats", "1")
+    assert r.returncode == 0, r.stderr
+    assert _width(r.stdout) <= 100
+    head = next(l for l in r.stdout.splitlines() if l.lstrip().startswith("case"))
+    assert "(--wide:" in r.stdout and " 5S " not in head and "min-max" not in head
+    wide = run("bench", "--cases", "16x8", "--dtype", "float64", "--threads", "1",
+               "--repeats", "1", "--wide")
+    head = next(l for l in wide.stdout.splitlines() if l.lstrip().startswith("case"))
+    for col in ("MiB", "min-max", "5S", "/5S", "8S", "/8S"):
+        assert f" {col} " in head + " "
+
+
+def test_ctrl_c_in_bench_reports_what_was_measured(tmp_path):
+    import json
+    import signal
+    out = tmp_path / "partial.json"
+    p = subprocess.Popen([sys.executable, "-m", "cybatchnorm", "bench", "--cases",
+                          "16x8," + ",".join(["2048x512"] * 40), "--dtype", "float32",
+                          "--threads", "1", "--repeats", "3", "--json", str(out)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in p.stdout:            # wait until the first case is measured
+        seen.append(line)
+        if " thr: " in line:
+            break
+    p.send_signal(signal.SIGINT)
+    rest, err = p.communicate(timeout=120)
+    text = "".join(seen) + rest
+    assert p.returncode == 130, err
+    assert "Traceback" not in err
+    assert "interrupted:" in text and "of 41 cases measured" in text
+    assert "targets" in text                          # the table and the targets of those
+    data = json.loads(out.read_text())
+    assert data["meta"]["interrupted"] is True
+    assert 1 <= len(data["results"]) < 41 and data["results"][0]["shape"] == [16, 8]
+
+
+def test_program_name():
+    from cybatchnorm.__main__ import program_name
+    assert program_name("/venv/lib/python3.11/site-packages/cybatchnorm/__main__.py") == \
+        "python -m cybatchnorm"
+    assert program_name("/venv/bin/cybatchnorm") == "cybatchnorm"
+
+
+def test_console_script_names_itself():
+    import os
+    import shutil
+    script = shutil.which("cybatchnorm", path=os.path.dirname(sys.executable))
+    if script is None:
+        if os.environ.get("CYBATCHNORM_EXPECT_OPENMP") is not None:   # set by tox: installed
+            pytest.fail("the cybatchnorm console script is not installed beside python")
+        pytest.skip("cybatchnorm is not installed (run from the source tree)")
+    r = subprocess.run([script, "--n", "0"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("cybatchnorm: error: --n"), r.stderr
+    r = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
+    assert r.stdout.startswith("usage: cybatchnorm ")

@@ -70,7 +70,7 @@ def machine(meta):
     """One Markdown paragraph describing where the numbers were measured."""
     env = meta.get("environment", {})
     torch = meta.get("torch") or "not installed"
-    omp = ", ".join(os.path.basename(o.get("path") or "?") for o in env.get("openmp_runtime", []))
+    omp = ", ".join(os.path.basename(o.get("filepath") or o.get("path") or "?") for o in env.get("openmp_runtime", []))
     caches = ", ".join(f"{k} {v}" for k, v in env.get("caches", {}).items())
     return (f"Measured with cybatchnorm {meta['version']} on {meta.get('description') or meta['machine']}"
             f" ({meta['cpus']} CPUs; caches {caches or 'unknown'}), Python {env.get('python', '?')},"

@@ -6,6 +6,7 @@ gradients by centred finite differences and compares the staged backward with
 the fused one.
 """
 import argparse
+import os
 import sys
 from types import SimpleNamespace
 
@@ -16,7 +17,8 @@ from .api import batchnorm_backward, batchnorm_backward_fused, batchnorm_forward
 from .gradcheck import check_gradients
 from ._validation import check_num_threads
 from ._validation import DEFAULT_EPS, full
-from .bench import CASES, run as run_bench
+from .bench import CASES, Interrupted, check_output_path, parse_case, run as run_bench
+from ._version import __version__
 
 # staged and fused agree to rounding; these are the promised tolerances
 AGREEMENT_TOL = {"float64": 1e-12, "float32": 1e-5}
@@ -39,21 +41,36 @@ def _positive_int(text):
     return v
 
 
-def build_parser():
+# the demo's options and their defaults; None in the parser, so that one given
+# before ``bench`` (where it means nothing) is seen and refused
+DEMO_DEFAULTS = {"n": 8, "d": 4, "dtype": None, "seed": 0, "threads": None, "input": None}
+
+
+def program_name(argv0=None):
+    """How the user called us: ``python -m cybatchnorm`` or the console script's name."""
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    base = os.path.basename(argv0)
+    if base in ("__main__.py", "-m", "-c", ""):
+        return "python -m cybatchnorm"
+    return base
+
+
+def build_parser(prog="python -m cybatchnorm"):
     """The argument parser of ``python -m cybatchnorm``."""
     p = _Parser(
-        prog="python -m cybatchnorm",
+        prog=prog,
         description="Batch norm forward and staged backward, node by node, on a "
                     "seeded batch (or your own), with a gradient check and the "
                     "staged-vs-fused agreement.",
     )
-    p.add_argument("--n", type=_positive_int, default=8,
+    p.add_argument("--version", action="version", version=f"cybatchnorm {__version__}")
+    p.add_argument("--n", type=_positive_int, default=None,
                    help="batch size N of the generated batch (default 8)")
-    p.add_argument("--d", type=_positive_int, default=4,
+    p.add_argument("--d", type=_positive_int, default=None,
                    help="number of features D of the generated batch (default 4)")
     p.add_argument("--dtype", choices=("float64", "float32"), default=None,
                    help="computation dtype (default: float64, or the --input file's)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=int, default=None,
                    help="seed of the generated batch, gamma, beta and dout (default 0)")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="OpenMP threads (default: all cores, honouring OMP_NUM_THREADS)")
@@ -65,28 +82,37 @@ def build_parser():
                            description="without a command: the demo")
     b = sub.add_parser("bench", help="time forward/backward against numpy, PyTorch and "
                                      "the memory-bandwidth bound, side by side")
-    b.add_argument("--cases", default=",".join(CASES),
+    b.add_argument("--cases", dest="bench_cases", default=",".join(CASES),
                    help="comma-separated shapes like 256x1024,32x64x56x56 "
                         f"(default: {','.join(CASES)})")
-    b.add_argument("--dtype", default="float32,float64",
+    b.add_argument("--dtype", dest="bench_dtype", default="float32,float64",
                    help="float32, float64 or both, comma-separated (default both)")
-    b.add_argument("--threads", default="1,all",
+    b.add_argument("--threads", dest="bench_threads", default="1,all",
                    help="comma-separated thread counts; 'all' means every core (default 1,all)")
     b.add_argument("--repeats", type=_positive_int, default=7,
                    help="timed runs per measurement, the median is reported (default 7)")
     b.add_argument("--json", metavar="FILE", default=None,
-                   help="also write every measurement to FILE as JSON")
+                   help="also write every measurement to FILE as JSON (checked before the run)")
+    b.add_argument("--wide", action="store_true",
+                   help="every column in the table (wider than 100 columns)")
     return p
 
 
+def _items(text, option, what):
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise ValueError(f"{option}: expected {what}, got {text!r}")
+    return items
+
+
 def _bench(args):
-    dtypes = [d.strip() for d in args.dtype.split(",") if d.strip()]
+    # everything is checked before the first case is timed
+    dtypes = _items(args.bench_dtype, "--dtype", "float32 and/or float64")
     for d in dtypes:
         if d not in ("float32", "float64"):
             raise ValueError(f"--dtype: expected float32 and/or float64, got {d!r}")
     threads = []
-    for t in args.threads.split(","):
-        t = t.strip()
+    for t in _items(args.bench_threads, "--threads", "positive integers or 'all'"):
         if t == "all":
             threads.append(check_num_threads(None))
         else:
@@ -94,8 +120,14 @@ def _bench(args):
                 threads.append(check_num_threads(int(t)))
             except ValueError:
                 raise ValueError(f"--threads: expected positive integers or 'all', got {t!r}") from None
-    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
-    results = run_bench(cases, dtypes, sorted(set(threads)), args.repeats, args.json)
+    cases = _items(args.bench_cases, "--cases", "comma-separated shapes like 256x1024")
+    for c in cases:
+        parse_case(c)
+    check_output_path(args.json, "--json")
+    results = run_bench(cases, dtypes, sorted(set(threads)), args.repeats, args.json,
+                        wide=args.wide)
+    if isinstance(results, Interrupted):
+        return 130           # as a shell reports a program stopped by SIGINT
     return 0 if results else 1
 
 
@@ -133,6 +165,9 @@ def _load_batch(args):
 def demo(args, out=None):
     """Run the demo for parsed ``args``; return the exit status."""
     out = out or sys.stdout
+    for k, v in DEMO_DEFAULTS.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
     x, gamma, beta, dout, source = _load_batch(args)
     nt = check_num_threads(args.threads)
     eps = DEFAULT_EPS
@@ -187,17 +222,47 @@ def demo(args, out=None):
     return 0 if ok_agree and ok_grad else 1
 
 
-def main(argv=None):
-    """Entry point of ``python -m cybatchnorm``; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _refuse_demo_options(parser, args):
+    # the demo's options mean nothing to bench: say where they go, never ignore them
+    given = [k for k in DEMO_DEFAULTS if getattr(args, k) is not None]
+    if args.command == "bench" and given:
+        opt = "--" + given[0]
+        hint = (f"; bench has its own {opt}: put it after 'bench'"
+                if opt in ("--threads", "--dtype") else "")
+        parser.error(f"{opt} is an option of the demo, not of bench{hint}")
+
+
+def main(argv=None, prog=None):
+    """Entry point of ``python -m cybatchnorm`` and of the ``cybatchnorm``
+    console script; returns the exit status."""
+    prog = prog or program_name()
+    parser = build_parser(prog)
     try:
+        args = parser.parse_args(argv)
+        args.prog = prog
         if args.command == "bench":
+            _refuse_demo_options(parser, args)
             return _bench(args)
         return demo(args)
     except (TypeError, ValueError, MemoryError, OSError) as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        if isinstance(exc, BrokenPipeError):
+            return _closed_pipe()
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _closed_pipe():
+    # the reader went away (``| head``): stop quietly, as Unix tools do. Point
+    # stdout at /dev/null so the interpreter's final flush cannot fail again.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 if __name__ == "__main__":

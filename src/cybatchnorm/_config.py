@@ -16,7 +16,8 @@ from ._version import __version__
 _OPENMP_LIBS = ("libgomp", "libomp", "libiomp", "vcomp")
 
 
-def _openmp_runtimes() -> list[dict[str, Any]]:
+def openmp_runtimes() -> list[dict[str, Any]]:
+    """The OpenMP runtimes loaded in this process, with their paths."""
     # threadpoolctl when it is installed (it knows versions and thread counts);
     # else the shared objects mapped into this process (Linux)
     try:
@@ -66,7 +67,7 @@ def config() -> dict[str, Any]:
             "cpu features": {"avx2": _engine.cpu_has_avx2(), "avx512": _engine.cpu_has_avx512()},
             "CYBATCHNORM_SIMD": os.environ.get("CYBATCHNORM_SIMD"),
             "machine": platform.machine(),
-            "openmp runtimes loaded": _openmp_runtimes(),
+            "openmp runtimes loaded": openmp_runtimes(),
             "openmp max threads": _engine.omp_max_threads(),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
             "usable cpus": _threads.usable_cpus(),

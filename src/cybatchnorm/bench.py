@@ -26,12 +26,14 @@ import os
 import platform
 import statistics
 import sys
+import textwrap
 import time
 import tracemalloc
 
 import numpy as np
 
 from . import _engine
+from ._config import openmp_runtimes
 from ._validation import check_num_threads
 from ._validation import DEFAULT_EPS
 from .api import batchnorm_backward, batchnorm_backward_fused, batchnorm_forward
@@ -259,7 +261,7 @@ def round_robin_nopause(calls, repeats):
 
 def dropin_table(torch, repeats, file):
     """Print the drop-in against torch.nn.BatchNorm1d/2d, one line per case."""
-    w = lambda s: print(s, file=file, flush=True)    # noqa: E731
+    w = _printer(file)
     w(f"cybatchnorm.torch.BatchNorm1d/2d against torch.nn's (float32, training step: forward"
       f" + backward, interleaved, {torch.get_num_threads()} torch threads); target <="
       f" {DROPIN_TARGET}x")
@@ -398,27 +400,6 @@ def caches():
     return out
 
 
-def openmp_runtime():
-    """The OpenMP runtime loaded in this process: threadpoolctl's report when
-    it is installed, else the library mapped into the process (Linux)."""
-    try:
-        from threadpoolctl import threadpool_info
-        found = [{"api": i.get("internal_api"), "version": i.get("version"),
-                  "path": i.get("filepath"), "threads": i.get("num_threads")}
-                 for i in threadpool_info() if i.get("user_api") == "openmp"]
-        if found:
-            return found
-    except ImportError:
-        pass
-    try:
-        with open("/proc/self/maps") as fh:
-            libs = {line.split()[-1] for line in fh if "libgomp" in line or "libomp" in line
-                    or "libiomp" in line}
-        return [{"path": p} for p in sorted(libs)]
-    except OSError:
-        return []
-
-
 def environment(threads, torch):
     """Where the numbers were taken: versions, SIMD level, OpenMP, CPU, caches."""
     try:
@@ -428,7 +409,7 @@ def environment(threads, torch):
     return {"cybatchnorm": __version__, "python": platform.python_version(),
             "numpy": np.__version__, "torch": torch.__version__ if torch else None,
             "simd": _engine.SIMD, "openmp": bool(_engine.openmp_enabled()),
-            "openmp_runtime": openmp_runtime(), "threads": list(threads),
+            "openmp_runtime": openmp_runtimes(), "threads": list(threads),
             "cpu": cpu_model(), "cpus": os.cpu_count(), "affinity": affinity,
             "caches": caches(), "platform": platform.platform()}
 
@@ -445,27 +426,42 @@ def _case(r):
     return "x".join(map(str, r["shape"]))
 
 
-def format_table(results, have_torch):
-    """The summary table: medians in ms (the fused path with its min-max) and
-    the ratios the targets are about."""
-    head = (f"{'case':>12} {'dtype':>7} {'thr':>3} {'out':>6} {'MiB':>6} |"
-            f" {'f+b':>7} {'min-max':>13} {'layer':>7} {'staged':>7} {'torch':>7} |"
-            f" {'5S':>6} {'8S':>6} | {'/5S':>5} {'/8S':>5} {'lay/tm':>6} {'stg/fus':>7}")
-    lines = [head, "-" * len(head)]
+# (header, width, value of a result row r in mode m); WIDE adds the rest
+_NARROW = ("case", "dtype", "thr", "out", "f+b", "layer", "staged", "torch", "8S", "/8S",
+           "lay/tm", "stg/fus")
+
+
+def _columns(r, mode):
+    tm = r.get("torch_module")
+    nan = float("nan")
+    total = r[mode + "_total"]
+    lo = r["spread"][mode + "_fwd"]["min"] + r["spread"][mode + "_bwd"]["min"]
+    hi = r["spread"][mode + "_fwd"]["max"] + r["spread"][mode + "_bwd"]["max"]
+    return [
+        ("case", 12, _case(r)), ("dtype", 7, r["dtype"]), ("thr", 3, r["threads"]),
+        ("out", 6, mode), ("MiB", 6, f"{r['mib']:.1f}"),
+        ("f+b", 7, f"{total * 1e3:.2f}"), ("min-max", 13, f"{lo * 1e3:.2f}-{hi * 1e3:.2f}"),
+        ("layer", 7, f"{r['layer'] * 1e3:.2f}"), ("staged", 7, f"{r['staged_bwd'] * 1e3:.2f}"),
+        ("torch", 7, f"{tm * 1e3 if tm else nan:.2f}"),
+        ("5S", 6, f"{r['bound5'] * 1e3:.2f}"), ("8S", 6, f"{r['bound'] * 1e3:.2f}"),
+        ("/5S", 5, f"{total / r['bound5']:.2f}"), ("/8S", 5, f"{total / r['bound']:.2f}"),
+        ("lay/tm", 6, f"{r['layer'] / tm if tm else nan:.2f}"),
+        ("stg/fus", 7, f"{r['staged_bwd'] / r['alloc_bwd']:.2f}"),
+    ]
+
+
+def format_table(results, have_torch=True, wide=False):
+    """The summary table: medians in ms and the ratios the targets are about.
+    At most 100 columns; ``wide=True`` adds the size, the fused path's
+    min-max, the 5S bound and the ratio to it."""
+    lines = []
     for r in results:
         for mode in ("alloc", "passed"):
-            lo = r["spread"][mode + "_fwd"]["min"] + r["spread"][mode + "_bwd"]["min"]
-            hi = r["spread"][mode + "_fwd"]["max"] + r["spread"][mode + "_bwd"]["max"]
-            tm = r.get("torch_module")
-            lines.append(
-                f"{_case(r):>12} {r['dtype']:>7} {r['threads']:>3} {mode:>6} {r['mib']:6.1f} |"
-                f" {r[mode + '_total'] * 1e3:7.2f} {lo * 1e3:6.2f}-{hi * 1e3:6.2f}"
-                f" {r['layer'] * 1e3:7.2f} {r['staged_bwd'] * 1e3:7.2f}"
-                f" {tm * 1e3 if tm else float('nan'):7.2f} |"
-                f" {r['bound5'] * 1e3:6.2f} {r['bound'] * 1e3:6.2f} |"
-                f" {r[mode + '_total'] / r['bound5']:5.2f} {r[mode + '_total'] / r['bound']:5.2f}"
-                f" {r['layer'] / tm if tm else float('nan'):6.2f}"
-                f" {r['staged_bwd'] / r['alloc_bwd']:7.2f}")
+            cols = [c for c in _columns(r, mode) if wide or c[0] in _NARROW]
+            if not lines:
+                head = " ".join(f"{name:>{w}}" for name, w, _ in cols)
+                lines += [head, "-" * len(head)]
+            lines.append(" ".join(f"{str(v):>{w}}" for _, w, v in cols))
     return "\n".join(lines)
 
 
@@ -511,54 +507,102 @@ def format_targets(results, have_torch=True):
     return "\n".join(lines)
 
 
+WIDTH = 100   # the report fits a 100-column terminal (the --wide table excepted)
+
+
+def _printer(file):
+    # one report line, wrapped at WIDTH with its continuation indented; the
+    # table is printed whole (its rows are WIDTH or less unless --wide)
+    def w(text, wrap=True):
+        for line in text.split("\n"):
+            if wrap and len(line) > WIDTH:
+                indent = " " * (len(line) - len(line.lstrip()) + 4)
+                line = textwrap.fill(line, WIDTH, subsequent_indent=indent,
+                                     break_on_hyphens=False)
+            print(line, file=file, flush=True)
+    return w
+
+
+def check_output_path(path, name="json_path"):
+    """Refuse, before a long run, a results file that could not be written."""
+    if path is None:
+        return None
+    path = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"{name}: {path!r} is a directory, expected a file name")
+    if not os.path.isdir(parent):
+        raise ValueError(f"{name}: the directory of {path!r} does not exist")
+    target = path if os.path.exists(path) else parent
+    if not os.access(target, os.W_OK):
+        raise ValueError(f"{name}: {path!r} is not writable")
+    return path
+
+
+class Interrupted(list):
+    """The results measured before Ctrl-C (a list; ``run`` returns it)."""
+
+
 def run(cases=None, dtypes=("float32", "float64"), threads=None, repeats=7, json_path=None,
-        file=None):
-    """Run the benchmark; print a line per case, then the table. Returns the results."""
+        file=None, wide=False):
+    """Run the benchmark; print a line per case, then the table and the
+    targets, and write the JSON. Returns the results; on Ctrl-C, what was
+    measured so far is printed and written, and returned as an
+    :class:`Interrupted` list."""
     file = file or sys.stdout
+    json_path = check_output_path(json_path)
     shapes = [parse_case(c) for c in (cases or CASES)]
     all_threads = check_num_threads(None)
     thread_list = threads or sorted({1, all_threads})
     torch = _torch()
-    w = lambda s: print(s, file=file, flush=True)
+    w = _printer(file)
     w(f"cybatchnorm {__version__} bench: {cpu_model()}, "
       f"{os.cpu_count()} cpus, numpy {np.__version__}, "
       + (f"torch {torch.__version__}" if torch else "torch not importable: no torch columns")
       + f"; {_engine.SIMD} kernels; {repeats} runs of each after a warm-up")
     results = []
-    for shape in shapes:
-        for dt in dtypes:
-            for nt in thread_list:
-                r = bench_case(shape, np.dtype(dt), nt, repeats, torch)
-                results.append(r)
-                t = f", torch module {r['torch_module'] * 1e3:.2f} ms" if torch else ""
-                w(f"  {_case(r)} {dt} {nt} thr: fwd+bwd {r['alloc_total'] * 1e3:.2f} ms"
-                  f" (outputs passed in {r['passed_total'] * 1e3:.2f} ms), layer"
-                  f" {r['layer'] * 1e3:.2f} ms, staged bwd {r['staged_bwd'] * 1e3:.2f} ms{t};"
-                  f" 5S {r['bound5'] * 1e3:.2f} ms, 8S {r['bound'] * 1e3:.2f} ms; tracemalloc peak"
-                  f" of fwd+bwd {r['peak_alloc'] / 2**20:.2f} MiB"
-                  f" ({r['peak_alloc'] / (r['mib'] * 2**20):.2f} x the size of x), with outputs"
-                  f" passed in {r['peak_passed'] / 2**10:.1f} KiB")
-    w("")
-    w(format_table(results, torch is not None))
-    w("")
-    w("f+b: functional forward (minimal cache) + fused backward, median and min-max of the runs;"
-      " layer: BatchNorm training step; staged: staged backward (full cache); torch:"
-      " torch.nn.BatchNorm1d/2d training step; 5S/8S: 5 and 8 x bytes of x at the copy"
-      " bandwidth measured with the same threads; lay/tm: layer / torch module;"
-      " stg/fus: staged / fused backward")
-    w("")
-    w(format_targets(results))
     dropin = None
-    if torch is not None and cases is None:
+    todo = [(shape, dt, nt) for shape in shapes for dt in dtypes for nt in thread_list]
+    try:
+        for shape, dt, nt in todo:
+            r = bench_case(shape, np.dtype(dt), nt, repeats, torch)
+            results.append(r)
+            t = f", torch module {r['torch_module'] * 1e3:.2f} ms" if torch else ""
+            w(f"  {_case(r)} {dt} {nt} thr: fwd+bwd {r['alloc_total'] * 1e3:.2f} ms"
+              f" (outputs passed in {r['passed_total'] * 1e3:.2f} ms), layer"
+              f" {r['layer'] * 1e3:.2f} ms, staged bwd {r['staged_bwd'] * 1e3:.2f} ms{t};"
+              f" 5S {r['bound5'] * 1e3:.2f} ms, 8S {r['bound'] * 1e3:.2f} ms; tracemalloc peak"
+              f" of fwd+bwd {r['peak_alloc'] / 2**20:.2f} MiB"
+              f" ({r['peak_alloc'] / (r['mib'] * 2**20):.2f} x the size of x), with outputs"
+              f" passed in {r['peak_passed'] / 2**10:.1f} KiB")
+        if torch is not None and cases is None:
+            w("")
+            dropin = dropin_table(torch, repeats, file)
+        interrupted = False
+    except KeyboardInterrupt:
+        interrupted = True
         w("")
-        dropin = dropin_table(torch, repeats, file)
+        w(f"interrupted: {len(results)} of {len(todo)} cases measured; reporting those")
+    if results:
+        w("")
+        w(format_table(results, torch is not None, wide=wide), wrap=False)
+        w("")
+        w("f+b: functional forward (minimal cache) + fused backward, median of the runs;"
+          " layer: BatchNorm training step; staged: staged backward (full cache); torch:"
+          " torch.nn.BatchNorm1d/2d training step; 8S: 8 x bytes of x at the copy"
+          " bandwidth measured with the same threads; lay/tm: layer / torch module;"
+          " stg/fus: staged / fused backward" + ("; 5S: the 5-pass floor; min-max: the"
+          " spread of f+b" if wide else " (--wide: more columns)"))
+        w("")
+        w(format_targets(results))
     if json_path:
         meta = {"version": __version__, "machine": platform.machine(),
                 "description": f"{cpu_model()}, {platform.system()} {platform.machine()}",
                 "cpus": os.cpu_count(), "numpy": np.__version__,
                 "torch": torch.__version__ if torch else None, "repeats": repeats,
+                "interrupted": interrupted,
                 "environment": environment(thread_list, torch)}
         with open(json_path, "w") as fh:
             json.dump({"meta": meta, "results": results, "dropin": dropin}, fh, indent=1)
         w(f"results written to {json_path}")
-    return results
+    return Interrupted(results) if interrupted else results
