@@ -244,6 +244,9 @@ def main():
             # always compile: the flags depend on the environment (OpenMP switch),
             # so objects left in build/ by another configuration must not be reused
             self.force = True
+            if not self.parallel:   # pip and build call it without -j: use every core
+                self.parallel = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                    else (os.cpu_count() or 1))
 
         def _flag_works(self, flag):
             with tempfile.TemporaryDirectory() as tmp:

@@ -220,6 +220,6 @@ def test_console_script_names_itself():
             pytest.fail("the cybatchnorm console script is not installed beside python")
         pytest.skip("cybatchnorm is not installed (run from the source tree)")
     r = subprocess.run([script, "--n", "0"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and r.stderr.startswith("cybatchnorm: error: --n"), r.stderr
+    assert r.returncode == 2 and r.stderr.startswith("cybatchnorm: error: argument --n"), r.stderr
     r = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
     assert r.stdout.startswith("usage: cybatchnorm ")

@@ -242,8 +242,11 @@ def main(argv=None, prog=None):
         args.prog = prog
         if args.command == "bench":
             _refuse_demo_options(parser, args)
-            return _bench(args)
-        return demo(args)
+            status = _bench(args)
+        else:
+            status = demo(args)
+        sys.stdout.flush()     # here, where a closed pipe is handled, not at exit
+        return status
     except (TypeError, ValueError, MemoryError, OSError) as exc:
         if isinstance(exc, BrokenPipeError):
             return _closed_pipe()

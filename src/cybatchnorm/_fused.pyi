@@ -1,0 +1,71 @@
+"""Stub of ``cybatchnorm._fused``, compiled: the fused forward and closed-form backward.
+
+Arrays are the C-contiguous views the kernels read: float32 or float64 (one
+dtype per call, Cython's fused ``floating``), per-channel scratch and
+statistics in float64. Nothing is checked here: ``cybatchnorm._validation``
+checked it. Keep in step with ``_fused.pyx``.
+"""
+from cybatchnorm._typing import AnyArray, F64Array
+
+SIMD: str
+BUILD_CFLAGS: str
+
+def row_chunks(N: int, C: int, S: int, itemsize: int) -> int: ...
+
+def forward(
+    x: AnyArray,
+    gamma: AnyArray,
+    beta: AnyArray,
+    eps: float,
+    out: AnyArray,
+    xmu: AnyArray,
+    xhat: AnyArray,
+    keep_nodes: bool,
+    mu: AnyArray,
+    var: AnyArray,
+    sqrtvar: AnyArray,
+    ivar: AnyArray,
+    mu64: F64Array,
+    ivar64: F64Array,
+    given_stats: bool,
+    pmean: F64Array,
+    pm2: F64Array,
+    shift: F64Array,
+    n_threads: int,
+) -> None: ...
+
+def backward(
+    dout: AnyArray,
+    src: AnyArray,
+    from_x: bool,
+    mu64: F64Array,
+    ivar64: F64Array,
+    gamma: AnyArray,
+    dx: AnyArray,
+    dgamma: AnyArray,
+    dbeta: AnyArray,
+    batch_stats: bool,
+    psum: F64Array,
+    pdot: F64Array,
+    coef: F64Array,
+    n_threads: int,
+) -> None: ...
+
+def copy(src: AnyArray, dst: AnyArray, n_threads: int) -> None: ...
+
+def double_backward(
+    ggx: AnyArray,
+    has_ggx: bool,
+    dout: AnyArray,
+    x: AnyArray,
+    mu64: F64Array,
+    ivar64: F64Array,
+    gamma: F64Array,
+    ggw: F64Array,
+    ggb: F64Array,
+    batch_stats: bool,
+    ddout: AnyArray,
+    dx: AnyArray,
+    dgamma: F64Array,
+    n_threads: int,
+) -> None: ...

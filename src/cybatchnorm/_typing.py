@@ -1,0 +1,18 @@
+"""Type aliases shared by the annotations and the compiled modules' stubs."""
+from __future__ import annotations
+
+from typing import Any, TypeVar, Union
+
+import numpy as np
+import numpy.typing as npt
+
+#: the dtypes the kernels compute in (``_validation.DTYPES``)
+Float = TypeVar("Float", np.float32, np.float64)
+#: an array of either supported dtype
+FloatArray = npt.NDArray[Union[np.float32, np.float64]]
+#: float64 per-channel statistics and scratch
+F64Array = npt.NDArray[np.float64]
+#: any array of any dtype, as the kernels' typed memoryviews accept after validation
+AnyArray = npt.NDArray[Any]
+#: what the public functions accept for an array (validated at the boundary)
+ArrayLike = npt.ArrayLike
