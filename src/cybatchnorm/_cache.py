@@ -4,13 +4,17 @@ Made by :func:`cybatchnorm.batchnorm_forward` (and the layer), read by the
 backward passes; ``_validation.check_cache`` refuses a forged or damaged one
 before a kernel reads it.
 """
+from __future__ import annotations
+
 import math
 import operator
+from typing import Any, cast
 
 import numpy as np
 
 from . import _engine
 from ._threads import default_num_threads
+from ._typing import AnyArray, F64Array
 
 __all__ = ["Cache"]
 
@@ -65,9 +69,29 @@ class Cache:
 
     __slots__ = ("shape", "x_shape", "axis", "dtype", "eps", "mode", "kind", "x", "mu64",
                  "ivar64", "_xmu", "_xhat", "_sealed") + CHANNEL
+    shape: tuple[int, ...]
+    x_shape: tuple[int, ...]
+    axis: int
+    dtype: np.dtype[Any]
+    eps: float
+    mode: str
+    kind: str
+    x: AnyArray | None
+    mu64: F64Array
+    ivar64: F64Array
+    _xmu: AnyArray | None
+    _xhat: AnyArray | None
+    _sealed: tuple[int, ...] | None
+    mu: AnyArray
+    var: AnyArray
+    sqrtvar: AnyArray
+    ivar: AnyArray
+    gamma: AnyArray
+    beta: AnyArray
 
-    def __init__(self, *, shape, dtype, eps, mode, kind, axis=1, x_shape=None, _owned=False,
-                 **arrays):
+    def __init__(self, *, shape: tuple[int, ...], dtype: Any, eps: float, mode: str, kind: str,
+                 axis: int = 1, x_shape: tuple[int, ...] | None = None, _owned: bool = False,
+                 **arrays: AnyArray | None) -> None:
         # _owned: the arrays were made for this cache by the forward (only x
         # may be someone else's), so they are frozen in place instead of
         # through views, and the cache is sealed: check_cache trusts it
@@ -88,36 +112,38 @@ class Cache:
         object.__setattr__(self, "kind", kind)
         object.__setattr__(self, "_sealed", self._fingerprint() if _owned else None)
 
-    def _fingerprint(self):
+    def _fingerprint(self) -> tuple[int, ...]:
         # which arrays the cache holds: a sealed cache still holding exactly
         # them needs no check (they agree by construction); one whose arrays
         # were replaced behind the read-only guard is checked in full
         return tuple(map(id, _HELD[self.kind == "full"](self)))
 
-    def __setattr__(self, name, value):
+    def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("Cache is read-only: it holds the values of one forward pass")
 
     @property
-    def xmu(self):
+    def xmu(self) -> AnyArray:
         """``x - mu``, of the cache's shape: kept by a full cache; a minimal
         cache computes it (with ``xhat``) on first access, from its x."""
         if self._xmu is None:
             self._nodes()
-        return self._xmu
+        return cast(AnyArray, self._xmu)
 
     @property
-    def xhat(self):
+    def xhat(self) -> AnyArray:
         """``xmu * ivar``, of the cache's shape: kept by a full cache; a
         minimal cache computes it (with ``xmu``) on first access."""
         if self._xhat is None:
             self._nodes()
-        return self._xhat
+        return cast(AnyArray, self._xhat)
 
-    def _nodes(self):
+    def _nodes(self) -> None:
         # a minimal cache's xmu and xhat, computed from its x by the fused
         # forward kernel as a full-cache forward would (same x, shape and
         # dtype: bitwise the same values) and kept from then on. x must not
         # have changed since the forward
+        if self.x is None:
+            raise RuntimeError("cache: a minimal cache without its x")
         x3 = self.x.reshape(self.shape[0], self.shape[1], math.prod(self.shape[2:]))
         stats = (self.mu.copy(), self.var.copy()) if self.mode == "eval" else None
         values = _engine.forward(x3, self.gamma, self.beta, self.eps,
@@ -128,13 +154,13 @@ class Cache:
             arr.flags.writeable = False
             object.__setattr__(self, "_" + name, arr)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         last = f", axis=-1, x_shape={self.x_shape}" if self.axis == -1 else ""
         return (f"Cache(shape={self.shape}{last}, dtype={self.dtype}, kind={self.kind!r}, "
                 f"mode={self.mode!r}, eps={self.eps})")
 
     @property
-    def nbytes(self):
+    def nbytes(self) -> int:
         """Bytes of the arrays this cache holds that the forward allocated, and
         of the ``xmu``/``xhat`` a minimal cache computed since (the referenced
         input of a minimal cache is not counted)."""

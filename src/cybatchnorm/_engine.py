@@ -13,8 +13,13 @@ same Cython source and give bitwise equal results (no FMA contraction).
 ``CYBATCHNORM_SIMD=baseline`` or ``=avx2`` caps the choice; another value
 warns and is ignored. A build whose OpenMP probe failed warns at import.
 """
+from __future__ import annotations
+
 import importlib
 import importlib.util
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
 import math
 import os
 import warnings
@@ -22,13 +27,14 @@ import warnings
 import numpy as np
 
 from . import _fused, _nodes, _openmp, _pool, _split
+from ._typing import AnyArray, F64Array
 
 LEVELS = ("baseline", "avx2", "avx512")
 KERNEL_MODULES = ("_fused", "_nodes", "_split")
 _FEATURES = {"avx2": "AVX2", "avx512": "AVX-512 F, BW, DQ and VL"}
 
 
-def _load(level):
+def _load(level: str) -> tuple[ModuleType, ...] | None:
     # the three kernel modules of one instruction-set level, or None when
     # they were not built for it (a compiler without the flags)
     if level == "baseline":
@@ -41,7 +47,7 @@ def _load(level):
     return mods if all(m.SIMD == level for m in mods) else None
 
 
-def _pick():
+def _pick() -> tuple[tuple[ModuleType, ...], str]:
     # returns the modules and why they were chosen, for show_config
     raw = os.environ.get("CYBATCHNORM_SIMD", "")
     want = raw.strip().lower()
@@ -93,7 +99,7 @@ cpu_has_avx512 = _openmp.cpu_has_avx512
 
 # ------------------------------------------------------------------ memory
 
-def empty(shape, dtype):
+def empty(shape: Sequence[int], dtype: Any) -> AnyArray:
     """An uninitialized array for an output of the package: from the pool of
     reused buffers when it is large (see ``cybatchnorm.memory``), else
     ``np.empty``. Writable, C-contiguous, 64-byte aligned."""
@@ -101,7 +107,8 @@ def empty(shape, dtype):
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < _pool.MIN_BYTES:
         return np.empty(shape, dtype)
-    return np.frombuffer(_pool.Block(nbytes), dtype).reshape(shape)
+    block: Any = _pool.Block(nbytes)     # a buffer exporter numpy's stubs do not list
+    return np.frombuffer(block, dtype).reshape(shape)
 
 
 pool_set_limit = _pool.set_limit
@@ -111,14 +118,15 @@ pool_info = _pool.info
 
 # ------------------------------------------------------------------ fused
 
-def _chunks(shape3, dtype):
+def _chunks(shape3: Sequence[int], dtype: np.dtype[Any]) -> int:
     # row chunks of the kernels' work grid (the fused and the split kernels
     # share it): a function of the shape and dtype alone, never of the
     # thread count (see _common.pxd)
-    return fused.row_chunks(*shape3, dtype.itemsize)
+    return int(fused.row_chunks(*shape3, dtype.itemsize))
 
 
-def forward(x3, gamma, beta, eps, out3, keep, stats, nt):
+def forward(x3: AnyArray, gamma: AnyArray, beta: AnyArray, eps: float, out3: AnyArray, keep: bool,
+            stats: tuple[AnyArray, AnyArray] | None, nt: int) -> dict[str, AnyArray]:
     """The fused forward; returns the node values by name.
 
     ``stats`` None computes the batch statistics; otherwise ``(mu, var)``
@@ -141,7 +149,8 @@ def forward(x3, gamma, beta, eps, out3, keep, stats, nt):
     return values
 
 
-def backward(g3, src, from_x, mu64, ivar64, gamma, dx3, batch_stats, nt):
+def backward(g3: AnyArray, src: AnyArray, from_x: bool, mu64: F64Array, ivar64: F64Array,
+             gamma: AnyArray, dx3: AnyArray, batch_stats: bool, nt: int) -> tuple[AnyArray, AnyArray]:
     """The closed-form backward into ``dx3``; returns ``(dgamma, dbeta)``.
     ``src`` is xhat, or x when ``from_x``."""
     dt, C = g3.dtype, g3.shape[1]
@@ -152,7 +161,9 @@ def backward(g3, src, from_x, mu64, ivar64, gamma, dx3, batch_stats, nt):
     return dgamma, dbeta
 
 
-def double_backward(ggx, dout, x, mu64, ivar64, gamma, ggw, ggb, batch_stats, ddout, dx, nt):
+def double_backward(ggx: AnyArray | None, dout: AnyArray, x: AnyArray, mu64: F64Array,
+                    ivar64: F64Array, gamma: F64Array, ggw: F64Array, ggb: F64Array,
+                    batch_stats: bool, ddout: AnyArray, dx: AnyArray, nt: int) -> F64Array:
     """Second derivatives into ``ddout`` and ``dx`` (``ggx`` None reads as
     zeros); returns the float64 ``dgamma``."""
     dgamma = np.empty(dout.shape[1])
@@ -161,14 +172,14 @@ def double_backward(ggx, dout, x, mu64, ivar64, gamma, ggw, ggb, batch_stats, dd
     return dgamma
 
 
-def copy(src, dst, nt):
+def copy(src: AnyArray, dst: AnyArray, nt: int) -> None:
     """``dst[:] = src`` for 1-D arrays: the benchmark's bandwidth probe."""
     fused.copy(src, dst, nt)
 
 
 # ------------------------------------------------------------------ split
 
-def batch_stats(x3, nt):
+def batch_stats(x3: AnyArray, nt: int) -> tuple[F64Array, F64Array]:
     """Float64 per-channel mean and m2 of one shard."""
     C = x3.shape[1]
     K = _chunks(x3.shape, x3.dtype)
@@ -177,7 +188,8 @@ def batch_stats(x3, nt):
     return mean, m2
 
 
-def merge(counts, means, m2s, nt):
+def merge(counts: F64Array, means: F64Array, m2s: F64Array,
+          nt: int) -> tuple[F64Array, F64Array]:
     """Chan's merge of (P,) counts and (P, C) means and m2s, in shard order."""
     C = means.shape[1]
     mean, m2 = np.zeros(C), np.zeros(C)
@@ -185,12 +197,14 @@ def merge(counts, means, m2s, nt):
     return mean, m2
 
 
-def normalize(x3, mean, ivar, gamma, beta, out3, nt):
+def normalize(x3: AnyArray, mean: F64Array, ivar: F64Array, gamma: AnyArray, beta: AnyArray,
+              out3: AnyArray, nt: int) -> None:
     """``out3 = gamma * (x3 - mean) * ivar + beta`` with float64 statistics."""
     split.normalize(x3, mean, ivar, gamma, beta, out3, _chunks(x3.shape, x3.dtype), nt)
 
 
-def backward_reduce(g3, x3, mean, nt):
+def backward_reduce(g3: AnyArray, x3: AnyArray, mean: F64Array,
+                    nt: int) -> tuple[F64Array, F64Array]:
     """Float64 per-channel ``sum(dout)`` and ``sum(dout * (x - mean))``."""
     C = g3.shape[1]
     K = _chunks(x3.shape, x3.dtype)
@@ -199,7 +213,9 @@ def backward_reduce(g3, x3, mean, nt):
     return sd, sdx
 
 
-def backward_elementwise(g3, x3, mean, ivar, gamma, sd, sdx, count, dx3, nt):
+def backward_elementwise(g3: AnyArray, x3: AnyArray, mean: F64Array, ivar: F64Array,
+                         gamma: AnyArray, sd: F64Array, sdx: F64Array, count: float,
+                         dx3: AnyArray, nt: int) -> None:
     """A shard's dx from the global sums, into ``dx3``."""
     C = g3.shape[1]
     split.backward_elementwise(g3, x3, mean, ivar, gamma, sd, sdx, float(count), dx3,
@@ -207,7 +223,8 @@ def backward_elementwise(g3, x3, mean, ivar, gamma, sd, sdx, count, dx3, nt):
 
 # ------------------------------------------------------- running statistics
 
-def update_running_stats(running_mean, running_var, mean, var, count, momentum):
+def update_running_stats(running_mean: AnyArray | None, running_var: AnyArray | None,
+                         mean: AnyArray, var: AnyArray, count: int, momentum: float) -> None:
     """The package's one running-statistics rule, as PyTorch's: in place,
     ``running = (1 - momentum) * running + momentum * batch`` with the
     unbiased batch variance ``var * count / (count - 1)``. Either running

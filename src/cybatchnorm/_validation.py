@@ -7,16 +7,20 @@ writes to an input: conversions copy when they have to and never otherwise.
 Full-size arrays of shape (N, C, *spatial) are handed to the kernels as the
 (N, C, S) view, S being the product of the spatial sizes (1 for (N, D)).
 """
+from __future__ import annotations
+
 import math
 import numbers
 import operator
-from typing import NamedTuple, Optional
+from collections.abc import Iterable, Sequence
+from typing import IO, Any, NamedTuple, Optional, cast
 
 import numpy as np
 
 from ._cache import CHANNEL, FULL, KINDS, Cache
 from ._engine import empty as _pooled_empty
 from ._threads import default_num_threads
+from ._typing import AnyArray, F64Array
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -24,7 +28,7 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 DEFAULT_EPS = 1e-5
 
 
-def as_array(name, value):
+def as_array(name: str, value: Any) -> AnyArray:
     """``np.asarray(value)``, with a clear error naming ``name`` on failure."""
     if isinstance(value, np.ndarray):
         return value
@@ -36,7 +40,7 @@ def as_array(name, value):
         ) from None
 
 
-def computation_dtype(name, arr):
+def computation_dtype(name: str, arr: AnyArray) -> np.dtype[Any]:
     """The dtype ``arr`` is computed in: float32 and float64 as they are,
     float16 in float32, integers and bools in float64; anything else raises."""
     dt = arr.dtype
@@ -52,12 +56,13 @@ def computation_dtype(name, arr):
     )
 
 
-def check_dtype(name, arr):
+def check_dtype(name: str, arr: AnyArray) -> None:
     """Raise TypeError unless ``arr`` holds real numbers a kernel can take."""
     computation_dtype(name, arr)
 
 
-def full(name, value, dtype=None, shape=None):
+def full(name: str, value: Any, dtype: Any = None,
+         shape: Sequence[int] | None = None) -> tuple[AnyArray, tuple[int, ...], np.dtype[Any]]:
     """Validate a full-size array; return ``(view3d, shape, dtype)``.
 
     ``dtype`` None picks the computation dtype from the array itself. With
@@ -84,7 +89,7 @@ def full(name, value, dtype=None, shape=None):
     return arr.reshape(arr.shape[0], arr.shape[1], spatial), arr.shape, dtype
 
 
-def feature(name, value, C, dtype):
+def feature(name: str, value: Any, C: int, dtype: Any) -> AnyArray:
     """Validate a per-channel array of shape (C,); return it contiguous in ``dtype``."""
     arr = as_array(name, value)
     check_dtype(name, arr)
@@ -93,7 +98,7 @@ def feature(name, value, C, dtype):
     return np.ascontiguousarray(arr, dtype=dtype)
 
 
-def shape_arg(name, value):
+def shape_arg(name: str, value: Any) -> tuple[int, ...]:
     """Validate a shape tuple (N, C, *spatial) given as an argument."""
     try:
         shape = tuple(operator.index(s) for s in value)
@@ -104,12 +109,13 @@ def shape_arg(name, value):
     return shape
 
 
-def view3d(shape):
+def view3d(shape: Sequence[int]) -> tuple[int, int, int]:
     """The (N, C, S) shape the kernels see for an array of ``shape``."""
     return (shape[0], shape[1], math.prod(shape[2:]))
 
 
-def check_out(name, out, shape, dtype, inputs=(), allow=()):
+def check_out(name: str, out: Any, shape: Sequence[int], dtype: Any, inputs: Iterable[Any] = (),
+              allow: Iterable[Any] = ()) -> AnyArray:
     """Validate an output buffer given by the caller; return it as an (N, C, S) view.
 
     It must be a writable, C-contiguous ``dtype`` array of exactly ``shape``
@@ -132,21 +138,21 @@ def check_out(name, out, shape, dtype, inputs=(), allow=()):
     return out.reshape(view3d(shape))
 
 
-def int_arg(name, value, minimum, expected):
+def int_arg(name: str, value: Any, minimum: int, expected: str) -> int:
     """An int argument (anything with ``__index__``, not a bool) that is at
     least ``minimum``; ``expected`` says what was expected in the errors."""
     if isinstance(value, bool):
         raise TypeError(f"{name}: expected {expected}, got a bool")
     try:
-        value = operator.index(value)
+        v: int = operator.index(value)
     except TypeError:
         raise TypeError(f"{name}: expected {expected}, got {type(value).__name__}") from None
-    if value < minimum:
-        raise ValueError(f"{name}: expected {expected}, got {value}")
-    return value
+    if v < minimum:
+        raise ValueError(f"{name}: expected {expected}, got {v}")
+    return v
 
 
-def check_num_threads(num_threads, size=None):
+def check_num_threads(num_threads: Any, size: int | None = None) -> int:
     """Validate ``num_threads``: None (the default count for ``size`` values,
     see ``_threads.default_num_threads``) or a positive int, used as given."""
     if num_threads is None:
@@ -154,17 +160,17 @@ def check_num_threads(num_threads, size=None):
     return int_arg("num_threads", num_threads, 1, "a positive int or None")
 
 
-def check_eps(eps):
+def check_eps(eps: Any) -> float:
     """Validate ``eps``: a real number, finite and > 0; return it as float."""
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise TypeError(f"eps: expected a positive finite real number, got {type(eps).__name__}")
-    eps = float(eps)
-    if not math.isfinite(eps) or eps <= 0:
-        raise ValueError(f"eps: expected a positive finite real number, got {eps}")
-    return eps
+    e = float(eps)
+    if not math.isfinite(e) or e <= 0:
+        raise ValueError(f"eps: expected a positive finite real number, got {e}")
+    return e
 
 
-def check_batch_count(shape):
+def check_batch_count(shape: Sequence[int]) -> int:
     """Training needs at least two values per feature to have a variance."""
     count = shape[0] * math.prod(shape[2:])
     if count < 2:
@@ -175,7 +181,7 @@ def check_batch_count(shape):
     return count
 
 
-def channel_axis(axis, ndim):
+def channel_axis(axis: Any, ndim: int) -> int:
     """Validate the channel axis of an ``ndim``-D array: 1 (channels first,
     (N, C, *spatial)) or the last axis (channels last, (N, *spatial, C));
     return 1 or -1 (-1 only for more than two dimensions, where it differs)."""
@@ -197,22 +203,22 @@ def channel_axis(axis, ndim):
 
 class ForwardArgs(NamedTuple):
     """A forward call, validated: what ``api.run_forward`` hands the engine."""
-    x3: np.ndarray          # the (N, C, S) view the kernels read (channels last: (N*S, C, 1))
-    shape: tuple            # the kernels' shape: x's, or the (N*S, C) matrix's
-    x_shape: tuple          # x's own shape
+    x3: AnyArray            # the (N, C, S) view the kernels read (channels last: (N*S, C, 1))
+    shape: tuple[int, ...]  # the kernels' shape: x's, or the (N*S, C) matrix's
+    x_shape: tuple[int, ...]  # x's own shape
     axis: int               # 1, or -1 for channels last
-    dtype: np.dtype
-    gamma: np.ndarray       # copies: the cache keeps them
-    beta: np.ndarray
+    dtype: np.dtype[Any]
+    gamma: AnyArray         # copies: the cache keeps them
+    beta: AnyArray
     eps: float
-    stats: Optional[tuple]  # None (batch statistics) or copies of (mean, var)
+    stats: Optional[tuple[AnyArray, AnyArray]]  # None (batch statistics) or copies of (mean, var)
     kind: str               # "full" or "minimal"
-    out: Optional[np.ndarray]   # the caller's out, or None
-    out3: Optional[np.ndarray]  # its (N, C, S) view
+    out: Optional[AnyArray]   # the caller's out, or None
+    out3: Optional[AnyArray]  # its (N, C, S) view
     nt: int
 
 
-def copy_pooled(arr):
+def copy_pooled(arr: AnyArray) -> AnyArray:
     """A C-contiguous copy of ``arr`` in a buffer from the output pool (the
     layer's own copy of x is as large as an output, and as frequent)."""
     out = _pooled_empty(arr.shape, arr.dtype)
@@ -220,8 +226,9 @@ def copy_pooled(arr):
     return out
 
 
-def forward_args(x, gamma, beta, eps, *, axis=1, num_threads=None, cache="full", out=None,
-                 stats=None, own_x=False, channels=None):
+def forward_args(x: Any, gamma: Any, beta: Any, eps: Any, *, axis: Any = 1, num_threads: Any = None,
+                 cache: Any = "full", out: Any = None, stats: Any = None, own_x: bool = False,
+                 channels: int | None = None) -> ForwardArgs:
     """Validate a forward call once; return its :class:`ForwardArgs`.
 
     ``stats`` None is training (at least two values per channel); a pair
@@ -268,7 +275,7 @@ def forward_args(x, gamma, beta, eps, *, axis=1, num_threads=None, cache="full",
                        cache, out, out3, nt)
 
 
-def check_cache(cache):
+def check_cache(cache: Any) -> None:
     """Make sure ``cache`` is a Cache whose arrays agree with each other,
     so a forged or damaged one is refused before a kernel reads it."""
     if not isinstance(cache, Cache):
@@ -280,7 +287,7 @@ def check_cache(cache):
     shape, dt = cache.shape, cache.dtype
     if cache.mode not in ("train", "eval") or cache.kind not in KINDS:
         raise ValueError(f"cache: unknown mode {cache.mode!r} or kind {cache.kind!r}")
-    want = {n: (shape[1],) for n in CHANNEL}
+    want: dict[str, tuple[int, ...]] = {n: (shape[1],) for n in CHANNEL}
     want.update({n: shape for n in (FULL if cache.kind == "full" else ("x",))})
     for name, wshape in want.items():
         arr = getattr(cache, name)
@@ -294,7 +301,8 @@ def check_cache(cache):
             raise ValueError(f"cache: its {name} is not a float64 array of shape ({shape[1]},)")
 
 
-def backward_args(dout, cache, num_threads, dx):
+def backward_args(dout: Any, cache: Any, num_threads: Any,
+                  dx: Any) -> tuple[AnyArray, int, AnyArray | None]:
     """Validate a backward call once: the cache, ``dout`` of x's shape (cast
     to the cache's dtype) and ``dx``; return ``(g3, nt, dx3)``, ``g3`` and
     ``dx3`` (None when not given) the (N, C, S) views of the cache's shape."""
@@ -314,7 +322,8 @@ def backward_args(dout, cache, num_threads, dx):
     return g3, nt, dx3
 
 
-def layer_args(num_features, eps, momentum, dtype, num_threads, axis, backward):
+def layer_args(num_features: Any, eps: Any, momentum: Any, dtype: Any, num_threads: Any, axis: Any,
+               backward: Any) -> tuple[int, float, float | None, np.dtype[Any]]:
     """Validate ``BatchNorm``'s constructor arguments; return ``(num_features,
     eps, momentum, dtype)`` normalized (num_threads, axis and backward are
     returned to the caller unchanged once valid)."""
@@ -343,7 +352,8 @@ def layer_args(num_features, eps, momentum, dtype, num_threads, axis, backward):
     return num_features, eps, momentum, dtype
 
 
-def walk_args(dout, cache, num_threads, constants, dx, nodes):
+def walk_args(dout: Any, cache: Any, num_threads: Any, constants: Any, dx: Any,
+              nodes: Iterable[Any]) -> tuple[AnyArray, tuple[int, ...], int, set[str]]:
     """Validate a call of ``graph.backward`` (the walk the docs read): ``cache``
     any object with the values the visited ``nodes`` save, ``dout`` of their
     shape, ``constants`` an iterable of node names, ``dx`` a suitable output.
@@ -371,7 +381,7 @@ def walk_args(dout, cache, num_threads, constants, dx, nodes):
 
 # ----------------------------------------------- node and split API arguments
 
-def vector(name, value):
+def vector(name: str, value: Any) -> tuple[AnyArray, np.dtype[Any]]:
     """A lone (C,) input of a node function: its own length and dtype define
     the node's shape; return ``(array, dtype)``."""
     arr = as_array(name, value)
@@ -381,23 +391,23 @@ def vector(name, value):
     return np.ascontiguousarray(arr, dtype=dt), dt
 
 
-def grad_shape(shape, grad):
+def grad_shape(shape: Any, grad: AnyArray) -> tuple[int, ...]:
     """Validate the ``shape`` argument of var_backward / mu_backward against
     the (C,) gradient ``grad``."""
-    shape = shape_arg("shape", shape)
-    if shape[1] != grad.shape[0]:
+    s = shape_arg("shape", shape)
+    if s[1] != grad.shape[0]:
         raise ValueError(
-            f"shape: expected {grad.shape[0]} channels (shape[1]) to match the gradient, got {shape}"
+            f"shape: expected {grad.shape[0]} channels (shape[1]) to match the gradient, got {s}"
         )
-    return shape
+    return s
 
 
-def f64_vector(name, value, C):
+def f64_vector(name: str, value: Any, C: int) -> F64Array:
     """A per-channel (C,) argument of the split API, read as float64."""
     return feature(name, value, C, np.float64)
 
 
-def shard_counts(value):
+def shard_counts(value: Any) -> tuple[F64Array, int]:
     """The (P,) values per channel of every shard (whole numbers >= 0, not all
     0); return ``(float64 counts, total)``."""
     arr = as_array("counts", value)
@@ -418,7 +428,7 @@ def shard_counts(value):
     return np.ascontiguousarray(counts), total
 
 
-def per_shard(name, value, P, like=None):
+def per_shard(name: str, value: Any, P: int, like: AnyArray | None = None) -> F64Array:
     """A (P, C) per-shard statistic, read as float64; with ``like`` (the
     means), the m2s: of the means' shape and >= 0."""
     arr = as_array(name, value)
@@ -434,12 +444,12 @@ def per_shard(name, value, P, like=None):
     return arr
 
 
-def pool_bytes(nbytes):
+def pool_bytes(nbytes: Any) -> int:
     """``nbytes`` of the pool's limit: an int >= 0."""
     return int_arg("nbytes", nbytes, 0, "an int >= 0")
 
 
-def check_step(h):
+def check_step(h: Any) -> float:
     """The finite-difference step of check_gradients: finite and > 0."""
     if not (isinstance(h, (int, float, np.floating)) and not isinstance(h, bool)
             and np.isfinite(h) and h > 0):
@@ -447,13 +457,13 @@ def check_step(h):
     return float(h)
 
 
-def check_file(file):
+def check_file(file: Any) -> IO[str] | None:
     """A file-like object with write(), or None."""
     if file is not None and not callable(getattr(file, "write", None)):
         raise TypeError(f"file: expected a file-like object with write(), got {type(file).__name__}")
-    return file
+    return cast("IO[str] | None", file)
 
 
-def positive_count(value):
+def positive_count(value: Any) -> int:
     """``count``: a positive int (values per channel over all shards)."""
     return int_arg("count", value, 1, "a positive int (values per channel)")

@@ -6,15 +6,22 @@ unchecked engine (``_engine``, the only importer of the compiled kernels) and
 wraps the results. A call goes: this file -> ``_validation`` -> ``_engine``
 (``graph`` for the staged walk): three files from a call to its kernel.
 """
+from __future__ import annotations
+
+from typing import Literal
 
 from . import _engine, graph
 from ._cache import Cache
-from ._validation import DEFAULT_EPS, backward_args, forward_args
+from ._typing import AnyArray, ArrayLike
+from ._validation import DEFAULT_EPS, ForwardArgs, backward_args, forward_args
+
+#: what a forward keeps: ``"full"`` (xmu and xhat too) or ``"minimal"``
+CacheKind = Literal["full", "minimal"]
 
 __all__ = ["Cache", "batchnorm_forward", "batchnorm_backward", "batchnorm_backward_fused"]
 
 
-def run_forward(a):
+def run_forward(a: ForwardArgs) -> tuple[AnyArray, Cache]:
     """The fused forward of a validated call (``_validation.ForwardArgs``), for
     :func:`batchnorm_forward` and :meth:`BatchNorm.forward`;
     returns ``(out, cache)``, out of x's shape (the caller's ``out`` if given)."""
@@ -32,8 +39,9 @@ def run_forward(a):
     return (a.out if a.out is not None else out3.reshape(a.x_shape)), cache
 
 
-def batchnorm_forward(x, gamma, beta, eps=DEFAULT_EPS, *, axis=1, num_threads=None, cache="full",
-                      out=None):
+def batchnorm_forward(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, eps: float = DEFAULT_EPS, *,
+                      axis: int = 1, num_threads: int | None = None, cache: CacheKind = "full",
+                      out: AnyArray | None = None) -> tuple[AnyArray, Cache]:
     """Batch normalization, training mode: normalize each channel over the batch.
 
     Parameters
@@ -94,7 +102,8 @@ def batchnorm_forward(x, gamma, beta, eps=DEFAULT_EPS, *, axis=1, num_threads=No
                                     cache=cache, out=out))
 
 
-def batchnorm_backward(dout, cache, *, num_threads=None, dx=None):
+def batchnorm_backward(dout: ArrayLike, cache: Cache, *, num_threads: int | None = None,
+                       dx: AnyArray | None = None) -> tuple[AnyArray, AnyArray, AnyArray]:
     """Staged backward pass: walk the graph in reverse, one compiled kernel per node.
 
     Parameters
@@ -145,7 +154,8 @@ def batchnorm_backward(dout, cache, *, num_threads=None, dx=None):
     return (dx if dx is not None else dx3.reshape(cache.x_shape)), dgamma, dbeta
 
 
-def batchnorm_backward_fused(dout, cache, *, num_threads=None, dx=None):
+def batchnorm_backward_fused(dout: ArrayLike, cache: Cache, *, num_threads: int | None = None,
+                             dx: AnyArray | None = None) -> tuple[AnyArray, AnyArray, AnyArray]:
     """Closed-form backward pass in two passes over memory.
 
     ``dx = (gamma * ivar / M) * (M * dout - sum(dout) - xhat * sum(dout * xhat))``
@@ -200,8 +210,8 @@ def batchnorm_backward_fused(dout, cache, *, num_threads=None, dx=None):
     g3, nt, dx3 = backward_args(dout, cache, num_threads, dx)
     if dx3 is None:
         dx3 = _engine.empty(g3.shape, cache.dtype)
-    from_x = cache.kind == "minimal"
-    src = (cache.x if from_x else cache.xhat).reshape(g3.shape)
+    from_x = cache.x is not None       # a minimal cache (check_cache saw it hold x)
+    src = (cache.x if cache.x is not None else cache.xhat).reshape(g3.shape)
     dgamma, dbeta = _engine.backward(g3, src, from_x, cache.mu64, cache.ivar64, cache.gamma, dx3,
                                      cache.mode == "train", nt)
     return (dx if dx is not None else dx3.reshape(cache.x_shape)), dgamma, dbeta

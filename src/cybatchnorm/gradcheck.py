@@ -1,9 +1,13 @@
 """Gradient checking by centred finite differences."""
+from __future__ import annotations
+
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
 
 from .api import batchnorm_backward, batchnorm_forward
+from ._typing import AnyArray, ArrayLike
 from ._validation import DEFAULT_EPS, check_eps, check_step, feature, full
 
 __all__ = ["GradientCheck", "check_gradients", "relative_error"]
@@ -16,19 +20,19 @@ class GradientCheck(NamedTuple):
     dgamma: float
     dbeta: float
 
-    def passed(self, tol=1e-6):
+    def passed(self, tol: float = 1e-6) -> bool:
         """True when every relative error is at most ``tol``."""
         return max(self) <= tol
 
 
-def relative_error(a, b):
+def relative_error(a: ArrayLike, b: ArrayLike) -> float:
     """``||a - b|| / (||a|| + ||b||)``, 0 when both are zero."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    den = np.linalg.norm(a) + np.linalg.norm(b)
-    return 0.0 if den == 0 else float(np.linalg.norm(a - b) / den)
+    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    den = np.linalg.norm(a64) + np.linalg.norm(b64)
+    return 0.0 if den == 0 else float(np.linalg.norm(a64 - b64) / den)
 
 
-def _numeric(f, p, h):
+def _numeric(f: Callable[[], float], p: AnyArray, h: float) -> AnyArray:
     """Centred differences of scalar ``f()`` with respect to every entry of
     ``p`` (perturbed in place, then restored exactly)."""
     grad = np.empty_like(p)
@@ -44,7 +48,9 @@ def _numeric(f, p, h):
     return grad
 
 
-def check_gradients(x, gamma, beta, dout=None, h=1e-5, *, eps=DEFAULT_EPS, num_threads=None):
+def check_gradients(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, dout: ArrayLike | None = None,
+                    h: float = 1e-5, *, eps: float = DEFAULT_EPS,
+                    num_threads: int | None = None) -> GradientCheck:
     """Compare the staged backward's dx, dgamma, dbeta with centred differences.
 
     The loss is ``sum(out * dout)``, whose gradient with respect to ``out`` is
@@ -78,25 +84,24 @@ def check_gradients(x, gamma, beta, dout=None, h=1e-5, *, eps=DEFAULT_EPS, num_t
     >>> err.passed(1e-7)
     True
     """
-    x = full("x", x, np.float64)[0].reshape(np.shape(x)).copy()
-    C = x.shape[1]
-    gamma = feature("gamma", gamma, C, np.float64).copy()
-    beta = feature("beta", beta, C, np.float64).copy()
+    xa = full("x", x, np.float64)[0].reshape(np.shape(x)).copy()
+    C = xa.shape[1]
+    ga = feature("gamma", gamma, C, np.float64).copy()
+    ba = feature("beta", beta, C, np.float64).copy()
     if dout is None:
-        dout = np.random.default_rng(0).standard_normal(x.shape)
-    dout = full("dout", dout, np.float64, x.shape)[0].reshape(x.shape)
-    eps = check_eps(eps)
-    h = check_step(h)
-    kw = {"num_threads": num_threads}
+        dout = np.random.default_rng(0).standard_normal(xa.shape)
+    da = full("dout", dout, np.float64, xa.shape)[0].reshape(xa.shape)
+    e = check_eps(eps)
+    step = check_step(h)
 
-    def loss():
-        out, _ = batchnorm_forward(x, gamma, beta, eps, **kw)
-        return float(np.sum(out * dout))
+    def loss() -> float:
+        out, _ = batchnorm_forward(xa, ga, ba, e, num_threads=num_threads)
+        return float(np.sum(out * da))
 
-    _, cache = batchnorm_forward(x, gamma, beta, eps, **kw)
-    dx, dgamma, dbeta = batchnorm_backward(dout, cache, **kw)
+    _, cache = batchnorm_forward(xa, ga, ba, e, num_threads=num_threads)
+    dx, dgamma, dbeta = batchnorm_backward(da, cache, num_threads=num_threads)
     return GradientCheck(
-        relative_error(dx, _numeric(loss, x, h)),
-        relative_error(dgamma, _numeric(loss, gamma, h)),
-        relative_error(dbeta, _numeric(loss, beta, h)),
+        relative_error(dx, _numeric(loss, xa, step)),
+        relative_error(dgamma, _numeric(loss, ga, step)),
+        relative_error(dbeta, _numeric(loss, ba, step)),
     )

@@ -1,9 +1,15 @@
 """BatchNorm: a layer with parameters, running statistics and train/eval modes."""
 
+from __future__ import annotations
+
+from typing import Any, Literal
+
 import numpy as np
 
 from . import _engine
 from .api import batchnorm_backward, batchnorm_backward_fused, run_forward
+from ._cache import Cache
+from ._typing import AnyArray, ArrayLike
 from ._validation import DEFAULT_EPS, forward_args, layer_args
 
 __all__ = ["BatchNorm"]
@@ -75,9 +81,18 @@ class BatchNorm:
     >>> out_eval = layer.eval().forward(x)
     """
 
-    def __init__(self, num_features, eps=DEFAULT_EPS, momentum=0.1, affine=True,
-                 track_running_stats=True, dtype=np.float64, *, num_threads=None,
-                 axis=1, backward="fused"):
+    gamma: AnyArray | None
+    beta: AnyArray | None
+    dgamma: AnyArray | None
+    dbeta: AnyArray | None
+    running_mean: AnyArray | None
+    running_var: AnyArray | None
+    _cache: Cache | None
+
+    def __init__(self, num_features: int, eps: float = DEFAULT_EPS, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, dtype: Any = np.float64,
+                 *, num_threads: int | None = None, axis: int = 1,
+                 backward: Literal["fused", "staged"] = "fused") -> None:
         num_features, eps, momentum, dtype = layer_args(num_features, eps, momentum, dtype,
                                                         num_threads, axis, backward)
         self.num_features = num_features
@@ -96,35 +111,35 @@ class BatchNorm:
         self._cache = None
         self.reset_parameters()
 
-    def reset_running_stats(self):
+    def reset_running_stats(self) -> None:
         """Running mean to zeros, running variance to ones, batch count to 0."""
         if self.track_running_stats:
             self.running_mean = np.zeros(self.num_features, self.dtype)
             self.running_var = np.ones(self.num_features, self.dtype)
         self.num_batches_tracked = 0
 
-    def reset_parameters(self):
+    def reset_parameters(self) -> None:
         """Reset the running statistics, ``gamma`` to ones and ``beta`` to zeros."""
         self.reset_running_stats()
         if self.affine:
             self.gamma = np.ones(self.num_features, self.dtype)
             self.beta = np.zeros(self.num_features, self.dtype)
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> BatchNorm:
         """Switch to training mode (``mode=False``: eval mode); returns self."""
         self.training = bool(mode)
         return self
 
-    def eval(self):
+    def eval(self) -> BatchNorm:
         """Switch to eval mode: normalize with the running statistics; returns self."""
         return self.train(False)
 
-    def _params(self, dtype):
-        if self.affine:
+    def _params(self, dtype: np.dtype[Any]) -> tuple[AnyArray, AnyArray]:
+        if self.gamma is not None and self.beta is not None:
             return self.gamma, self.beta
         return np.ones(self.num_features, dtype), np.zeros(self.num_features, dtype)
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> AnyArray:
         """Normalize ``x`` (N, C, ...) and remember what :meth:`backward` needs.
 
         Training mode uses the batch statistics and updates the running ones;
@@ -147,14 +162,14 @@ class BatchNorm:
 
     __call__ = forward
 
-    def _update_running_stats(self, mean, var, count):
+    def _update_running_stats(self, mean: AnyArray, var: AnyArray, count: int) -> None:
         # mean and biased var of the batch over ``count`` values per channel
         self.num_batches_tracked += 1
         f = 1.0 / self.num_batches_tracked if self.momentum is None else self.momentum
         _engine.update_running_stats(self.running_mean, self.running_var,
                                      mean.astype(self.dtype), var.astype(self.dtype), count, f)
 
-    def backward(self, dout):
+    def backward(self, dout: ArrayLike) -> AnyArray:
         """Gradient of the loss with respect to the last forward's input.
 
         The closed form or the staged walk, as the ``backward`` option says.
@@ -170,7 +185,7 @@ class BatchNorm:
             self.dgamma, self.dbeta = dgamma, dbeta
         return dx
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"BatchNorm({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
                 f"affine={self.affine}, track_running_stats={self.track_running_stats}, "
                 f"dtype={self.dtype.name}"

@@ -14,13 +14,15 @@ the oldest buffers are freed first) and nothing else: numpy's allocator and
 malloc's settings are not touched, and arrays made by anyone else never
 enter it. :func:`release_pool` hands everything it holds back to the system.
 """
+from __future__ import annotations
+
 from . import _engine
 from ._validation import pool_bytes
 
 __all__ = ["pool_info", "release_pool", "set_pool_limit"]
 
 
-def set_pool_limit(nbytes):
+def set_pool_limit(nbytes: int) -> int:
     """Set how many bytes of unused output buffers the pool may keep.
 
     Parameters
@@ -45,7 +47,7 @@ def set_pool_limit(nbytes):
     return _engine.pool_set_limit(pool_bytes(nbytes))
 
 
-def release_pool():
+def release_pool() -> int:
     """Free every unused buffer the pool holds; return the number of bytes freed.
 
     Buffers still viewed by live arrays are not affected: they return to the
@@ -61,7 +63,7 @@ def release_pool():
     return _engine.pool_release()
 
 
-def pool_info():
+def pool_info() -> dict[str, int]:
     """The pool's state, as a dict: ``limit`` and ``held`` (bytes), ``buffers``
     (held), ``reused`` and ``allocated`` (buffers handed out since the
     process started: from the pool, and fresh from the system)."""
