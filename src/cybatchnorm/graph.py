@@ -20,14 +20,18 @@ node's gradient ``d<node>`` into the gradients of its inputs. :func:`backward`
 walks the list in reverse and adds gradients where branches meet (``xmu``
 feeds both ``sq`` and ``xhat``; ``x`` feeds both ``mu`` and ``xmu``).
 """
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 import functools
 import re
-from typing import Callable, Tuple
+from typing import Any, Tuple
 
 import numpy as np
 
 from . import _engine
+from ._typing import AnyArray, ArrayLike
 from ._validation import (DEFAULT_EPS, check_batch_count, check_eps, check_num_threads,
                           check_out, computation_dtype, feature, full, grad_shape, vector,
                           view3d, walk_args)
@@ -42,7 +46,8 @@ __all__ = [
 ]
 
 
-def _full_out(out, shape, dtype, inputs, allow=()):
+def _full_out(out: AnyArray | None, shape: Sequence[int], dtype: Any, inputs: tuple[Any, ...],
+              allow: tuple[Any, ...] = ()) -> AnyArray:
     # a fresh (N, C, S) array, or the caller's ``out`` (the backward walk
     # passes dead buffers it made, or the incoming gradient itself), checked:
     # x's shape and the computation dtype, C-contiguous, writable, sharing no
@@ -62,25 +67,25 @@ def _full_out(out, shape, dtype, inputs, allow=()):
 # mu_backward's dx2) is returned as its (C,) vector.
 
 
-def _new(like, out=None):
+def _new(like: AnyArray, out: AnyArray | None = None) -> AnyArray:
     return _engine.empty(like.shape, like.dtype) if out is None else out
 
 
-def _vec(like):
+def _vec(like: AnyArray) -> AnyArray:
     return np.empty(like.shape[1] if like.ndim == 3 else like.shape[0], like.dtype)
 
 
-def _mu_fwd(x3, nt):
+def _mu_fwd(x3: AnyArray, nt: int) -> AnyArray:
     mu = _vec(x3)
     _engine.nodes.mu_forward(x3, mu, nt)
     return mu
 
 
-def _broadcast_op(kernel):
+def _broadcast_op(kernel: str) -> Callable[..., AnyArray]:
     # a node elementwise in a full input and a (C,) vector broadcast over the
     # batch (xmu, xhat, gammax, out): ``op(a3, p, nt, out=None)``. The kernel
     # is looked up at call time, so the SIMD build the engine holds is used
-    def op(a3, p, nt, out=None):
+    def op(a3: AnyArray, p: AnyArray, nt: int, out: AnyArray | None = None) -> AnyArray:
         res = _new(a3, out)
         getattr(_engine.nodes, kernel)(a3, p, res, nt)
         return res
@@ -88,10 +93,10 @@ def _broadcast_op(kernel):
     return op
 
 
-def _channel_op(kernel):
+def _channel_op(kernel: str) -> Callable[..., AnyArray]:
     # a node between (C,) vectors (sqrtvar, ivar and their backward):
     # ``op(v, *others, nt)``, the result shaped like v
-    def op(v, *rest):
+    def op(v: AnyArray, *rest: Any) -> AnyArray:
         res = np.empty_like(v)
         getattr(_engine.nodes, kernel)(v, *rest[:-1], res, rest[-1])
         return res
@@ -109,43 +114,61 @@ _ivar_bwd = _channel_op("ivar_backward")           # (divar, sqrtvar, nt)
 _sqrtvar_bwd = _channel_op("sqrtvar_backward")     # (dsqrtvar, sqrtvar, nt)
 
 
-def _sq_fwd(xmu3, nt, out=None):
+def _sq_fwd(xmu3: AnyArray, nt: int, out: AnyArray | None = None) -> AnyArray:
     res = _new(xmu3, out)
     _engine.nodes.sq_forward(xmu3, res, nt)
     return res
 
 
-def _var_fwd(sq3, nt):
+def _var_fwd(sq3: AnyArray, nt: int) -> AnyArray:
     var = _vec(sq3)
     _engine.nodes.var_forward(sq3, var, nt)
     return var
 
 
-def _out_bwd(dout3, nt):
+def _out_bwd(dout3: AnyArray, nt: int) -> tuple[AnyArray, AnyArray]:
     dbeta = _vec(dout3)
     _engine.nodes.out_backward(dout3, dbeta, nt)
     return dbeta, dout3
 
 
-def _gammax_bwd(dgammax3, xhat3, gamma, nt, out=None):
+def _gammax_bwd(
+    dgammax3: AnyArray,
+    xhat3: AnyArray,
+    gamma: AnyArray,
+    nt: int,
+    out: AnyArray | None = None,
+) -> tuple[AnyArray, AnyArray]:
     dgamma, dxhat = _vec(dgammax3), _new(dgammax3, out)
     _engine.nodes.gammax_backward(dgammax3, xhat3, gamma, dgamma, dxhat, nt)
     return dgamma, dxhat
 
 
-def _xhat_bwd(dxhat3, xmu3, ivar, nt, out=None):
+def _xhat_bwd(
+    dxhat3: AnyArray,
+    xmu3: AnyArray,
+    ivar: AnyArray,
+    nt: int,
+    out: AnyArray | None = None,
+) -> tuple[AnyArray, AnyArray]:
     divar, dxmu1 = _vec(dxhat3), _new(dxhat3, out)
     _engine.nodes.xhat_backward(dxhat3, xmu3, ivar, divar, dxmu1, nt)
     return divar, dxmu1
 
 
-def _var_bwd(dvar, shape3, nt):
+def _var_bwd(dvar: AnyArray, shape3: Sequence[int], nt: int) -> AnyArray:
     dsq = np.empty_like(dvar)
     _engine.nodes.var_backward(dvar, float(shape3[0] * shape3[2]), dsq, nt)
     return dsq
 
 
-def _sq_bwd(dsq, xmu3, nt, out=None, add_to=None):
+def _sq_bwd(
+    dsq: AnyArray,
+    xmu3: AnyArray,
+    nt: int,
+    out: AnyArray | None = None,
+    add_to: AnyArray | None = None,
+) -> AnyArray:
     # dsq: a full (N, C, S) gradient, or the (C,) vector of a broadcast one
     res = add_to if add_to is not None else _new(xmu3, out)
     if dsq.ndim == 1:
@@ -155,19 +178,19 @@ def _sq_bwd(dsq, xmu3, nt, out=None, add_to=None):
     return res
 
 
-def _xmu_bwd(dxmu3, nt):
+def _xmu_bwd(dxmu3: AnyArray, nt: int) -> tuple[AnyArray, AnyArray]:
     dmu = _vec(dxmu3)
     _engine.nodes.xmu_backward(dxmu3, dmu, nt)
     return dxmu3, dmu
 
 
-def _mu_bwd(dmu, shape3, nt):
+def _mu_bwd(dmu: AnyArray, shape3: Sequence[int], nt: int) -> AnyArray:
     dx2 = np.empty_like(dmu)
     _engine.nodes.mu_backward(dmu, float(shape3[0] * shape3[2]), dx2, nt)
     return dx2
 
 
-def _branch_sum(a3, b, nt, out=None):
+def _branch_sum(a3: AnyArray, b: AnyArray, nt: int, out: AnyArray | None = None) -> AnyArray:
     # b: a full gradient, or the (C,) vector of a broadcast one
     res = _new(a3, out)
     if b.ndim == 1:
@@ -179,58 +202,63 @@ def _branch_sum(a3, b, nt, out=None):
 
 # ------------------------------------------------------------------ forward
 
-def mu_forward(x, *, num_threads=None):
+def mu_forward(x: ArrayLike, *, num_threads: int | None = None) -> AnyArray:
     """``mu = mean(x)`` over the batch (and spatial axes): shape (C,)."""
     x3, shape, dt = full("x", x)
     return _mu_fwd(x3, check_num_threads(num_threads, x3.size))
 
 
-def xmu_forward(x, mu, *, num_threads=None):
+def xmu_forward(x: ArrayLike, mu: ArrayLike, *, num_threads: int | None = None) -> AnyArray:
     """``xmu = x - mu``, mu broadcast along the batch: shape of x."""
     x3, shape, dt = full("x", x)
     mu = feature("mu", mu, shape[1], dt)
     return _xmu_fwd(x3, mu, check_num_threads(num_threads, x3.size)).reshape(shape)
 
 
-def sq_forward(xmu, *, num_threads=None):
+def sq_forward(xmu: ArrayLike, *, num_threads: int | None = None) -> AnyArray:
     """``sq = xmu ** 2``, elementwise: shape of xmu."""
     a3, shape, dt = full("xmu", xmu)
     return _sq_fwd(a3, check_num_threads(num_threads, a3.size)).reshape(shape)
 
 
-def var_forward(sq, *, num_threads=None):
+def var_forward(sq: ArrayLike, *, num_threads: int | None = None) -> AnyArray:
     """``var = mean(sq)`` over the batch: shape (C,). The biased variance."""
     a3, shape, dt = full("sq", sq)
     return _var_fwd(a3, check_num_threads(num_threads, a3.size))
 
 
-def sqrtvar_forward(var, eps, *, num_threads=None):
+def sqrtvar_forward(var: ArrayLike, eps: float, *, num_threads: int | None = None) -> AnyArray:
     """``sqrtvar = sqrt(var + eps)``: shape (C,)."""
     var, dt = vector("var", var)
     return _sqrtvar_fwd(var, check_eps(eps), check_num_threads(num_threads, var.size))
 
 
-def ivar_forward(sqrtvar, *, num_threads=None):
+def ivar_forward(sqrtvar: ArrayLike, *, num_threads: int | None = None) -> AnyArray:
     """``ivar = 1 / sqrtvar``: shape (C,)."""
     sqrtvar, dt = vector("sqrtvar", sqrtvar)
     return _ivar_fwd(sqrtvar, check_num_threads(num_threads, sqrtvar.size))
 
 
-def xhat_forward(xmu, ivar, *, num_threads=None):
+def xhat_forward(xmu: ArrayLike, ivar: ArrayLike, *, num_threads: int | None = None) -> AnyArray:
     """``xhat = xmu * ivar``, ivar broadcast along the batch: shape of xmu."""
     a3, shape, dt = full("xmu", xmu)
     ivar = feature("ivar", ivar, shape[1], dt)
     return _xhat_fwd(a3, ivar, check_num_threads(num_threads, a3.size)).reshape(shape)
 
 
-def gammax_forward(xhat, gamma, *, num_threads=None):
+def gammax_forward(
+    xhat: ArrayLike,
+    gamma: ArrayLike,
+    *,
+    num_threads: int | None = None,
+) -> AnyArray:
     """``gammax = gamma * xhat``, gamma broadcast along the batch."""
     a3, shape, dt = full("xhat", xhat)
     gamma = feature("gamma", gamma, shape[1], dt)
     return _gammax_fwd(a3, gamma, check_num_threads(num_threads, a3.size)).reshape(shape)
 
 
-def out_forward(gammax, beta, *, num_threads=None):
+def out_forward(gammax: ArrayLike, beta: ArrayLike, *, num_threads: int | None = None) -> AnyArray:
     """``out = gammax + beta``, beta broadcast along the batch."""
     a3, shape, dt = full("gammax", gammax)
     beta = feature("beta", beta, shape[1], dt)
@@ -239,7 +267,7 @@ def out_forward(gammax, beta, *, num_threads=None):
 
 # ----------------------------------------------------------------- backward
 
-def out_backward(dout, *, num_threads=None):
+def out_backward(dout: ArrayLike, *, num_threads: int | None = None) -> tuple[AnyArray, AnyArray]:
     """Gradients of ``out = gammax + beta``: returns ``(dbeta, dgammax)``.
 
     ``dbeta = sum(dout)`` over the batch (beta was broadcast, so its gradient
@@ -250,7 +278,14 @@ def out_backward(dout, *, num_threads=None):
     return _out_bwd(g3, check_num_threads(num_threads, g3.size))[0], g3.reshape(shape)
 
 
-def gammax_backward(dgammax, xhat, gamma, *, num_threads=None, out=None):
+def gammax_backward(
+    dgammax: ArrayLike,
+    xhat: ArrayLike,
+    gamma: ArrayLike,
+    *,
+    num_threads: int | None = None,
+    out: AnyArray | None = None,
+) -> tuple[AnyArray, AnyArray]:
     """Gradients of ``gammax = gamma * xhat``: returns ``(dgamma, dxhat)``.
 
     ``dgamma = sum(dgammax * xhat)`` over the batch, ``dxhat = dgammax * gamma``.
@@ -264,7 +299,14 @@ def gammax_backward(dgammax, xhat, gamma, *, num_threads=None, out=None):
     return dgamma, dxhat.reshape(shape)
 
 
-def xhat_backward(dxhat, xmu, ivar, *, num_threads=None, out=None):
+def xhat_backward(
+    dxhat: ArrayLike,
+    xmu: ArrayLike,
+    ivar: ArrayLike,
+    *,
+    num_threads: int | None = None,
+    out: AnyArray | None = None,
+) -> tuple[AnyArray, AnyArray]:
     """Gradients of ``xhat = xmu * ivar``: returns ``(divar, dxmu1)``.
 
     ``divar = sum(dxhat * xmu)`` over the batch, ``dxmu1 = dxhat * ivar`` (the
@@ -279,27 +321,37 @@ def xhat_backward(dxhat, xmu, ivar, *, num_threads=None, out=None):
     return divar, dxmu1.reshape(shape)
 
 
-def ivar_backward(divar, sqrtvar, *, num_threads=None):
+def ivar_backward(
+    divar: ArrayLike,
+    sqrtvar: ArrayLike,
+    *,
+    num_threads: int | None = None,
+) -> AnyArray:
     """Gradient of ``ivar = 1 / sqrtvar``: ``dsqrtvar = -divar / sqrtvar**2``."""
     divar, dt = vector("divar", divar)
     sqrtvar = feature("sqrtvar", sqrtvar, divar.shape[0], dt)
     return _ivar_bwd(divar, sqrtvar, check_num_threads(num_threads, divar.size))
 
 
-def sqrtvar_backward(dsqrtvar, sqrtvar, *, num_threads=None):
+def sqrtvar_backward(
+    dsqrtvar: ArrayLike,
+    sqrtvar: ArrayLike,
+    *,
+    num_threads: int | None = None,
+) -> AnyArray:
     """Gradient of ``sqrtvar = sqrt(var + eps)``: ``dvar = 0.5 * dsqrtvar / sqrtvar``."""
     dsqrtvar, dt = vector("dsqrtvar", dsqrtvar)
     sqrtvar = feature("sqrtvar", sqrtvar, dsqrtvar.shape[0], dt)
     return _sqrtvar_bwd(dsqrtvar, sqrtvar, check_num_threads(num_threads, dsqrtvar.size))
 
 
-def _per_channel_view(vec, shape):
+def _per_channel_view(vec: AnyArray, shape: tuple[int, ...]) -> AnyArray:
     # a (C,) vector repeated over the batch and spatial axes: a read-only,
     # zero-stride view, so nothing the size of x is written
     return np.broadcast_to(vec.reshape((1, -1) + (1,) * (len(shape) - 2)), shape)
 
 
-def _channel_vector(arr):
+def _channel_vector(arr: Any) -> AnyArray | None:
     """The (C,) vector behind a gradient that is one value per channel held as
     a zero-stride view (what var_backward and mu_backward return); None for
     any other array."""
@@ -309,7 +361,12 @@ def _channel_vector(arr):
     return arr[(0, slice(None)) + (0,) * (arr.ndim - 2)]
 
 
-def var_backward(dvar, shape, *, num_threads=None):
+def var_backward(
+    dvar: ArrayLike,
+    shape: Sequence[int],
+    *,
+    num_threads: int | None = None,
+) -> AnyArray:
     """Gradient of ``var = mean(sq)``: ``dsq = dvar / M`` broadcast to ``shape``.
 
     ``M`` is the number of values averaged per channel (N times the spatial
@@ -324,7 +381,14 @@ def var_backward(dvar, shape, *, num_threads=None):
     return _per_channel_view(dsq, shape)
 
 
-def sq_backward(dsq, xmu, *, num_threads=None, out=None, add_to=None):
+def sq_backward(
+    dsq: Any,
+    xmu: ArrayLike,
+    *,
+    num_threads: int | None = None,
+    out: AnyArray | None = None,
+    add_to: AnyArray | None = None,
+) -> AnyArray:
     """Gradient of ``sq = xmu ** 2``: ``dxmu2 = 2 * xmu * dsq``.
 
     When ``dsq`` is one value per channel broadcast over the batch (as
@@ -335,6 +399,8 @@ def sq_backward(dsq, xmu, *, num_threads=None, out=None, add_to=None):
     :func:`branch_sum`, bit for bit, without a pass of its own.
     """
     vec = _channel_vector(dsq)
+    inputs: tuple[Any, ...]
+    allow: tuple[Any, ...]
     if vec is None:
         g3, shape, dt = full("dsq", dsq)
         m3 = full("xmu", xmu, dt, shape)[0]
@@ -356,7 +422,7 @@ def sq_backward(dsq, xmu, *, num_threads=None, out=None, add_to=None):
     return _sq_bwd(dsq3, m3, nt, out=res).reshape(shape)
 
 
-def xmu_backward(dxmu, *, num_threads=None):
+def xmu_backward(dxmu: ArrayLike, *, num_threads: int | None = None) -> tuple[AnyArray, AnyArray]:
     """Gradients of ``xmu = x - mu``: returns ``(dx1, dmu)``.
 
     ``dx1`` is ``dxmu`` itself (the same array); ``dmu = -sum(dxmu)`` over the
@@ -366,7 +432,12 @@ def xmu_backward(dxmu, *, num_threads=None):
     return g3.reshape(shape), _xmu_bwd(g3, check_num_threads(num_threads, g3.size))[1]
 
 
-def mu_backward(dmu, shape, *, num_threads=None):
+def mu_backward(
+    dmu: ArrayLike,
+    shape: Sequence[int],
+    *,
+    num_threads: int | None = None,
+) -> AnyArray:
     """Gradient of ``mu = mean(x)``: ``dx2 = dmu / M`` broadcast to ``shape``.
 
     Like :func:`var_backward`, a read-only zero-stride view of the (C,)
@@ -378,7 +449,13 @@ def mu_backward(dmu, shape, *, num_threads=None):
     return _per_channel_view(dx2, shape)
 
 
-def branch_sum(a, b, *, num_threads=None, out=None):
+def branch_sum(
+    a: ArrayLike,
+    b: Any,
+    *,
+    num_threads: int | None = None,
+    out: AnyArray | None = None,
+) -> AnyArray:
     """``a + b`` for two gradients of the same node arriving by two branches.
 
     ``out`` may be ``a`` (a C-contiguous float array) to sum in place. When
@@ -443,22 +520,22 @@ class Node:
     inputs: Tuple[str, ...]
     kind: str
     op: str
-    forward: Callable
+    forward: Callable[..., Any]
     saved: Tuple[str, ...]
     grads: Tuple[str, ...]
-    backward: Callable
+    backward: Callable[..., Any]
     writes_full: bool = False
     adds: bool = False
-    forward_op: Callable = None
-    backward_op: Callable = None
+    forward_op: Callable[..., Any] | None = None
+    backward_op: Callable[..., Any] | None = None
 
-    def targets(self):
+    def targets(self) -> tuple[str, ...]:
         """The input each returned gradient belongs to (``dxmu1`` -> ``xmu``)."""
         return _grad_targets(self.grads)
 
 
 @functools.lru_cache(maxsize=None)
-def _grad_targets(grads):
+def _grad_targets(grads: tuple[str, ...]) -> tuple[str, ...]:
     # derived once per node: the backward walk asks at every node it visits
     return tuple(re.sub(r"\d+$", "", g[1:]) for g in grads)
 
@@ -495,7 +572,7 @@ NODES = (
 """The graph's nodes in forward (topological) order."""
 
 
-def node(name):
+def node(name: str) -> Node:
     """Return the :class:`Node` called ``name``."""
     for n in NODES:
         if n.name == name:
@@ -503,7 +580,14 @@ def node(name):
     raise KeyError(f"name: no node {name!r}; the nodes are {[n.name for n in NODES]}")
 
 
-def forward(x, gamma, beta, eps=DEFAULT_EPS, *, num_threads=None):
+def forward(
+    x: ArrayLike,
+    gamma: ArrayLike,
+    beta: ArrayLike,
+    eps: float = DEFAULT_EPS,
+    *,
+    num_threads: int | None = None,
+) -> dict[str, Any]:
     """Walk :data:`NODES` in order; return every value by name.
 
     The result maps ``x``, ``gamma``, ``beta``, ``eps`` and each node name to
@@ -526,14 +610,16 @@ def forward(x, gamma, beta, eps=DEFAULT_EPS, *, num_threads=None):
     return values
 
 
-def _walk_owned(g, dout):
+def _walk_owned(g: Any, dout: Any) -> bool:
     # a gradient buffer the walk made (not dout, nor a view of it): the walk
     # may overwrite it once its consumer has read it
     return (isinstance(g, np.ndarray) and g.flags.writeable and g.flags.c_contiguous
             and not np.may_share_memory(g, dout))
 
 
-def backward(dout, cache, *, num_threads=None, constants=(), keep=False, dx=None):
+def backward(dout: ArrayLike, cache: Any, *, num_threads: int | None = None,
+             constants: Iterable[str] = (), keep: bool = False,
+             dx: AnyArray | None = None) -> dict[str, AnyArray]:
     """Walk :data:`NODES` in reverse, from ``dout`` to ``dx``, ``dgamma``, ``dbeta``.
 
     Parameters
@@ -565,14 +651,14 @@ def backward(dout, cache, *, num_threads=None, constants=(), keep=False, dx=None
     """
     dout, shape, nt, constants = walk_args(dout, cache, num_threads, constants, dx, NODES)
     pending = {"out": dout}      # gradients waiting for their node, by node name
-    produced = {}
-    spare = []                   # dead gradient buffers this walk made, for reuse
+    produced: dict[str, AnyArray] = {}
+    spare: list[AnyArray] = []                   # dead gradient buffers this walk made, for reuse
     for n in reversed(NODES):
         if n.name not in pending:   # nothing depends on this node via x
             continue
         g = pending.pop(n.name)
         saved = [getattr(cache, s) for s in n.saved]
-        kw = {}
+        kw: dict[str, Any] = {}
         other = pending.get(n.targets()[0]) if n.adds and not keep else None
         if other is not None and _walk_owned(other, dout):
             # the other branch's gradient is a buffer this walk made: the
@@ -623,7 +709,10 @@ def backward(dout, cache, *, num_threads=None, constants=(), keep=False, dx=None
 # --------------------------------------------------- the staged walk, planned
 
 @functools.lru_cache(maxsize=None)
-def _plan(nodes, constants):
+def _plan(
+    nodes: tuple[Node, ...],
+    constants: frozenset[str],
+) -> tuple[tuple[Any, ...], tuple[Any, Any, Any], int]:
     """The staged walk over ``nodes`` (:data:`NODES`) with ``constants`` (a
     frozenset of node names), worked out once for the fixed graph: the nodes :func:`backward` visits, in its
     order, with its branch sums and its reuse of dead buffers.
@@ -635,10 +724,12 @@ def _plan(nodes, constants):
     of buffers)``; a step is ``(node, gradient, keywords, results)`` or
     ``(None, a, b, destination)`` for a branch sum.
     """
-    steps, pending, spare = [], {"out": "dout"}, []
+    steps: list[Any] = []
+    pending: dict[str, Any] = {"out": "dout"}
+    spare: list[int] = []
     nbuf = 0
 
-    def buffer():
+    def buffer() -> int:
         nonlocal nbuf
         if spare:
             return spare.pop()
@@ -650,13 +741,13 @@ def _plan(nodes, constants):
         if n.name not in pending:       # nothing depends on this node via x
             continue
         g = pending.pop(n.name)
-        kw = {}
+        kw: dict[str, Any] = {}
         if n.adds and isinstance(pending.get(n.targets()[0]), int):
             # the other branch's gradient is a walk buffer: add into it
             kw["add_to"] = pending.pop(n.targets()[0])
         elif n.writes_full:
             kw["out"] = g if isinstance(g, int) else buffer()
-        results = []
+        results: list[Any] = []
         for gname, target in zip(n.grads, n.targets()):
             if target not in full_values:
                 results.append(gname)                          # a (C,) gradient
@@ -686,7 +777,12 @@ def _plan(nodes, constants):
     return tuple(steps), (pending["x"], pending["gamma"], pending["beta"]), nbuf
 
 
-def _staged_backward(g3, cache, nt, dx3=None):
+def _staged_backward(
+    g3: AnyArray,
+    cache: Any,
+    nt: int,
+    dx3: AnyArray | None = None,
+) -> tuple[AnyArray, AnyArray, AnyArray]:
     """The staged backward of validated arguments, by :func:`_plan`: every
     node's unchecked operation (its compiled kernel) in the order and with
     the buffers of the plan; bitwise :func:`backward`'s results.
@@ -702,10 +798,10 @@ def _staged_backward(g3, cache, nt, dx3=None):
             for i in range(nbuf)]
     vals = {"dout": g3}
 
-    def at(loc):
+    def at(loc: int | str) -> AnyArray:
         return bufs[loc] if isinstance(loc, int) else vals[loc]
 
-    def saved(name):
+    def saved(name: str) -> Any:
         if name == "shape":
             return shape3
         v = getattr(cache, name)

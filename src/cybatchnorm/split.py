@@ -21,9 +21,12 @@ and sums are always float64), and give bitwise identical results for any
 thread count.
 """
 
+from __future__ import annotations
+
 import numpy as np
 
 from . import _engine
+from ._typing import AnyArray, ArrayLike, F64Array
 from ._validation import (check_num_threads, f64_vector, feature, full, per_shard,
                           positive_count, shard_counts)
 
@@ -31,13 +34,13 @@ __all__ = ["batch_stats", "merge_stats", "normalize", "backward_reduce", "backwa
 
 
 
-def inverse_std(var, eps):
+def inverse_std(var: ArrayLike, eps: float) -> F64Array:
     """``1 / sqrt(var + eps)`` in float64, the operations of the compiled
     forward's own rule (``_fused.pyx``), so merged statistics normalize with
     the same bits a single process would."""
     return 1.0 / np.sqrt(np.asarray(var, dtype=np.float64) + eps)
 
-def batch_stats(x, *, num_threads=None):
+def batch_stats(x: ArrayLike, *, num_threads: int | None = None) -> tuple[int, F64Array, F64Array]:
     """Per-channel count, mean and m2 of one shard: the forward's local reduction.
 
     Parameters
@@ -83,7 +86,8 @@ def batch_stats(x, *, num_threads=None):
     return N * S, mean, m2
 
 
-def merge_stats(counts, means, m2s, *, num_threads=None):
+def merge_stats(counts: ArrayLike, means: ArrayLike, m2s: ArrayLike, *,
+                num_threads: int | None = None) -> tuple[int, F64Array, F64Array]:
     """Global statistics from every shard's :func:`batch_stats`, by Chan's parallel formula.
 
     Shards are merged one after the other, in index order (rank order when
@@ -146,7 +150,8 @@ def merge_stats(counts, means, m2s, *, num_threads=None):
     return total, mean, m2 / total
 
 
-def normalize(x, mean, ivar, gamma, beta, *, num_threads=None):
+def normalize(x: ArrayLike, mean: ArrayLike, ivar: ArrayLike, gamma: ArrayLike, beta: ArrayLike, *,
+              num_threads: int | None = None) -> AnyArray:
     """``out = gamma * (x - mean) * ivar + beta`` with given (global) statistics.
 
     Parameters
@@ -190,7 +195,8 @@ def normalize(x, mean, ivar, gamma, beta, *, num_threads=None):
     return out.reshape(shape)
 
 
-def backward_reduce(dout, x, mean, ivar=None, *, num_threads=None):
+def backward_reduce(dout: ArrayLike, x: ArrayLike, mean: ArrayLike, ivar: ArrayLike | None = None, *,
+                    num_threads: int | None = None) -> tuple[F64Array, F64Array]:
     """The backward's local reduction: per-channel ``sum(dout)`` and ``sum(dout * (x - mean))``.
 
     Summed over all shards, these are all the backward needs from other
@@ -243,8 +249,9 @@ def backward_reduce(dout, x, mean, ivar=None, *, num_threads=None):
     return _engine.backward_reduce(g3, x3, mean, nt)
 
 
-def backward_elementwise(dout, x, mean, ivar, gamma, sum_dout, sum_dout_xmu, count, *,
-                         num_threads=None):
+def backward_elementwise(dout: ArrayLike, x: ArrayLike, mean: ArrayLike, ivar: ArrayLike,
+                         gamma: ArrayLike, sum_dout: ArrayLike, sum_dout_xmu: ArrayLike, count: int,
+                         *, num_threads: int | None = None) -> AnyArray:
     """The shard's ``dx`` from the global sums of :func:`backward_reduce`.
 
     With :math:`M` = ``count`` values per channel over all shards and
