@@ -5,9 +5,13 @@ the compiled kernels, prints every node's value and gradient, checks the
 gradients by centred finite differences and compares the staged backward with
 the fused one.
 """
+from __future__ import annotations
+
 import argparse
 import os
 import sys
+from collections.abc import Sequence
+from typing import IO, Any, NoReturn
 from types import SimpleNamespace
 
 import numpy as np
@@ -27,11 +31,11 @@ GRADCHECK_MAX_VALUES = 512   # finite differences cost two forwards per value
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):   # one line, not usage + message
+    def error(self, message: str) -> NoReturn:   # one line, not usage + message
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _positive_int(text):
+def _positive_int(text: str) -> int:
     try:
         v = int(text)
     except ValueError:
@@ -46,7 +50,7 @@ def _positive_int(text):
 DEMO_DEFAULTS = {"n": 8, "d": 4, "dtype": None, "seed": 0, "threads": None, "input": None}
 
 
-def program_name(argv0=None):
+def program_name(argv0: str | None = None) -> str:
     """How the user called us: ``python -m cybatchnorm`` or the console script's name."""
     argv0 = sys.argv[0] if argv0 is None else argv0
     base = os.path.basename(argv0)
@@ -55,7 +59,7 @@ def program_name(argv0=None):
     return base
 
 
-def build_parser(prog="python -m cybatchnorm"):
+def build_parser(prog: str = "python -m cybatchnorm") -> argparse.ArgumentParser:
     """The argument parser of ``python -m cybatchnorm``."""
     p = _Parser(
         prog=prog,
@@ -98,14 +102,14 @@ def build_parser(prog="python -m cybatchnorm"):
     return p
 
 
-def _items(text, option, what):
+def _items(text: str, option: str, what: str) -> list[str]:
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
         raise ValueError(f"{option}: expected {what}, got {text!r}")
     return items
 
 
-def _bench(args):
+def _bench(args: argparse.Namespace) -> int:
     # everything is checked before the first case is timed
     dtypes = _items(args.bench_dtype, "--dtype", "float32 and/or float64")
     for d in dtypes:
@@ -131,18 +135,18 @@ def _bench(args):
     return 0 if results else 1
 
 
-def _summary(a):
+def _summary(a: Any) -> str:
     a = np.asarray(a, dtype=np.float64)
     return f"mean {a.mean():+.3e}  std {a.std():.3e}"
 
 
-def _rel(a, b):
+def _rel(a: Any, b: Any) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     scale = np.abs(b).max(initial=0.0)
     return 0.0 if scale == 0 else float(np.abs(a - b).max() / scale)
 
 
-def _load_batch(args):
+def _load_batch(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, str]:
     rng = np.random.default_rng(args.seed)
     if args.input is None:
         x = rng.normal(loc=3.0, scale=2.0, size=(args.n, args.d))
@@ -162,7 +166,7 @@ def _load_batch(args):
     return x, gamma, beta, dout, source
 
 
-def demo(args, out=None):
+def demo(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     """Run the demo for parsed ``args``; return the exit status."""
     out = out or sys.stdout
     for k, v in DEMO_DEFAULTS.items():
@@ -171,7 +175,10 @@ def demo(args, out=None):
     x, gamma, beta, dout, source = _load_batch(args)
     nt = check_num_threads(args.threads)
     eps = DEFAULT_EPS
-    w = lambda *s: print(*s, file=out)
+    stream = out
+
+    def w(*s: object) -> None:
+        print(*s, file=stream)
 
     # the textbook walk: one compiled kernel per node, forward then reverse
     values = graph.forward(x, gamma, beta, eps, num_threads=nt)
@@ -222,7 +229,7 @@ def demo(args, out=None):
     return 0 if ok_agree and ok_grad else 1
 
 
-def _refuse_demo_options(parser, args):
+def _refuse_demo_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     # the demo's options mean nothing to bench: say where they go, never ignore them
     given = [k for k in DEMO_DEFAULTS if getattr(args, k) is not None]
     if args.command == "bench" and given:
@@ -232,7 +239,7 @@ def _refuse_demo_options(parser, args):
         parser.error(f"{opt} is an option of the demo, not of bench{hint}")
 
 
-def main(argv=None, prog=None):
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Entry point of ``python -m cybatchnorm`` and of the ``cybatchnorm``
     console script; returns the exit status."""
     prog = prog or program_name()
@@ -257,7 +264,7 @@ def main(argv=None, prog=None):
         return 130
 
 
-def _closed_pipe():
+def _closed_pipe() -> int:
     # the reader went away (``| head``): stop quietly, as Unix tools do. Point
     # stdout at /dev/null so the interpreter's final flush cannot fail again.
     try:

@@ -21,6 +21,8 @@ Every case is timed twice: with outputs allocated by each call (page faults on
 fresh memory included) and with outputs passed in (``out=``, ``dx=``; torch's
 ``.out`` overloads), so like is compared with like.
 """
+from __future__ import annotations
+
 import json
 import os
 import platform
@@ -29,11 +31,14 @@ import sys
 import textwrap
 import time
 import tracemalloc
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from . import _engine
 from ._config import openmp_runtimes
+from ._typing import AnyArray
 from ._validation import check_num_threads
 from ._validation import DEFAULT_EPS
 from .api import batchnorm_backward, batchnorm_backward_fused, batchnorm_forward
@@ -44,7 +49,7 @@ CASES = ["32x16", "256x1024", "4096x1024", "65536x256", "512x16384", "32x64x56x5
 EPS = DEFAULT_EPS
 
 
-def parse_case(text):
+def parse_case(text: str) -> tuple[int, ...]:
     """``"32x64x56x56"`` -> ``(32, 64, 56, 56)``; at least two positive sizes."""
     try:
         shape = tuple(int(p) for p in text.lower().split("x"))
@@ -57,15 +62,16 @@ def parse_case(text):
 
 # ---------------------------------------------------------------- numpy
 
-def _axes(x):
+def _axes(x: Any) -> tuple[int, ...]:
     return (0,) + tuple(range(2, x.ndim))
 
 
-def _bc(v, x):
-    return v.reshape((1, -1) + (1,) * (x.ndim - 2))
+def _bc(v: Any, x: Any) -> AnyArray:
+    res: AnyArray = v.reshape((1, -1) + (1,) * (x.ndim - 2))
+    return res
 
 
-def numpy_forward(x, gamma, beta):
+def numpy_forward(x: Any, gamma: Any, beta: Any) -> tuple[AnyArray, dict[str, Any]]:
     """Forward node by node in numpy; returns out and the values the backward needs."""
     ax = _axes(x)
     mu = x.mean(axis=ax)
@@ -79,7 +85,7 @@ def numpy_forward(x, gamma, beta):
     return out, {"xmu": xmu, "sqrtvar": sqrtvar, "ivar": ivar, "xhat": xhat, "gamma": gamma}
 
 
-def numpy_staged_backward(dout, c):
+def numpy_staged_backward(dout: Any, c: Any) -> tuple[AnyArray, AnyArray, AnyArray]:
     """Backward node by node, as a textbook writes it in numpy."""
     ax = _axes(dout)
     M = dout.size // dout.shape[1]
@@ -97,7 +103,7 @@ def numpy_staged_backward(dout, c):
     return dx, dgamma, dbeta
 
 
-def numpy_fused_backward(dout, c):
+def numpy_fused_backward(dout: Any, c: Any) -> tuple[AnyArray, AnyArray, AnyArray]:
     """Closed-form backward in numpy."""
     ax = _axes(dout)
     M = dout.size // dout.shape[1]
@@ -111,7 +117,7 @@ def numpy_fused_backward(dout, c):
 
 # ---------------------------------------------------------------- torch
 
-def _torch():
+def _torch() -> Any:
     try:
         import torch
         return torch
@@ -119,7 +125,14 @@ def _torch():
         return None
 
 
-def torch_calls(torch, x, gamma, beta, dout, threads):
+def torch_calls(
+    torch: Any,
+    x: Any,
+    gamma: Any,
+    beta: Any,
+    dout: Any,
+    threads: Any,
+) -> dict[str, Callable[[], Any]]:
     """Timed callables for PyTorch: forward and autograd backward with outputs
     allocated (F.batch_norm), and with outputs passed in (aten
     native_batch_norm(_backward).out)."""
@@ -137,12 +150,12 @@ def torch_calls(torch, x, gamma, beta, dout, threads):
     sm, si = torch.empty(C, dtype=xd.dtype), torch.empty(C, dtype=xd.dtype)
     gi, gw, gb = torch.empty_like(xd), torch.empty(C, dtype=xd.dtype), torch.empty(C, dtype=xd.dtype)
 
-    def fwd_passed():
+    def fwd_passed() -> Any:
         with torch.no_grad():
             aten.native_batch_norm.out(xd, wd, bd, None, None, True, 0.1, EPS,
                                        out=o, save_mean=sm, save_invstd=si)
 
-    def bwd_passed():
+    def bwd_passed() -> Any:
         with torch.no_grad():
             aten.native_batch_norm_backward.out(g, xd, wd, None, None, sm, si, True, EPS,
                                                 [True, True, True], out0=gi, out1=gw, out2=gb)
@@ -151,7 +164,7 @@ def torch_calls(torch, x, gamma, beta, dout, threads):
     module = module.to(xd.dtype)
     xm = xd.clone().requires_grad_(True)
 
-    def module_step():
+    def module_step() -> Any:
         module(xm).backward(g)
     return {
         "torch_alloc_fwd": lambda: F.batch_norm(xt, None, None, w, b, training=True, eps=EPS),
@@ -171,14 +184,14 @@ def torch_calls(torch, x, gamma, beta, dout, threads):
 PAUSE = 0.003
 
 
-def pause(seconds=PAUSE):
+def pause(seconds: float = PAUSE) -> None:
     """Busy-wait ``seconds`` on this thread (see PAUSE)."""
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         pass
 
 
-def samples(calls, repeats):
+def samples(calls: Any, repeats: int) -> dict[str, list[float]]:
     """Seconds of every run of every callable, timed in turns (one run of
     each per round) so that whatever else the machine does falls on all of
     them alike, with a short pause before each call (see PAUSE). Each round
@@ -189,7 +202,7 @@ def samples(calls, repeats):
     the two agree."""
     for fn in calls.values():   # warm-up
         fn()
-    times = {k: [] for k in calls}
+    times: dict[str, list[float]] = {k: [] for k in calls}
     order = list(calls.items())
     shuffle = np.random.default_rng(12345)
     for _ in range(repeats):
@@ -202,12 +215,12 @@ def samples(calls, repeats):
     return times
 
 
-def round_robin(calls, repeats):
+def round_robin(calls: Any, repeats: int) -> dict[str, float]:
     """Median seconds of every callable, from :func:`samples`."""
     return {k: statistics.median(v) for k, v in samples(calls, repeats).items()}
 
 
-def spread(times):
+def spread(times: Any) -> dict[str, Any]:
     """``{"min", "median", "max"}`` of each contender's samples."""
     return {k: {"min": min(v), "median": statistics.median(v), "max": max(v)}
             for k, v in times.items()}
@@ -220,7 +233,7 @@ DROPIN_CASES = [("32x16", None), ("256x1024", None), ("4096x1024", None),
 DROPIN_TARGET = 0.8
 
 
-def dropin_case(torch, shape, fmt, repeats):
+def dropin_case(torch: Any, shape: Any, fmt: Any, repeats: int) -> dict[str, float]:
     """Median seconds of one training step (forward, then backward of a given
     dout) of ``cybatchnorm.torch.BatchNorm1d/2d`` and of torch's, float32,
     timed interleaved without pauses, as a model alternating them runs."""
@@ -237,8 +250,8 @@ def dropin_case(torch, shape, fmt, repeats):
     x.requires_grad_(True)
     inner = max(1, min(2000, int(2e7 // x.numel())))
 
-    def step(m):
-        def run():
+    def step(m: Any) -> Callable[[], Any]:
+        def run() -> Any:
             for _ in range(inner):
                 m(x).backward(dout)
         return run
@@ -246,11 +259,11 @@ def dropin_case(torch, shape, fmt, repeats):
     return {k: v / inner for k, v in t.items()}
 
 
-def round_robin_nopause(calls, repeats):
+def round_robin_nopause(calls: Any, repeats: int) -> dict[str, float]:
     """As :func:`round_robin` without the pause: contenders back to back."""
     for fn in calls.values():
         fn()
-    times = {k: [] for k in calls}
+    times: dict[str, list[float]] = {k: [] for k in calls}
     for _ in range(repeats):
         for k, fn in calls.items():
             t0 = time.perf_counter()
@@ -259,7 +272,7 @@ def round_robin_nopause(calls, repeats):
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def dropin_table(torch, repeats, file):
+def dropin_table(torch: Any, repeats: int, file: Any) -> list[dict[str, Any]]:
     """Print the drop-in against torch.nn.BatchNorm1d/2d, one line per case."""
     w = _printer(file)
     w(f"cybatchnorm.torch.BatchNorm1d/2d against torch.nn's (float32, training step: forward"
@@ -280,7 +293,7 @@ def dropin_table(torch, repeats, file):
 
 # ---------------------------------------------------------------- memory
 
-def peak_bytes(fn):
+def peak_bytes(fn: Any) -> int:
     """Peak bytes allocated (as tracemalloc sees numpy's allocations) while ``fn()`` runs."""
     tracemalloc.start()
     try:
@@ -290,12 +303,12 @@ def peak_bytes(fn):
         tracemalloc.stop()
 
 
-def fused_peak(x, gamma, beta, dout, nt, passed):
+def fused_peak(x: Any, gamma: Any, beta: Any, dout: Any, nt: int | None, passed: Any) -> int:
     """Peak memory of a minimal-cache forward plus fused backward, outputs
     allocated by the calls or passed in."""
     out, dx = (np.empty_like(x), np.empty_like(x)) if passed else (None, None)
 
-    def both():
+    def both() -> None:
         _, cache = batchnorm_forward(x, gamma, beta, EPS, num_threads=nt, cache="minimal", out=out)
         batchnorm_backward_fused(dout, cache, num_threads=nt, dx=dx)
     return peak_bytes(both)
@@ -303,7 +316,7 @@ def fused_peak(x, gamma, beta, dout, nt, passed):
 
 # ---------------------------------------------------------------- runner
 
-def cpu_model():
+def cpu_model() -> str:
     """The CPU's model name (from /proc/cpuinfo where there is one)."""
     try:
         with open("/proc/cpuinfo") as fh:
@@ -315,7 +328,7 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
-def bench_case(shape, dtype, threads, repeats, torch):
+def bench_case(shape: Any, dtype: Any, threads: Any, repeats: int, torch: Any) -> dict[str, Any]:
     """All timings of one case; returns a dict of medians in seconds."""
     rng = np.random.default_rng(0)
     x = rng.normal(1.0, 2.0, shape).astype(dtype)
@@ -336,7 +349,7 @@ def bench_case(shape, dtype, threads, repeats, torch):
     out, dx = np.empty_like(x), np.empty_like(x)
     layer = BatchNorm(C, dtype=dtype, num_threads=nt)
 
-    def layer_step():
+    def layer_step() -> None:
         layer.forward(x)
         layer.backward(dout)
     calls = {
@@ -358,7 +371,7 @@ def bench_case(shape, dtype, threads, repeats, torch):
         x_cl = np.ascontiguousarray(np.moveaxis(x, 1, -1))
         dout_cl = np.ascontiguousarray(np.moveaxis(dout, 1, -1))
 
-        def channels_last():
+        def channels_last() -> Any:
             _, c = batchnorm_forward(x_cl, gamma, beta, EPS, axis=-1, num_threads=nt,
                                      cache="minimal")
             batchnorm_backward_fused(dout_cl, c, num_threads=nt)
@@ -381,9 +394,9 @@ def bench_case(shape, dtype, threads, repeats, torch):
     return r
 
 
-def caches():
+def caches() -> dict[str, str]:
     """The CPU caches as ``{"L1d": "48K", ...}`` (Linux sysfs; empty elsewhere)."""
-    out = {}
+    out: dict[str, str] = {}
     base = "/sys/devices/system/cpu/cpu0/cache"
     try:
         entries = sorted(os.listdir(base))
@@ -391,7 +404,9 @@ def caches():
         return out
     for e in entries:
         try:
-            read = lambda n: open(os.path.join(base, e, n)).read().strip()  # noqa: E731
+            def read(n: str) -> str:
+                with open(os.path.join(base, e, n)) as fh:
+                    return fh.read().strip()
             kind = read("type")
             name = f"L{read('level')}" + {"Data": "d", "Instruction": "i"}.get(kind, "")
             out[name] = read("size")
@@ -400,7 +415,7 @@ def caches():
     return out
 
 
-def environment(threads, torch):
+def environment(threads: Any, torch: Any) -> dict[str, Any]:
     """Where the numbers were taken: versions, SIMD level, OpenMP, CPU, caches."""
     try:
         affinity = len(os.sched_getaffinity(0))
@@ -414,15 +429,15 @@ def environment(threads, torch):
             "caches": caches(), "platform": platform.platform()}
 
 
-def _ms(s):
+def _ms(s: Any) -> str:
     return f"{s * 1e3:8.2f}"
 
 
-def _ratio(a, b):
+def _ratio(a: Any, b: Any) -> str:
     return f"{a / b:6.2f}x" if b else "     -"
 
 
-def _case(r):
+def _case(r: Any) -> str:
     return "x".join(map(str, r["shape"]))
 
 
@@ -431,7 +446,7 @@ _NARROW = ("case", "dtype", "thr", "out", "f+b", "layer", "staged", "torch", "8S
            "lay/tm", "stg/fus")
 
 
-def _columns(r, mode):
+def _columns(r: Any, mode: str) -> list[tuple[str, int, Any]]:
     tm = r.get("torch_module")
     nan = float("nan")
     total = r[mode + "_total"]
@@ -450,11 +465,11 @@ def _columns(r, mode):
     ]
 
 
-def format_table(results, have_torch=True, wide=False):
+def format_table(results: Any, have_torch: bool = True, wide: bool = False) -> str:
     """The summary table: medians in ms and the ratios the targets are about.
     At most 100 columns; ``wide=True`` adds the size, the fused path's
     min-max, the 5S bound and the ratio to it."""
-    lines = []
+    lines: list[str] = []
     for r in results:
         for mode in ("alloc", "passed"):
             cols = [c for c in _columns(r, mode) if wide or c[0] in _NARROW]
@@ -470,12 +485,12 @@ TARGETS = (("layer f+b / torch.nn module f+b", 0.7), ("allocating / passed-in f+
            ("passed-in f+b / 8S bound (>= 16 MiB)", 0.9))
 
 
-def target_rows(results):
+def target_rows(results: Any) -> list[tuple[str, float, list[tuple[float, str]]]]:
     """Every target's measured ratios, on the runs with the most threads:
     ``[(name, limit, [(ratio, case), ...]), ...]``. The benchmark's summary
     and the performance page both read this."""
     top = max(r["threads"] for r in results)
-    rows = {name: [] for name, _ in TARGETS}
+    rows: dict[str, list[tuple[float, str]]] = {name: [] for name, _ in TARGETS}
     for r in results:
         if r["threads"] != top:
             continue
@@ -491,7 +506,7 @@ def target_rows(results):
     return [(name, limit, rows[name]) for name, limit in TARGETS]
 
 
-def format_targets(results, have_torch=True):
+def format_targets(results: Any, have_torch: bool = True) -> str:
     """One line per target: the worst case's ratio, how many cases meet it,
     and which miss."""
     lines = ["targets (all threads; every case must meet its target):"]
@@ -510,10 +525,10 @@ def format_targets(results, have_torch=True):
 WIDTH = 100   # the report fits a 100-column terminal (the --wide table excepted)
 
 
-def _printer(file):
+def _printer(file: Any) -> Callable[..., None]:
     # one report line, wrapped at WIDTH with its continuation indented; the
     # table is printed whole (its rows are WIDTH or less unless --wide)
-    def w(text, wrap=True):
+    def w(text: str, wrap: bool = True) -> None:
         for line in text.split("\n"):
             if wrap and len(line) > WIDTH:
                 indent = " " * (len(line) - len(line.lstrip()) + 4)
@@ -523,7 +538,7 @@ def _printer(file):
     return w
 
 
-def check_output_path(path, name="json_path"):
+def check_output_path(path: Any, name: str = "json_path") -> str | None:
     """Refuse, before a long run, a results file that could not be written."""
     if path is None:
         return None
@@ -536,15 +551,16 @@ def check_output_path(path, name="json_path"):
     target = path if os.path.exists(path) else parent
     if not os.access(target, os.W_OK):
         raise ValueError(f"{name}: {path!r} is not writable")
-    return path
+    return str(path)
 
 
-class Interrupted(list):
+class Interrupted(list[dict[str, Any]]):
     """The results measured before Ctrl-C (a list; ``run`` returns it)."""
 
 
-def run(cases=None, dtypes=("float32", "float64"), threads=None, repeats=7, json_path=None,
-        file=None, wide=False):
+def run(cases: Sequence[str] | None = None, dtypes: Sequence[str] = ("float32", "float64"),
+        threads: Sequence[int] | None = None, repeats: int = 7, json_path: Any = None,
+        file: Any = None, wide: bool = False) -> list[dict[str, Any]]:
     """Run the benchmark; print a line per case, then the table and the
     targets, and write the JSON. Returns the results; on Ctrl-C, what was
     measured so far is printed and written, and returned as an

@@ -17,8 +17,13 @@ Communication goes through an mpi4py communicator (``pip install
 cybatchnorm[mpi]``). mpi4py is imported only when a :class:`SyncBatchNorm` is
 made without ``comm`` or runs its backward, never by ``import cybatchnorm``.
 """
+from __future__ import annotations
+
+from typing import Any
+
 import numpy as np
 
+from ._typing import AnyArray, ArrayLike
 from ._validation import DEFAULT_EPS, full
 from .layer import BatchNorm
 from .split import (backward_elementwise, backward_reduce, batch_stats, inverse_std, merge_stats,
@@ -27,7 +32,7 @@ from .split import (backward_elementwise, backward_reduce, batch_stats, inverse_
 __all__ = ["SyncBatchNorm"]
 
 
-def _mpi():
+def _mpi() -> Any:
     try:
         from mpi4py import MPI
     except ImportError as exc:
@@ -93,8 +98,11 @@ class SyncBatchNorm(BatchNorm):
         dx = layer.backward(np.ones_like(out))  # and layer.dgamma, layer.dbeta
     """
 
-    def __init__(self, num_features, eps=DEFAULT_EPS, momentum=0.1, affine=True,
-                 track_running_stats=True, dtype=np.float64, *, comm=None, num_threads=None):
+    _sync: tuple[AnyArray, np.dtype[Any], AnyArray, AnyArray, AnyArray, int | None] | None
+
+    def __init__(self, num_features: int, eps: float = DEFAULT_EPS, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, dtype: Any = np.float64,
+                 *, comm: Any = None, num_threads: int | None = None) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype,
                          num_threads=num_threads)
         if comm is None:
@@ -107,7 +115,7 @@ class SyncBatchNorm(BatchNorm):
         self.comm = comm
         self._sync = None
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> AnyArray:
         """Normalize this rank's shard ``x`` (N, C, ...) with the statistics of the whole batch.
 
         Collective when batch statistics are used (training, or eval without
@@ -122,7 +130,9 @@ class SyncBatchNorm(BatchNorm):
             )
         C = shape[1]
         xs = x3.reshape(shape)
-        if not self.training and self.track_running_stats:
+        total: int | None
+        if (not self.training and self.running_mean is not None
+                and self.running_var is not None):
             total = None   # the running statistics are constants of the graph
             gmean = self.running_mean.astype(np.float64)
             gvar = self.running_var.astype(np.float64)
@@ -141,7 +151,7 @@ class SyncBatchNorm(BatchNorm):
         ivar = inverse_std(gvar, self.eps)
         gamma, beta = self._params(dt)
         out = normalize(xs, gmean, ivar, gamma, beta, num_threads=self.num_threads)
-        if self.training and self.track_running_stats:
+        if self.training and self.track_running_stats and total is not None:
             self._update_running_stats(gmean, gvar, total)
         if np.may_share_memory(xs, x):   # keep what the backward reads, as a cache would
             xs = xs.copy()
@@ -150,7 +160,7 @@ class SyncBatchNorm(BatchNorm):
 
     __call__ = forward
 
-    def backward(self, dout):
+    def backward(self, dout: ArrayLike) -> AnyArray:
         """Gradient with respect to this rank's shard of the last forward's input.
 
         Always collective: one ``Allreduce`` of ``2 C`` float64 values,
@@ -179,6 +189,6 @@ class SyncBatchNorm(BatchNorm):
             self.dbeta = sums[0].astype(dt)
         return dx
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return super().__repr__().replace("BatchNorm(", "SyncBatchNorm(", 1)[:-1] + \
             f", comm size {self.comm.Get_size()})"
