@@ -8,6 +8,9 @@ Python-level checks first, then those of its CPU kernel, in its order). Only
 shapes, dtypes and devices are read, so the checks also run on the fake tensors
 of ``torch.compile``.
 """
+from typing import Any
+
+from torch import Tensor
 import torch
 
 REDUCED = (torch.float16, torch.bfloat16)
@@ -19,12 +22,12 @@ _NAMES = {torch.float16: "Half", torch.bfloat16: "BFloat16", torch.float32: "Flo
           torch.complex64: "ComplexFloat", torch.complex128: "ComplexDouble"}
 
 
-def scalar_name(dtype):
+def scalar_name(dtype: Any) -> str:
     """PyTorch's C++ name of a dtype ("Float", "Half", ...), as its messages spell it."""
     return _NAMES.get(dtype, str(dtype).replace("torch.", ""))
 
 
-def verify_batch_size(shape):
+def verify_batch_size(shape: Any) -> None:
     """``torch.nn.functional._verify_batch_size``: training needs more than one
     value per channel."""
     count = shape[0]
@@ -35,15 +38,24 @@ def verify_batch_size(shape):
             f"Expected more than 1 value per channel when training, got input size {shape}")
 
 
-def check_eps(eps, training):
+def check_eps(eps: Any, training: Any) -> None:
     if training and not eps > 0.0:
         raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
     if not eps >= 0.0:
         raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
 
 
-def check_batch_norm(x, weight, bias, running_mean, running_var, training, eps, *,
-                     shard=False):
+def check_batch_norm(
+    x: Any,
+    weight: Any,
+    bias: Any,
+    running_mean: Any,
+    running_var: Any,
+    training: Any,
+    eps: Any,
+    *,
+    shard: Any = False,
+) -> Any:
     """Raise as PyTorch would for ``batch_norm(x, ...)``; return the
     computation dtype (float32 for float16/bfloat16 input, else x's dtype).
 
@@ -106,7 +118,7 @@ _UNSUPPORTED = {"Grad": "torch.func.grad, vjp, jacrev and hessian",
                 "Jvp": "torch.func.jvp and jacfwd (forward-mode AD)"}
 
 
-def check_transforms(x):
+def check_transforms(x: Any) -> None:
     """Refuse the torch.func transforms the operators have no rule for.
 
     Autograd (``backward``, ``torch.autograd.grad`` to second order),
@@ -125,5 +137,5 @@ def check_transforms(x):
             if name in _UNSUPPORTED:
                 raise NotImplementedError(_MESSAGE.format(_UNSUPPORTED[name]))
     if torch.autograd.forward_ad._current_level >= 0 and \
-            torch.autograd.forward_ad.unpack_dual(x).tangent is not None:
+            torch.autograd.forward_ad.unpack_dual(x).tangent is not None:  # type: ignore[no-untyped-call]
         raise NotImplementedError(_MESSAGE.format("forward-mode AD (torch.autograd.forward_ad)"))

@@ -23,7 +23,7 @@ checked once, by ``_checks.check_batch_norm``, in the forward operator; the
 backward operators receive what the forward accepted.
 """
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -36,26 +36,26 @@ from ._checks import REDUCED, check_batch_norm
 _F64 = torch.float64
 
 
-def _threads(num_threads, size):
+def _threads(num_threads: Any, size: Any) -> int:
     # 0 stands for "all cores" in the operator schemas (an int, not Optional)
     return check_num_threads(num_threads if num_threads > 0 else None, size)
 
 
-def _compute_dtype(x):
+def _compute_dtype(x: Any) -> torch.dtype:
     return torch.float32 if x.dtype in REDUCED else x.dtype
 
 
-def _spatial(t):
+def _spatial(t: Any) -> int:
     return math.prod(t.shape[2:])
 
 
-def _is_layout(t, layout):
+def _is_layout(t: Tensor, layout: Any) -> bool:
     if layout == "ncs":
         return t.is_contiguous()
     return t.dim() > 2 and t.movedim(1, -1).is_contiguous()
 
 
-def _layout(t):
+def _layout(t: Any) -> Any:
     """How the kernels read ``t`` in place: "ncs" (contiguous: an (N, C, S)
     array), "nsc" (channels last: an (N*S, C, 1) matrix), or None (neither:
     it needs a copy)."""
@@ -65,7 +65,7 @@ def _layout(t):
     return None
 
 
-def _in_layout(t, layout):
+def _in_layout(t: Tensor, layout: Any) -> Tensor:
     """``t`` dense in ``layout``, copied only when it is not already."""
     if _is_layout(t, layout):
         return t
@@ -74,7 +74,7 @@ def _in_layout(t, layout):
     return t.movedim(1, -1).contiguous().movedim(-1, 1)
 
 
-def _view3(t, layout):
+def _view3(t: Any, layout: Any) -> Any:
     """The kernels' 3-D numpy view of a tensor dense in ``layout`` (no copy)."""
     N, C, S = t.shape[0], t.shape[1], _spatial(t)
     t = t.detach()
@@ -86,7 +86,7 @@ def _view3(t, layout):
     return t.movedim(1, -1).view(N * S, C, 1).numpy()
 
 
-def _prepare(x, dtype):
+def _prepare(x: Any, dtype: Any) -> tuple[Tensor, Any]:
     """x in the computation dtype and a layout the kernels read in place."""
     x = x.detach()
     if x.dtype != dtype:
@@ -97,17 +97,17 @@ def _prepare(x, dtype):
     return x, layout
 
 
-def _out_like(x):
+def _out_like(x: Any) -> Tensor:
     """An output for ``x``: x's memory format when the kernels read x in place."""
     if _layout(x) is not None:
         return torch.empty_like(x)
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
-_NUMPY = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+_NUMPY: dict[torch.dtype, np.dtype[Any]] = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
 
-def _channel(t, C, dtype, fill):
+def _channel(t: Any, C: Any, dtype: Any, fill: Any) -> Any:
     """A (C,) parameter as a contiguous numpy array of ``dtype`` (a view when it already is)."""
     if t is None:
         return np.full(C, fill, dtype=_NUMPY[dtype])
@@ -138,7 +138,7 @@ def _forward_impl(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
     if N * S == 0 or C == 0:
         # an empty batch: an empty output, statistics untouched (as torch)
         zeros = [torch.zeros(C, dtype=_F64) for _ in range(3)]
-        return (out.to(x.dtype), *zeros)
+        return out.to(x.dtype), zeros[0], zeros[1], zeros[2]
     x3, o3 = _view3(xc, layout), _view3(out, layout)
     gamma, beta = _channel(weight, C, cdt, 1.0), _channel(bias, C, cdt, 0.0)
     stats = None if training else (_channel(running_mean, C, cdt, 0.0),
@@ -150,7 +150,14 @@ def _forward_impl(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
             torch.from_numpy(v["var"].astype(np.float64)))
 
 
-def update_running_stats(running_mean, running_var, mean, var, count, momentum):
+def update_running_stats(
+    running_mean: Any,
+    running_var: Any,
+    mean: Any,
+    var: Any,
+    count: Any,
+    momentum: Any,
+) -> None:
     """``running = (1 - momentum) * running + momentum * batch`` in place, with
     the unbiased batch variance ``var * count / (count - 1)``, as torch does;
     nothing for an empty batch."""
@@ -178,21 +185,39 @@ batch_norm_forward = torch.library.custom_op("cybatchnorm::batch_norm_forward", 
 
 
 @batch_norm_forward.register_fake
-def _forward_fake(x, weight, bias, running_mean, running_var, training, eps, num_threads):
+def _forward_fake(
+    x: Any,
+    weight: Any,
+    bias: Any,
+    running_mean: Any,
+    running_var: Any,
+    training: Any,
+    eps: Any,
+    num_threads: Any,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     cdt = check_batch_norm(x, weight, bias, running_mean, running_var, training, eps)
     C = x.shape[1]
     out = _out_like(x if x.dtype == cdt else x.to(cdt)).to(x.dtype)
     return (out,) + tuple(x.new_empty((C,), dtype=_F64) for _ in range(3))
 
 
-def _save(ctx, x, weight, bias, mean, invstd, training, num_threads):
+def _save(
+    ctx: Any,
+    x: Any,
+    weight: Any,
+    bias: Any,
+    mean: Any,
+    invstd: Any,
+    training: Any,
+    num_threads: Any,
+) -> None:
     # what the gradient of a forward needs, for the operator and _Eager alike
     ctx.save_for_backward(x, weight, mean, invstd)
     ctx.training, ctx.num_threads = training, num_threads
     ctx.bias_dtype = None if bias is None else bias.dtype
 
 
-def _input_grads(ctx, dout, backward):
+def _input_grads(ctx: Any, dout: Any, backward: Any) -> tuple[Any, Any, Any]:
     # (dx, dweight, dbias) by ``backward`` (the operator or its
     # implementation), each None where not needed, in the parameters' dtypes
     x, weight, mean, invstd = ctx.saved_tensors
@@ -203,14 +228,14 @@ def _input_grads(ctx, dout, backward):
     return dx if need[0] else None, dweight, dbias
 
 
-def _forward_setup(ctx, inputs, output):
+def _forward_setup(ctx: Any, inputs: Any, output: Any) -> None:
     x, weight, bias, _, _, training, _, num_threads = inputs
     _, mean, invstd, var = output
     _save(ctx, x, weight, bias, mean, invstd, training, num_threads)
     ctx.mark_non_differentiable(mean, invstd, var)
 
 
-def _forward_grad(ctx, dout, _dmean, _dinvstd, _dvar):
+def _forward_grad(ctx: Any, dout: Any, _dmean: Any, _dinvstd: Any, _dvar: Any) -> tuple[Any, ...]:
     return _input_grads(ctx, dout, batch_norm_backward) + (None,) * 5
 
 
@@ -248,20 +273,28 @@ batch_norm_backward = torch.library.custom_op("cybatchnorm::batch_norm_backward"
 
 
 @batch_norm_backward.register_fake
-def _backward_fake(dout, x, weight, mean, invstd, training, num_threads):
+def _backward_fake(
+    dout: Any,
+    x: Any,
+    weight: Any,
+    mean: Any,
+    invstd: Any,
+    training: Any,
+    num_threads: Any,
+) -> tuple[Tensor, Tensor, Tensor]:
     cdt = _compute_dtype(x)
     C = x.shape[1]
     dx = _out_like(x if x.dtype == cdt else x.to(cdt)).to(x.dtype)
     return dx, x.new_empty((C,), dtype=cdt), x.new_empty((C,), dtype=cdt)
 
 
-def _backward_setup(ctx, inputs, output):
+def _backward_setup(ctx: Any, inputs: Any, output: Any) -> None:
     dout, x, weight, mean, invstd, training, num_threads = inputs
     ctx.save_for_backward(dout, x, weight, mean, invstd)
     ctx.training, ctx.num_threads = training, num_threads
 
 
-def _backward_grad(ctx, ggx, ggw, ggb):
+def _backward_grad(ctx: Any, ggx: Any, ggw: Any, ggb: Any) -> tuple[Any, ...]:
     dout, x, weight, mean, invstd = ctx.saved_tensors
     ddout, dx, dweight = batch_norm_double_backward(ggx, ggw, ggb, dout, x, weight, mean,
                                                     invstd, ctx.training, ctx.num_threads)
@@ -288,13 +321,35 @@ def batch_norm_double_backward(ggx: Optional[Tensor], ggw: Optional[Tensor],
 
 
 @batch_norm_double_backward.register_fake
-def _double_fake(ggx, ggw, ggb, dout, x, weight, mean, invstd, training, num_threads):
+def _double_fake(
+    ggx: Any,
+    ggw: Any,
+    ggb: Any,
+    dout: Any,
+    x: Any,
+    weight: Any,
+    mean: Any,
+    invstd: Any,
+    training: Any,
+    num_threads: Any,
+) -> tuple[Tensor, Tensor, Tensor]:
     C = x.shape[1]
     pdt = weight.dtype if weight is not None else _compute_dtype(x)
     return torch.empty_like(dout), torch.empty_like(x), x.new_empty((C,), dtype=pdt)
 
 
-def _double_backward(ggx, ggw, ggb, dout, x, weight, mean, invstd, training, num_threads):
+def _double_backward(
+    ggx: Any,
+    ggw: Any,
+    ggb: Any,
+    dout: Any,
+    x: Any,
+    weight: Any,
+    mean: Any,
+    invstd: Any,
+    training: Any,
+    num_threads: Any,
+) -> tuple[Tensor, Tensor, Tensor]:
     # the compiled kernel ``double_backward`` (its docstring and the docs'
     # "Double backward" give the formulas), in the computation dtype with
     # float64 sums, on dout, x and ggx in x's layout
@@ -335,8 +390,18 @@ class _Eager(torch.autograd.Function):
     operators' own."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps,
-                num_threads):
+    def forward(
+        ctx: Any,
+        x: Any,
+        weight: Any,
+        bias: Any,
+        running_mean: Any,
+        running_var: Any,
+        training: Any,
+        momentum: Any,
+        eps: Any,
+        num_threads: Any,
+    ) -> Any:
         out, mean, invstd, var = _forward_impl(x, weight, bias, running_mean, running_var,
                                                training, eps, num_threads)
         if training:
@@ -346,24 +411,37 @@ class _Eager(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, dout):
+    def backward(ctx: Any, dout: Any) -> tuple[Any, ...]:
         # building a graph of the backward (create_graph=True): the
         # differentiable operator; otherwise its implementation directly
         backward = batch_norm_backward if torch.is_grad_enabled() else _backward_impl
         return _input_grads(ctx, dout, backward) + (None,) * 6
 
 
-def forward(x, weight, bias, running_mean, running_var, training, momentum, eps, num_threads):
+def forward(
+    x: Any,
+    weight: Any,
+    bias: Any,
+    running_mean: Any,
+    running_var: Any,
+    training: Any,
+    momentum: Any,
+    eps: Any,
+    num_threads: Any,
+) -> Tensor:
     """Batch norm as the modules and ``batch_norm`` run it: the output, with
     the running statistics updated in training mode. The registered
     operators run while compiling or under a torch.func transform, the same
     implementations through :class:`_Eager` otherwise."""
     if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None:
+        out: Tensor
         out, mean, _, var = batch_norm_forward(x, weight, bias, running_mean, running_var,
                                                training, eps, num_threads)
         if training:
             update_running_stats(running_mean, running_var, mean, var,
                                  x.shape[0] * _spatial(x), momentum)
         return out
-    return _Eager.apply(x, weight, bias, running_mean, running_var, training, momentum, eps,
-                        num_threads)
+    # torch's autograd.Function.apply carries no annotations
+    res: Tensor = _Eager.apply(x, weight, bias, running_mean,  # type: ignore[no-untyped-call]
+                               running_var, training, momentum, eps, num_threads)
+    return res

@@ -1,4 +1,7 @@
 """``batch_norm``: ``torch.nn.functional.batch_norm`` computed by the compiled kernels."""
+from typing import Any
+
+from torch import Tensor
 from .._validation import check_num_threads
 from ._checks import check_transforms
 from ._ops import forward
@@ -6,20 +9,30 @@ from ._ops import forward
 __all__ = ["batch_norm"]
 
 
-def threads_arg(num_threads):
+def threads_arg(num_threads: Any) -> int:
     """Validate ``num_threads`` (None or a positive int); 0 stands for None in the ops."""
     return 0 if num_threads is None else check_num_threads(num_threads)
 
 
-def _momentum(momentum):
+def _momentum(momentum: Any) -> float:
     if momentum is None or isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
         raise TypeError("batch_norm(): argument 'momentum' (position 7) must be float, "
                         f"not {type(momentum).__name__}")
     return float(momentum)
 
 
-def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5, *, num_threads=None):
+def batch_norm(
+    input: Any,
+    running_mean: Any,
+    running_var: Any,
+    weight: Any = None,
+    bias: Any = None,
+    training: Any = False,
+    momentum: Any = 0.1,
+    eps: Any = 1e-5,
+    *,
+    num_threads: Any = None,
+) -> Tensor:
     """``torch.nn.functional.batch_norm`` computed by cybatchnorm's kernels.
 
     Same arguments, defaults, results and errors as PyTorch's. ``training``

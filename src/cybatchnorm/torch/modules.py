@@ -1,6 +1,10 @@
 """``BatchNorm1d``, ``BatchNorm2d``, ``BatchNorm3d`` and ``BatchNorm`` (any rank):
 ``torch.nn.modules.batchnorm._BatchNorm`` subclasses whose forward runs the
 compiled kernels through ``torch.ops.cybatchnorm``."""
+from typing import Any
+
+from torch import Tensor
+
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ._checks import check_transforms
@@ -15,26 +19,39 @@ class _CyBatchNorm(_BatchNorm):
     ``reset_parameters``, ``reset_running_stats``, ``extra_repr`` and
     ``_load_from_state_dict`` (inherited), and a forward through the ops."""
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, device=None, dtype=None, *, bias=True,
-                 num_threads=None):
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        bias: bool = True,
+        num_threads: int | None = None,
+    ) -> None:
         threads_arg(num_threads)
         super().__init__(num_features, eps, momentum, affine, track_running_stats,
                          device, dtype, bias=bias)
         self.num_threads = num_threads
 
-    def _momentum(self):
+    def _check_input_dim(self, input: Tensor) -> None:
+        raise NotImplementedError   # each class says which ranks it takes, as torch's do
+
+    def _momentum(self) -> tuple[bool, float]:
         """(whether this training forward counts a batch, the running
         statistics' update factor), as torch's ``_BatchNorm.forward`` has them."""
-        track = self.training and self.track_running_stats \
-            and self.num_batches_tracked is not None
+        seen = self.num_batches_tracked
+        track = self.training and self.track_running_stats and seen is not None
         factor = 0.0 if self.momentum is None else self.momentum
-        if track and self.momentum is None:
+        if track and seen is not None and self.momentum is None:
             # the cumulative average over the batches seen, this one included
-            factor = 1.0 / float(self.num_batches_tracked + 1)
+            factor = 1.0 / float(seen + 1)
         return track, float(factor)
 
-    def forward(self, input):
+    def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
         check_transforms(input)
         track, factor = self._momentum()
@@ -46,13 +63,13 @@ class _CyBatchNorm(_BatchNorm):
             input, self.weight, self.bias, self.running_mean if use else None,
             self.running_var if use else None, bn_training, factor, float(self.eps),
             threads_arg(self.num_threads))
-        if track:
+        if track and self.num_batches_tracked is not None:
             # counted once the batch was accepted: a refused input changes nothing
             self.num_batches_tracked.add_(1)
         return out
 
-    def extra_repr(self):
-        text = super().extra_repr()
+    def extra_repr(self) -> str:
+        text: str = super().extra_repr()  # type: ignore[no-untyped-call]
         return text if self.num_threads is None else f"{text}, num_threads={self.num_threads}"
 
 
@@ -98,7 +115,7 @@ class BatchNorm(_CyBatchNorm):
     ((8, 3, 4, 4), (3,))
     """
 
-    def _check_input_dim(self, input):
+    def _check_input_dim(self, input: Any) -> None:
         if input.dim() < 2:
             raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
 
@@ -106,7 +123,7 @@ class BatchNorm(_CyBatchNorm):
 class BatchNorm1d(_CyBatchNorm):
     __doc__ = _DOC.format(name="BatchNorm1d", shapes="(N, C) or (N, C, L)")
 
-    def _check_input_dim(self, input):
+    def _check_input_dim(self, input: Any) -> None:
         if input.dim() != 2 and input.dim() != 3:
             raise ValueError(f"expected 2D or 3D input (got {input.dim()}D input)")
 
@@ -114,7 +131,7 @@ class BatchNorm1d(_CyBatchNorm):
 class BatchNorm2d(_CyBatchNorm):
     __doc__ = _DOC.format(name="BatchNorm2d", shapes="(N, C, H, W)")
 
-    def _check_input_dim(self, input):
+    def _check_input_dim(self, input: Any) -> None:
         if input.dim() != 4:
             raise ValueError(f"expected 4D input (got {input.dim()}D input)")
 
@@ -122,6 +139,6 @@ class BatchNorm2d(_CyBatchNorm):
 class BatchNorm3d(_CyBatchNorm):
     __doc__ = _DOC.format(name="BatchNorm3d", shapes="(N, C, D, H, W)")
 
-    def _check_input_dim(self, input):
+    def _check_input_dim(self, input: Any) -> None:
         if input.dim() != 5:
             raise ValueError(f"expected 5D input (got {input.dim()}D input)")

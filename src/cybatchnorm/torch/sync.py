@@ -18,6 +18,10 @@ holds its own shard's contribution (zeros for an empty shard), so their sum
 over ranks, what DDP's gradient averaging times the world size gives, is the
 single-process gradient.
 """
+from typing import Any
+
+from torch import Tensor
+
 import math
 
 import numpy as np
@@ -35,7 +39,7 @@ from .modules import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, _CyBatchN
 __all__ = ["SyncBatchNorm"]
 
 
-def _gather_stats(x, cdt, num_threads, group, world):
+def _gather_stats(x: Any, cdt: Any, num_threads: Any, group: Any, world: Any) -> Any:
     """The whole batch's float64 (count, mean, m2) from every rank's shard."""
     C = x.shape[1]
     local = torch.zeros(3, C, dtype=_F64)
@@ -58,8 +62,19 @@ class _SyncBatchNormFunction(torch.autograd.Function):
     """Forward and backward of one shard; collective on both ways."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, eps, momentum, group, world,
-                num_threads):
+    def forward(
+        ctx: Any,
+        x: Any,
+        weight: Any,
+        bias: Any,
+        running_mean: Any,
+        running_var: Any,
+        eps: Any,
+        momentum: Any,
+        group: Any,
+        world: Any,
+        num_threads: Any,
+    ) -> Any:
         cdt = check_batch_norm(x, weight, bias, running_mean, running_var, True, eps,
                                shard=True)
         C = x.shape[1]
@@ -86,7 +101,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, dout):
+    def backward(ctx: Any, dout: Any) -> tuple[Any, ...]:
         x, weight = ctx.saved_tensors
         mean, invstd, count = ctx.stats
         cdt = _compute_dtype(x)
@@ -142,22 +157,33 @@ class SyncBatchNorm(_CyBatchNorm):
         OpenMP threads of the kernels; None uses all cores.
     """
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, process_group=None, device=None, dtype=None, *,
-                 bias=True, num_threads=None):
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        process_group: Any = None,
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        bias: bool = True,
+        num_threads: int | None = None,
+    ) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device,
                          dtype, bias=bias, num_threads=num_threads)
         self.process_group = process_group
 
-    def _check_input_dim(self, input):
+    def _check_input_dim(self, input: Any) -> None:
         if input.dim() < 2:
             raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
 
-    def _check_non_zero_input_channels(self, input):
+    def _check_non_zero_input_channels(self, input: Any) -> None:
         if input.size(1) == 0:
             raise ValueError("SyncBatchNorm number of input channels should be non-zero")
 
-    def _group(self):
+    def _group(self) -> Any:
         # the process group to synchronise over, or None for plain batch norm
         if not (self.training and dist.is_available() and dist.is_initialized()):
             return None, 1
@@ -165,7 +191,7 @@ class SyncBatchNorm(_CyBatchNorm):
         world = dist.get_world_size(group)
         return (group, world) if world > 1 else (None, 1)
 
-    def forward(self, input):
+    def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
         self._check_non_zero_input_channels(input)
         group, world = self._group()
@@ -173,16 +199,17 @@ class SyncBatchNorm(_CyBatchNorm):
             return super().forward(input)
         check_transforms(input)
         track, factor = self._momentum()      # training: _group() is None otherwise
-        out = _SyncBatchNormFunction.apply(
+        # torch's autograd.Function.apply carries no annotations
+        out: Tensor = _SyncBatchNormFunction.apply(  # type: ignore[no-untyped-call]
             input, self.weight, self.bias, self.running_mean if track else None,
             self.running_var if track else None, float(self.eps), factor, group, world,
             threads_arg(self.num_threads))
-        if track:
+        if track and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
         return out
 
     @classmethod
-    def convert_sync_batchnorm(cls, module, process_group=None):
+    def convert_sync_batchnorm(cls: Any, module: Any, process_group: Any = None) -> Any:
         """Replace every ``torch.nn.BatchNorm1d/2d/3d`` and cybatchnorm.torch
         batch norm in ``module``'s tree by a :class:`SyncBatchNorm` (weights,
         buffers and training flag kept); in place: returns ``module`` itself,
