@@ -1,7 +1,7 @@
 """Packaging check, run by `tox -e packaging`.
 
 Builds the sdist and, from it, the wheel (``python -m build``); checks the sdist
-carries the Cython sources; installs the wheel into a fresh venv that has no
+carries the Cython sources, the stubs and what the tox envs need (docs/, tests/); installs the wheel into a fresh venv that has no
 Cython and runs a forward/backward there.
 """
 import glob
@@ -14,6 +14,9 @@ import venv
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = ["_nodes.pyx", "_fused.pyx", "_split.pyx", "_pool.pyx", "_openmp.pyx", "_openmp.pxd",
            "_common.pxd"]
+SDIST_PATHS = ["docs/conf.py", "docs/index.md", "docs/scripts/perf_report.py", "docs/data/bench.json",
+               "tox.ini", "src/cybatchnorm/py.typed", "src/cybatchnorm/_fused.pyi",
+               "tests/typing_user.py", "tests/wheel_check.py", "LICENSE"]
 SMOKE = """
 import sys, numpy as np, cybatchnorm as bn
 try:
@@ -39,6 +42,10 @@ def main(tmp):
     with tarfile.open(sdist) as tf:
         names = {os.path.basename(n) for n in tf.getnames()}
     missing = [s for s in SOURCES if s not in names]
+    # the site's sources and the stubs: every tox env (docs, doctest, typing) runs from the sdist
+    with tarfile.open(sdist) as tf:
+        paths = {n.split("/", 1)[1] for n in tf.getnames() if "/" in n}
+    missing += [p for p in SDIST_PATHS if p not in paths]
     if missing:
         sys.exit(f"sdist lacks {missing}")
     print("sdist carries", ", ".join(SOURCES))

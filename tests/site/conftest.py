@@ -69,6 +69,20 @@ def site_url(site_dir):
     thread.join(timeout=5)
 
 
+_SKIPPED = []     # why the browser test did not run, for the summary's banner
+
+
+def pytest_terminal_summary(terminalreporter):
+    # a banner at the end of the run, where it cannot be missed, as the
+    # memcheck and mpi envs print theirs
+    if _SKIPPED:
+        terminalreporter.write_sep("!", "SKIPPED: the browser test of the site did not run")
+        terminalreporter.write_line(_SKIPPED[0])
+        terminalreporter.write_line("nothing was checked in a browser; install the packages and "
+                                    "run tox -e docs again")
+        terminalreporter.write_sep("!", "")
+
+
 @pytest.fixture(scope="session")
 def driver():
     """One headless Chromium for the session (starting it costs about a second)."""
@@ -82,6 +96,7 @@ def driver():
         if _in_ci():   # in CI a missing browser must not pass silently as a skip
             pytest.fail(f"CI is set: {msg}", pytrace=False)
         warnings.warn(f"SKIPPING the browser test of the site: {msg}", stacklevel=1)
+        _SKIPPED.append(msg)
         pytest.skip(msg)
 
     from selenium import webdriver
