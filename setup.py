@@ -165,7 +165,8 @@ def probe_openmp(compiler, candidates, run=subprocess.run):
                 exe = os.path.join(tmp, "probe_openmp")
                 compiler.link_executable(objs, exe, extra_postargs=ldflags)
             except Exception as exc:   # distutils' CompileError/LinkError and friends
-                report.append(f"{label}: does not build ({str(exc).strip().splitlines()[-1:]})")
+                last = (str(exc).strip().splitlines() or ["?"])[-1]
+                report.append(f"{label}: does not build ({last[-120:]})")
                 continue
             try:
                 res = run([exe], capture_output=True, text=True, timeout=60)
@@ -196,13 +197,12 @@ def openmp_decision(compiler, platform=sys.platform, environ=None, run=subproces
     found, report = probe_openmp(compiler, cands, run=run)
     if found is not None:
         return found[1], found[2], f"enabled ({found[0]})"
-    text = ("no OpenMP flag set of this compiler works, so the kernels will run on one "
+    text = ("no OpenMP flag set of this compiler works, so the kernels would run on one "
             "thread:\n    " + "\n    ".join(report) +
-            "\n  Install OpenMP (gcc: libgomp; clang: libomp; macOS: brew install libomp),"
-            "\n  or set CYBATCHNORM_REQUIRE_OPENMP=1 to make this an error.")
+            "\n  Install OpenMP (gcc: libgomp; clang: libomp; macOS: brew install libomp)")
     if env_flag("CYBATCHNORM_REQUIRE_OPENMP", environ):
-        raise OpenMPError("cybatchnorm: CYBATCHNORM_REQUIRE_OPENMP=1 but " + text)
-    warn(text)
+        raise OpenMPError("cybatchnorm: CYBATCHNORM_REQUIRE_OPENMP=1 but " + text + ".")
+    warn(text + ",\n  or set CYBATCHNORM_REQUIRE_OPENMP=1 to make this an error.")
     return [], [], "disabled (the build's OpenMP probe failed)"
 
 
