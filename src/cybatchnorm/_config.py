@@ -113,9 +113,9 @@ def show_config(mode: str = "stdout", *, file: IO[str] | None = None) -> dict[st
 
     Parameters
     ----------
-    mode : {"stdout", "dicts"}, default "stdout"
+    mode : str, default "stdout"
         ``"stdout"`` prints the report; ``"dicts"`` returns it as nested
-        dicts and prints nothing.
+        dicts and prints nothing (``numpy.show_config``'s two modes).
     file : file-like, optional
         Where ``"stdout"`` prints (default: ``sys.stdout``).
 
