@@ -21,7 +21,7 @@ from .api import batchnorm_backward, batchnorm_backward_fused, batchnorm_forward
 from .gradcheck import check_gradients
 from ._validation import check_num_threads
 from ._validation import DEFAULT_EPS, full
-from .bench import CASES, Interrupted, check_output_path, parse_case, run as run_bench
+from .bench import CASES, Interrupted, check_output_path, run as run_bench
 from ._version import __version__
 
 # staged and fused agree to rounding; these are the promised tolerances
@@ -124,9 +124,9 @@ def _bench(args: argparse.Namespace) -> int:
                 threads.append(check_num_threads(int(t)))
             except ValueError:
                 raise ValueError(f"--threads: expected positive integers or 'all', got {t!r}") from None
+    # run_bench parses every case before it prints or times anything; the
+    # file is checked here too, so that an error names the option
     cases = _items(args.bench_cases, "--cases", "comma-separated shapes like 256x1024")
-    for c in cases:
-        parse_case(c)
     check_output_path(args.json, "--json")
     results = run_bench(cases, dtypes, sorted(set(threads)), args.repeats, args.json,
                         wide=args.wide)
@@ -246,7 +246,6 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser = build_parser(prog)
     try:
         args = parser.parse_args(argv)
-        args.prog = prog
         if args.command == "bench":
             _refuse_demo_options(parser, args)
             status = _bench(args)
@@ -254,9 +253,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             status = demo(args)
         sys.stdout.flush()     # here, where a closed pipe is handled, not at exit
         return status
+    except BrokenPipeError:
+        return _closed_pipe()
     except (TypeError, ValueError, MemoryError, OSError) as exc:
-        if isinstance(exc, BrokenPipeError):
-            return _closed_pipe()
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -12,7 +12,7 @@ from . import _engine, _threads
 from ._validation import check_file, check_num_threads
 from ._version import __version__
 
-# the OpenMP runtimes threadpoolctl knows, by the prefix of their library name
+# OpenMP runtimes by the prefix of their library name, for the /proc/self/maps fallback
 _OPENMP_LIBS = ("libgomp", "libomp", "libiomp", "vcomp")
 
 
@@ -45,7 +45,7 @@ def openmp_runtimes() -> list[dict[str, Any]]:
 def config() -> dict[str, Any]:
     """The facts :func:`show_config` reports, as nested dicts."""
     cflags, ldflags = _engine.build_flags()
-    quota = _threads.cgroup_cpu_limit()
+    quota = _threads._quota()       # the one the thread count used (read once)
     return {
         "cybatchnorm": {"version": __version__,
                         "path": os.path.dirname(os.path.abspath(__file__))},

@@ -59,7 +59,7 @@ def _pick() -> tuple[tuple[ModuleType, ...], str]:
                       "(the best level this CPU and build support is used)",
                       RuntimeWarning, stacklevel=3)
     cpu = {"avx512": _openmp.cpu_has_avx512(), "avx2": _openmp.cpu_has_avx2()}
-    capped = f", capped by CYBATCHNORM_SIMD={want}" if want in LEVELS and cap < 2 else ""
+    capped = f", capped by CYBATCHNORM_SIMD={want}" if cap < len(LEVELS) - 1 else ""
     for level in reversed(LEVELS[1:cap + 1]):
         if not cpu[level]:
             continue

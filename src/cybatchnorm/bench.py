@@ -441,12 +441,13 @@ def _case(r: Any) -> str:
     return "x".join(map(str, r["shape"]))
 
 
-# (header, width, value of a result row r in mode m); WIDE adds the rest
+# the columns of the default table; format_table(wide=True) shows every one of _columns
 _NARROW = ("case", "dtype", "thr", "out", "f+b", "layer", "staged", "torch", "8S", "/8S",
            "lay/tm", "stg/fus")
 
 
 def _columns(r: Any, mode: str) -> list[tuple[str, int, Any]]:
+    # (header, width, value) of every column for result r in mode "alloc" or "passed"
     tm = r.get("torch_module")
     nan = float("nan")
     total = r[mode + "_total"]

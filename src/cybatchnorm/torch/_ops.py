@@ -104,7 +104,8 @@ def _out_like(x: Any) -> Tensor:
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
-_NUMPY: dict[torch.dtype, np.dtype[Any]] = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+_NUMPY: dict[torch.dtype, np.dtype[Any]] = {torch.float32: np.dtype(np.float32),
+                                           torch.float64: np.dtype(np.float64)}
 
 
 def _channel(t: Any, C: Any, dtype: Any, fill: Any) -> Any:
