@@ -1,9 +1,5 @@
 """Stub of ``cybatchnorm._fused``, compiled: the fused forward and closed-form backward.
-
-Arrays are the C-contiguous views the kernels read: float32 or float64 (one
-dtype per call, Cython's fused ``floating``), per-channel scratch and
-statistics in float64. Nothing is checked here: ``cybatchnorm._validation``
-checked it. Keep in step with ``_fused.pyx``.
+Arrays as ``cybatchnorm._typing`` describes them. Keep in step with ``_fused.pyx``.
 """
 from cybatchnorm._typing import AnyArray, F64Array
 

@@ -1,9 +1,5 @@
 """Stub of ``cybatchnorm._split``, compiled: the split API's kernels for batches spread over processes.
-
-Arrays are the C-contiguous views the kernels read: float32 or float64 (one
-dtype per call, Cython's fused ``floating``), per-channel scratch and
-statistics in float64. Nothing is checked here: ``cybatchnorm._validation``
-checked it. Keep in step with ``_split.pyx``.
+Arrays as ``cybatchnorm._typing`` describes them. Keep in step with ``_split.pyx``.
 """
 from cybatchnorm._typing import AnyArray, F64Array
 

@@ -1,4 +1,10 @@
-"""Type aliases shared by the annotations and the compiled modules' stubs."""
+"""Type aliases shared by the annotations and the compiled modules' stubs.
+
+In the stubs of the kernel modules (``_nodes``, ``_fused``, ``_split``), arrays
+are the C-contiguous views the kernels read: float32 or float64 (one dtype per
+call, Cython's fused ``floating``), per-channel scratch and statistics in
+float64. Nothing is checked there: ``cybatchnorm._validation`` checked it.
+"""
 from __future__ import annotations
 
 from typing import Any, TypeVar, Union
