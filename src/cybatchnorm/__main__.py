@@ -45,6 +45,16 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _seed(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {v}")
+    return v
+
+
 # the demo's options and their defaults; None in the parser, so that one given
 # before ``bench`` (where it means nothing) is seen and refused
 DEMO_DEFAULTS = {"n": 8, "d": 4, "dtype": None, "seed": 0, "threads": None, "input": None}
@@ -74,7 +84,7 @@ def build_parser(prog: str = "python -m cybatchnorm") -> argparse.ArgumentParser
                    help="number of features D of the generated batch (default 4)")
     p.add_argument("--dtype", choices=("float64", "float32"), default=None,
                    help="computation dtype (default: float64, or the --input file's)")
-    p.add_argument("--seed", type=int, default=None,
+    p.add_argument("--seed", type=_seed, default=None,
                    help="seed of the generated batch, gamma, beta and dout (default 0)")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="OpenMP threads (default: all cores, honouring OMP_NUM_THREADS)")
@@ -154,10 +164,21 @@ def _load_batch(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, str]:
     else:
         try:
             x = np.load(args.input, allow_pickle=False)
+        except EOFError:
+            raise ValueError(f"--input: {args.input!r} is empty, not a .npy file") from None
         except (OSError, ValueError) as exc:
             raise ValueError(f"--input: cannot read {args.input!r}: {exc}") from None
+        if not isinstance(x, np.ndarray):
+            x.close()        # an .npz archive: several arrays, which one is the batch?
+            raise ValueError(f"--input: expected a .npy file holding one array, got an .npz "
+                             f"archive ({args.input!r}); save the batch with np.save")
         source = f"from {args.input}"
-    x3, shape, dt = full("x", x, np.dtype(args.dtype) if args.dtype else None)
+    try:
+        x3, shape, dt = full("x", x, np.dtype(args.dtype) if args.dtype else None)
+    except (TypeError, ValueError) as exc:
+        if args.input is None:
+            raise
+        raise type(exc)(f"--input: {exc}") from None
     x = x3.reshape(shape)
     C = shape[1]
     gamma = rng.uniform(0.5, 2.0, C).astype(dt)
@@ -169,6 +190,10 @@ def _load_batch(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, str]:
 def demo(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     """Run the demo for parsed ``args``; return the exit status."""
     out = out or sys.stdout
+    for k in ("n", "d"):
+        # the file gives the shape: a size given beside it would be ignored
+        if args.input is not None and getattr(args, k) is not None:
+            raise ValueError(f"--{k}: --input gives the data; drop --{k}")
     for k, v in DEMO_DEFAULTS.items():
         if getattr(args, k) is None:
             setattr(args, k, v)

@@ -106,6 +106,21 @@ def usable_cpus() -> int:
     return max(1, n if quota is None else min(n, quota))
 
 
+#: A requested thread count runs as given up to this many threads, however
+#: few cores there are: oversubscription is legal (and slow), and it lets the
+#: bitwise invariance across thread counts be tried on a small machine.
+CAP_FLOOR = 8
+
+
+def thread_cap() -> int:
+    """The most threads a call runs: the usable CPUs (:func:`usable_cpus`),
+    or ``CAP_FLOOR`` (8) on a machine with fewer. A larger ``num_threads`` is
+    accepted and capped (results never depend on the count, so the cap
+    changes no bit); OpenMP runtimes crash or exit the process when asked
+    for tens of thousands of threads."""
+    return max(CAP_FLOOR, usable_cpus())
+
+
 def default_num_threads(size: int | None = None) -> int:
     """The thread count a call with ``num_threads=None`` uses.
 

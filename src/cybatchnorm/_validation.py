@@ -19,7 +19,7 @@ import numpy as np
 
 from ._cache import CHANNEL, FULL, KINDS, Cache
 from ._engine import empty as _pooled_empty
-from ._threads import default_num_threads
+from ._threads import default_num_threads, thread_cap
 from ._typing import AnyArray, F64Array
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -154,10 +154,13 @@ def int_arg(name: str, value: Any, minimum: int, expected: str) -> int:
 
 def check_num_threads(num_threads: Any, size: int | None = None) -> int:
     """Validate ``num_threads``: None (the default count for ``size`` values,
-    see ``_threads.default_num_threads``) or a positive int, used as given."""
+    see ``_threads.default_num_threads``) or a positive int, used as given up
+    to ``_threads.thread_cap()`` (the usable CPUs, at least 8) and capped
+    there: results are bitwise the same for any count, and an OpenMP runtime
+    asked for tens of thousands of threads kills the process."""
     if num_threads is None:
         return default_num_threads(size)
-    return int_arg("num_threads", num_threads, 1, "a positive int or None")
+    return min(int_arg("num_threads", num_threads, 1, "a positive int or None"), thread_cap())
 
 
 def check_eps(eps: Any) -> float:
