@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import operator
+import zlib
 from typing import Any, cast
 
 import numpy as np
@@ -24,6 +25,8 @@ KINDS = ("full", "minimal")
 # the arrays a minimal (False) or full (True) cache holds, read in one call
 _HELD = {False: operator.attrgetter(*CHANNEL, "mu64", "ivar64", "x"),
          True: operator.attrgetter(*CHANNEL, "mu64", "ivar64", "_xmu", "_xhat")}
+_FIELDS = operator.attrgetter("shape", "x_shape", "axis", "dtype", "eps", "mode", "kind")
+_VECTORS = CHANNEL + ("mu64", "ivar64")
 
 
 class Cache:
@@ -81,7 +84,7 @@ class Cache:
     ivar64: F64Array
     _xmu: AnyArray | None
     _xhat: AnyArray | None
-    _sealed: tuple[int, ...] | None
+    _sealed: tuple[Any, ...] | None
     mu: AnyArray
     var: AnyArray
     sqrtvar: AnyArray
@@ -112,13 +115,62 @@ class Cache:
         object.__setattr__(self, "kind", kind)
         object.__setattr__(self, "_sealed", self._fingerprint() if _owned else None)
 
-    def _fingerprint(self) -> tuple[int, ...]:
-        # which arrays the cache holds: a sealed cache still holding exactly
-        # them needs no check (they agree by construction); one whose arrays
-        # were replaced behind the read-only guard is checked in full
-        return tuple(map(id, _HELD[self.kind == "full"](self)))
+    def _fingerprint(self) -> tuple[Any, ...]:
+        # what the forward made, cheaply: the fields, which arrays the cache
+        # holds and the bits of its (C,) vectors. A sealed cache whose
+        # fingerprint still matches (and whose arrays are still read-only)
+        # needs no check: its arrays agree by construction. The x-size
+        # arrays are not hashed (that would cost a pass over them); their
+        # read-only flag is what guards them
+        held = _HELD[self.kind == "full"](self)
+        return (_FIELDS(self), tuple(map(id, held)),
+                tuple(zlib.crc32(getattr(self, n)) for n in _VECTORS))
 
-    def __setattr__(self, name: str, value: Any) -> None:
+    def _intact(self) -> bool:
+        """Whether this cache is as the forward made it: sealed, the same
+        fields, arrays and vector bits, and every array still read-only."""
+        if self._sealed is None:
+            return False
+        try:
+            if self._sealed != self._fingerprint():
+                return False
+        except (TypeError, ValueError, AttributeError):   # an array replaced by something else
+            return False
+        return not any(a.flags.writeable for a in _HELD[self.kind == "full"](self))
+
+    def check_structure(self) -> None:
+        """Raise ValueError unless the fields and arrays agree with each other
+        (mode, kind, shapes, dtypes, C-contiguity): what a Cache made by hand
+        or restored from a pickle must show before a kernel reads it."""
+        shape, dt = self.shape, self.dtype
+        if self.mode not in ("train", "eval") or self.kind not in KINDS:
+            raise ValueError(f"cache: unknown mode {self.mode!r} or kind {self.kind!r}")
+        want: dict[str, tuple[int, ...]] = {n: (shape[1],) for n in CHANNEL}
+        want.update({n: shape for n in (FULL if self.kind == "full" else ("x",))})
+        for name, wshape in want.items():
+            arr = getattr(self, name)
+            if not (isinstance(arr, np.ndarray) and arr.dtype == dt and arr.shape == wshape
+                    and arr.flags.c_contiguous):
+                raise ValueError(f"cache: its {name} is not a C-contiguous {dt} array of "
+                                 f"shape {wshape}")
+        for name in ("mu64", "ivar64"):
+            arr = getattr(self, name)
+            if not (isinstance(arr, np.ndarray) and arr.dtype == np.float64
+                    and arr.shape == (shape[1],) and arr.flags.c_contiguous):
+                raise ValueError(f"cache: its {name} is not a float64 array of shape "
+                                 f"({shape[1]},)")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickle and deepcopy: the fields and arrays, rebuilt by _restore
+        # (which checks them and seals the copy); __setattr__ would refuse
+        # the default slot-by-slot restore
+        arrays = {n: getattr(self, n) for n in CHANNEL + ("x", "mu64", "ivar64")}
+        arrays.update(xmu=self._xmu, xhat=self._xhat)
+        fields = dict(shape=self.shape, x_shape=self.x_shape, axis=self.axis,
+                      dtype=self.dtype, eps=self.eps, mode=self.mode, kind=self.kind)
+        return (_restore, (fields, arrays, self._sealed is not None))
+
+    def __setattr__(self, name: str, value: Any) -> None:  # noqa: D105
         raise AttributeError("Cache is read-only: it holds the values of one forward pass")
 
     @property
@@ -167,3 +219,12 @@ class Cache:
         arrays = [getattr(self, n) for n in CHANNEL + ("mu64", "ivar64")]
         arrays += [a for a in (self._xmu, self._xhat) if a is not None]
         return sum(a.nbytes for a in arrays)
+
+
+def _restore(fields: dict[str, Any], arrays: dict[str, AnyArray | None], sealed: bool) -> Cache:
+    # a pickled or copied Cache: fresh arrays, checked, then frozen and (when
+    # the original was made by a forward) sealed as the forward seals its own
+    owned = {k: (None if v is None else np.array(v, copy=True)) for k, v in arrays.items()}
+    cache = Cache(**fields, _owned=sealed, **owned)
+    cache.check_structure()
+    return cache

@@ -127,7 +127,9 @@ def _chunks(shape3: Sequence[int], dtype: np.dtype[Any]) -> int:
 
 def forward(x3: AnyArray, gamma: AnyArray, beta: AnyArray, eps: float, out3: AnyArray, keep: bool,
             stats: tuple[AnyArray, AnyArray] | None, nt: int) -> dict[str, AnyArray]:
-    """The fused forward; returns the node values by name.
+    """The fused forward; returns the node values by name (and ``m2``, the
+    float64 sums of squared deviations of the batch statistics: zeros when
+    ``stats`` are given).
 
     ``stats`` None computes the batch statistics; otherwise ``(mu, var)``
     (copies the engine may keep) normalize instead. ``keep`` also writes and
@@ -138,12 +140,12 @@ def forward(x3: AnyArray, gamma: AnyArray, beta: AnyArray, eps: float, out3: Any
     xhat = empty(x3.shape, dt) if keep else out3
     mu, var = (np.empty(C, dt), np.empty(C, dt)) if stats is None else stats
     sqrtvar, ivar = np.empty(C, dt), np.empty(C, dt)
-    mu64, ivar64 = np.empty(C), np.empty(C)
+    mu64, ivar64, m2 = np.empty(C), np.empty(C), np.zeros(C)
     K = _chunks(x3.shape, dt)
     fused.forward(x3, gamma, beta, eps, out3, xmu, xhat, keep, mu, var, sqrtvar, ivar,
-                  mu64, ivar64, stats is not None, np.empty((K, C)), np.empty((K, C)),
+                  mu64, ivar64, m2, stats is not None, np.empty((K, C)), np.empty((K, C)),
                   np.empty(C), nt)
-    values = dict(mu=mu, var=var, sqrtvar=sqrtvar, ivar=ivar, mu64=mu64, ivar64=ivar64)
+    values = dict(mu=mu, var=var, sqrtvar=sqrtvar, ivar=ivar, mu64=mu64, ivar64=ivar64, m2=m2)
     if keep:
         values.update(xmu=xmu, xhat=xhat)
     return values
@@ -224,15 +226,35 @@ def backward_elementwise(g3: AnyArray, x3: AnyArray, mean: F64Array, ivar: F64Ar
 # ------------------------------------------------------- running statistics
 
 def update_running_stats(running_mean: AnyArray | None, running_var: AnyArray | None,
-                         mean: AnyArray, var: AnyArray, count: int, momentum: float) -> None:
-    """The package's one running-statistics rule, as PyTorch's: in place,
-    ``running = (1 - momentum) * running + momentum * batch`` with the
-    unbiased batch variance ``var * count / (count - 1)``. Either running
-    array may be None; numpy arrays (or CPU tensors' numpy views)."""
-    f = count / (count - 1)
-    if running_mean is not None:
-        running_mean *= 1.0 - momentum
-        running_mean += momentum * mean
-    if running_var is not None:
-        running_var *= 1.0 - momentum
-        running_var += momentum * (var * f)
+                         mean: AnyArray, m2: F64Array, count: int, momentum: float) -> None:
+    """The package's one running-statistics rule, in place, in PyTorch's CPU
+    arithmetic (``batch_norm_cpu_update_stats_template``), so that the same
+    batch statistics give bitwise torch.nn's running statistics:
+    ``running = momentum * batch + (1 - momentum) * running`` with the
+    unbiased batch variance ``m2 / (count - 1)``.
+
+    ``mean`` is the batch mean (any float dtype; rounded to the running
+    dtype first, as torch keeps it), ``m2`` the float64 sums of squared
+    deviations over ``count`` values per channel. For float32 running
+    statistics torch computes the mean's update in float32, ``m2 / (count -
+    1)`` in float32, then ``momentum * unbiased`` in float64 plus the float32
+    product ``(1 - momentum) * running_var``, rounded once; for float64
+    everything is float64. Either running array may be None; numpy arrays
+    (or CPU tensors' numpy views)."""
+    for run in (running_mean, running_var):
+        if run is None:
+            continue
+        if run.dtype == np.float32:
+            mf = np.float32(momentum)
+            keep = np.float32(1.0) - mf
+            if run is running_mean:
+                new = mf * mean.astype(np.float32) + keep * run
+            else:
+                unbiased = m2.astype(np.float32) / np.float32(count - 1)
+                new = (np.float64(mf) * unbiased.astype(np.float64)
+                       + (keep * run).astype(np.float64)).astype(np.float32)
+        elif run is running_mean:
+            new = momentum * mean.astype(np.float64) + (1.0 - momentum) * run
+        else:
+            new = momentum * (m2 / (count - 1)) + (1.0 - momentum) * run
+        np.copyto(run, new, casting="unsafe")

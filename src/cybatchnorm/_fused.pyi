@@ -23,6 +23,7 @@ def forward(
     ivar: AnyArray,
     mu64: F64Array,
     ivar64: F64Array,
+    m2: F64Array,
     given_stats: bool,
     pmean: F64Array,
     pm2: F64Array,

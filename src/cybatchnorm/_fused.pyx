@@ -24,7 +24,8 @@ STREAM_BYTES are written with non-temporal stores (see _common.pxd).
 """
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport sqrt
+from libc.math cimport sqrt, fabs
+from libc.float cimport FLT_MIN, FLT_MAX
 from libc.string cimport memcpy
 from libc.stdlib cimport malloc, free
 
@@ -50,17 +51,41 @@ def row_chunks(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t itemsize):
 
 # ------------------------------------------------------------------ forward
 
+cdef inline float _f32_flag(double v) noexcept nogil:
+    # 0 when float32 holds the per-channel factor v to full relative
+    # precision (0 itself, or a normal float32), else 1: the rows of such a
+    # channel are computed in float64 instead (a scale below FLT_MIN loses
+    # bits, one above FLT_MAX overflows, though the values it makes may be
+    # representable: std 1e25 gives ivar**2 = 1e-50)
+    return 0.0 if (v == 0.0 or (fabs(v) >= FLT_MIN and fabs(v) <= FLT_MAX)) else 1.0
+
+
+cdef inline Py_ssize_t _flagged(const float* flags, Py_ssize_t c0, Py_ssize_t c1,
+                               Py_ssize_t* idx) noexcept nogil:
+    # the channels of [c0, c1) whose factors float32 cannot hold, into idx
+    # (relative to c0); returns how many. Their rows are redone in float64
+    # after the float32 ones, so every other channel keeps its bits
+    cdef Py_ssize_t c, k = 0
+    for c in range(c0, c1):
+        if flags[c] != 0.0:
+            idx[k] = c - c0
+            k += 1
+    return k
+
+
 cdef inline void _affine_rows_f32(const float[:, :, ::1] x, const float* cf,
                                   float[:, :, ::1] out, Py_ssize_t r0,
                                   Py_ssize_t r1, Py_ssize_t c0, Py_ssize_t c1,
-                                  float* tmp) noexcept nogil:
+                                  float* tmp, const Py_ssize_t* redo, Py_ssize_t nredo,
+                                  const float[::1] gamma, const float[::1] beta,
+                                  const double[::1] m, const double[::1] iv) noexcept nogil:
     # out = (x - mh) * a + b in float32: twice the SIMD width of the float64
     # path. cf holds three (C,) rows: a = gamma * ivar, mh = fl(mu) and
     # b = fl(beta - (mu - mh) * a). x - mh is exact for x near mu (Sterbenz),
     # so no digits cancel however far the data sit from zero (x * a +
     # (beta - mu * a) would lose them); the small rest of mu, mu - mh, is
     # folded into b in float64.
-    cdef Py_ssize_t S = x.shape[2], C = x.shape[1], n, c, s, k
+    cdef Py_ssize_t S = x.shape[2], C = x.shape[1], n, c, s, k, j
     cdef const float* a = cf
     cdef const float* mh = cf + C
     cdef const float* b = cf + 2 * C
@@ -81,6 +106,13 @@ cdef inline void _affine_rows_f32(const float[:, :, ::1] x, const float* cf,
                 k = c * S
                 for s in range(S):
                     orow[k + s] = (xr[k + s] - hc) * ac + bc
+        for j in range(nredo):
+            # a channel whose scale float32 cannot hold: as normalize_rows does
+            c = redo[j]
+            k = c * S
+            for s in range(S):
+                orow[k + s] = <float>(gamma[c0 + c] * ((xr[k + s] - m[c0 + c]) * iv[c0 + c])
+                                      + beta[c0 + c])
         if tmp != NULL:
             # the row went to an L1 buffer; stream it out past the caches
             stream_copy(&out[n, c0, 0], tmp, (c1 - c0) * S * sizeof(float))
@@ -99,13 +131,17 @@ cdef inline void _normalize_task(const floating[:, :, ::1] x,
     # the second forward pass over one task's rows and channels; with
     # ``stream`` (outputs larger than the cache) rows are written with
     # non-temporal stores, so writing out costs no read of its old contents
-    cdef Py_ssize_t C = x.shape[1]
+    cdef Py_ssize_t C = x.shape[1], nredo
+    cdef Py_ssize_t* redo
     cdef floating* tmp = NULL
     if stream:
         tmp = <floating*>malloc((c1 - c0) * x.shape[2] * sizeof(floating))
     if floating is float:
         if ab != NULL:
-            _affine_rows_f32(x, ab, out, r0, r1, c0, c1, tmp)
+            redo = <Py_ssize_t*>malloc((c1 - c0) * sizeof(Py_ssize_t))
+            nredo = _flagged(ab + 3 * C, c0, c1, redo)
+            _affine_rows_f32(x, ab, out, r0, r1, c0, c1, tmp, redo, nredo, gamma, beta, m, iv)
+            free(redo)
         else:
             normalize_rows(x, gamma, beta, m, iv, out, xmu, xhat, keep_nodes,
                             r0, r1, c0, c1, tmp)
@@ -123,12 +159,13 @@ cdef inline void _channel_stats(Py_ssize_t c, Py_ssize_t N, Py_ssize_t S,
                                 const floating[::1] beta, floating[::1] mu,
                                 floating[::1] var, floating[::1] sqrtvar,
                                 floating[::1] ivar, double[::1] mu64,
-                                double[::1] ivar64, const double* shift,
-                                const double* pmean, const double* pm2,
-                                float* ab) noexcept nogil:
+                                double[::1] ivar64, double[::1] m2,
+                                const double* shift, const double* pmean,
+                                const double* pm2, float* ab) noexcept nogil:
     # channel c's statistics from its K partials (Chan, in chunk order) or,
     # in eval mode, from the given mu and var; ab gets the float32 affine
-    # coefficients when it is not NULL
+    # coefficients when it is not NULL (and, in its fourth row, whether
+    # float32 holds the scale: _f32_flag)
     cdef double m, v, sd
     cdef Moments r
     if given_stats:
@@ -140,6 +177,7 @@ cdef inline void _channel_stats(Py_ssize_t c, Py_ssize_t N, Py_ssize_t S,
         v = r.m2 / (<double>N * S)
         mu[c] = <floating>m
         var[c] = <floating>v
+        m2[c] = r.m2
     sd = sqrt(v + eps)
     sqrtvar[c] = <floating>sd
     ivar[c] = <floating>(1.0 / sd)
@@ -149,6 +187,7 @@ cdef inline void _channel_stats(Py_ssize_t c, Py_ssize_t N, Py_ssize_t S,
         ab[c] = <float>(gamma[c] / sd)
         ab[C + c] = <float>m
         ab[2 * C + c] = <float>(beta[c] - (m - <float>m) * <float>(gamma[c] / sd))
+        ab[3 * C + c] = _f32_flag(gamma[c] / sd)
 
 
 def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
@@ -156,7 +195,7 @@ def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
             floating[:, :, ::1] xmu, floating[:, :, ::1] xhat,
             bint keep_nodes, floating[::1] mu, floating[::1] var,
             floating[::1] sqrtvar, floating[::1] ivar, double[::1] mu64,
-            double[::1] ivar64, bint given_stats, double[:, ::1] pmean,
+            double[::1] ivar64, double[::1] m2, bint given_stats, double[:, ::1] pmean,
             double[:, ::1] pm2, double[::1] shift, int n_threads):
     """Batch statistics and normalized output in two passes over ``x``.
 
@@ -164,7 +203,8 @@ def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
     the number of row chunks (``row_chunks``); ``shift`` (C,) is scratch. The
     statistics are written to ``mu``, ``var``, ``sqrtvar``, ``ivar`` in x's
     dtype and to ``mu64``/``ivar64`` in float64 (what the normalization and a
-    minimal-cache backward use). ``xmu`` and ``xhat`` are written only when
+    minimal-cache backward use), the sums of squared deviations to ``m2``
+    (float64; left as they are with ``given_stats``). ``xmu`` and ``xhat`` are written only when
     ``keep_nodes`` (pass ``out`` for both otherwise). With ``given_stats`` the
     statistics pass is skipped: ``mu`` and ``var`` are read (eval mode).
     With K == 1 each task owns a strip (all rows of its channels) and
@@ -179,7 +219,7 @@ def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
     if C == 0:
         return
     if fast:
-        ab = <float*>malloc(3 * C * sizeof(float))
+        ab = <float*>malloc(4 * C * sizeof(float))
         if ab == NULL:
             raise MemoryError("forward: no memory for per-channel coefficients")
     with nogil:
@@ -194,8 +234,8 @@ def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
                                  &pm2[0, w.c0])
                 for c in range(w.c0, w.c1):
                     _channel_stats(c, N, S, K, C, eps, given_stats, gamma, beta, mu, var,
-                                   sqrtvar, ivar, mu64, ivar64, &shift[0], &pmean[0, 0],
-                                   &pm2[0, 0], ab)
+                                   sqrtvar, ivar, mu64, ivar64, m2, &shift[0],
+                                   &pmean[0, 0], &pm2[0, 0], ab)
                 _normalize_task(x, gamma, beta, mu64, ivar64, out, xmu, xhat, keep_nodes,
                                 ab, stream, 0, N, w.c0, w.c1)
         else:
@@ -205,8 +245,8 @@ def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
             # merge the chunks in order (Chan), per channel
             for c in prange(C, schedule='static', num_threads=n_threads):
                 _channel_stats(c, N, S, K, C, eps, given_stats, gamma, beta, mu, var,
-                               sqrtvar, ivar, mu64, ivar64, &shift[0], &pmean[0, 0],
-                               &pm2[0, 0], ab)
+                               sqrtvar, ivar, mu64, ivar64, m2, &shift[0],
+                               &pmean[0, 0], &pm2[0, 0], ab)
             # pass 2: normalize
             for t in prange(n_tasks(K, C, FB), schedule='static', num_threads=n_threads):
                 w = task_bounds(t, K, N, C, FB)
@@ -283,11 +323,13 @@ cdef inline void _dx_rows_f32(const float[:, :, ::1] dout,
                               const float[:, :, ::1] x, const float* cf,
                               float[:, :, ::1] dx, Py_ssize_t r0, Py_ssize_t r1,
                               Py_ssize_t c0, Py_ssize_t c1,
-                              float* tmp) noexcept nogil:
+                              float* tmp, const Py_ssize_t* redo, Py_ssize_t nredo,
+                              const double[::1] m, const double[::1] iv,
+                              const double* coef) noexcept nogil:
     # dx = A * dout + F * (x - mh) + G in float32, with F = E * ivar, mh =
     # fl(mu) as in _affine_rows_f32 (no cancellation) and G = fl(B - F *
     # (mu - mh)) folded in float64; cf holds four (C,) rows: A, F, mh, G
-    cdef Py_ssize_t S = dout.shape[2], C = dout.shape[1], n, c, s, k
+    cdef Py_ssize_t S = dout.shape[2], C = dout.shape[1], n, c, s, k, j
     cdef const float* A = cf
     cdef const float* F = cf + C
     cdef const float* mh = cf + 2 * C
@@ -312,6 +354,15 @@ cdef inline void _dx_rows_f32(const float[:, :, ::1] dout,
                 k = c * S
                 for s in range(S):
                     dr[k + s] = ac * gr[k + s] + fc * (xr[k + s] - hc) + gc
+        for j in range(nredo):
+            # a channel whose A or F float32 cannot hold: as dx_rows does
+            c = redo[j]
+            k = c * S
+            for s in range(S):
+                dr[k + s] = <float>(coef[c0 + c] * gr[k + s]
+                                    + coef[2 * C + c0 + c] * ((xr[k + s] - m[c0 + c])
+                                                              * iv[c0 + c])
+                                    + coef[C + c0 + c])
         if tmp != NULL:
             # the row went to an L1 buffer; stream it out past the caches
             stream_copy(&dx[n, c0, 0], tmp, (c1 - c0) * S * sizeof(float))
@@ -338,10 +389,13 @@ cdef inline void _channel_coef(Py_ssize_t c, Py_ssize_t K, Py_ssize_t C,
         coef[C + c] = 0.0
         coef[2 * C + c] = 0.0
     if afg != NULL:
+        # F = E * ivar involves ivar**2 (ivar**3 through E): a channel whose
+        # A or F float32 cannot hold takes the float64 rows (_f32_flag)
         afg[c] = <float>a
         afg[C + c] = <float>(coef[2 * C + c] * ivar64[c])
         afg[2 * C + c] = <float>mu64[c]
         afg[3 * C + c] = <float>(coef[C + c] - afg[C + c] * (mu64[c] - <float>mu64[c]))
+        afg[4 * C + c] = _f32_flag(a) + _f32_flag(coef[2 * C + c] * ivar64[c])
 
 
 cdef inline void _dx_task(const floating[:, :, ::1] dout,
@@ -352,13 +406,18 @@ cdef inline void _dx_task(const floating[:, :, ::1] dout,
                           Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
     # the second backward pass over one task's rows and channels; with
     # ``stream`` rows of dx are written with non-temporal stores
-    cdef Py_ssize_t C = dout.shape[1]
+    cdef Py_ssize_t C = dout.shape[1], nredo
+    cdef Py_ssize_t* redo
     cdef floating* tmp = NULL
     if stream:
         tmp = <floating*>malloc((c1 - c0) * dout.shape[2] * sizeof(floating))
     if floating is float:
         if afg != NULL:
-            _dx_rows_f32(dout, src, afg, dx, r0, r1, c0, c1, tmp)
+            redo = <Py_ssize_t*>malloc((c1 - c0) * sizeof(Py_ssize_t))
+            nredo = _flagged(afg + 4 * C, c0, c1, redo)
+            _dx_rows_f32(dout, src, afg, dx, r0, r1, c0, c1, tmp, redo, nredo, mu64, ivar64,
+                         coef)
+            free(redo)
         else:
             dx_rows(dout, src, from_x, mu64, ivar64, coef, coef + C, coef + 2 * C, dx,
                      r0, r1, c0, c1, tmp)
@@ -395,7 +454,7 @@ def backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] src,
     if C == 0:
         return
     if fast:
-        afg = <float*>malloc(4 * C * sizeof(float))
+        afg = <float*>malloc(5 * C * sizeof(float))
         if afg == NULL:
             raise MemoryError("backward: no memory for per-channel coefficients")
     with nogil:

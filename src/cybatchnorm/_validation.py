@@ -279,29 +279,20 @@ def forward_args(x: Any, gamma: Any, beta: Any, eps: Any, *, axis: Any = 1, num_
 
 
 def check_cache(cache: Any) -> None:
-    """Make sure ``cache`` is a Cache whose arrays agree with each other,
-    so a forged or damaged one is refused before a kernel reads it."""
+    """Make sure ``cache`` is a Cache whose arrays agree with each other and,
+    when a forward made it, that nothing in it changed since (its fields, its
+    arrays, the bits of its (C,) vectors, the read-only flags), so a forged or
+    damaged one is refused before a kernel reads it."""
     if not isinstance(cache, Cache):
         raise TypeError(
             f"cache: expected the Cache returned by batchnorm_forward, got {type(cache).__name__}"
         )
-    if cache._sealed is not None and cache._sealed == cache._fingerprint():
+    if cache._intact():
         return          # made by a forward, untouched: its arrays agree by construction
-    shape, dt = cache.shape, cache.dtype
-    if cache.mode not in ("train", "eval") or cache.kind not in KINDS:
-        raise ValueError(f"cache: unknown mode {cache.mode!r} or kind {cache.kind!r}")
-    want: dict[str, tuple[int, ...]] = {n: (shape[1],) for n in CHANNEL}
-    want.update({n: shape for n in (FULL if cache.kind == "full" else ("x",))})
-    for name, wshape in want.items():
-        arr = getattr(cache, name)
-        if not (isinstance(arr, np.ndarray) and arr.dtype == dt and arr.shape == wshape
-                and arr.flags.c_contiguous):
-            raise ValueError(f"cache: its {name} is not a C-contiguous {dt} array of shape {wshape}")
-    for name in ("mu64", "ivar64"):
-        arr = getattr(cache, name)
-        if not (isinstance(arr, np.ndarray) and arr.dtype == np.float64
-                and arr.shape == (shape[1],) and arr.flags.c_contiguous):
-            raise ValueError(f"cache: its {name} is not a float64 array of shape ({shape[1]},)")
+    cache.check_structure()
+    if cache._sealed is not None:
+        raise ValueError("cache: changed since the forward that made it (a field, an array "
+                         "or an array's read-only flag); use the Cache the forward returned")
 
 
 def backward_args(dout: Any, cache: Any, num_threads: Any,
@@ -353,6 +344,72 @@ def layer_args(num_features: Any, eps: Any, momentum: Any, dtype: Any, num_threa
     if backward not in ("fused", "staged"):
         raise ValueError(f"backward: expected 'fused' or 'staged', got {backward!r}")
     return num_features, eps, momentum, dtype
+
+
+def _state_vector(name: str, value: Any, C: int, dtype: np.dtype[Any]) -> None:
+    # a layer's own (C,) array, used in place: exactly the layer's dtype,
+    # writable and contiguous, or the update would fail (or be lost) midway
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy array of shape ({C},), got "
+                        f"{type(value).__name__}")
+    if value.shape != (C,) or value.dtype != dtype:
+        raise ValueError(f"{name}: expected a {dtype} array of shape ({C},), the layer's, "
+                         f"got {value.dtype} {value.shape}")
+    if not (value.flags.writeable and value.flags.c_contiguous):
+        raise ValueError(f"{name}: expected a writable C-contiguous array (it is updated in place)")
+
+
+def layer_state(layer: Any) -> float | None:
+    """Check the state a :class:`~cybatchnorm.BatchNorm` forward reads and
+    updates (the attributes a user may have replaced since the constructor):
+    ``gamma``/``beta`` (the forward checks their values), ``running_mean``,
+    ``running_var``, ``num_batches_tracked``, ``momentum``, ``eps``. Returns
+    the momentum to use. Raises before the layer changes."""
+    C, dt = layer.num_features, layer.dtype
+    if layer.track_running_stats:
+        _state_vector("running_mean", layer.running_mean, C, dt)
+        _state_vector("running_var", layer.running_var, C, dt)
+        layer.num_batches_tracked = int_arg("num_batches_tracked", layer.num_batches_tracked, 0,
+                                            "an int >= 0")
+    check_eps(layer.eps)
+    momentum = layer.momentum
+    if momentum is not None:
+        if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
+            raise TypeError(f"momentum: expected a number in [0, 1] or None, got "
+                            f"{type(momentum).__name__}")
+        if not 0.0 <= float(momentum) <= 1.0:
+            raise ValueError(f"momentum: expected a number in [0, 1] or None, got {momentum}")
+        momentum = float(momentum)
+    return momentum
+
+
+def state_dict_args(state: Any, affine: bool, track: bool, C: int,
+                    dtype: np.dtype[Any]) -> dict[str, Any]:
+    """Validate a state dict for ``BatchNorm.load_state_dict``: exactly the
+    keys of the layer (torch's names), each ``(C,)`` vector of real numbers
+    (copied into ``dtype``), ``num_batches_tracked`` a whole number >= 0.
+    Returns the converted values; nothing is loaded here."""
+    if not isinstance(state, dict) and not callable(getattr(state, "keys", None)):
+        raise TypeError(f"state_dict: expected a mapping of names to arrays, got "
+                        f"{type(state).__name__}")
+    want = (["weight", "bias"] if affine else []) + (
+        ["running_mean", "running_var", "num_batches_tracked"] if track else [])
+    keys = list(state.keys())
+    missing = [k for k in want if k not in keys]
+    unexpected = [k for k in keys if k not in want]
+    if missing or unexpected:
+        raise ValueError(f"state_dict: missing keys {missing}, unexpected keys {unexpected}")
+    out: dict[str, Any] = {}
+    for k in want:
+        if k == "num_batches_tracked":
+            arr = as_array(k, state[k])
+            if arr.shape not in ((), (1,)) or arr.dtype.kind not in "iu":
+                raise ValueError(f"{k}: expected a whole number (an int64 scalar), got "
+                                 f"{arr.dtype} {arr.shape}")
+            out[k] = int_arg(k, int(arr.reshape(())), 0, "an int >= 0")
+        else:
+            out[k] = feature(k, state[k], C, dtype).copy()
+    return out
 
 
 def walk_args(dout: Any, cache: Any, num_threads: Any, constants: Any, dx: Any,

@@ -12,7 +12,7 @@ from typing import Literal
 
 from . import _engine, graph
 from ._cache import Cache
-from ._typing import AnyArray, ArrayLike
+from ._typing import AnyArray, ArrayLike, F64Array
 from ._validation import DEFAULT_EPS, ForwardArgs, backward_args, forward_args
 
 #: what a forward keeps: ``"full"`` (xmu and xhat too) or ``"minimal"``
@@ -23,8 +23,15 @@ __all__ = ["Cache", "batchnorm_forward", "batchnorm_backward", "batchnorm_backwa
 
 def run_forward(a: ForwardArgs) -> tuple[AnyArray, Cache]:
     """The fused forward of a validated call (``_validation.ForwardArgs``), for
-    :func:`batchnorm_forward` and :meth:`BatchNorm.forward`;
-    returns ``(out, cache)``, out of x's shape (the caller's ``out`` if given)."""
+    :func:`batchnorm_forward`; returns ``(out, cache)``, out of x's shape
+    (the caller's ``out`` if given)."""
+    out, cache, _ = run_forward_m2(a)
+    return out, cache
+
+
+def run_forward_m2(a: ForwardArgs) -> tuple[AnyArray, Cache, F64Array]:
+    """:func:`run_forward`, and the float64 sums of squared deviations of the
+    batch statistics (what the running variance is updated from)."""
     keep = a.kind == "full"
     out3 = a.out3 if a.out3 is not None else _engine.empty(a.x3.shape, a.dtype)
     values = _engine.forward(a.x3, a.gamma, a.beta, a.eps, out3, keep, a.stats, a.nt)
@@ -36,7 +43,7 @@ def run_forward(a: ForwardArgs) -> tuple[AnyArray, Cache]:
     cache = Cache(shape=a.shape, dtype=a.dtype, eps=a.eps,
                   mode="train" if a.stats is None else "eval", kind=a.kind, axis=a.axis,
                   x_shape=a.x_shape, gamma=a.gamma, beta=a.beta, _owned=True, **values)
-    return (a.out if a.out is not None else out3.reshape(a.x_shape)), cache
+    return (a.out if a.out is not None else out3.reshape(a.x_shape)), cache, values["m2"]
 
 
 def batchnorm_forward(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, eps: float = DEFAULT_EPS, *,

@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from . import _engine
 from ._typing import AnyArray, ArrayLike
-from ._validation import DEFAULT_EPS, full
+from ._validation import DEFAULT_EPS, full, layer_state
 from .layer import BatchNorm
 from .split import (backward_elementwise, backward_reduce, batch_stats, inverse_std, merge_stats,
                     normalize)
@@ -123,6 +124,7 @@ class SyncBatchNorm(BatchNorm):
         values per rank. In eval mode with running statistics it
         communicates nothing.
         """
+        momentum = layer_state(self)      # checked before anything changes
         x3, shape, dt = full("x", x)
         if shape[1] != self.num_features:
             raise ValueError(
@@ -144,6 +146,9 @@ class SyncBatchNorm(BatchNorm):
             self.comm.Allgather(send, gathered)
             total, gmean, gvar = merge_stats(gathered[:, 0], gathered[:, 1:C + 1],
                                              gathered[:, C + 1:], num_threads=self.num_threads)
+            # the merged m2 itself (gvar * total is not it to the last bit)
+            gm2 = _engine.merge(gathered[:, 0].copy(), gathered[:, 1:C + 1].copy(),
+                                gathered[:, C + 1:].copy(), 1)[1]
             if total < 2:
                 raise ValueError(
                     f"x: expected more than 1 value per channel over all processes, got {total}"
@@ -152,7 +157,10 @@ class SyncBatchNorm(BatchNorm):
         gamma, beta = self._params(dt)
         out = normalize(xs, gmean, ivar, gamma, beta, num_threads=self.num_threads)
         if self.training and self.track_running_stats and total is not None:
-            self._update_running_stats(gmean, gvar, total)
+            self.num_batches_tracked += 1
+            f = 1.0 / self.num_batches_tracked if momentum is None else momentum
+            _engine.update_running_stats(self.running_mean, self.running_var,
+                                         gmean.astype(dt), gm2, total, f)
         if np.may_share_memory(xs, x):   # keep what the backward reads, as a cache would
             xs = xs.copy()
         self._sync = (xs, dt, gmean, ivar, np.array(gamma, dt), total)

@@ -7,20 +7,31 @@ from typing import Any, Literal
 import numpy as np
 
 from . import _engine
-from .api import batchnorm_backward, batchnorm_backward_fused, run_forward
+from .api import batchnorm_backward, batchnorm_backward_fused, run_forward_m2
 from ._cache import Cache
 from ._typing import AnyArray, ArrayLike
-from ._validation import DEFAULT_EPS, forward_args, layer_args
+from ._validation import DEFAULT_EPS, forward_args, layer_args, layer_state, state_dict_args
 
 __all__ = ["BatchNorm"]
 
 class BatchNorm:
     """Batch normalization layer for (N, C) or (N, C, spatial...) input.
 
-    Running statistics follow PyTorch's ``BatchNorm1d/2d`` exactly: each
-    training forward updates ``running = (1 - momentum) * running + momentum *
-    batch``, with the *unbiased* batch variance for ``running_var``;
-    ``momentum=None`` gives a cumulative average over all batches seen.
+    Running statistics follow PyTorch's ``BatchNorm1d/2d``: each training
+    forward updates ``running = (1 - momentum) * running + momentum * batch``,
+    with the *unbiased* batch variance for ``running_var``; ``momentum=None``
+    gives a cumulative average over all batches seen. The update is torch's
+    CPU arithmetic, so equal batch statistics give bitwise equal running
+    statistics (the batch statistics themselves are float64-accurate here;
+    torch's float32 sums differ from them in the last bits, see
+    ``docs/train_eval.md``).
+
+    A forward checks the input and the layer's state (parameters, running
+    statistics, counter) before it changes anything: a call that raises
+    leaves the layer as it was. The layer can be copied (``copy.deepcopy``)
+    and pickled at any point, a pending backward included; its
+    :meth:`state_dict` uses torch's names, so a checkpoint moves between
+    this layer, ``cybatchnorm.torch.BatchNorm1d`` and ``torch.nn.BatchNorm1d``.
 
     Parameters
     ----------
@@ -144,9 +155,12 @@ class BatchNorm:
 
         Training mode uses the batch statistics and updates the running ones;
         eval mode uses the running statistics (or the batch's, without
-        ``track_running_stats``).
+        ``track_running_stats``). Everything is checked before anything
+        changes: a call that raises leaves the layer as it was.
         """
         kind = "minimal" if self.backward_kind == "fused" else "full"
+        # the state the user may have replaced since: checked, never half-used
+        momentum = layer_state(self)
         use_running = not self.training and self.track_running_stats
         stats = (self.running_mean, self.running_var) if use_running else None
         gamma, beta = self._params(self.dtype)
@@ -154,20 +168,49 @@ class BatchNorm:
         # a caller who changes x after the forward does not change the gradient
         a = forward_args(x, gamma, beta, self.eps, axis=self.axis, num_threads=self.num_threads,
                          cache=kind, stats=stats, own_x=True, channels=self.num_features)
-        out, cache = run_forward(a)
+        out, cache, m2 = run_forward_m2(a)
+        # nothing below can fail: the state changes only now
         if self.training and self.track_running_stats:
-            self._update_running_stats(cache.mu, cache.var, a.x3.size // self.num_features)
+            self.num_batches_tracked += 1
+            f = 1.0 / self.num_batches_tracked if momentum is None else momentum
+            _engine.update_running_stats(self.running_mean, self.running_var, cache.mu, m2,
+                                         a.x3.size // self.num_features, f)
         self._cache = cache
         return out
 
     __call__ = forward
 
-    def _update_running_stats(self, mean: AnyArray, var: AnyArray, count: int) -> None:
-        # mean and biased var of the batch over ``count`` values per channel
-        self.num_batches_tracked += 1
-        f = 1.0 / self.num_batches_tracked if self.momentum is None else self.momentum
-        _engine.update_running_stats(self.running_mean, self.running_var,
-                                     mean.astype(self.dtype), var.astype(self.dtype), count, f)
+    def state_dict(self) -> dict[str, Any]:
+        """The parameters and running statistics by torch's names: ``weight``,
+        ``bias`` (with ``affine``), ``running_mean``, ``running_var`` and
+        ``num_batches_tracked`` (a 0-d int64 array; with
+        ``track_running_stats``). Copies, in the layer's dtype.
+
+        ``torch.nn.BatchNorm1d(C).load_state_dict({k: torch.as_tensor(v) for
+        k, v in layer.state_dict().items()})`` moves them into torch.
+        """
+        d: dict[str, Any] = {}
+        if self.affine:
+            d["weight"], d["bias"] = np.array(self.gamma), np.array(self.beta)
+        if self.track_running_stats:
+            d["running_mean"] = np.array(self.running_mean)
+            d["running_var"] = np.array(self.running_var)
+            d["num_batches_tracked"] = np.array(self.num_batches_tracked, np.int64)
+        return d
+
+    def load_state_dict(self, state_dict: Any) -> None:
+        """Load what :meth:`state_dict` returns, or a torch ``BatchNorm``'s
+        state dict (tensors are read through numpy). The keys must be exactly
+        the layer's; every value is checked (shape ``(C,)``, real numbers,
+        a whole ``num_batches_tracked`` >= 0) before any is loaded, and
+        copied into the layer's dtype."""
+        values = state_dict_args(state_dict, self.affine, self.track_running_stats,
+                                 self.num_features, self.dtype)
+        if self.affine:
+            self.gamma, self.beta = values["weight"], values["bias"]
+        if self.track_running_stats:
+            self.running_mean, self.running_var = values["running_mean"], values["running_var"]
+            self.num_batches_tracked = values["num_batches_tracked"]
 
     def backward(self, dout: ArrayLike) -> AnyArray:
         """Gradient of the loss with respect to the last forward's input.

@@ -124,11 +124,12 @@ def _forward_impl(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                        running_mean: Optional[Tensor], running_var: Optional[Tensor],
                        training: bool, eps: float,
                        num_threads: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Batch norm of ``x`` (N, C, *spatial); returns ``(out, mean, invstd, var)``.
+    """Batch norm of ``x`` (N, C, *spatial); returns ``(out, mean, invstd, m2)``.
 
     ``training`` normalizes with the batch statistics, otherwise the running
-    statistics normalize. ``mean``, ``invstd`` and the biased ``var`` are the
-    (C,) float64 statistics used (zeros for an empty batch). Nothing is
+    statistics normalize. ``mean`` and ``invstd`` are the (C,) float64
+    statistics used, ``m2`` the float64 sums of squared deviations of the
+    batch (zeros in eval mode and for an empty batch). Nothing is
     modified: ``update_running_stats`` folds the batch statistics into the
     running ones. ``num_threads`` 0 uses all cores.
     """
@@ -148,20 +149,21 @@ def _forward_impl(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
     if out.dtype != x.dtype:
         out = out.to(x.dtype)
     return (out, torch.from_numpy(v["mu64"]), torch.from_numpy(v["ivar64"]),
-            torch.from_numpy(v["var"].astype(np.float64)))
+            torch.from_numpy(v["m2"]))
 
 
 def update_running_stats(
     running_mean: Any,
     running_var: Any,
     mean: Any,
-    var: Any,
+    m2: Any,
     count: Any,
     momentum: Any,
 ) -> None:
-    """``running = (1 - momentum) * running + momentum * batch`` in place, with
-    the unbiased batch variance ``var * count / (count - 1)``, as torch does;
-    nothing for an empty batch."""
+    """``running = momentum * batch + (1 - momentum) * running`` in place, with
+    the unbiased batch variance ``m2 / (count - 1)``, in torch's CPU
+    arithmetic (``_engine.update_running_stats``); nothing for an empty batch.
+    ``mean`` and ``m2`` are the float64 (C,) tensors of the forward."""
     if count == 0 or (running_mean is None and running_var is None):
         return
     plain = all(t is None or t.dtype in (torch.float32, torch.float64)
@@ -171,14 +173,26 @@ def update_running_stats(
         _engine.update_running_stats(
             None if running_mean is None else running_mean.detach().numpy(),
             None if running_var is None else running_var.detach().numpy(),
-            mean.numpy(), var.numpy(), count, momentum)
+            mean.numpy(), m2.numpy(), count, momentum)
         return
     with torch.no_grad():
-        if running_mean is not None:
-            running_mean.mul_(1.0 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-        if running_var is not None:
-            unbiased = (var * (count / (count - 1))).to(running_var.dtype)
-            running_var.mul_(1.0 - momentum).add_(unbiased, alpha=momentum)
+        # traced or reduced-precision buffers: the same steps in torch ops
+        for run in (running_mean, running_var):
+            if run is None:
+                continue
+            wide = run.dtype == torch.float64
+            dt = torch.float64 if wide else torch.float32
+            mf = torch.tensor(momentum, dtype=dt)
+            keep = 1 - mf
+            cur = run.to(dt)
+            if run is running_mean:
+                new = mf * mean.to(dt) + keep * cur
+            elif wide:
+                new = mf * (m2 / (count - 1)) + keep * cur
+            else:
+                unbiased = m2.to(dt) / torch.tensor(count - 1, dtype=dt)
+                new = (mf.double() * unbiased.double() + (keep * cur).double()).to(dt)
+            run.copy_(new)
 
 
 batch_norm_forward = torch.library.custom_op("cybatchnorm::batch_norm_forward", _forward_impl,
@@ -231,12 +245,12 @@ def _input_grads(ctx: Any, dout: Any, backward: Any) -> tuple[Any, Any, Any]:
 
 def _forward_setup(ctx: Any, inputs: Any, output: Any) -> None:
     x, weight, bias, _, _, training, _, num_threads = inputs
-    _, mean, invstd, var = output
+    _, mean, invstd, m2 = output
     _save(ctx, x, weight, bias, mean, invstd, training, num_threads)
-    ctx.mark_non_differentiable(mean, invstd, var)
+    ctx.mark_non_differentiable(mean, invstd, m2)
 
 
-def _forward_grad(ctx: Any, dout: Any, _dmean: Any, _dinvstd: Any, _dvar: Any) -> tuple[Any, ...]:
+def _forward_grad(ctx: Any, dout: Any, _dmean: Any, _dinvstd: Any, _dm2: Any) -> tuple[Any, ...]:
     return _input_grads(ctx, dout, batch_norm_backward) + (None,) * 5
 
 
@@ -403,10 +417,10 @@ class _Eager(torch.autograd.Function):
         eps: Any,
         num_threads: Any,
     ) -> Any:
-        out, mean, invstd, var = _forward_impl(x, weight, bias, running_mean, running_var,
-                                               training, eps, num_threads)
+        out, mean, invstd, m2 = _forward_impl(x, weight, bias, running_mean, running_var,
+                                              training, eps, num_threads)
         if training:
-            update_running_stats(running_mean, running_var, mean, var,
+            update_running_stats(running_mean, running_var, mean, m2,
                                  x.shape[0] * _spatial(x), momentum)
         _save(ctx, x, weight, bias, mean, invstd, training, num_threads)
         return out
@@ -436,10 +450,10 @@ def forward(
     implementations through :class:`_Eager` otherwise."""
     if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None:
         out: Tensor
-        out, mean, _, var = batch_norm_forward(x, weight, bias, running_mean, running_var,
-                                               training, eps, num_threads)
+        out, mean, _, m2 = batch_norm_forward(x, weight, bias, running_mean, running_var,
+                                              training, eps, num_threads)
         if training:
-            update_running_stats(running_mean, running_var, mean, var,
+            update_running_stats(running_mean, running_var, mean, m2,
                                  x.shape[0] * _spatial(x), momentum)
         return out
     # torch's autograd.Function.apply carries no annotations

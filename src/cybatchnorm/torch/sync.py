@@ -92,7 +92,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
             _engine.normalize(x3, mean, invstd, _channel(weight, C, cdt, 1.0),
                               _channel(bias, C, cdt, 0.0), o3, _threads(num_threads, x3.size))
         update_running_stats(running_mean, running_var, torch.from_numpy(mean),
-                             torch.from_numpy(var), int(count), momentum)
+                             torch.from_numpy(m2), int(count), momentum)
         ctx.save_for_backward(x, weight)
         ctx.stats = (torch.from_numpy(mean), torch.from_numpy(invstd), count)
         ctx.group, ctx.num_threads, ctx.bias_dtype = group, num_threads, (
