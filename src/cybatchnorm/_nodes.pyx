@@ -8,7 +8,11 @@ shapes, dtypes and contiguity are checked once, in Python, by
 
 Naming: ``<node>_forward`` computes the node's value from its inputs,
 ``<node>_backward`` maps the gradient of the node (``d<node>``) to the
-gradients of its inputs.
+gradients of its inputs. Gradients that are one value per channel (dbeta,
+dgamma, divar, dsqrtvar, dvar, dsq, dmu, dx2) are float64 whatever x's
+dtype: for float32 data of std above 1e19 or below 1e-19 they leave
+float32's range (dvar ~ ivar**3), and the full-size gradients made from them
+would be lost.
 """
 from cython cimport floating
 from cython.parallel cimport prange
@@ -102,10 +106,11 @@ cdef inline void _node_sum_rows(const floating[:, :, ::1] a,
 
 
 cdef int _reduce(const floating[:, :, ::1] a, const floating[:, :, ::1] b,
-                 bint with_b, double scale, floating[::1] res,
+                 bint with_b, double scale, double* res,
                  const floating* p, floating* out, bint with_out,
                  int n_threads) noexcept nogil:
-    """res[c] = scale * sum(a[:, c]) (or of a * b when with_b); with_out also
+    """res[c] = scale * sum(a[:, c]) (or of a * b when with_b), in float64;
+    with_out also
     writes out = a * p[channel] in the same pass. Returns 1 when the partial
     sums could not be allocated."""
     cdef Py_ssize_t N = a.shape[0], C = a.shape[1], S = a.shape[2]
@@ -125,7 +130,7 @@ cdef int _reduce(const floating[:, :, ::1] a, const floating[:, :, ::1] b,
         _node_sum_rows(a, b, with_b, p, out, with_out, w.r0, w.r1, w.c0, w.c1,
                        part + w.k * C + w.c0)
     for c in prange(C, schedule='static', num_threads=n_threads):
-        res[c] = <floating>(scale * chunk_sum(part, K, C, c))
+        res[c] = scale * chunk_sum(part, K, C, c)
     free(part)
     return 0
 
@@ -173,6 +178,40 @@ cdef inline void _per_channel_run(const floating* x, const floating* p,
                     o[c * S + s] = o[c * S + s] + <floating>(2 * x[c * S + s] * pc)
 
 
+cdef inline void _per_channel_run_d(const floating* x, const double* p,
+                                    floating* o, Py_ssize_t nc, Py_ssize_t S,
+                                    int op) noexcept nogil:
+    # o = x (op) p[channel] for a float64 per-channel gradient p (OP_ADD,
+    # OP_MUL2, OP_ADD_MUL2), computed in float64 and rounded once
+    cdef Py_ssize_t c, s
+    cdef double pc
+    for c in range(nc):
+        pc = p[c]
+        if op == OP_ADD:
+            for s in range(S):
+                o[c * S + s] = <floating>(x[c * S + s] + pc)
+        elif op == OP_MUL2:
+            for s in range(S):
+                o[c * S + s] = <floating>(2 * x[c * S + s] * pc)
+        else:
+            for s in range(S):
+                o[c * S + s] = o[c * S + s] + <floating>(2 * x[c * S + s] * pc)
+
+
+cdef void _per_channel_d(const floating[:, :, ::1] x, const double[::1] p,
+                         floating[:, :, ::1] out, int op,
+                         int n_threads) noexcept nogil:
+    # _per_channel for a float64 p: one task per (row, block of channels)
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
+    cdef Py_ssize_t nb = n_blocks(C, n_threads), t, n, b_, c0, c1
+    for t in prange(N * nb, schedule='static', num_threads=n_threads):
+        n = t // nb
+        b_ = t % nb
+        c0 = block_start(b_, nb, C)
+        c1 = block_start(b_ + 1, nb, C)
+        _per_channel_run_d(&x[n, c0, 0], &p[c0], &out[n, c0, 0], c1 - c0, S, op)
+
+
 cdef void _per_channel(const floating[:, :, ::1] x, const floating[::1] p,
                        floating[:, :, ::1] out, int op,
                        int n_threads) noexcept nogil:
@@ -188,12 +227,12 @@ cdef void _per_channel(const floating[:, :, ::1] x, const floating[::1] p,
         _per_channel_run(&x[n, c0, 0], &p[c0], &out[n, c0, 0], c1 - c0, S, op)
 
 
-cdef inline void _divide(const floating[::1] p, double divisor,
-                         floating[::1] out) noexcept nogil:
-    # out = p / divisor, divided in float64 and rounded once
+cdef inline void _divide(const double[::1] p, double divisor,
+                         double[::1] out) noexcept nogil:
+    # out = p / divisor, per-channel gradients in float64
     cdef Py_ssize_t c
     for c in range(p.shape[0]):
-        out[c] = <floating>(p[c] / divisor)
+        out[c] = p[c] / divisor
 
 
 cdef Py_ssize_t _count(const floating[:, :, ::1] a) noexcept nogil:
@@ -246,11 +285,18 @@ def sq_forward(const floating[:, :, ::1] xmu, floating[:, :, ::1] sq,
 
 def var_forward(const floating[:, :, ::1] sq, floating[::1] var,
                 int n_threads):
-    """var = mean(sq) per channel (accumulated in float64)."""
-    cdef Py_ssize_t M = _count(sq)
-    cdef int failed
+    """var = mean(sq) per channel (accumulated in float64, rounded once).
+    In float32 sq itself overflows where |xmu| > 1.8e19."""
+    cdef Py_ssize_t M = _count(sq), C = sq.shape[1], c
+    cdef int failed = 0
+    cdef double* res = <double*>malloc((C + 1) * sizeof(double))
+    if res == NULL:
+        raise MemoryError("var_forward: no memory for the sums")
     with nogil:
-        failed = _reduce(sq, sq, False, 1.0 / M, var, NULL, NULL, False, n_threads)
+        failed = _reduce(sq, sq, False, 1.0 / M, res, NULL, NULL, False, n_threads)
+        for c in range(C):
+            var[c] = <floating>res[c]
+    free(res)
     if failed:
         raise MemoryError("var_forward: no memory for per-thread sums")
 
@@ -296,70 +342,77 @@ def out_forward(const floating[:, :, ::1] gammax, const floating[::1] beta,
 
 # ------------------------------------------------------------ backward
 
-def out_backward(const floating[:, :, ::1] dout, floating[::1] dbeta,
+def out_backward(const floating[:, :, ::1] dout, double[::1] dbeta,
                  int n_threads):
-    """dbeta = sum(dout) over the batch; dgammax is dout itself (not computed)."""
+    """dbeta = sum(dout) over the batch (float64); dgammax is dout itself (not computed)."""
     cdef int failed
+    cdef double* r = &dbeta[0] if dbeta.shape[0] > 0 else NULL
     with nogil:
-        failed = _reduce(dout, dout, False, 1.0, dbeta, NULL, NULL, False, n_threads)
+        failed = _reduce(dout, dout, False, 1.0, r, NULL, NULL, False, n_threads)
     if failed:
         raise MemoryError("out_backward: no memory for per-thread sums")
 
 
 def gammax_backward(const floating[:, :, ::1] dgammax,
                     const floating[:, :, ::1] xhat, const floating[::1] gamma,
-                    floating[::1] dgamma, floating[:, :, ::1] dxhat,
+                    double[::1] dgamma, floating[:, :, ::1] dxhat,
                     int n_threads):
-    """dgamma = sum(dgammax * xhat); dxhat = dgammax * gamma."""
+    """dgamma = sum(dgammax * xhat) (float64); dxhat = dgammax * gamma."""
     cdef int failed
     cdef const floating* p = NULL
     cdef floating* o = NULL
+    cdef double* r = NULL
     if dgammax.shape[1] > 0:      # no element to point at when there are no channels
         p = &gamma[0]
         o = &dxhat[0, 0, 0]
+        r = &dgamma[0]
     with nogil:
-        failed = _reduce(dgammax, xhat, True, 1.0, dgamma, p, o, True, n_threads)
+        failed = _reduce(dgammax, xhat, True, 1.0, r, p, o, True, n_threads)
     if failed:
         raise MemoryError("gammax_backward: no memory for per-thread sums")
 
 
 def xhat_backward(const floating[:, :, ::1] dxhat, const floating[:, :, ::1] xmu,
-                  const floating[::1] ivar, floating[::1] divar,
+                  const floating[::1] ivar, double[::1] divar,
                   floating[:, :, ::1] dxmu1, int n_threads):
-    """divar = sum(dxhat * xmu); dxmu1 = dxhat * ivar."""
+    """divar = sum(dxhat * xmu) (float64); dxmu1 = dxhat * ivar."""
     cdef int failed
     cdef const floating* p = NULL
     cdef floating* o = NULL
+    cdef double* r = NULL
     if dxhat.shape[1] > 0:
         p = &ivar[0]
         o = &dxmu1[0, 0, 0]
+        r = &divar[0]
     with nogil:
-        failed = _reduce(dxhat, xmu, True, 1.0, divar, p, o, True, n_threads)
+        failed = _reduce(dxhat, xmu, True, 1.0, r, p, o, True, n_threads)
     if failed:
         raise MemoryError("xhat_backward: no memory for per-thread sums")
 
 
-def ivar_backward(const floating[::1] divar, const floating[::1] sqrtvar,
-                  floating[::1] dsqrtvar, int n_threads):
-    """dsqrtvar = -divar / sqrtvar**2 (derivative of 1/t is -1/t**2)."""
+def ivar_backward(const double[::1] divar, const floating[::1] sqrtvar,
+                  double[::1] dsqrtvar, int n_threads):
+    """dsqrtvar = -divar / sqrtvar**2 (derivative of 1/t is -1/t**2), in
+    float64: sqrtvar**2 leaves float32's range for std above 1.8e19 or
+    below 1e-19."""
     cdef Py_ssize_t c
     cdef double t
     with nogil:
         for c in range(divar.shape[0]):
             t = sqrtvar[c]
-            dsqrtvar[c] = <floating>(-divar[c] / (t * t))
+            dsqrtvar[c] = -divar[c] / (t * t)
 
 
-def sqrtvar_backward(const floating[::1] dsqrtvar, const floating[::1] sqrtvar,
-                     floating[::1] dvar, int n_threads):
-    """dvar = 0.5 * dsqrtvar / sqrtvar (derivative of sqrt(var + eps))."""
+def sqrtvar_backward(const double[::1] dsqrtvar, const floating[::1] sqrtvar,
+                     double[::1] dvar, int n_threads):
+    """dvar = 0.5 * dsqrtvar / sqrtvar (derivative of sqrt(var + eps)), in float64."""
     cdef Py_ssize_t c
     with nogil:
         for c in range(dsqrtvar.shape[0]):
-            dvar[c] = <floating>(0.5 * dsqrtvar[c] / sqrtvar[c])
+            dvar[c] = 0.5 * dsqrtvar[c] / sqrtvar[c]
 
 
-def var_backward(const floating[::1] dvar, double M, floating[::1] dsq,
+def var_backward(const double[::1] dvar, double M, double[::1] dsq,
                  int n_threads):
     """dsq = dvar / M per channel: each of the M = N * S values of a channel
     gets the same gradient, so one value per channel is all there is to
@@ -390,26 +443,29 @@ def sq_backward(const floating[:, :, ::1] dsq, const floating[:, :, ::1] xmu,
                 o[i] = 2 * a[i] * g[i]
 
 
-def sq_backward_channel(const floating[::1] dsq, const floating[:, :, ::1] xmu,
+def sq_backward_channel(const double[::1] dsq, const floating[:, :, ::1] xmu,
                         floating[:, :, ::1] dxmu2, bint accumulate, int n_threads):
     """dxmu2 = 2 * xmu * dsq (or dxmu2 + 2 * xmu * dsq with ``accumulate``)
-    for a dsq that is one value per channel (what var_backward gives): only
-    xmu (and dxmu2 when accumulating) is read from memory."""
+    for a dsq that is one float64 value per channel (what var_backward
+    gives; float32 cannot hold it for std above 1e19): the product is taken
+    in float64 and rounded once. Only xmu (and dxmu2 when accumulating) is
+    read from memory."""
     with nogil:
-        _per_channel(xmu, dsq, dxmu2, OP_ADD_MUL2 if accumulate else OP_MUL2, n_threads)
+        _per_channel_d(xmu, dsq, dxmu2, OP_ADD_MUL2 if accumulate else OP_MUL2, n_threads)
 
 
-def xmu_backward(const floating[:, :, ::1] dxmu, floating[::1] dmu,
+def xmu_backward(const floating[:, :, ::1] dxmu, double[::1] dmu,
                  int n_threads):
-    """dmu = -sum(dxmu) over the batch; dx1 is dxmu itself (not computed)."""
+    """dmu = -sum(dxmu) over the batch (float64); dx1 is dxmu itself (not computed)."""
     cdef int failed
+    cdef double* r = &dmu[0] if dmu.shape[0] > 0 else NULL
     with nogil:
-        failed = _reduce(dxmu, dxmu, False, -1.0, dmu, NULL, NULL, False, n_threads)
+        failed = _reduce(dxmu, dxmu, False, -1.0, r, NULL, NULL, False, n_threads)
     if failed:
         raise MemoryError("xmu_backward: no memory for per-thread sums")
 
 
-def mu_backward(const floating[::1] dmu, double M, floating[::1] dx2,
+def mu_backward(const double[::1] dmu, double M, double[::1] dx2,
                 int n_threads):
     """dx2 = dmu / M per channel (broadcast over the batch by the caller)."""
     _divide(dmu, M, dx2)
@@ -436,9 +492,10 @@ def branch_sum(const floating[:, :, ::1] a, const floating[:, :, ::1] b,
             o[i] = pa[i] + pb[i]
 
 
-def branch_sum_channel(const floating[:, :, ::1] a, const floating[::1] b,
+def branch_sum_channel(const floating[:, :, ::1] a, const double[::1] b,
                        floating[:, :, ::1] out, int n_threads):
-    """out = a + b[channel]: a branch sum whose second gradient is one value
-    per channel (mu_backward's dx2). ``out`` may be ``a`` itself."""
+    """out = a + b[channel]: a branch sum whose second gradient is one float64
+    value per channel (mu_backward's dx2), added in float64 and rounded
+    once. ``out`` may be ``a`` itself."""
     with nogil:
-        _per_channel(a, b, out, OP_ADD, n_threads)
+        _per_channel_d(a, b, out, OP_ADD, n_threads)

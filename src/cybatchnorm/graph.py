@@ -13,6 +13,16 @@ over the batch and the spatial axes)::
     gammax  = gamma * xhat       full
     out     = gammax + beta      full
 
+Gradients that are one value per channel (``dbeta``, ``dgamma``, ``divar``,
+``dsqrtvar``, ``dvar``, the vectors behind ``dsq`` and ``dx2``, ``dmu``)
+are float64 whatever x's dtype: for float32 data of std above ~1e19 or below
+~1e-19 (with a tiny eps) ``dvar``, which scales as ``ivar**3``, leaves
+float32's range, and the walk would lose the variance branch. Full-size
+values and gradients are in x's dtype; in float32, ``sq = xmu ** 2`` (so
+``var_forward``'s input) overflows to inf where ``|xmu| > 1.8e19``: the
+fused forward (:func:`cybatchnorm.batchnorm_forward`) computes the variance
+in float64 and has no such limit.
+
 :data:`NODES` lists these nodes in forward order. Each :class:`Node` carries
 the node's compiled kernels, wrapped so that they take and return plain numpy
 arrays: ``<node>_forward`` computes the node, ``<node>_backward`` turns the
@@ -31,7 +41,7 @@ from typing import Any, Tuple
 import numpy as np
 
 from . import _engine
-from ._typing import AnyArray, ArrayLike
+from ._typing import AnyArray, ArrayLike, F64Array
 from ._validation import (DEFAULT_EPS, check_batch_count, check_eps, check_num_threads,
                           check_out, computation_dtype, feature, full, grad_shape, vector,
                           view3d, walk_args)
@@ -75,6 +85,11 @@ def _vec(like: AnyArray) -> AnyArray:
     return np.empty(like.shape[1] if like.ndim == 3 else like.shape[0], like.dtype)
 
 
+def _gvec(like: AnyArray) -> F64Array:
+    # a per-channel gradient: float64 whatever x's dtype (see _nodes.pyx)
+    return np.empty(like.shape[1] if like.ndim == 3 else like.shape[0])
+
+
 def _mu_fwd(x3: AnyArray, nt: int) -> AnyArray:
     mu = _vec(x3)
     _engine.nodes.mu_forward(x3, mu, nt)
@@ -93,11 +108,11 @@ def _broadcast_op(kernel: str) -> Callable[..., AnyArray]:
     return op
 
 
-def _channel_op(kernel: str) -> Callable[..., AnyArray]:
+def _channel_op(kernel: str, grad: bool = False) -> Callable[..., AnyArray]:
     # a node between (C,) vectors (sqrtvar, ivar and their backward):
-    # ``op(v, *others, nt)``, the result shaped like v
+    # ``op(v, *others, nt)``, the result shaped like v (a gradient: float64)
     def op(v: AnyArray, *rest: Any) -> AnyArray:
-        res = np.empty_like(v)
+        res = np.empty(v.shape) if grad else np.empty_like(v)
         getattr(_engine.nodes, kernel)(v, *rest[:-1], res, rest[-1])
         return res
     op.__name__ = op.__qualname__ = "_" + kernel
@@ -110,8 +125,8 @@ _gammax_fwd = _broadcast_op("gammax_forward")
 _out_fwd = _broadcast_op("out_forward")
 _sqrtvar_fwd = _channel_op("sqrtvar_forward")      # (var, eps, nt)
 _ivar_fwd = _channel_op("ivar_forward")            # (sqrtvar, nt)
-_ivar_bwd = _channel_op("ivar_backward")           # (divar, sqrtvar, nt)
-_sqrtvar_bwd = _channel_op("sqrtvar_backward")     # (dsqrtvar, sqrtvar, nt)
+_ivar_bwd = _channel_op("ivar_backward", True)     # (divar, sqrtvar, nt)
+_sqrtvar_bwd = _channel_op("sqrtvar_backward", True)  # (dsqrtvar, sqrtvar, nt)
 
 
 def _sq_fwd(xmu3: AnyArray, nt: int, out: AnyArray | None = None) -> AnyArray:
@@ -127,7 +142,7 @@ def _var_fwd(sq3: AnyArray, nt: int) -> AnyArray:
 
 
 def _out_bwd(dout3: AnyArray, nt: int) -> tuple[AnyArray, AnyArray]:
-    dbeta = _vec(dout3)
+    dbeta = _gvec(dout3)
     _engine.nodes.out_backward(dout3, dbeta, nt)
     return dbeta, dout3
 
@@ -139,7 +154,7 @@ def _gammax_bwd(
     nt: int,
     out: AnyArray | None = None,
 ) -> tuple[AnyArray, AnyArray]:
-    dgamma, dxhat = _vec(dgammax3), _new(dgammax3, out)
+    dgamma, dxhat = _gvec(dgammax3), _new(dgammax3, out)
     _engine.nodes.gammax_backward(dgammax3, xhat3, gamma, dgamma, dxhat, nt)
     return dgamma, dxhat
 
@@ -151,13 +166,13 @@ def _xhat_bwd(
     nt: int,
     out: AnyArray | None = None,
 ) -> tuple[AnyArray, AnyArray]:
-    divar, dxmu1 = _vec(dxhat3), _new(dxhat3, out)
+    divar, dxmu1 = _gvec(dxhat3), _new(dxhat3, out)
     _engine.nodes.xhat_backward(dxhat3, xmu3, ivar, divar, dxmu1, nt)
     return divar, dxmu1
 
 
 def _var_bwd(dvar: AnyArray, shape3: Sequence[int], nt: int) -> AnyArray:
-    dsq = np.empty_like(dvar)
+    dsq = np.empty(dvar.shape)
     _engine.nodes.var_backward(dvar, float(shape3[0] * shape3[2]), dsq, nt)
     return dsq
 
@@ -179,13 +194,13 @@ def _sq_bwd(
 
 
 def _xmu_bwd(dxmu3: AnyArray, nt: int) -> tuple[AnyArray, AnyArray]:
-    dmu = _vec(dxmu3)
+    dmu = _gvec(dxmu3)
     _engine.nodes.xmu_backward(dxmu3, dmu, nt)
     return dxmu3, dmu
 
 
 def _mu_bwd(dmu: AnyArray, shape3: Sequence[int], nt: int) -> AnyArray:
-    dx2 = np.empty_like(dmu)
+    dx2 = np.empty(dmu.shape)
     _engine.nodes.mu_backward(dmu, float(shape3[0] * shape3[2]), dx2, nt)
     return dx2
 
@@ -216,13 +231,15 @@ def xmu_forward(x: ArrayLike, mu: ArrayLike, *, num_threads: int | None = None) 
 
 
 def sq_forward(xmu: ArrayLike, *, num_threads: int | None = None) -> AnyArray:
-    """``sq = xmu ** 2``, elementwise: shape of xmu."""
+    """``sq = xmu ** 2``, elementwise: shape of xmu. In float32 it overflows
+    to inf where ``|xmu| > 1.8e19``."""
     a3, shape, dt = full("xmu", xmu)
     return _sq_fwd(a3, check_num_threads(num_threads, a3.size)).reshape(shape)
 
 
 def var_forward(sq: ArrayLike, *, num_threads: int | None = None) -> AnyArray:
-    """``var = mean(sq)`` over the batch: shape (C,). The biased variance."""
+    """``var = mean(sq)`` over the batch: shape (C,). The biased variance,
+    summed in float64; a float32 result overflows where it exceeds 3.4e38."""
     a3, shape, dt = full("sq", sq)
     return _var_fwd(a3, check_num_threads(num_threads, a3.size))
 
@@ -327,9 +344,11 @@ def ivar_backward(
     *,
     num_threads: int | None = None,
 ) -> AnyArray:
-    """Gradient of ``ivar = 1 / sqrtvar``: ``dsqrtvar = -divar / sqrtvar**2``."""
-    divar, dt = vector("divar", divar)
-    sqrtvar = feature("sqrtvar", sqrtvar, divar.shape[0], dt)
+    """Gradient of ``ivar = 1 / sqrtvar``: ``dsqrtvar = -divar / sqrtvar**2``,
+    computed and returned in float64 (a per-channel gradient)."""
+    divar = np.ascontiguousarray(vector("divar", divar)[0], np.float64)
+    sqrtvar = vector("sqrtvar", sqrtvar)[0]
+    _same_channels("sqrtvar", sqrtvar, divar)
     return _ivar_bwd(divar, sqrtvar, check_num_threads(num_threads, divar.size))
 
 
@@ -339,10 +358,18 @@ def sqrtvar_backward(
     *,
     num_threads: int | None = None,
 ) -> AnyArray:
-    """Gradient of ``sqrtvar = sqrt(var + eps)``: ``dvar = 0.5 * dsqrtvar / sqrtvar``."""
-    dsqrtvar, dt = vector("dsqrtvar", dsqrtvar)
-    sqrtvar = feature("sqrtvar", sqrtvar, dsqrtvar.shape[0], dt)
+    """Gradient of ``sqrtvar = sqrt(var + eps)``: ``dvar = 0.5 * dsqrtvar /
+    sqrtvar``, computed and returned in float64 (a per-channel gradient)."""
+    dsqrtvar = np.ascontiguousarray(vector("dsqrtvar", dsqrtvar)[0], np.float64)
+    sqrtvar = vector("sqrtvar", sqrtvar)[0]
+    _same_channels("sqrtvar", sqrtvar, dsqrtvar)
     return _sqrtvar_bwd(dsqrtvar, sqrtvar, check_num_threads(num_threads, dsqrtvar.size))
+
+
+def _same_channels(name: str, v: AnyArray, grad: AnyArray) -> None:
+    if v.shape != grad.shape:
+        raise ValueError(f"{name}: expected shape {grad.shape}, one value per channel, "
+                         f"got {v.shape}")
 
 
 def _per_channel_view(vec: AnyArray, shape: tuple[int, ...]) -> AnyArray:
@@ -375,7 +402,7 @@ def var_backward(
     ``dvar / M`` and ``dsq`` is a read-only view of it with stride 0 along
     the batch and spatial axes: nothing the size of x is written.
     """
-    dvar, dt = vector("dvar", dvar)
+    dvar = np.ascontiguousarray(vector("dvar", dvar)[0], np.float64)
     shape = grad_shape(shape, dvar)
     dsq = _var_bwd(dvar, view3d(shape), check_num_threads(num_threads, dvar.size))
     return _per_channel_view(dsq, shape)
@@ -406,8 +433,8 @@ def sq_backward(
         m3 = full("xmu", xmu, dt, shape)[0]
         inputs, allow = (dsq, g3, xmu, m3), (dsq,)
     else:
-        dt = computation_dtype("dsq", dsq)
-        m3, shape, _ = full("xmu", xmu, dt, dsq.shape)
+        computation_dtype("dsq", dsq)
+        m3, shape, dt = full("xmu", xmu, None, dsq.shape)   # xmu's dtype, dsq float64
         inputs, allow = (dsq, xmu, m3), ()
     if add_to is not None:
         if out is not None:
@@ -416,7 +443,7 @@ def sq_backward(
     else:
         res = _full_out(out, shape, dt, inputs, allow=allow)
     nt = check_num_threads(num_threads, m3.size)
-    dsq3 = g3 if vec is None else np.ascontiguousarray(vec, dt)
+    dsq3 = g3 if vec is None else np.ascontiguousarray(vec, np.float64)
     if add_to is not None:
         return _sq_bwd(dsq3, m3, nt, add_to=res).reshape(shape)
     return _sq_bwd(dsq3, m3, nt, out=res).reshape(shape)
@@ -443,7 +470,7 @@ def mu_backward(
     Like :func:`var_backward`, a read-only zero-stride view of the (C,)
     vector ``dmu / M``.
     """
-    dmu, dt = vector("dmu", dmu)
+    dmu = np.ascontiguousarray(vector("dmu", dmu)[0], np.float64)
     shape = grad_shape(shape, dmu)
     dx2 = _mu_bwd(dmu, view3d(shape), check_num_threads(num_threads, dmu.size))
     return _per_channel_view(dx2, shape)
@@ -470,7 +497,7 @@ def branch_sum(
         computation_dtype("b", b)
         if b.shape != shape:
             raise ValueError(f"b: expected shape {shape}, got {b.shape}")
-        bvec = np.ascontiguousarray(bvec, dt)
+        bvec = np.ascontiguousarray(bvec, np.float64)
     # out may be a or b itself (elementwise, in place), never a partial overlap
     o3 = _full_out(out, shape, dt, (a, a3, b) + ((b3,) if bvec is None else ()),
                    allow=(a, b))
@@ -697,6 +724,9 @@ def backward(dout: ArrayLike, cache: Any, *, num_threads: int | None = None,
                     produced["d" + target] = value
             pending[target] = value
     result = {"d" + k: pending[k] for k in ("x", "gamma", "beta")}
+    # the per-channel gradients were float64 along the walk; the results are in x's dtype
+    for k in ("dgamma", "dbeta"):
+        result[k] = result[k].astype(dout.dtype)
     if dx is not None and result["dx"] is not dx:   # x had one path only (eval mode)
         np.copyto(dx, result["dx"])
         result["dx"] = dx
@@ -822,4 +852,4 @@ def _staged_backward(
         dx = dx3
     elif not isinstance(dx_loc, int):
         dx = dx.copy()              # never hand back the caller's own dout
-    return dx, at(dgamma_loc), at(dbeta_loc)
+    return dx, at(dgamma_loc).astype(g3.dtype), at(dbeta_loc).astype(g3.dtype)
