@@ -110,3 +110,184 @@ def test_cli_bad_input_is_one_line_naming_the_option(files, args, needle):
     assert r.returncode == 2, (r.stdout, r.stderr)
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and needle in err[0] and "Traceback" not in r.stderr, r.stderr
+
+
+# ------------------------------------------------- float32 over its whole range
+
+@pytest.mark.parametrize("std", [1e-20, 1.0, 1e20, 1e25])
+def test_float32_gradients_over_the_whole_range(std):
+    # every backward within a few float32 ulps of the float64 closed form,
+    # where the textbook float32 factors (ivar**2, ivar**3) leave float32's range
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "benchmarks"))
+    import extremes
+    errors = extremes.table(stds=(std,))[std]
+    for name, err in errors.items():
+        if name.startswith("torch.nn"):
+            continue                      # torch's own, for comparison only
+        assert err < 1e-6, (name, err)
+
+
+def test_float32_flagged_channel_leaves_the_others_bits():
+    # one channel at std 1e25 takes the float64 rows; the others keep the
+    # float32 rows' bits (as if it were not there)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(64, 4)).astype(np.float32)
+    dout = rng.normal(size=(64, 4)).astype(np.float32)
+    g, b = np.ones(4, np.float32), np.zeros(4, np.float32)
+    wide = x.copy()
+    wide[:, 2] *= np.float32(1e25)
+    for data in (x, wide):
+        _, cache = bn.batchnorm_forward(data, g, b, cache="minimal")
+        dx = bn.batchnorm_backward_fused(dout, cache)[0]
+        if data is x:
+            ref = dx
+    assert np.array_equal(dx[:, [0, 1, 3]], ref[:, [0, 1, 3]])
+
+
+# ------------------------------------------------------------ copy and save
+
+def _layer_states():
+    for backward in ("fused", "staged"):
+        layer = bn.BatchNorm(3, backward=backward)
+        yield "fresh", layer
+        layer = bn.BatchNorm(3, backward=backward)
+        layer.forward(X)
+        yield "between forward and backward", layer
+        layer = bn.BatchNorm(3, backward=backward)
+        layer.forward(X)
+        layer.backward(D)
+        yield "after backward", layer
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_layer_survives_copy_and_pickle(how):
+    for when, layer in _layer_states():
+        other = copy.deepcopy(layer) if how == "deepcopy" else pickle.loads(pickle.dumps(layer))
+        for name in ("gamma", "beta", "running_mean", "running_var"):
+            assert np.array_equal(getattr(layer, name), getattr(other, name)), (when, name)
+        assert other.num_batches_tracked == layer.num_batches_tracked
+        if layer._cache is not None:      # the restored layer's backward: the same bits
+            assert np.array_equal(layer.backward(D), other.backward(D)), when
+        assert np.array_equal(layer.forward(X), other.forward(X)), when
+
+
+@pytest.mark.parametrize("kind", ["full", "minimal"])
+def test_cache_survives_copy_and_pickle(kind):
+    _, cache = bn.batchnorm_forward(X, G, B, cache=kind)
+    want = bn.batchnorm_backward_fused(D, cache)
+    for other in (copy.deepcopy(cache), pickle.loads(pickle.dumps(cache)), copy.copy(cache)):
+        for fn in (bn.batchnorm_backward_fused, bn.batchnorm_backward):
+            got = fn(D, other)
+            assert all(np.array_equal(a, b) for a, b in zip(fn(D, cache), got))
+        assert np.array_equal(bn.batchnorm_backward_fused(D, other)[0], want[0])
+        assert not other.mu.flags.writeable
+
+
+def test_state_dict_round_trip_and_torch_names():
+    layer = bn.BatchNorm(3)
+    layer.forward(X)
+    state = layer.state_dict()
+    assert list(state) == ["weight", "bias", "running_mean", "running_var",
+                           "num_batches_tracked"]
+    other = bn.BatchNorm(3)
+    other.load_state_dict(state)
+    assert other.num_batches_tracked == 1
+    assert np.array_equal(other.running_var, layer.running_var)
+    state["running_var"][0] = 99.0      # a copy: the layer is not changed through it
+    assert layer.running_var[0] != 99.0
+    assert list(bn.BatchNorm(3, affine=False, track_running_stats=False).state_dict()) == []
+
+
+@pytest.mark.parametrize("bad, err, needle", [
+    (dict(running_var=np.ones(4)), ValueError, "running_var"),
+    (dict(weight=[1.0, "a", 2.0]), TypeError, "weight"),
+    (dict(num_batches_tracked=np.array(1.5)), ValueError, "num_batches_tracked"),
+    (dict(extra=np.ones(3)), ValueError, "unexpected keys"),
+])
+def test_load_state_dict_checks_everything_before_loading(bad, err, needle):
+    layer = bn.BatchNorm(3)
+    layer.forward(X)
+    state = layer.state_dict()
+    state.update(bad)
+    before = pickle.dumps(layer.state_dict())
+    with pytest.raises(err, match=needle):
+        layer.load_state_dict(state)
+    assert pickle.dumps(layer.state_dict()) == before
+
+
+# ----------------------------------------------------------- all or nothing
+
+def _bad_states():
+    yield "running_var ints", lambda l: setattr(l, "running_var", np.ones(3, np.int64)), TypeError
+    yield "running_mean short", lambda l: setattr(l, "running_mean", np.zeros(2)), ValueError
+    yield "running_mean list", lambda l: setattr(l, "running_mean", [0.0] * 3), TypeError
+    yield "running_var read-only", lambda l: l.running_var.setflags(write=False), ValueError
+    yield "momentum string", lambda l: setattr(l, "momentum", "0.1"), TypeError
+    yield "momentum 2", lambda l: setattr(l, "momentum", 2.0), ValueError
+    yield "gamma short", lambda l: setattr(l, "gamma", np.ones(2)), ValueError
+    yield "num_batches_tracked -1", lambda l: setattr(l, "num_batches_tracked", -1), ValueError
+    yield "eps 0", lambda l: setattr(l, "eps", 0.0), ValueError
+
+
+@pytest.mark.parametrize("name, spoil, err", list(_bad_states()))
+def test_a_refused_forward_changes_nothing(name, spoil, err):
+    layer = bn.BatchNorm(3)
+    layer.forward(X)
+    spoil(layer)
+    before = {k: (np.array(v, copy=True) if isinstance(v, np.ndarray) else copy.copy(v))
+              for k, v in vars(layer).items() if k != "_cache"}
+    cache = layer._cache
+    with pytest.raises((TypeError, ValueError)) as info:
+        layer.forward(X)
+    assert isinstance(info.value, err)
+    for k, v in before.items():
+        now = getattr(layer, k)
+        assert type(now) is type(v) and (np.array_equal(now, v) if isinstance(v, np.ndarray)
+                                         else now == v), (name, k)
+    assert layer._cache is cache
+
+
+def test_a_refused_input_changes_nothing():
+    layer = bn.BatchNorm(3)
+    for x in (np.ones((1, 3)), np.ones((4, 2)), np.array([["a"] * 3] * 4)):
+        with pytest.raises((TypeError, ValueError)):
+            layer.forward(x)
+    assert layer.num_batches_tracked == 0
+    assert np.array_equal(layer.running_var, np.ones(3))
+
+
+# ------------------------------------------------------ errors at the boundary
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
+def test_out_matrix_is_refused_naming_out():
+    with pytest.raises(TypeError, match="^out: expected a numpy array"):
+        bn.batchnorm_forward(X, G, B, out=np.matrix(np.zeros(X.shape)))
+    _, cache = bn.batchnorm_forward(X, G, B)
+    with pytest.raises(TypeError, match="^dx: expected a numpy array"):
+        bn.batchnorm_backward_fused(D, cache, dx=np.ma.zeros(X.shape))
+
+
+def test_channels_last_with_no_channels_is_channels_first_with_none():
+    first = bn.batchnorm_forward(np.ones((4, 0, 5)), np.ones(0), np.zeros(0))[0]
+    last, cache = bn.batchnorm_forward(np.ones((4, 5, 0)), np.ones(0), np.zeros(0), axis=-1)
+    assert first.shape == (4, 0, 5) and last.shape == (4, 5, 0)
+    assert bn.batchnorm_backward_fused(np.ones((4, 5, 0)), cache)[0].shape == (4, 5, 0)
+
+
+@pytest.mark.parametrize("spoil", [
+    lambda c: object.__setattr__(c, "mode", "eval"),
+    lambda c: object.__setattr__(c, "eps", 1.0),
+    lambda c: object.__setattr__(c, "kind", "full" if c.kind == "minimal" else "minimal"),
+    lambda c: c.mu.setflags(write=True),
+    lambda c: (c.ivar.setflags(write=True), c.ivar.__setitem__(0, 5.0),
+               c.ivar.setflags(write=False)),
+    lambda c: (c.mu64.setflags(write=True), c.mu64.__setitem__(1, 0.5),
+               c.mu64.setflags(write=False)),
+])
+@pytest.mark.parametrize("kind", ["full", "minimal"])
+def test_a_cache_changed_after_the_forward_is_refused(spoil, kind):
+    _, cache = bn.batchnorm_forward(X, G, B, cache=kind)
+    spoil(cache)
+    for fn in (bn.batchnorm_backward, bn.batchnorm_backward_fused):
+        with pytest.raises(ValueError, match="^cache: "):
+            fn(D, cache)

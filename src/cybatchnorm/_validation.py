@@ -123,8 +123,10 @@ def check_out(name: str, out: Any, shape: Sequence[int], dtype: Any, inputs: Ite
     ``allow`` (the very same array object: an elementwise kernel may then
     work in place, as :func:`cybatchnorm.graph.branch_sum` does on request).
     """
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy array, got {type(out).__name__}")
+    if not isinstance(out, np.ndarray) or isinstance(out, (np.matrix, np.ma.MaskedArray)):
+        # a matrix cannot take the (N, C, S) view; a masked array's mask would be ignored
+        raise TypeError(f"{name}: expected a numpy array (numpy.ndarray), got "
+                        f"{type(out).__module__}.{type(out).__name__}")
     shape = tuple(shape)
     if out.dtype != dtype or out.shape != shape:
         raise ValueError(f"{name}: expected a {dtype} array of shape {shape}, "
@@ -250,7 +252,8 @@ def forward_args(x: Any, gamma: Any, beta: Any, eps: Any, *, axis: Any = 1, num_
                              f"channel axis)")
         x_shape = arr.shape
         arr = np.ascontiguousarray(arr, dtype=computation_dtype("x", arr))
-        x3, shape, dt = full("x", arr.reshape(-1, x_shape[-1]))
+        # (an explicit row count: with C == 0, -1 could not be inferred)
+        x3, shape, dt = full("x", arr.reshape(math.prod(x_shape[:-1]), x_shape[-1]))
     else:
         x3, shape, dt = full("x", arr)
         x_shape = shape
@@ -352,9 +355,10 @@ def _state_vector(name: str, value: Any, C: int, dtype: np.dtype[Any]) -> None:
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{name}: expected a numpy array of shape ({C},), got "
                         f"{type(value).__name__}")
-    if value.shape != (C,) or value.dtype != dtype:
-        raise ValueError(f"{name}: expected a {dtype} array of shape ({C},), the layer's, "
-                         f"got {value.dtype} {value.shape}")
+    if value.dtype != dtype:
+        raise TypeError(f"{name}: expected a {dtype} array (the layer's dtype), got {value.dtype}")
+    if value.shape != (C,):
+        raise ValueError(f"{name}: expected shape ({C},), one value per channel, got {value.shape}")
     if not (value.flags.writeable and value.flags.c_contiguous):
         raise ValueError(f"{name}: expected a writable C-contiguous array (it is updated in place)")
 

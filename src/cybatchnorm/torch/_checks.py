@@ -69,10 +69,6 @@ def check_batch_norm(
     if training and not shard:
         verify_batch_size(x.size())
     check_eps(eps, training)
-    if x.dim() < 2:
-        raise IndexError(
-            f"Dimension out of range (expected to be in range of [-{max(x.dim(), 1)}, "
-            f"{max(x.dim(), 1) - 1}], but got 1)")
     params = (("weight", weight), ("bias", bias), ("running_mean", running_mean),
               ("running_var", running_var))
     for name, t in params:
@@ -85,13 +81,22 @@ def check_batch_norm(
         if t is not None and t.device.type != "cpu":
             raise RuntimeError(f"cybatchnorm: {name} is on {t.device}; only CPU tensors are "
                                f"supported (use torch.nn.BatchNorm on other devices)")
-    C = x.shape[1]
+    # torch counts no channels in 1-D input: its parameters are checked
+    # against 0, an empty one is returned as it is, any other fails to index
+    C = x.shape[1] if x.dim() > 1 else 0
     # in the order of torch's _batch_norm_impl_index
     for name, t in params[2:] + params[:2]:
         if t is not None and t.numel() != C:
             raise RuntimeError(f"{name} should contain {C} elements not {t.numel()}")
         if t is None and not training and name.startswith("running"):
             raise RuntimeError(f"{name} must be defined in evaluation mode")
+    if x.dim() < 2 and x.numel():
+        raise IndexError(
+            f"Dimension out of range (expected to be in range of [-{max(x.dim(), 1)}, "
+            f"{max(x.dim(), 1) - 1}], but got 1)")
+    if C == 0 and weight is not None and x.numel() == 0 and x.dim() > 1 and x.shape[0] > 0:
+        # torch's CPU kernel selects channel 0 of the weight of no channels
+        raise IndexError("select(): index 0 out of range for tensor of size [0] at dimension 0")
     # the CPU kernel's mixed-dtype rule: the parameters' dtype is the first
     # one given; it may differ from the input's only for float16/bfloat16
     # input with float32 parameters
@@ -139,3 +144,15 @@ def check_transforms(x: Any) -> None:
     if torch.autograd.forward_ad._current_level >= 0 and \
             torch.autograd.forward_ad.unpack_dual(x).tangent is not None:  # type: ignore[no-untyped-call]
         raise NotImplementedError(_MESSAGE.format("forward-mode AD (torch.autograd.forward_ad)"))
+
+
+TORCHSCRIPT = ("cybatchnorm.torch does not support TorchScript ({}): its operators run "
+               "Python code; use torch.compile or torch.export, or torch.nn.BatchNorm for "
+               "TorchScript")
+
+
+def check_not_tracing() -> None:
+    """Refuse ``torch.jit.trace`` before anything changes: a trace would
+    record the running statistics' update as constants (or fail halfway)."""
+    if torch.jit.is_tracing():
+        raise NotImplementedError(TORCHSCRIPT.format("torch.jit.trace"))

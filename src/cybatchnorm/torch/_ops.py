@@ -134,6 +134,9 @@ def _forward_impl(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
     running ones. ``num_threads`` 0 uses all cores.
     """
     cdt = check_batch_norm(x, weight, bias, running_mean, running_var, training, eps)
+    if x.dim() < 2:     # an empty 1-D input (check_batch_norm refused any other)
+        none = [torch.zeros(0, dtype=_F64) for _ in range(3)]
+        return x.clone(), none[0], none[1], none[2]
     N, C, S = x.shape[0], x.shape[1], _spatial(x)
     xc, layout = _prepare(x, cdt)
     out = torch.empty_like(xc)          # xc is dense in ``layout``: out is too
@@ -211,7 +214,7 @@ def _forward_fake(
     num_threads: Any,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     cdt = check_batch_norm(x, weight, bias, running_mean, running_var, training, eps)
-    C = x.shape[1]
+    C = x.shape[1] if x.dim() > 1 else 0
     out = _out_like(x if x.dtype == cdt else x.to(cdt)).to(x.dtype)
     return (out,) + tuple(x.new_empty((C,), dtype=_F64) for _ in range(3))
 
@@ -421,7 +424,7 @@ class _Eager(torch.autograd.Function):
                                               training, eps, num_threads)
         if training:
             update_running_stats(running_mean, running_var, mean, m2,
-                                 x.shape[0] * _spatial(x), momentum)
+                                 x.shape[0] * _spatial(x) if x.dim() > 1 else 0, momentum)
         _save(ctx, x, weight, bias, mean, invstd, training, num_threads)
         return out
 
@@ -454,7 +457,7 @@ def forward(
                                               training, eps, num_threads)
         if training:
             update_running_stats(running_mean, running_var, mean, m2,
-                                 x.shape[0] * _spatial(x), momentum)
+                                 x.shape[0] * _spatial(x) if x.dim() > 1 else 0, momentum)
         return out
     # torch's autograd.Function.apply carries no annotations
     res: Tensor = _Eager.apply(x, weight, bias, running_mean,  # type: ignore[no-untyped-call]

@@ -1,9 +1,11 @@
 """``batch_norm``: ``torch.nn.functional.batch_norm`` computed by the compiled kernels."""
 from typing import Any
 
+import torch
 from torch import Tensor
+
 from .._validation import check_num_threads
-from ._checks import check_transforms
+from ._checks import check_not_tracing, check_transforms
 from ._ops import forward
 
 __all__ = ["batch_norm"]
@@ -15,6 +17,9 @@ def threads_arg(num_threads: Any) -> int:
 
 
 def _momentum(momentum: Any) -> float:
+    if isinstance(momentum, torch.Tensor) and momentum.numel() == 1 and \
+            (momentum.is_floating_point() or not momentum.dtype.is_complex):
+        return float(momentum.item())       # torch's parser takes a one-value tensor
     if momentum is None or isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
         raise TypeError("batch_norm(): argument 'momentum' (position 7) must be float, "
                         f"not {type(momentum).__name__}")
@@ -69,7 +74,11 @@ def batch_norm(
     tensor([[-1., -1.],
             [ 1.,  1.]], dtype=torch.float64)
     """
+    check_not_tracing()
     check_transforms(input)
+    if not isinstance(training, bool):
+        raise TypeError("batch_norm(): argument 'training' (position 6) must be bool, "
+                        f"not {type(training).__name__}")
     momentum = _momentum(momentum)
     return forward(input, weight, bias, running_mean, running_var, bool(training), momentum,
                    float(eps), threads_arg(num_threads))

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ._checks import check_transforms
+from ._checks import TORCHSCRIPT, check_not_tracing, check_transforms
 from ._ops import forward as _batch_norm
 from .functional import threads_arg
 
@@ -51,8 +51,14 @@ class _CyBatchNorm(_BatchNorm):
             factor = 1.0 / float(seen + 1)
         return track, float(factor)
 
+    def __prepare_scriptable__(self) -> Any:
+        # torch.jit.script calls this first: a clear error instead of a
+        # compiler error from deep inside the operators' Python code
+        raise NotImplementedError(TORCHSCRIPT.format("torch.jit.script"))
+
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
+        check_not_tracing()
         check_transforms(input)
         track, factor = self._momentum()
         bn_training = self.training or (self.running_mean is None and self.running_var is None)
