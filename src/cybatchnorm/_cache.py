@@ -224,7 +224,8 @@ class Cache:
 def _restore(fields: dict[str, Any], arrays: dict[str, AnyArray | None], sealed: bool) -> Cache:
     # a pickled or copied Cache: fresh arrays, checked, then frozen and (when
     # the original was made by a forward) sealed as the forward seals its own
-    owned = {k: (None if v is None else np.array(v, copy=True)) for k, v in arrays.items()}
+    owned: dict[str, Any] = {k: (None if v is None else np.array(v, copy=True))
+                             for k, v in arrays.items()}
     cache = Cache(**fields, _owned=sealed, **owned)
     cache.check_structure()
     return cache

@@ -376,15 +376,15 @@ def layer_state(layer: Any) -> float | None:
         layer.num_batches_tracked = int_arg("num_batches_tracked", layer.num_batches_tracked, 0,
                                             "an int >= 0")
     check_eps(layer.eps)
-    momentum = layer.momentum
+    momentum: Any = layer.momentum
     if momentum is not None:
         if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
             raise TypeError(f"momentum: expected a number in [0, 1] or None, got "
                             f"{type(momentum).__name__}")
         if not 0.0 <= float(momentum) <= 1.0:
             raise ValueError(f"momentum: expected a number in [0, 1] or None, got {momentum}")
-        momentum = float(momentum)
-    return momentum
+        return float(momentum)
+    return None
 
 
 def state_dict_args(state: Any, affine: bool, track: bool, C: int,

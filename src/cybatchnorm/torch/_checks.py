@@ -154,5 +154,5 @@ TORCHSCRIPT = ("cybatchnorm.torch does not support TorchScript ({}): its operato
 def check_not_tracing() -> None:
     """Refuse ``torch.jit.trace`` before anything changes: a trace would
     record the running statistics' update as constants (or fail halfway)."""
-    if torch.jit.is_tracing():
+    if torch._C._is_tracing():
         raise NotImplementedError(TORCHSCRIPT.format("torch.jit.trace"))
