@@ -1,13 +1,15 @@
 """Float32 gradients over float32's range: the relative error of dx from
 every backward against a float64 computation, at data std 1e-20 (eps 1e-45),
-1, 1e20 and 1e25.
+1, 1e20, 1e25 and 3e37 (values up to ~1.8e38, near float32's maximum).
 
     python benchmarks/extremes.py
 
 Each row: the max |dx - dx64| / max |dx64| of one backward on float32 input,
 dx64 being the closed form evaluated in float64 on the same float32 values
-(tests/reference.py's formula). ``inf``/``nan``: the backward gave non-finite
-values for finite input.
+(tests/reference.py's formula); for the drop-in's double backward, the
+gradient of <dx, v> with respect to x against the same operator on float64
+values. ``inf``/``nan``: the backward gave non-finite values for finite
+input.
 """
 import numpy as np
 
@@ -38,6 +40,8 @@ def backwards(x, gamma, beta, dout, eps):
         _, cache = bn.batchnorm_forward(x, gamma, beta, eps, cache=kind)
         res[f"staged ({kind} cache)"] = bn.batchnorm_backward(dout, cache)[0]
         res[f"fused ({kind} cache)"] = bn.batchnorm_backward_fused(dout, cache)[0]
+    _, cache = bn.batchnorm_forward(x, gamma, beta, eps)
+    res["graph.backward (the docs' walk)"] = bn.graph.backward(dout, cache)["dx"]
     for backward in ("fused", "staged"):
         layer = bn.BatchNorm(x.shape[1], eps, dtype=np.float32, backward=backward)
         layer.gamma, layer.beta = gamma.copy(), beta.copy()
@@ -67,7 +71,31 @@ def backwards(x, gamma, beta, dout, eps):
     return res
 
 
-def table(stds=(1e-20, 1.0, 1e20, 1e25), shape=(64, 4), seed=0):
+def double_backward_errors(x, gamma, beta, dout, eps):
+    """The drop-in's second derivatives of <dx, v> with respect to x and to
+    dout, in float32 against the same operator on float64 values; None where
+    float32 cannot hold the float64 values."""
+    import torch
+    from cybatchnorm.torch import batch_norm
+    v = np.random.default_rng(1).standard_normal(x.shape)
+    got = []
+    for dt in (torch.float32, torch.float64):
+        xt = torch.tensor(x, dtype=dt, requires_grad=True)
+        gt = torch.tensor(dout, dtype=dt, requires_grad=True)
+        out = batch_norm(xt, None, None, torch.tensor(gamma, dtype=dt),
+                         torch.tensor(beta, dtype=dt), True, 0.1, eps)
+        (dx,) = torch.autograd.grad(out, xt, gt, create_graph=True)
+        ddx, ddout = torch.autograd.grad(dx, (xt, gt), torch.tensor(v, dtype=dt))
+        got.append((ddx.detach().numpy(), ddout.detach().numpy()))
+    lo, hi = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
+    res = []
+    for a, b in zip(*got):
+        big = float(np.abs(b).max())
+        res.append(rel(a, b) if lo <= big <= hi else None)
+    return res
+
+
+def table(stds=(1e-20, 1.0, 1e20, 1e25, 3e37), shape=(64, 4), seed=0):
     """{std: {backward: relative error}}."""
     rng = np.random.default_rng(seed)
     z = rng.standard_normal(shape)
@@ -80,12 +108,21 @@ def table(stds=(1e-20, 1.0, 1e20, 1e25), shape=(64, 4), seed=0):
         x = (3 * std + std * z).astype(np.float32)
         ref = reference_dx(x, gamma, dout, eps)
         rows[std] = {k: rel(v, ref) for k, v in backwards(x, gamma, beta, dout, eps).items()}
+        try:
+            dd = double_backward_errors(x, gamma, beta, dout, eps)
+        except ImportError:
+            continue
+        rows[std]["cybatchnorm.torch double backward, d/dx"] = dd[0]
+        rows[std]["cybatchnorm.torch double backward, d/ddout"] = dd[1]
     return rows
 
 
 if __name__ == "__main__":
     rows = table()
     names = list(next(iter(rows.values())))
-    print(f"{'backward (float32 input)':34}" + "".join(f"{f'std {s:g}':>12}" for s in rows))
+    print(f"{'backward (float32 input)':44}" + "".join(f"{f'std {s:g}':>12}" for s in rows))
     for n in names:
-        print(f"{n:34}" + "".join(f"{rows[s][n]:12.1e}" for s in rows))
+        print(f"{n:44}" + "".join(f"{'(n/r)':>12}" if rows[s][n] is None
+                                   else f"{rows[s][n]:12.1e}" for s in rows))
+    print("(n/r): the float64 values lie outside float32's normal range, so no float32 "
+          "result can hold them")

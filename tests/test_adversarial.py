@@ -114,7 +114,7 @@ def test_cli_bad_input_is_one_line_naming_the_option(files, args, needle):
 
 # ------------------------------------------------- float32 over its whole range
 
-@pytest.mark.parametrize("std", [1e-20, 1.0, 1e20, 1e25])
+@pytest.mark.parametrize("std", [1e-20, 1.0, 1e20, 1e25, 3e37])
 def test_float32_gradients_over_the_whole_range(std):
     # every backward within a few float32 ulps of the float64 closed form,
     # where the textbook float32 factors (ivar**2, ivar**3) leave float32's range
@@ -122,8 +122,8 @@ def test_float32_gradients_over_the_whole_range(std):
     import extremes
     errors = extremes.table(stds=(std,))[std]
     for name, err in errors.items():
-        if name.startswith("torch.nn"):
-            continue                      # torch's own, for comparison only
+        if name.startswith("torch.nn") or err is None:
+            continue      # torch's own, for comparison; or values float32 cannot hold
         assert err < 1e-6, (name, err)
 
 

@@ -137,3 +137,19 @@ def test_where_we_differ_from_torch_nn():
     exact = torch.from_numpy(x.double().mean(0).float().numpy())
     assert torch.equal(ours.running_mean, exact)
     assert (ref.running_mean - exact).abs().max() > 0
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("training", [True, False])
+def test_reduced_precision_at_least_as_close_as_torch_nn(dtype, training):
+    # module_db samples, every output and gradient, against the float64
+    # computation rounded to the dtype: ours never further than torch.nn's
+    pytest.importorskip("expecttest", reason="torch's test utilities need expecttest")
+    import pathlib
+    import sys
+    sys.path.insert(0, str(pathlib.Path(__file__).parents[2] / "benchmarks"))
+    import reduced_precision
+    rows = reduced_precision.errors(getattr(torch, dtype), training)
+    assert len(rows) > 20
+    for name, k, ours, theirs in rows:
+        assert ours <= theirs, (name, k, ours, theirs)
