@@ -12,7 +12,7 @@
   ``torch.compile(fullgraph=True)`` traces them and second derivatives
   (``gradgradcheck``, gradient penalties) are exact.
 
-CPU tensors; float32 and float64, float16 and bfloat16 computed in float32.
+CPU tensors; float32 and float64, float16 and bfloat16 computed in float64, rounded once.
 Needs PyTorch (``pip install cybatchnorm[torch]``); ``import cybatchnorm``
 never imports it.
 """

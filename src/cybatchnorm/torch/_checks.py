@@ -57,7 +57,7 @@ def check_batch_norm(
     shard: Any = False,
 ) -> Any:
     """Raise as PyTorch would for ``batch_norm(x, ...)``; return the
-    computation dtype (float32 for float16/bfloat16 input, else x's dtype).
+    computation dtype (float64 for float16/bfloat16 input, else x's dtype).
 
     ``training`` here means "normalize with the batch statistics". A
     ``shard`` of a distributed batch may hold a single value per channel (the
@@ -113,7 +113,7 @@ def check_batch_norm(
             if t is not None and t.dtype != first:
                 raise RuntimeError(f"expected scalar type {scalar_name(first)} but found "
                                    f"{scalar_name(t.dtype)}")
-    return torch.float32 if x.dtype in REDUCED else x.dtype
+    return torch.float64 if x.dtype in REDUCED else x.dtype
 
 
 _MESSAGE = ("cybatchnorm.torch does not support {}: its operators have autograd formulas "
@@ -154,5 +154,5 @@ TORCHSCRIPT = ("cybatchnorm.torch does not support TorchScript ({}): its operato
 def check_not_tracing() -> None:
     """Refuse ``torch.jit.trace`` before anything changes: a trace would
     record the running statistics' update as constants (or fail halfway)."""
-    if torch._C._is_tracing():
+    if not torch.compiler.is_compiling() and torch._C._is_tracing():
         raise NotImplementedError(TORCHSCRIPT.format("torch.jit.trace"))

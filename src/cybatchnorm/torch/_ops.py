@@ -18,7 +18,8 @@ formula:
 Tensors reach the kernels as numpy views of their memory, never copied, as an
 (N, C, S) array (contiguous input) or an (N*S, C, 1) matrix (channels_last
 input); outputs are allocated in the input's memory format. float16 and
-bfloat16 are computed in float32 (one conversion each way). Arguments are
+bfloat16 are computed in float64 (one conversion each way: each value
+rounded once, as close to the exact result as the dtype allows). Arguments are
 checked once, by ``_checks.check_batch_norm``, in the forward operator; the
 backward operators receive what the forward accepted.
 """
@@ -42,7 +43,7 @@ def _threads(num_threads: Any, size: Any) -> int:
 
 
 def _compute_dtype(x: Any) -> torch.dtype:
-    return torch.float32 if x.dtype in REDUCED else x.dtype
+    return torch.float64 if x.dtype in REDUCED else x.dtype
 
 
 def _spatial(t: Any) -> int:
@@ -266,7 +267,7 @@ def _backward_impl(dout: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tens
 
     ``mean`` and ``invstd`` are the forward's; ``training`` false gives the
     eval-mode gradient (statistics constant). dweight and dbias come in the
-    computation dtype (float32 for float16/bfloat16 input).
+    computation dtype (float64 for float16/bfloat16 input).
     """
     cdt = _compute_dtype(x)
     C = x.shape[1]

@@ -50,7 +50,7 @@ def batch_norm(
     Parameters
     ----------
     input : Tensor, shape (N, C, *spatial)
-        CPU; float32 or float64, or float16/bfloat16 (computed in float32).
+        CPU; float32 or float64, or float16/bfloat16 (computed in float64, rounded once).
         Contiguous and channels_last input is read in place, and the output
         keeps its memory format.
     running_mean, running_var : Tensor of shape (C,) or None

@@ -87,7 +87,7 @@ _DOC = """Drop-in for ``torch.nn.{name}`` backed by cybatchnorm's compiled kerne
     results; the forward and its first and second derivatives run
     ``torch.ops.cybatchnorm`` operators, which ``torch.compile`` traces without
     graph breaks. Input: {shapes}, on CPU; float32, float64, or float16 and
-    bfloat16 (computed in float32); contiguous or channels_last.
+    bfloat16 (computed in float64, rounded once); contiguous or channels_last.
 
     Parameters
     ----------
