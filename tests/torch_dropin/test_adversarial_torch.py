@@ -154,3 +154,35 @@ def test_reduced_precision_at_least_as_close_as_torch_nn(dtype, training):
     assert len(rows) > 20
     for name, k, ours, theirs in rows:
         assert ours <= theirs, (name, k, ours, theirs)
+
+
+def _spoilers():
+    yield "running_var of ints", lambda m: setattr(m, "running_var", torch.ones(3, dtype=torch.int64)), None
+    yield "running_mean too long", lambda m: setattr(m, "running_mean", torch.zeros(4)), None
+    yield "weight float64", lambda m: setattr(m, "weight", torch.nn.Parameter(torch.ones(3, dtype=torch.float64))), None
+    yield "one value per channel", None, torch.randn(1, 3)
+    yield "wrong channels", None, torch.randn(4, 2)
+    yield "1-D input", None, torch.randn(3)
+    yield "integer input", None, torch.ones(4, 3, dtype=torch.int64)
+    yield "eps negative", lambda m: setattr(m, "eps", -1.0), None
+
+
+_REFUSED = [(name, spoil, x, training) for name, spoil, x in _spoilers()
+            for training in (True, False)
+            if training or name != "one value per channel"]     # eval takes one row
+
+
+@pytest.mark.parametrize("name, spoil, x, training", _REFUSED,
+                         ids=[f"{r[0]}-{'train' if r[3] else 'eval'}" for r in _REFUSED])
+def test_a_refused_drop_in_forward_changes_nothing(name, spoil, x, training):
+    m = cbt.BatchNorm1d(3).train(training)
+    m(torch.randn(8, 3))                    # some state to keep
+    if spoil is not None:
+        spoil(m)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises((RuntimeError, ValueError, TypeError, IndexError, NotImplementedError)):
+        m(torch.randn(8, 3) if x is None else x)
+    after = m.state_dict()
+    assert list(after) == list(before)
+    for k, v in before.items():
+        assert v.dtype == after[k].dtype and torch.equal(after[k], v), (name, k)
