@@ -81,3 +81,51 @@ def test_cybatchnorm_torch_without_torch_says_what_to_install():
             "else:\n"
             "    raise AssertionError('imported without torch')\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+class _OneRank:
+    """A communicator of one process, for what needs no MPI runtime; counts
+    the collective calls, so a refused forward is seen to make none."""
+    calls = 0
+
+    def Get_size(self):
+        return 1
+
+    def Allgather(self, send, recv):
+        self.calls += 1
+        recv[...] = send
+
+    def Allreduce(self, send, recv, op=None):
+        self.calls += 1
+        recv[...] = send
+
+
+def test_a_refused_sync_forward_changes_nothing_and_communicates_nothing():
+    from cybatchnorm.distributed import SyncBatchNorm
+    comm = _OneRank()
+    layer = SyncBatchNorm(3, comm=comm)
+    x = np.random.default_rng(0).normal(size=(8, 3))
+    layer.forward(x)
+    calls = comm.calls
+    layer.running_var = np.ones(3, np.int64)
+    mean = layer.running_mean.copy()
+    with pytest.raises(TypeError, match="^running_var"):
+        layer.forward(x)
+    assert comm.calls == calls and layer.num_batches_tracked == 1
+    assert np.array_equal(layer.running_mean, mean)
+
+
+def test_sync_running_statistics_equal_the_layer():
+    # one rank: the global statistics are the batch's, so the running ones
+    # must be bitwise BatchNorm's (the same update from the merged m2)
+    import cybatchnorm as bn
+    from cybatchnorm.distributed import SyncBatchNorm
+    for dtype in ("float32", "float64"):
+        sync, ref = SyncBatchNorm(3, dtype=dtype, comm=_OneRank()), bn.BatchNorm(3, dtype=dtype)
+        rng = np.random.default_rng(1)
+        for _ in range(3):
+            x = rng.normal(2.0, 3.0, (16, 3)).astype(dtype)
+            sync.forward(x)
+            ref.forward(x)
+        assert sync.running_mean.tobytes() == ref.running_mean.tobytes()
+        assert sync.running_var.tobytes() == ref.running_var.tobytes()

@@ -67,7 +67,11 @@ class Cache:
     full cache holds them, and keeps). ``sq`` is never kept: its
     backward needs only ``xmu``.
 
-    A Cache is made by the forward pass and cannot be changed afterwards.
+    A Cache is made by the forward pass and cannot be changed afterwards: a
+    backward refuses one whose fields, arrays, per-channel bits or read-only
+    flags changed since (forcing past the guard is seen). It survives
+    ``copy.deepcopy`` and a pickle round trip: the copy is checked
+    (:meth:`check_structure`) and gives the original's gradients, bit for bit.
     """
 
     __slots__ = ("shape", "x_shape", "axis", "dtype", "eps", "mode", "kind", "x", "mu64",
