@@ -186,3 +186,18 @@ def test_a_refused_drop_in_forward_changes_nothing(name, spoil, x, training):
     assert list(after) == list(before)
     for k, v in before.items():
         assert v.dtype == after[k].dtype and torch.equal(after[k], v), (name, k)
+
+
+def test_huge_num_threads_in_the_drop_in_is_capped_not_fatal():
+    # libgomp segfaulted at 65536 threads: every way in caps the count, and
+    # the cap changes no bit
+    x = torch.randn(64, 3, 4, dtype=torch.float64, requires_grad=True)
+    outs = []
+    for nt in (1, 10**6):
+        m = cbt.BatchNorm1d(3, dtype=torch.float64, num_threads=nt)
+        out = m(x)
+        (dx,) = torch.autograd.grad(out, x, torch.ones_like(out))
+        f = cbt.batch_norm(x, None, None, training=True, num_threads=nt)
+        outs.append((out.detach(), dx, f.detach(), m.running_var.clone()))
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
