@@ -278,11 +278,10 @@ def test_channels_last_with_no_channels_is_channels_first_with_none():
     lambda c: object.__setattr__(c, "mode", "eval"),
     lambda c: object.__setattr__(c, "eps", 1.0),
     lambda c: object.__setattr__(c, "kind", "full" if c.kind == "minimal" else "minimal"),
-    lambda c: c.mu.setflags(write=True),
-    lambda c: (c.ivar.setflags(write=True), c.ivar.__setitem__(0, 5.0),
-               c.ivar.setflags(write=False)),
-    lambda c: (c.mu64.setflags(write=True), c.mu64.__setitem__(1, 0.5),
-               c.mu64.setflags(write=False)),
+    lambda c: object.__setattr__(c, "ivar", c.ivar * 2),
+    lambda c: object.__setattr__(c, "mu64", np.array(c.mu64)),
+    lambda c: object.__setattr__(c, "_xhat" if c.kind == "full" else "x",
+                                 np.array(c.xhat if c.kind == "full" else c.x)),
 ])
 @pytest.mark.parametrize("kind", ["full", "minimal"])
 def test_a_cache_changed_after_the_forward_is_refused(spoil, kind):
@@ -291,3 +290,12 @@ def test_a_cache_changed_after_the_forward_is_refused(spoil, kind):
     for fn in (bn.batchnorm_backward, bn.batchnorm_backward_fused):
         with pytest.raises(ValueError, match="^cache: "):
             fn(D, cache)
+
+
+@pytest.mark.parametrize("kind", ["full", "minimal"])
+def test_a_cache_array_cannot_be_made_writable_directly(kind):
+    _, cache = bn.batchnorm_forward(X, G, B, cache=kind)
+    names = ("mu", "var", "sqrtvar", "ivar", "gamma", "beta", "mu64", "ivar64")
+    for name in names + (("xmu", "xhat") if kind == "full" else ()):
+        with pytest.raises(ValueError):
+            getattr(cache, name).setflags(write=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import operator
-import zlib
 from typing import Any, cast
 
 import numpy as np
@@ -27,6 +26,7 @@ _HELD = {False: operator.attrgetter(*CHANNEL, "mu64", "ivar64", "x"),
          True: operator.attrgetter(*CHANNEL, "mu64", "ivar64", "_xmu", "_xhat")}
 _FIELDS = operator.attrgetter("shape", "x_shape", "axis", "dtype", "eps", "mode", "kind")
 _VECTORS = CHANNEL + ("mu64", "ivar64")
+_SLOTS = tuple((n, "_" + n if n in FULL else n) for n in CHANNEL + FULL + ("x", "mu64", "ivar64"))
 
 
 class Cache:
@@ -67,9 +67,13 @@ class Cache:
     full cache holds them, and keeps). ``sq`` is never kept: its
     backward needs only ``xmu``.
 
-    A Cache is made by the forward pass and cannot be changed afterwards: a
-    backward refuses one whose fields, arrays, per-channel bits or read-only
-    flags changed since (forcing past the guard is seen). It survives
+    A Cache is made by the forward pass and cannot be changed afterwards: its
+    arrays are read-only and view read-only arrays, so they cannot be made
+    writable again (``cache.mu.flags.writeable = True`` raises), and a
+    backward refuses a cache whose fields or arrays were replaced since the
+    forward (forced past the guard with ``object.__setattr__``). Only
+    reaching through ``.base`` to the memory could still change it; a
+    minimal cache's ``x`` is the caller's array, which must not change. It survives
     ``copy.deepcopy`` and a pickle round trip: the copy is checked
     (:meth:`check_structure`) and gives the original's gradients, bit for bit.
     """
@@ -99,17 +103,24 @@ class Cache:
     def __init__(self, *, shape: tuple[int, ...], dtype: Any, eps: float, mode: str, kind: str,
                  axis: int = 1, x_shape: tuple[int, ...] | None = None, _owned: bool = False,
                  **arrays: AnyArray | None) -> None:
-        # _owned: the arrays were made for this cache by the forward (only x
-        # may be someone else's), so they are frozen in place instead of
-        # through views, and the cache is sealed: check_cache trusts it
+        # every array is held read-only and views an array that is read-only
+        # too, so its flag cannot be set back (only reaching through .base
+        # could write it). _owned: the forward made the arrays (all but x,
+        # which may be the caller's) and froze the blocks its (C,) rows view
+        # (_engine.forward(frozen=True)): they are frozen in place; others
+        # are held as read-only views. An owned cache is sealed: check_cache
+        # trusts it
         setattr_ = object.__setattr__
-        for name in CHANNEL + FULL + ("x", "mu64", "ivar64"):
+        for name, attr in _SLOTS:
             arr = arrays.get(name)
             if arr is not None:
-                if not _owned or name == "x":
+                if _owned and name != "x":
+                    if name in FULL:
+                        _freeze(arr)      # the (C,) rows came read-only
+                else:
                     arr = arr.view()
-                arr.flags.writeable = False
-            setattr_(self, "_" + name if name in FULL else name, arr)
+                    arr.setflags(write=False)
+            setattr_(self, attr, arr)
         object.__setattr__(self, "shape", tuple(shape))
         object.__setattr__(self, "x_shape", tuple(shape if x_shape is None else x_shape))
         object.__setattr__(self, "axis", axis)
@@ -120,27 +131,18 @@ class Cache:
         object.__setattr__(self, "_sealed", self._fingerprint() if _owned else None)
 
     def _fingerprint(self) -> tuple[Any, ...]:
-        # what the forward made, cheaply: the fields, which arrays the cache
-        # holds and the bits of its (C,) vectors. A sealed cache whose
-        # fingerprint still matches (and whose arrays are still read-only)
-        # needs no check: its arrays agree by construction. The x-size
-        # arrays are not hashed (that would cost a pass over them); their
-        # read-only flag is what guards them
-        held = _HELD[self.kind == "full"](self)
-        return (_FIELDS(self), tuple(map(id, held)),
-                tuple(zlib.crc32(getattr(self, n)) for n in _VECTORS))
+        # what the forward made, cheaply: the fields and which arrays the
+        # cache holds. A sealed cache whose fingerprint still matches (and
+        # whose arrays are still read-only) needs no check: its arrays agree
+        # by construction. Contents are not hashed (that would cost a pass
+        # over them): the frozen bases guard them
+        return (_FIELDS(self), tuple(map(id, _HELD[self.kind == "full"](self))))
 
     def _intact(self) -> bool:
-        """Whether this cache is as the forward made it: sealed, the same
-        fields, arrays and vector bits, and every array still read-only."""
-        if self._sealed is None:
-            return False
-        try:
-            if self._sealed != self._fingerprint():
-                return False
-        except (TypeError, ValueError, AttributeError):   # an array replaced by something else
-            return False
-        return not any(a.flags.writeable for a in _HELD[self.kind == "full"](self))
+        """Whether this cache is as the forward made it: sealed, with the same
+        fields and arrays. Its arrays need no flag check: they cannot be made
+        writable again (their bases are read-only too)."""
+        return self._sealed is not None and self._sealed == self._fingerprint()
 
     def check_structure(self) -> None:
         """Raise ValueError unless the fields and arrays agree with each other
@@ -207,8 +209,9 @@ class Cache:
                                  default_num_threads(x3.size))
         for name in FULL:
             arr = values[name].reshape(self.shape)
-            arr.flags.writeable = False
-            object.__setattr__(self, "_" + name, arr)
+            _freeze(arr)
+            object.__setattr__(self, "_" + name, arr.view())
+            getattr(self, "_" + name).flags.writeable = False
 
     def __repr__(self) -> str:
         last = f", axis=-1, x_shape={self.x_shape}" if self.axis == -1 else ""
@@ -225,11 +228,28 @@ class Cache:
         return sum(a.nbytes for a in arrays)
 
 
+def _freeze(arr: AnyArray) -> None:
+    # read-only, and so is every array it is a view of (a reshape's too):
+    # then no view of it can be made writable again
+    base: Any = arr
+    while isinstance(base, np.ndarray):
+        base.setflags(write=False)
+        base = base.base
+
+
+def _frozen_copy(arr: AnyArray) -> AnyArray:
+    # a copy held through a view of it, both read-only: as the forward's own
+    copy = np.array(arr, copy=True)
+    copy.setflags(write=False)
+    return copy[...]            # a view of a read-only array: read-only
+
+
 def _restore(fields: dict[str, Any], arrays: dict[str, AnyArray | None], sealed: bool) -> Cache:
     # a pickled or copied Cache: fresh arrays, checked, then frozen and (when
     # the original was made by a forward) sealed as the forward seals its own
-    owned: dict[str, Any] = {k: (None if v is None else np.array(v, copy=True))
+    owned: dict[str, Any] = {k: (None if v is None else _frozen_copy(v))
                              for k, v in arrays.items()}
     cache = Cache(**fields, _owned=sealed, **owned)
     cache.check_structure()
     return cache
+

@@ -126,7 +126,8 @@ def _chunks(shape3: Sequence[int], dtype: np.dtype[Any]) -> int:
 
 
 def forward(x3: AnyArray, gamma: AnyArray, beta: AnyArray, eps: float, out3: AnyArray, keep: bool,
-            stats: tuple[AnyArray, AnyArray] | None, nt: int) -> dict[str, AnyArray]:
+            stats: tuple[AnyArray, AnyArray] | None, nt: int,
+            frozen: bool = False) -> dict[str, AnyArray]:
     """The fused forward; returns the node values by name (and ``m2``, the
     float64 sums of squared deviations of the batch statistics: zeros when
     ``stats`` are given).
@@ -134,18 +135,43 @@ def forward(x3: AnyArray, gamma: AnyArray, beta: AnyArray, eps: float, out3: Any
     ``stats`` None computes the batch statistics; otherwise ``(mu, var)``
     (copies the engine may keep) normalize instead. ``keep`` also writes and
     returns ``xmu`` and ``xhat`` (pooled arrays of x's view shape).
+
+    ``frozen`` (what a Cache keeps): the (C,) values, copies of gamma and
+    beta (and of the given stats) included and returned as ``gamma`` and
+    ``beta``, are read-only rows of two blocks made read-only once the
+    kernel has run: no row can be made writable again.
     """
     dt, C = x3.dtype, x3.shape[1]
     xmu = empty(x3.shape, dt) if keep else out3
     xhat = empty(x3.shape, dt) if keep else out3
-    mu, var = (np.empty(C, dt), np.empty(C, dt)) if stats is None else stats
-    sqrtvar, ivar = np.empty(C, dt), np.empty(C, dt)
-    mu64, ivar64, m2 = np.empty(C), np.empty(C), np.zeros(C)
+    if frozen:
+        block, block64 = np.empty((6, C), dt), np.empty((3, C))
+        mu, var, sqrtvar, ivar, g, b = block
+        mu64, ivar64, m2 = block64
+        np.copyto(g, gamma)
+        np.copyto(b, beta)
+        gamma, beta = g, b
+        m2[:] = 0.0
+        if stats is not None:
+            np.copyto(mu, stats[0])
+            np.copyto(var, stats[1])
+    else:
+        mu, var = (np.empty(C, dt), np.empty(C, dt)) if stats is None else stats
+        sqrtvar, ivar = np.empty(C, dt), np.empty(C, dt)
+        mu64, ivar64, m2 = np.empty(C), np.empty(C), np.zeros(C)
     K = _chunks(x3.shape, dt)
     fused.forward(x3, gamma, beta, eps, out3, xmu, xhat, keep, mu, var, sqrtvar, ivar,
                   mu64, ivar64, m2, stats is not None, np.empty((K, C)), np.empty((K, C)),
                   np.empty(C), nt)
     values = dict(mu=mu, var=var, sqrtvar=sqrtvar, ivar=ivar, mu64=mu64, ivar64=ivar64, m2=m2)
+    if frozen:
+        # rows taken again once the blocks are read-only are read-only too
+        block.flags.writeable = False
+        block64.flags.writeable = False
+        mu, var, sqrtvar, ivar, g, b = block
+        mu64, ivar64, m2 = block64
+        values = dict(mu=mu, var=var, sqrtvar=sqrtvar, ivar=ivar, mu64=mu64, ivar64=ivar64,
+                      m2=m2, gamma=g, beta=b)
     if keep:
         values.update(xmu=xmu, xhat=xhat)
     return values
@@ -241,20 +267,16 @@ def update_running_stats(running_mean: AnyArray | None, running_var: AnyArray | 
     product ``(1 - momentum) * running_var``, rounded once; for float64
     everything is float64. Either running array may be None; numpy arrays
     (or CPU tensors' numpy views)."""
-    for run in (running_mean, running_var):
-        if run is None:
-            continue
-        if run.dtype == np.float32:
-            mf = np.float32(momentum)
-            keep = np.float32(1.0) - mf
-            if run is running_mean:
-                new = mf * mean.astype(np.float32) + keep * run
-            else:
-                unbiased = m2.astype(np.float32) / np.float32(count - 1)
-                new = (np.float64(mf) * unbiased.astype(np.float64)
-                       + (keep * run).astype(np.float64)).astype(np.float32)
-        elif run is running_mean:
-            new = momentum * mean.astype(np.float64) + (1.0 - momentum) * run
-        else:
-            new = momentum * (m2 / (count - 1)) + (1.0 - momentum) * run
-        np.copyto(run, new, casting="unsafe")
+    run = running_mean if running_mean is not None else running_var
+    if run is None:
+        return
+    if running_mean is not None and running_var is not None and \
+            running_mean.dtype != running_var.dtype:
+        # two dtypes (a torch module's buffers may differ): one call each
+        update_running_stats(running_mean, None, mean, m2, count, momentum)
+        update_running_stats(None, running_var, mean, m2, count, momentum)
+        return
+    fused.update_running(run if running_mean is None else running_mean,
+                         run if running_var is None else running_var,
+                         np.ascontiguousarray(mean, run.dtype), m2, float(count), momentum,
+                         running_mean is not None, running_var is not None)

@@ -66,3 +66,14 @@ def double_backward(
     dgamma: F64Array,
     n_threads: int,
 ) -> None: ...
+
+def update_running(
+    running_mean: AnyArray,
+    running_var: AnyArray,
+    mean: AnyArray,
+    m2: F64Array,
+    count: float,
+    momentum: float,
+    with_mean: bool,
+    with_var: bool,
+) -> None: ...

@@ -565,3 +565,38 @@ def double_backward(const floating[:, :, ::1] ggx, bint has_ggx,
     for c in prange(C, nogil=True, schedule='static', num_threads=n_threads):
         _double_channel(ggx, has_ggx, dout, x, mu64[c], ivar64[c], gamma[c], ggw[c], ggb[c],
                         batch_stats, ddout, dx, &dgamma[c], c)
+
+
+ctypedef fused running_t:
+    float
+    double
+
+
+def update_running(running_t[:] running_mean, running_t[:] running_var,
+                   const floating[::1] mean, const double[::1] m2, double count,
+                   double momentum, bint with_mean, bint with_var):
+    """PyTorch's CPU update of the running statistics, in place:
+    ``running = momentum * batch + (1 - momentum) * running`` with the
+    unbiased variance ``m2 / (count - 1)``, in its arithmetic
+    (``batch_norm_cpu_update_stats_template``): for float32 statistics the
+    momentum is a float32, the mean's update and ``m2 / (count - 1)`` are
+    float32 operations, ``momentum * unbiased`` is float64, added to the
+    float32 product ``(1 - momentum) * running_var`` and rounded once; for
+    float64 everything is float64. ``mean`` is rounded to the statistics'
+    dtype first, ``m2`` to it before the division (torch keeps both in it)."""
+    cdef Py_ssize_t c, C = mean.shape[0]
+    cdef float mf = <float>momentum, keepf = 1.0 - mf, nf = <float>(count - 1.0)
+    cdef double keep = 1.0 - momentum, n1 = count - 1.0
+    if running_t is float:
+        for c in range(C):
+            if with_mean:
+                running_mean[c] = mf * <float>mean[c] + keepf * running_mean[c]
+            if with_var:
+                running_var[c] = <float>(<double>mf * <double>(<float>m2[c] / nf)
+                                         + <double>(keepf * running_var[c]))
+    else:
+        for c in range(C):
+            if with_mean:
+                running_mean[c] = momentum * <double>mean[c] + keep * running_mean[c]
+            if with_var:
+                running_var[c] = momentum * (m2[c] / n1) + keep * running_var[c]

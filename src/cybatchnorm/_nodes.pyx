@@ -182,9 +182,21 @@ cdef inline void _per_channel_run_d(const floating* x, const double* p,
                                     floating* o, Py_ssize_t nc, Py_ssize_t S,
                                     int op) noexcept nogil:
     # o = x (op) p[channel] for a float64 per-channel gradient p (OP_ADD,
-    # OP_MUL2, OP_ADD_MUL2), computed in float64 and rounded once
+    # OP_MUL2, OP_ADD_MUL2), computed in float64 and rounded once; S == 1
+    # gets its own loops so the compiler vectorizes along the channels
     cdef Py_ssize_t c, s
     cdef double pc
+    if S == 1:
+        if op == OP_ADD:
+            for c in range(nc):
+                o[c] = <floating>(x[c] + p[c])
+        elif op == OP_MUL2:
+            for c in range(nc):
+                o[c] = <floating>(2 * x[c] * p[c])
+        else:
+            for c in range(nc):
+                o[c] = o[c] + <floating>(2 * x[c] * p[c])
+        return
     for c in range(nc):
         pc = p[c]
         if op == OP_ADD:

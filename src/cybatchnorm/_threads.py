@@ -112,12 +112,13 @@ def usable_cpus() -> int:
 CAP_FLOOR = 8
 
 
+@functools.cache
 def thread_cap() -> int:
     """The most threads a call runs: the usable CPUs (:func:`usable_cpus`),
     or ``CAP_FLOOR`` (8) on a machine with fewer. A larger ``num_threads`` is
     accepted and capped (results never depend on the count, so the cap
     changes no bit); OpenMP runtimes crash or exit the process when asked
-    for tens of thousands of threads."""
+    for tens of thousands of threads. Read once per process."""
     return max(CAP_FLOOR, usable_cpus())
 
 

@@ -213,10 +213,10 @@ class ForwardArgs(NamedTuple):
     x_shape: tuple[int, ...]  # x's own shape
     axis: int               # 1, or -1 for channels last
     dtype: np.dtype[Any]
-    gamma: AnyArray         # copies: the cache keeps them
+    gamma: AnyArray         # contiguous, typed (the caller's own when they were)
     beta: AnyArray
     eps: float
-    stats: Optional[tuple[AnyArray, AnyArray]]  # None (batch statistics) or copies of (mean, var)
+    stats: Optional[tuple[AnyArray, AnyArray]]  # None (batch statistics) or (mean, var)
     kind: str               # "full" or "minimal"
     out: Optional[AnyArray]   # the caller's out, or None
     out3: Optional[AnyArray]  # its (N, C, S) view
@@ -263,14 +263,14 @@ def forward_args(x: Any, gamma: Any, beta: Any, eps: Any, *, axis: Any = 1, num_
         check_batch_count(shape)
     C = shape[1]
     given = (x, x3, gamma, beta) + (tuple(stats) if stats is not None else ())
-    gamma = feature("gamma", gamma, C, dt).copy()
-    beta = feature("beta", beta, C, dt).copy()
+    gamma = feature("gamma", gamma, C, dt)      # the engine copies what a cache keeps
+    beta = feature("beta", beta, C, dt)
     eps = check_eps(eps)
     if cache not in KINDS:
         raise ValueError(f"cache: expected 'full' or 'minimal', got {cache!r}")
     if stats is not None:
-        stats = (feature("running_mean", stats[0], C, dt).copy(),
-                 feature("running_var", stats[1], C, dt).copy())
+        stats = (feature("running_mean", stats[0], C, dt),
+                 feature("running_var", stats[1], C, dt))
     nt = check_num_threads(num_threads, x3.size)
     out3 = None
     if out is not None:
@@ -283,9 +283,9 @@ def forward_args(x: Any, gamma: Any, beta: Any, eps: Any, *, axis: Any = 1, num_
 
 def check_cache(cache: Any) -> None:
     """Make sure ``cache`` is a Cache whose arrays agree with each other and,
-    when a forward made it, that nothing in it changed since (its fields, its
-    arrays, the bits of its (C,) vectors, the read-only flags), so a forged or
-    damaged one is refused before a kernel reads it."""
+    when a forward made it, that none of its fields or arrays was replaced
+    since (its arrays cannot be made writable: their bases are read-only),
+    so a forged or damaged one is refused before a kernel reads it."""
     if not isinstance(cache, Cache):
         raise TypeError(
             f"cache: expected the Cache returned by batchnorm_forward, got {type(cache).__name__}"
@@ -294,8 +294,8 @@ def check_cache(cache: Any) -> None:
         return          # made by a forward, untouched: its arrays agree by construction
     cache.check_structure()
     if cache._sealed is not None:
-        raise ValueError("cache: changed since the forward that made it (a field, an array "
-                         "or an array's read-only flag); use the Cache the forward returned")
+        raise ValueError("cache: changed since the forward that made it (a field or an array "
+                         "replaced); use the Cache the forward returned")
 
 
 def backward_args(dout: Any, cache: Any, num_threads: Any,

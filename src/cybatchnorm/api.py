@@ -34,7 +34,8 @@ def run_forward_m2(a: ForwardArgs) -> tuple[AnyArray, Cache, F64Array]:
     batch statistics (what the running variance is updated from)."""
     keep = a.kind == "full"
     out3 = a.out3 if a.out3 is not None else _engine.empty(a.x3.shape, a.dtype)
-    values = _engine.forward(a.x3, a.gamma, a.beta, a.eps, out3, keep, a.stats, a.nt)
+    values = _engine.forward(a.x3, a.gamma, a.beta, a.eps, out3, keep, a.stats, a.nt,
+                             frozen=True)
     if keep:
         values["xmu"] = values["xmu"].reshape(a.shape)
         values["xhat"] = values["xhat"].reshape(a.shape)
@@ -42,7 +43,7 @@ def run_forward_m2(a: ForwardArgs) -> tuple[AnyArray, Cache, F64Array]:
         values["x"] = a.x3.reshape(a.shape)
     cache = Cache(shape=a.shape, dtype=a.dtype, eps=a.eps,
                   mode="train" if a.stats is None else "eval", kind=a.kind, axis=a.axis,
-                  x_shape=a.x_shape, gamma=a.gamma, beta=a.beta, _owned=True, **values)
+                  x_shape=a.x_shape, _owned=True, **values)
     return (a.out if a.out is not None else out3.reshape(a.x_shape)), cache, values["m2"]
 
 
