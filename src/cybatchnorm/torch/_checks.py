@@ -6,7 +6,8 @@ it raises what ``torch.nn.functional.batch_norm`` raises for the same mistake:
 the same exception type and, word for word, the same message (PyTorch's
 Python-level checks first, then those of its CPU kernel, in its order). Only
 shapes, dtypes and devices are read, so the checks also run on the fake tensors
-of ``torch.compile``.
+of ``torch.compile`` and FakeTensorMode and on tensors of device "meta" (whose
+operators only say what shapes and dtypes they would make).
 """
 from typing import Any
 
@@ -78,7 +79,7 @@ def check_batch_norm(
     if x.dtype not in FLOATS + REDUCED:
         raise NotImplementedError(f'"batch_norm" not implemented for \'{scalar_name(x.dtype)}\'')
     for name, t in ((("input", x),) + params):
-        if t is not None and t.device.type != "cpu":
+        if t is not None and t.device.type not in ("cpu", "meta"):
             raise RuntimeError(f"cybatchnorm: {name} is on {t.device}; only CPU tensors are "
                                f"supported (use torch.nn.BatchNorm on other devices)")
     # torch counts no channels in 1-D input: its parameters are checked

@@ -172,7 +172,7 @@ def update_running_stats(
         return
     plain = all(t is None or t.dtype in (torch.float32, torch.float64)
                 for t in (running_mean, running_var))
-    if plain and not torch.compiler.is_compiling():
+    if plain and not dispatcher_visible(running_mean, running_var, mean, m2):
         # the same arithmetic on numpy views: a fraction of the per-call cost
         _engine.update_running_stats(
             None if running_mean is None else running_mean.detach().numpy(),
@@ -437,6 +437,26 @@ class _Eager(torch.autograd.Function):
         return _input_grads(ctx, dout, backward) + (None,) * 6
 
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def dispatcher_visible(*tensors: Any) -> bool:
+    """Whether the registered operators must run instead of the eager path:
+    while compiling, under a torch.func transform, under a torch dispatch
+    or function mode (TorchDispatchMode, FakeTensorMode, FlopCounterMode,
+    ...), while the profiler records, or when a tensor is a subclass
+    (FakeTensor, DTensor, ...) or has no CPU memory (device "meta"). The
+    eager path reads the tensors' memory through numpy, which none of these
+    have or would see."""
+    if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None:
+        return True
+    if (torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled()
+            or torch._C._autograd._profiler_enabled()):
+        return True
+    return any(t is not None and (type(t) not in _PLAIN or t.device.type != "cpu")
+               for t in tensors)
+
+
 def forward(
     x: Any,
     weight: Any,
@@ -450,9 +470,10 @@ def forward(
 ) -> Tensor:
     """Batch norm as the modules and ``batch_norm`` run it: the output, with
     the running statistics updated in training mode. The registered
-    operators run while compiling or under a torch.func transform, the same
-    implementations through :class:`_Eager` otherwise."""
-    if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None:
+    operators run whenever something watches or replaces torch's dispatcher
+    (:func:`dispatcher_visible`), the same implementations through
+    :class:`_Eager` otherwise."""
+    if dispatcher_visible(x, weight, bias, running_mean, running_var):
         out: Tensor
         out, mean, _, m2 = batch_norm_forward(x, weight, bias, running_mean, running_var,
                                               training, eps, num_threads)
