@@ -209,9 +209,8 @@ class Cache:
                                  default_num_threads(x3.size))
         for name in FULL:
             arr = values[name].reshape(self.shape)
-            _freeze(arr)
-            object.__setattr__(self, "_" + name, arr.view())
-            getattr(self, "_" + name).flags.writeable = False
+            _freeze(arr)        # with its bases: it cannot be made writable again
+            object.__setattr__(self, "_" + name, arr)
 
     def __repr__(self) -> str:
         last = f", axis=-1, x_shape={self.x_shape}" if self.axis == -1 else ""

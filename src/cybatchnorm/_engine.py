@@ -163,15 +163,15 @@ def forward(x3: AnyArray, gamma: AnyArray, beta: AnyArray, eps: float, out3: Any
     fused.forward(x3, gamma, beta, eps, out3, xmu, xhat, keep, mu, var, sqrtvar, ivar,
                   mu64, ivar64, m2, stats is not None, np.empty((K, C)), np.empty((K, C)),
                   np.empty(C), nt)
-    values = dict(mu=mu, var=var, sqrtvar=sqrtvar, ivar=ivar, mu64=mu64, ivar64=ivar64, m2=m2)
     if frozen:
         # rows taken again once the blocks are read-only are read-only too
         block.flags.writeable = False
         block64.flags.writeable = False
-        mu, var, sqrtvar, ivar, g, b = block
+        mu, var, sqrtvar, ivar, gamma, beta = block
         mu64, ivar64, m2 = block64
-        values = dict(mu=mu, var=var, sqrtvar=sqrtvar, ivar=ivar, mu64=mu64, ivar64=ivar64,
-                      m2=m2, gamma=g, beta=b)
+    values = dict(mu=mu, var=var, sqrtvar=sqrtvar, ivar=ivar, mu64=mu64, ivar64=ivar64, m2=m2)
+    if frozen:
+        values.update(gamma=gamma, beta=beta)
     if keep:
         values.update(xmu=xmu, xhat=xhat)
     return values

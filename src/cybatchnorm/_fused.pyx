@@ -125,23 +125,22 @@ cdef inline void _normalize_task(const floating[:, :, ::1] x,
                                  floating[:, :, ::1] out,
                                  floating[:, :, ::1] xmu,
                                  floating[:, :, ::1] xhat, bint keep_nodes,
-                                 const float* ab, bint stream, Py_ssize_t r0,
-                                 Py_ssize_t r1, Py_ssize_t c0,
-                                 Py_ssize_t c1) noexcept nogil:
+                                 const float* ab, Py_ssize_t* redo, Py_ssize_t slot,
+                                 bint stream, Py_ssize_t r0, Py_ssize_t r1,
+                                 Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
     # the second forward pass over one task's rows and channels; with
     # ``stream`` (outputs larger than the cache) rows are written with
-    # non-temporal stores, so writing out costs no read of its old contents
+    # non-temporal stores, so writing out costs no read of its old contents.
+    # redo + slot: this task's own c1 - c0 slots of scratch (with ab)
     cdef Py_ssize_t C = x.shape[1], nredo
-    cdef Py_ssize_t* redo
     cdef floating* tmp = NULL
     if stream:
         tmp = <floating*>malloc((c1 - c0) * x.shape[2] * sizeof(floating))
     if floating is float:
         if ab != NULL:
-            redo = <Py_ssize_t*>malloc((c1 - c0) * sizeof(Py_ssize_t))
-            nredo = _flagged(ab + 3 * C, c0, c1, redo)
-            _affine_rows_f32(x, ab, out, r0, r1, c0, c1, tmp, redo, nredo, gamma, beta, m, iv)
-            free(redo)
+            nredo = _flagged(ab + 3 * C, c0, c1, redo + slot)
+            _affine_rows_f32(x, ab, out, r0, r1, c0, c1, tmp, redo + slot, nredo, gamma, beta,
+                             m, iv)
         else:
             normalize_rows(x, gamma, beta, m, iv, out, xmu, xhat, keep_nodes,
                             r0, r1, c0, c1, tmp)
@@ -214,13 +213,19 @@ def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
     cdef Py_ssize_t K = pmean.shape[0], FB = grid_block(N, C, S, sizeof(floating)), t, c
     cdef Task w
     cdef float* ab = NULL
+    cdef Py_ssize_t* redo = NULL
     cdef bint fast = floating is float and not keep_nodes
     cdef bint stream = not keep_nodes and N * C * S * sizeof(floating) > STREAM_BYTES
     if C == 0:
         return
     if fast:
+        # float32 coefficients, and for every (chunk, channel) a slot to list
+        # the channels redone in float64: each task owns its own slots
         ab = <float*>malloc(4 * C * sizeof(float))
-        if ab == NULL:
+        redo = <Py_ssize_t*>malloc(K * C * sizeof(Py_ssize_t))
+        if ab == NULL or redo == NULL:
+            free(ab)
+            free(redo)
             raise MemoryError("forward: no memory for per-channel coefficients")
     with nogil:
         if K == 1:
@@ -237,7 +242,7 @@ def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
                                    sqrtvar, ivar, mu64, ivar64, m2, &shift[0],
                                    &pmean[0, 0], &pm2[0, 0], ab)
                 _normalize_task(x, gamma, beta, mu64, ivar64, out, xmu, xhat, keep_nodes,
-                                ab, stream, 0, N, w.c0, w.c1)
+                                ab, redo, w.c0, stream, 0, N, w.c0, w.c1)
         else:
             if not given_stats:
                 # pass 1: partial statistics of every (chunk, block) task
@@ -251,8 +256,9 @@ def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
             for t in prange(n_tasks(K, C, FB), schedule='static', num_threads=n_threads):
                 w = task_bounds(t, K, N, C, FB)
                 _normalize_task(x, gamma, beta, mu64, ivar64, out, xmu, xhat, keep_nodes,
-                                ab, stream, w.r0, w.r1, w.c0, w.c1)
+                                ab, redo, w.k * C + w.c0, stream, w.r0, w.r1, w.c0, w.c1)
     free(ab)
+    free(redo)
 
 
 # ----------------------------------------------------------------- backward
@@ -401,23 +407,22 @@ cdef inline void _channel_coef(Py_ssize_t c, Py_ssize_t K, Py_ssize_t C,
 cdef inline void _dx_task(const floating[:, :, ::1] dout,
                           const floating[:, :, ::1] src, bint from_x,
                           const double[::1] mu64, const double[::1] ivar64,
-                          const double* coef, const float* afg, bint stream,
-                          floating[:, :, ::1] dx, Py_ssize_t r0, Py_ssize_t r1,
-                          Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+                          const double* coef, const float* afg, Py_ssize_t* redo,
+                          Py_ssize_t slot, bint stream, floating[:, :, ::1] dx,
+                          Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0,
+                          Py_ssize_t c1) noexcept nogil:
     # the second backward pass over one task's rows and channels; with
-    # ``stream`` rows of dx are written with non-temporal stores
+    # ``stream`` rows of dx are written with non-temporal stores. redo +
+    # slot: this task's own c1 - c0 slots of scratch (with afg)
     cdef Py_ssize_t C = dout.shape[1], nredo
-    cdef Py_ssize_t* redo
     cdef floating* tmp = NULL
     if stream:
         tmp = <floating*>malloc((c1 - c0) * dout.shape[2] * sizeof(floating))
     if floating is float:
         if afg != NULL:
-            redo = <Py_ssize_t*>malloc((c1 - c0) * sizeof(Py_ssize_t))
-            nredo = _flagged(afg + 4 * C, c0, c1, redo)
-            _dx_rows_f32(dout, src, afg, dx, r0, r1, c0, c1, tmp, redo, nredo, mu64, ivar64,
-                         coef)
-            free(redo)
+            nredo = _flagged(afg + 4 * C, c0, c1, redo + slot)
+            _dx_rows_f32(dout, src, afg, dx, r0, r1, c0, c1, tmp, redo + slot, nredo, mu64,
+                         ivar64, coef)
         else:
             dx_rows(dout, src, from_x, mu64, ivar64, coef, coef + C, coef + 2 * C, dx,
                      r0, r1, c0, c1, tmp)
@@ -449,13 +454,18 @@ def backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] src,
     cdef Task w
     cdef double M = <double>N * S
     cdef float* afg = NULL
+    cdef Py_ssize_t* redo = NULL
     cdef bint fast = floating is float and from_x
     cdef bint stream = N * C * S * sizeof(floating) > STREAM_BYTES
     if C == 0:
         return
     if fast:
+        # as in forward: float32 coefficients and per-(chunk, channel) slots
         afg = <float*>malloc(5 * C * sizeof(float))
-        if afg == NULL:
+        redo = <Py_ssize_t*>malloc(K * C * sizeof(Py_ssize_t))
+        if afg == NULL or redo == NULL:
+            free(afg)
+            free(redo)
             raise MemoryError("backward: no memory for per-channel coefficients")
     with nogil:
         if K == 1:
@@ -467,8 +477,8 @@ def backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] src,
                 for c in range(w.c0, w.c1):
                     _channel_coef(c, K, C, M, batch_stats, gamma, mu64, ivar64, dgamma, dbeta,
                                   &psum[0, 0], &pdot[0, 0], &coef[0, 0], afg)
-                _dx_task(dout, src, from_x, mu64, ivar64, &coef[0, 0], afg, stream, dx, 0, N,
-                         w.c0, w.c1)
+                _dx_task(dout, src, from_x, mu64, ivar64, &coef[0, 0], afg, redo, w.c0,
+                         stream, dx, 0, N, w.c0, w.c1)
         else:
             # pass 1: partial sums of every (chunk, block) task
             for t in prange(n_tasks(K, C, FB), schedule='static', num_threads=n_threads):
@@ -481,9 +491,10 @@ def backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] src,
             # pass 2: dx
             for t in prange(n_tasks(K, C, FB), schedule='static', num_threads=n_threads):
                 w = task_bounds(t, K, N, C, FB)
-                _dx_task(dout, src, from_x, mu64, ivar64, &coef[0, 0], afg, stream, dx,
-                         w.r0, w.r1, w.c0, w.c1)
+                _dx_task(dout, src, from_x, mu64, ivar64, &coef[0, 0], afg, redo,
+                         w.k * C + w.c0, stream, dx, w.r0, w.r1, w.c0, w.c1)
     free(afg)
+    free(redo)
 
 
 def copy(const floating[::1] src, floating[::1] dst, int n_threads):

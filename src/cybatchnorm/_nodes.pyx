@@ -135,13 +135,21 @@ cdef int _reduce(const floating[:, :, ::1] a, const floating[:, :, ::1] b,
     return 0
 
 
-cdef inline void _per_channel_run(const floating* x, const floating* p,
+# the type of a per-channel operand: x's own (a node value: the operation in
+# x's dtype) or float64 (a per-channel gradient: the operation in float64,
+# rounded once to x's dtype)
+ctypedef fused channel_t:
+    float
+    double
+
+
+cdef inline void _per_channel_run(const floating* x, const channel_t* p,
                                   floating* o, Py_ssize_t nc, Py_ssize_t S,
                                   int op) noexcept nogil:
     # o = x (op) p[channel] over nc channels of one row; S == 1 gets its own
     # loops so the compiler vectorizes along the channels. o may be x itself.
     cdef Py_ssize_t c, s
-    cdef floating pc
+    cdef channel_t pc
     if S == 1:
         if op == OP_ADD:
             for c in range(nc):
@@ -178,53 +186,7 @@ cdef inline void _per_channel_run(const floating* x, const floating* p,
                     o[c * S + s] = o[c * S + s] + <floating>(2 * x[c * S + s] * pc)
 
 
-cdef inline void _per_channel_run_d(const floating* x, const double* p,
-                                    floating* o, Py_ssize_t nc, Py_ssize_t S,
-                                    int op) noexcept nogil:
-    # o = x (op) p[channel] for a float64 per-channel gradient p (OP_ADD,
-    # OP_MUL2, OP_ADD_MUL2), computed in float64 and rounded once; S == 1
-    # gets its own loops so the compiler vectorizes along the channels
-    cdef Py_ssize_t c, s
-    cdef double pc
-    if S == 1:
-        if op == OP_ADD:
-            for c in range(nc):
-                o[c] = <floating>(x[c] + p[c])
-        elif op == OP_MUL2:
-            for c in range(nc):
-                o[c] = <floating>(2 * x[c] * p[c])
-        else:
-            for c in range(nc):
-                o[c] = o[c] + <floating>(2 * x[c] * p[c])
-        return
-    for c in range(nc):
-        pc = p[c]
-        if op == OP_ADD:
-            for s in range(S):
-                o[c * S + s] = <floating>(x[c * S + s] + pc)
-        elif op == OP_MUL2:
-            for s in range(S):
-                o[c * S + s] = <floating>(2 * x[c * S + s] * pc)
-        else:
-            for s in range(S):
-                o[c * S + s] = o[c * S + s] + <floating>(2 * x[c * S + s] * pc)
-
-
-cdef void _per_channel_d(const floating[:, :, ::1] x, const double[::1] p,
-                         floating[:, :, ::1] out, int op,
-                         int n_threads) noexcept nogil:
-    # _per_channel for a float64 p: one task per (row, block of channels)
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
-    cdef Py_ssize_t nb = n_blocks(C, n_threads), t, n, b_, c0, c1
-    for t in prange(N * nb, schedule='static', num_threads=n_threads):
-        n = t // nb
-        b_ = t % nb
-        c0 = block_start(b_, nb, C)
-        c1 = block_start(b_ + 1, nb, C)
-        _per_channel_run_d(&x[n, c0, 0], &p[c0], &out[n, c0, 0], c1 - c0, S, op)
-
-
-cdef void _per_channel(const floating[:, :, ::1] x, const floating[::1] p,
+cdef void _per_channel(const floating[:, :, ::1] x, const channel_t[::1] p,
                        floating[:, :, ::1] out, int op,
                        int n_threads) noexcept nogil:
     # One task per (row, block of channels): every task writes a contiguous
@@ -463,7 +425,7 @@ def sq_backward_channel(const double[::1] dsq, const floating[:, :, ::1] xmu,
     in float64 and rounded once. Only xmu (and dxmu2 when accumulating) is
     read from memory."""
     with nogil:
-        _per_channel_d(xmu, dsq, dxmu2, OP_ADD_MUL2 if accumulate else OP_MUL2, n_threads)
+        _per_channel(xmu, dsq, dxmu2, OP_ADD_MUL2 if accumulate else OP_MUL2, n_threads)
 
 
 def xmu_backward(const floating[:, :, ::1] dxmu, double[::1] dmu,
@@ -510,4 +472,4 @@ def branch_sum_channel(const floating[:, :, ::1] a, const double[::1] b,
     value per channel (mu_backward's dx2), added in float64 and rounded
     once. ``out`` may be ``a`` itself."""
     with nogil:
-        _per_channel_d(a, b, out, OP_ADD, n_threads)
+        _per_channel(a, b, out, OP_ADD, n_threads)

@@ -175,6 +175,20 @@ def check_eps(eps: Any) -> float:
     return e
 
 
+def check_momentum(momentum: Any) -> float | None:
+    """Validate a layer's ``momentum``: a real number in [0, 1] (returned as
+    float) or None (a cumulative average)."""
+    if momentum is None:
+        return None
+    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
+        raise TypeError(
+            f"momentum: expected a number in [0, 1] or None, got {type(momentum).__name__}"
+        )
+    if not 0.0 <= float(momentum) <= 1.0:
+        raise ValueError(f"momentum: expected a number in [0, 1] or None, got {momentum}")
+    return float(momentum)
+
+
 def check_batch_count(shape: Sequence[int]) -> int:
     """Training needs at least two values per feature to have a variance."""
     count = shape[0] * math.prod(shape[2:])
@@ -326,14 +340,7 @@ def layer_args(num_features: Any, eps: Any, momentum: Any, dtype: Any, num_threa
     returned to the caller unchanged once valid)."""
     num_features = int_arg("num_features", num_features, 1, "a positive int")
     eps = check_eps(eps)
-    if momentum is not None:
-        if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
-            raise TypeError(
-                f"momentum: expected a number in [0, 1] or None, got {type(momentum).__name__}"
-            )
-        if not 0.0 <= float(momentum) <= 1.0:
-            raise ValueError(f"momentum: expected a number in [0, 1] or None, got {momentum}")
-        momentum = float(momentum)
+    momentum = check_momentum(momentum)
     try:
         dtype = np.dtype(dtype)
     except TypeError:
@@ -376,15 +383,7 @@ def layer_state(layer: Any) -> float | None:
         layer.num_batches_tracked = int_arg("num_batches_tracked", layer.num_batches_tracked, 0,
                                             "an int >= 0")
     check_eps(layer.eps)
-    momentum: Any = layer.momentum
-    if momentum is not None:
-        if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
-            raise TypeError(f"momentum: expected a number in [0, 1] or None, got "
-                            f"{type(momentum).__name__}")
-        if not 0.0 <= float(momentum) <= 1.0:
-            raise ValueError(f"momentum: expected a number in [0, 1] or None, got {momentum}")
-        return float(momentum)
-    return None
+    return check_momentum(layer.momentum)
 
 
 def state_dict_args(state: Any, affine: bool, track: bool, C: int,

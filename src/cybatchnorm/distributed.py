@@ -27,7 +27,7 @@ from . import _engine
 from ._typing import AnyArray, ArrayLike
 from ._validation import DEFAULT_EPS, full, layer_state
 from .layer import BatchNorm
-from .split import (backward_elementwise, backward_reduce, batch_stats, inverse_std, merge_stats,
+from .split import (backward_elementwise, backward_reduce, batch_stats, inverse_std, merge_m2,
                     normalize)
 
 __all__ = ["SyncBatchNorm"]
@@ -144,11 +144,9 @@ class SyncBatchNorm(BatchNorm):
             send = np.concatenate(([float(count)], mean, m2))
             gathered = np.empty((self.comm.Get_size(), 2 * C + 1))
             self.comm.Allgather(send, gathered)
-            total, gmean, gvar = merge_stats(gathered[:, 0], gathered[:, 1:C + 1],
-                                             gathered[:, C + 1:], num_threads=self.num_threads)
-            # the merged m2 itself (gvar * total is not it to the last bit)
-            gm2 = _engine.merge(gathered[:, 0].copy(), gathered[:, 1:C + 1].copy(),
-                                gathered[:, C + 1:].copy(), 1)[1]
+            total, gmean, gm2 = merge_m2(gathered[:, 0], gathered[:, 1:C + 1],
+                                         gathered[:, C + 1:], num_threads=self.num_threads)
+            gvar = gm2 / total
             if total < 2:
                 raise ValueError(
                     f"x: expected more than 1 value per channel over all processes, got {total}"

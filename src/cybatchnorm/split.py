@@ -140,6 +140,15 @@ def merge_stats(counts: ArrayLike, means: ArrayLike, m2s: ArrayLike, *,
     >>> count, bool(np.allclose(mean, x.mean(0))), bool(np.allclose(var, x.var(0)))
     (5, True, True)
     """
+    total, mean, m2 = merge_m2(counts, means, m2s, num_threads=num_threads)
+    return total, mean, m2 / total
+
+
+def merge_m2(counts: ArrayLike, means: ArrayLike, m2s: ArrayLike, *,
+             num_threads: int | None = None) -> tuple[int, F64Array, F64Array]:
+    """:func:`merge_stats`, returning the merged sums of squared deviations
+    ``m2`` instead of the variance (what the running variance is updated
+    from: ``m2 / count * count`` is not ``m2`` to the last bit)."""
     counts, total = shard_counts(counts)
     P = counts.shape[0]
     means = per_shard("means", means, P)
@@ -147,7 +156,7 @@ def merge_stats(counts: ArrayLike, means: ArrayLike, m2s: ArrayLike, *,
     C = means.shape[1]
     nt = check_num_threads(num_threads, P * C)
     mean, m2 = _engine.merge(counts, means, m2s, nt)
-    return total, mean, m2 / total
+    return total, mean, m2
 
 
 def normalize(x: ArrayLike, mean: ArrayLike, ivar: ArrayLike, gamma: ArrayLike, beta: ArrayLike, *,
