@@ -299,14 +299,14 @@ cdef inline double run_sqdev(const floating* p, double m,
 # rows were measured twice as slow from memory). The rows left over by the
 # quarters are added one by one at the end; the order depends only on r0, r1.
 
-cdef inline void column_stats(const floating[:, :, ::1] x, Py_ssize_t r0,
+cdef inline void column_stats(const floating* x, Py_ssize_t C, Py_ssize_t r0,
                               Py_ssize_t r1, Py_ssize_t c0, Py_ssize_t nc,
                               const double* shift, double* mean,
                               double* m2) noexcept nogil:
     # S == 1: exact two-pass mean and m2 of x - shift over rows [r0, r1) and
     # nc channels from c0; a task's rows are still in cache for the second
     # pass. The loops over channels vectorize.
-    cdef Py_ssize_t C = x.shape[1], q = (r1 - r0) // 4, n, c
+    cdef Py_ssize_t q = (r1 - r0) // 4, n, c
     cdef double cnt = <double>(r1 - r0)
     cdef const floating* p0
     cdef const floating* p1
@@ -317,7 +317,7 @@ cdef inline void column_stats(const floating[:, :, ::1] x, Py_ssize_t r0,
         mean[c] = 0.0
         m2[c] = 0.0
     for n in range(r0, r0 + q):
-        p0 = &x[n, c0, 0]
+        p0 = x + n * C + c0
         p1 = p0 + q * C
         p2 = p1 + q * C
         p3 = p2 + q * C
@@ -325,13 +325,13 @@ cdef inline void column_stats(const floating[:, :, ::1] x, Py_ssize_t r0,
             mean[c] += (((p0[c] - shift[c]) + (p1[c] - shift[c]))
                         + ((p2[c] - shift[c]) + (p3[c] - shift[c])))
     for n in range(r0 + 4 * q, r1):
-        p0 = &x[n, c0, 0]
+        p0 = x + n * C + c0
         for c in range(nc):
             mean[c] += p0[c] - shift[c]
     for c in range(nc):
         mean[c] = mean[c] / cnt
     for n in range(r0, r0 + q):
-        p0 = &x[n, c0, 0]
+        p0 = x + n * C + c0
         p1 = p0 + q * C
         p2 = p1 + q * C
         p3 = p2 + q * C
@@ -342,13 +342,13 @@ cdef inline void column_stats(const floating[:, :, ::1] x, Py_ssize_t r0,
             d3 = (p3[c] - shift[c]) - mean[c]
             m2[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
     for n in range(r0 + 4 * q, r1):
-        p0 = &x[n, c0, 0]
+        p0 = x + n * C + c0
         for c in range(nc):
             d0 = (p0[c] - shift[c]) - mean[c]
             m2[c] += d0 * d0
 
 
-cdef inline void welford_rows(const floating[:, :, ::1] x, Py_ssize_t r0,
+cdef inline void welford_rows(const floating* x, Py_ssize_t C, Py_ssize_t S, Py_ssize_t r0,
                               Py_ssize_t r1, Py_ssize_t c0, Py_ssize_t c1,
                               const double* shift, double* mean,
                               double* m2) noexcept nogil:
@@ -364,19 +364,19 @@ cdef inline void welford_rows(const floating[:, :, ::1] x, Py_ssize_t r0,
     channel's running pair by Chan's formula (Welford's update, run by run).
     Never E[x^2] - E[x]^2, which cancels catastrophically for large means.
     """
-    cdef Py_ssize_t S = x.shape[2], nc = c1 - c0
+    cdef Py_ssize_t nc = c1 - c0
     cdef Py_ssize_t n, c
     cdef const floating* row
     cdef const floating* run
     cdef double inv, d, rm, q, w, K
     if S == 1:
-        column_stats(x, r0, r1, c0, nc, shift, mean, m2)
+        column_stats(x, C, r0, r1, c0, nc, shift, mean, m2)
         return
     for c in range(nc):
         mean[c] = 0.0
         m2[c] = 0.0
     for n in range(r0, r1):
-        row = &x[n, c0, 0]
+        row = x + (n * C + c0) * S
         inv = 1.0 / (n - r0 + 1)
         # merging a run of S into (n - r0) * S values: the new run weighs
         # S / ((n - r0 + 1) S) = inv; the cross term is (n - r0) S * inv
@@ -391,19 +391,18 @@ cdef inline void welford_rows(const floating[:, :, ::1] x, Py_ssize_t r0,
             m2[c] = m2[c] + q + d * d * w
 
 
-cdef inline void stats_pass(const floating[:, :, ::1] x, double* shift,
-                            double* pmean, double* pm2, Py_ssize_t K,
-                            int n_threads) noexcept nogil:
+cdef inline void stats_pass(const floating* x, Py_ssize_t N, Py_ssize_t C,
+                            Py_ssize_t S, double* shift, double* pmean, double* pm2,
+                            Py_ssize_t K, int n_threads) noexcept nogil:
     """Partial shifted mean/m2 of every (chunk, channel) into the (K, C)
     row-major buffers ``pmean``/``pm2``; ``shift`` (C,) is filled here."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
     cdef Py_ssize_t FB = grid_block(N, C, S, sizeof(floating)), t, c
     cdef Task w
     for c in range(C):
-        shift[c] = x[0, c, 0]
+        shift[c] = x[c * S]
     for t in prange(n_tasks(K, C, FB), schedule='static', num_threads=n_threads):
         w = task_bounds(t, K, N, C, FB)
-        welford_rows(x, w.r0, w.r1, w.c0, w.c1, &shift[w.c0], &pmean[w.k * C + w.c0],
+        welford_rows(x, C, S, w.r0, w.r1, w.c0, w.c1, &shift[w.c0], &pmean[w.k * C + w.c0],
                      &pm2[w.k * C + w.c0])
 
 
@@ -425,31 +424,29 @@ cdef inline Moments merge_chunk_stats(Py_ssize_t N, Py_ssize_t S, Py_ssize_t K,
     return r
 
 
-cdef inline void normalize_rows(const floating[:, :, ::1] x,
-                                const floating[::1] gamma,
-                                const floating[::1] beta,
-                                const double[::1] m, const double[::1] iv,
-                                floating[:, :, ::1] out,
-                                floating[:, :, ::1] xmu,
-                                floating[:, :, ::1] xhat, bint keep_nodes,
+cdef inline void normalize_rows(const floating* x, Py_ssize_t C, Py_ssize_t S,
+                                const floating* gamma, const floating* beta,
+                                const double* m, const double* iv,
+                                floating* out, floating* xmu,
+                                floating* xhat, bint keep_nodes,
                                 Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0,
                                 Py_ssize_t c1, floating* tmp) noexcept nogil:
     # out = gamma * ((x - mu) * ivar) + beta in float64, rounded once, over
     # rows [r0, r1) and channels [c0, c1); with keep_nodes also xmu and xhat;
     # with tmp (an L1 buffer of a row's run) rows are streamed out (see
     # stream_copy)
-    cdef Py_ssize_t S = x.shape[2], n, c, s, k
+    cdef Py_ssize_t n, c, s, k
     cdef double d, mc, ic, gc, bc
     cdef const floating* xr
     cdef floating* orow
     cdef floating* mrow = NULL
     cdef floating* hrow = NULL
     for n in range(r0, r1):
-        xr = &x[n, c0, 0]
-        orow = tmp if tmp != NULL else &out[n, c0, 0]
+        xr = x + (n * C + c0) * S
+        orow = tmp if tmp != NULL else out + (n * C + c0) * S
         if keep_nodes:
-            mrow = &xmu[n, c0, 0]
-            hrow = &xhat[n, c0, 0]
+            mrow = xmu + (n * C + c0) * S
+            hrow = xhat + (n * C + c0) * S
         if S == 1:
             if keep_nodes:
                 for c in range(c1 - c0):
@@ -479,28 +476,27 @@ cdef inline void normalize_rows(const floating[:, :, ::1] x,
                         orow[k + s] = <floating>(gc * ((xr[k + s] - mc) * ic) + bc)
         if tmp != NULL:
             # the row went to an L1 buffer; stream it out past the caches
-            stream_copy(&out[n, c0, 0], tmp, (c1 - c0) * S * sizeof(floating))
+            stream_copy(out + (n * C + c0) * S, tmp, (c1 - c0) * S * sizeof(floating))
 
 
-cdef inline void dx_rows(const floating[:, :, ::1] dout,
-                         const floating[:, :, ::1] src, bint from_x,
-                         const double[::1] m, const double[::1] iv,
+cdef inline void dx_rows(const floating* dout, const floating* src, Py_ssize_t C,
+                         Py_ssize_t S, bint from_x, const double* m, const double* iv,
                          const double* A, const double* B,
-                         const double* E, floating[:, :, ::1] dx,
+                         const double* E, floating* dx,
                          Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0,
                          Py_ssize_t c1, floating* tmp) noexcept nogil:
     # dx = A * dout + E * xhat + B, per channel constants, over rows [r0, r1)
     # and channels [c0, c1); xhat is src itself, or (src - m) * iv when
     # from_x; with tmp rows are streamed out (see stream_copy)
-    cdef Py_ssize_t S = dout.shape[2], n, c, s, k
+    cdef Py_ssize_t n, c, s, k
     cdef const floating* gr
     cdef const floating* hr
     cdef floating* dr
     cdef double ac, bc, ec, mc, ic
     for n in range(r0, r1):
-        gr = &dout[n, c0, 0]
-        hr = &src[n, c0, 0]
-        dr = tmp if tmp != NULL else &dx[n, c0, 0]
+        gr = dout + (n * C + c0) * S
+        hr = src + (n * C + c0) * S
+        dr = tmp if tmp != NULL else dx + (n * C + c0) * S
         if S == 1:
             if from_x:
                 for c in range(c1 - c0):
@@ -526,4 +522,4 @@ cdef inline void dx_rows(const floating[:, :, ::1] dout,
                         dr[k + s] = <floating>(ac * gr[k + s] + ec * hr[k + s] + bc)
         if tmp != NULL:
             # the row went to an L1 buffer; stream it out past the caches
-            stream_copy(&dx[n, c0, 0], tmp, (c1 - c0) * S * sizeof(floating))
+            stream_copy(dx + (n * C + c0) * S, tmp, (c1 - c0) * S * sizeof(floating))

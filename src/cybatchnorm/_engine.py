@@ -280,3 +280,14 @@ def update_running_stats(running_mean: AnyArray | None, running_var: AnyArray | 
                          run if running_var is None else running_var,
                          np.ascontiguousarray(mean, run.dtype), m2, float(count), momentum,
                          running_mean is not None, running_var is not None)
+
+
+# ------------------------------------------------- torch tensors' memory
+
+def row_chunks(N: int, C: int, S: int, itemsize: int) -> int:
+    """Row chunks of the kernels' work grid for an (N, C, S) array."""
+    return int(fused.row_chunks(N, C, S, itemsize))
+
+
+forward_tensor = fused.forward_tensor
+backward_tensor = fused.backward_tensor

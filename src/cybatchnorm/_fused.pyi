@@ -77,3 +77,41 @@ def update_running(
     with_mean: bool,
     with_var: bool,
 ) -> None: ...
+
+def forward_tensor(
+    x: int,
+    out: int,
+    N: int,
+    C: int,
+    S: int,
+    f64: bool,
+    gamma: int,
+    beta: int,
+    eps: float,
+    running_mean: int,
+    running_var: int,
+    training: bool,
+    momentum: float,
+    stats: int,
+    counter: int,
+    K: int,
+    n_threads: int,
+) -> None: ...
+
+def backward_tensor(
+    dout: int,
+    x: int,
+    dx: int,
+    N: int,
+    C: int,
+    S: int,
+    f64: bool,
+    mean: int,
+    invstd: int,
+    gamma: int,
+    dgamma: int,
+    dbeta: int,
+    training: bool,
+    K: int,
+    n_threads: int,
+) -> None: ...

@@ -26,8 +26,9 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt, fabs
 from libc.float cimport FLT_MIN, FLT_MAX
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 from libc.stdlib cimport malloc, free
+from libc.stdint cimport int64_t
 
 from cybatchnorm._common cimport (run_sum, run_dot, run_dot_centred, row_chunks as _row_chunks,
                                   grid_block, Task, task_bounds, n_tasks, chunk_sum,
@@ -73,19 +74,19 @@ cdef inline Py_ssize_t _flagged(const float* flags, Py_ssize_t c0, Py_ssize_t c1
     return k
 
 
-cdef inline void _affine_rows_f32(const float[:, :, ::1] x, const float* cf,
-                                  float[:, :, ::1] out, Py_ssize_t r0,
+cdef inline void _affine_rows_f32(const float* x, Py_ssize_t C, Py_ssize_t S, const float* cf,
+                                  float* out, Py_ssize_t r0,
                                   Py_ssize_t r1, Py_ssize_t c0, Py_ssize_t c1,
                                   float* tmp, const Py_ssize_t* redo, Py_ssize_t nredo,
-                                  const float[::1] gamma, const float[::1] beta,
-                                  const double[::1] m, const double[::1] iv) noexcept nogil:
+                                  const float* gamma, const float* beta,
+                                  const double* m, const double* iv) noexcept nogil:
     # out = (x - mh) * a + b in float32: twice the SIMD width of the float64
     # path. cf holds three (C,) rows: a = gamma * ivar, mh = fl(mu) and
     # b = fl(beta - (mu - mh) * a). x - mh is exact for x near mu (Sterbenz),
     # so no digits cancel however far the data sit from zero (x * a +
     # (beta - mu * a) would lose them); the small rest of mu, mu - mh, is
     # folded into b in float64.
-    cdef Py_ssize_t S = x.shape[2], C = x.shape[1], n, c, s, k, j
+    cdef Py_ssize_t n, c, s, k, j
     cdef const float* a = cf
     cdef const float* mh = cf + C
     cdef const float* b = cf + 2 * C
@@ -93,8 +94,8 @@ cdef inline void _affine_rows_f32(const float[:, :, ::1] x, const float* cf,
     cdef float* orow
     cdef float ac, bc, hc
     for n in range(r0, r1):
-        xr = &x[n, c0, 0]
-        orow = tmp if tmp != NULL else &out[n, c0, 0]
+        xr = x + (n * C + c0) * S
+        orow = tmp if tmp != NULL else out + (n * C + c0) * S
         if S == 1:
             for c in range(c1 - c0):
                 orow[c] = (xr[c] - mh[c0 + c]) * a[c0 + c] + b[c0 + c]
@@ -115,16 +116,13 @@ cdef inline void _affine_rows_f32(const float[:, :, ::1] x, const float* cf,
                                       + beta[c0 + c])
         if tmp != NULL:
             # the row went to an L1 buffer; stream it out past the caches
-            stream_copy(&out[n, c0, 0], tmp, (c1 - c0) * S * sizeof(float))
+            stream_copy(out + (n * C + c0) * S, tmp, (c1 - c0) * S * sizeof(float))
 
 
-cdef inline void _normalize_task(const floating[:, :, ::1] x,
-                                 const floating[::1] gamma,
-                                 const floating[::1] beta,
-                                 const double[::1] m, const double[::1] iv,
-                                 floating[:, :, ::1] out,
-                                 floating[:, :, ::1] xmu,
-                                 floating[:, :, ::1] xhat, bint keep_nodes,
+cdef inline void _normalize_task(const floating* x, Py_ssize_t C, Py_ssize_t S,
+                                 const floating* gamma, const floating* beta,
+                                 const double* m, const double* iv,
+                                 floating* out, floating* xmu, floating* xhat, bint keep_nodes,
                                  const float* ab, Py_ssize_t* redo, Py_ssize_t slot,
                                  bint stream, Py_ssize_t r0, Py_ssize_t r1,
                                  Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
@@ -132,21 +130,21 @@ cdef inline void _normalize_task(const floating[:, :, ::1] x,
     # ``stream`` (outputs larger than the cache) rows are written with
     # non-temporal stores, so writing out costs no read of its old contents.
     # redo + slot: this task's own c1 - c0 slots of scratch (with ab)
-    cdef Py_ssize_t C = x.shape[1], nredo
+    cdef Py_ssize_t nredo
     cdef floating* tmp = NULL
     if stream:
-        tmp = <floating*>malloc((c1 - c0) * x.shape[2] * sizeof(floating))
+        tmp = <floating*>malloc((c1 - c0) * S * sizeof(floating))
     if floating is float:
         if ab != NULL:
             nredo = _flagged(ab + 3 * C, c0, c1, redo + slot)
-            _affine_rows_f32(x, ab, out, r0, r1, c0, c1, tmp, redo + slot, nredo, gamma, beta,
-                             m, iv)
+            _affine_rows_f32(x, C, S, ab, out, r0, r1, c0, c1, tmp, redo + slot, nredo, gamma,
+                             beta, m, iv)
         else:
-            normalize_rows(x, gamma, beta, m, iv, out, xmu, xhat, keep_nodes,
-                            r0, r1, c0, c1, tmp)
+            normalize_rows(x, C, S, gamma, beta, m, iv, out, xmu, xhat, keep_nodes,
+                           r0, r1, c0, c1, tmp)
     else:
-        normalize_rows(x, gamma, beta, m, iv, out, xmu, xhat, keep_nodes,
-                        r0, r1, c0, c1, tmp)
+        normalize_rows(x, C, S, gamma, beta, m, iv, out, xmu, xhat, keep_nodes,
+                       r0, r1, c0, c1, tmp)
     if tmp != NULL:
         store_fence()
         free(tmp)
@@ -154,11 +152,10 @@ cdef inline void _normalize_task(const floating[:, :, ::1] x,
 
 cdef inline void _channel_stats(Py_ssize_t c, Py_ssize_t N, Py_ssize_t S,
                                 Py_ssize_t K, Py_ssize_t C, double eps,
-                                bint given_stats, const floating[::1] gamma,
-                                const floating[::1] beta, floating[::1] mu,
-                                floating[::1] var, floating[::1] sqrtvar,
-                                floating[::1] ivar, double[::1] mu64,
-                                double[::1] ivar64, double[::1] m2,
+                                bint given_stats, const floating* gamma,
+                                const floating* beta, floating* mu, floating* var,
+                                floating* sqrtvar, floating* ivar, double* mu64,
+                                double* ivar64, double* m2,
                                 const double* shift, const double* pmean,
                                 const double* pm2, float* ab) noexcept nogil:
     # channel c's statistics from its K partials (Chan, in chunk order) or,
@@ -189,6 +186,69 @@ cdef inline void _channel_stats(Py_ssize_t c, Py_ssize_t N, Py_ssize_t S,
         ab[3 * C + c] = _f32_flag(gamma[c] / sd)
 
 
+cdef int _forward(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                  const floating* gamma, const floating* beta, double eps,
+                  floating* out, floating* xmu, floating* xhat, bint keep_nodes,
+                  floating* mu, floating* var, floating* sqrtvar, floating* ivar,
+                  double* mu64, double* ivar64, double* m2, bint given_stats, double* pmean, double* pm2,
+                  double* shift, Py_ssize_t K, int n_threads) except -1:
+    # the fused forward over raw pointers (the (N, C, S) arrays C-contiguous,
+    # (K, C) partials, (C,) vectors): what ``forward`` and ``forward_tensor``
+    # share, so the two give the same bits by construction. Raises only
+    # MemoryError, before anything is written.
+    cdef Py_ssize_t FB = grid_block(N, C, S, sizeof(floating)), t, c
+    cdef Task w
+    cdef float* ab = NULL
+    cdef Py_ssize_t* redo = NULL
+    cdef bint fast = floating is float and not keep_nodes
+    cdef bint stream = not keep_nodes and N * C * S * sizeof(floating) > STREAM_BYTES
+    if C == 0:
+        return 0
+    if fast:
+        # float32 coefficients, and for every (chunk, channel) a slot to list
+        # the channels redone in float64: each task owns its own slots
+        ab = <float*>malloc(4 * C * sizeof(float))
+        redo = <Py_ssize_t*>malloc(K * C * sizeof(Py_ssize_t))
+        if ab == NULL or redo == NULL:
+            free(ab)
+            free(redo)
+            raise MemoryError("forward: no memory for per-channel coefficients")
+    with nogil:
+        if K == 1:
+            # strips: statistics and normalization of a block in one task
+            for t in prange(n_tasks(1, C, FB), schedule='static', num_threads=n_threads):
+                w = task_bounds(t, 1, N, C, FB)
+                if not given_stats:
+                    for c in range(w.c0, w.c1):
+                        shift[c] = x[c * S]
+                    welford_rows(x, C, S, 0, N, w.c0, w.c1, shift + w.c0, pmean + w.c0,
+                                 pm2 + w.c0)
+                for c in range(w.c0, w.c1):
+                    _channel_stats(c, N, S, K, C, eps, given_stats, gamma, beta, mu, var,
+                                   sqrtvar, ivar, mu64, ivar64, m2,
+                                   shift, pmean, pm2, ab)
+                _normalize_task(x, C, S, gamma, beta, mu64, ivar64, out, xmu, xhat,
+                                keep_nodes, ab, redo, w.c0, stream, 0, N, w.c0, w.c1)
+        else:
+            if not given_stats:
+                # pass 1: partial statistics of every (chunk, block) task
+                stats_pass(x, N, C, S, shift, pmean, pm2, K, n_threads)
+            # merge the chunks in order (Chan), per channel
+            for c in prange(C, schedule='static', num_threads=n_threads):
+                _channel_stats(c, N, S, K, C, eps, given_stats, gamma, beta, mu, var,
+                               sqrtvar, ivar, mu64, ivar64, m2,
+                               shift, pmean, pm2, ab)
+            # pass 2: normalize
+            for t in prange(n_tasks(K, C, FB), schedule='static', num_threads=n_threads):
+                w = task_bounds(t, K, N, C, FB)
+                _normalize_task(x, C, S, gamma, beta, mu64, ivar64, out, xmu, xhat,
+                                keep_nodes, ab, redo, w.k * C + w.c0, stream, w.r0, w.r1,
+                                w.c0, w.c1)
+    free(ab)
+    free(redo)
+    return 0
+
+
 def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
             const floating[::1] beta, double eps, floating[:, :, ::1] out,
             floating[:, :, ::1] xmu, floating[:, :, ::1] xhat,
@@ -209,70 +269,25 @@ def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
     With K == 1 each task owns a strip (all rows of its channels) and
     normalizes it right after reducing it, while it is still in cache.
     """
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
-    cdef Py_ssize_t K = pmean.shape[0], FB = grid_block(N, C, S, sizeof(floating)), t, c
-    cdef Task w
-    cdef float* ab = NULL
-    cdef Py_ssize_t* redo = NULL
-    cdef bint fast = floating is float and not keep_nodes
-    cdef bint stream = not keep_nodes and N * C * S * sizeof(floating) > STREAM_BYTES
-    if C == 0:
+    if x.shape[1] == 0:
         return
-    if fast:
-        # float32 coefficients, and for every (chunk, channel) a slot to list
-        # the channels redone in float64: each task owns its own slots
-        ab = <float*>malloc(4 * C * sizeof(float))
-        redo = <Py_ssize_t*>malloc(K * C * sizeof(Py_ssize_t))
-        if ab == NULL or redo == NULL:
-            free(ab)
-            free(redo)
-            raise MemoryError("forward: no memory for per-channel coefficients")
-    with nogil:
-        if K == 1:
-            # strips: statistics and normalization of a block in one task
-            for t in prange(n_tasks(1, C, FB), schedule='static', num_threads=n_threads):
-                w = task_bounds(t, 1, N, C, FB)
-                if not given_stats:
-                    for c in range(w.c0, w.c1):
-                        shift[c] = x[0, c, 0]
-                    welford_rows(x, 0, N, w.c0, w.c1, &shift[w.c0], &pmean[0, w.c0],
-                                 &pm2[0, w.c0])
-                for c in range(w.c0, w.c1):
-                    _channel_stats(c, N, S, K, C, eps, given_stats, gamma, beta, mu, var,
-                                   sqrtvar, ivar, mu64, ivar64, m2, &shift[0],
-                                   &pmean[0, 0], &pm2[0, 0], ab)
-                _normalize_task(x, gamma, beta, mu64, ivar64, out, xmu, xhat, keep_nodes,
-                                ab, redo, w.c0, stream, 0, N, w.c0, w.c1)
-        else:
-            if not given_stats:
-                # pass 1: partial statistics of every (chunk, block) task
-                stats_pass(x, &shift[0], &pmean[0, 0], &pm2[0, 0], K, n_threads)
-            # merge the chunks in order (Chan), per channel
-            for c in prange(C, schedule='static', num_threads=n_threads):
-                _channel_stats(c, N, S, K, C, eps, given_stats, gamma, beta, mu, var,
-                               sqrtvar, ivar, mu64, ivar64, m2, &shift[0],
-                               &pmean[0, 0], &pm2[0, 0], ab)
-            # pass 2: normalize
-            for t in prange(n_tasks(K, C, FB), schedule='static', num_threads=n_threads):
-                w = task_bounds(t, K, N, C, FB)
-                _normalize_task(x, gamma, beta, mu64, ivar64, out, xmu, xhat, keep_nodes,
-                                ab, redo, w.k * C + w.c0, stream, w.r0, w.r1, w.c0, w.c1)
-    free(ab)
-    free(redo)
+    _forward(&x[0, 0, 0], x.shape[0], x.shape[1], x.shape[2], &gamma[0], &beta[0], eps,
+             &out[0, 0, 0], &xmu[0, 0, 0], &xhat[0, 0, 0], keep_nodes, &mu[0], &var[0],
+             &sqrtvar[0], &ivar[0], &mu64[0], &ivar64[0], &m2[0], given_stats,
+             &pmean[0, 0], &pm2[0, 0], &shift[0], pmean.shape[0], n_threads)
 
 
 # ----------------------------------------------------------------- backward
 
-cdef inline void _sums_rows(const floating[:, :, ::1] dout,
-                            const floating[:, :, ::1] src, bint from_x,
-                            const double[::1] m, const double[::1] iv,
+cdef inline void _sums_rows(const floating* dout, const floating* src, Py_ssize_t C,
+                            Py_ssize_t S, bint from_x, const double* m, const double* iv,
                             Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0,
                             Py_ssize_t c1, double* sd,
                             double* sdx) noexcept nogil:
     # sd = sum(dout), sdx = sum(dout * xhat) over rows [r0, r1); xhat is src
     # itself, or (src - mu) * ivar when src is x (minimal cache). For S == 1,
     # four rows per accumulator update; the loops over channels vectorize.
-    cdef Py_ssize_t C = dout.shape[1], S = dout.shape[2], n, c, s, k, q, Q
+    cdef Py_ssize_t n, c, s, k, q, Q
     cdef const floating* gr
     cdef const floating* hr
     cdef double a0, a1, mc, ic, h0, h1, h2, h3
@@ -284,8 +299,8 @@ cdef inline void _sums_rows(const floating[:, :, ::1] dout,
         q = (r1 - r0) // 4
         Q = q * C
         for n in range(r0, r0 + q):
-            gr = &dout[n, c0, 0]
-            hr = &src[n, c0, 0]
+            gr = dout + n * C + c0
+            hr = src + n * C + c0
             for c in range(c1 - c0):
                 sd[c] += ((<double>gr[c] + gr[Q + c]) + (<double>gr[2 * Q + c] + gr[3 * Q + c]))
             if from_x:
@@ -302,8 +317,8 @@ cdef inline void _sums_rows(const floating[:, :, ::1] dout,
                                + (<double>gr[2 * Q + c] * hr[2 * Q + c]
                                   + <double>gr[3 * Q + c] * hr[3 * Q + c]))
         for n in range(r0 + 4 * q, r1):
-            gr = &dout[n, c0, 0]
-            hr = &src[n, c0, 0]
+            gr = dout + n * C + c0
+            hr = src + n * C + c0
             if from_x:
                 for c in range(c1 - c0):
                     sd[c] += gr[c]
@@ -314,8 +329,8 @@ cdef inline void _sums_rows(const floating[:, :, ::1] dout,
                     sdx[c] += <double>gr[c] * hr[c]
         return
     for n in range(r0, r1):
-        gr = &dout[n, c0, 0]
-        hr = &src[n, c0, 0]
+        gr = dout + (n * C + c0) * S
+        hr = src + (n * C + c0) * S
         for c in range(c1 - c0):
             k = c * S
             sd[c] += run_sum(gr + k, S)
@@ -325,17 +340,16 @@ cdef inline void _sums_rows(const floating[:, :, ::1] dout,
                 sdx[c] += run_dot(gr + k, hr + k, S)
 
 
-cdef inline void _dx_rows_f32(const float[:, :, ::1] dout,
-                              const float[:, :, ::1] x, const float* cf,
-                              float[:, :, ::1] dx, Py_ssize_t r0, Py_ssize_t r1,
+cdef inline void _dx_rows_f32(const float* dout, const float* x, Py_ssize_t C, Py_ssize_t S,
+                              const float* cf, float* dx, Py_ssize_t r0, Py_ssize_t r1,
                               Py_ssize_t c0, Py_ssize_t c1,
                               float* tmp, const Py_ssize_t* redo, Py_ssize_t nredo,
-                              const double[::1] m, const double[::1] iv,
+                              const double* m, const double* iv,
                               const double* coef) noexcept nogil:
     # dx = A * dout + F * (x - mh) + G in float32, with F = E * ivar, mh =
     # fl(mu) as in _affine_rows_f32 (no cancellation) and G = fl(B - F *
     # (mu - mh)) folded in float64; cf holds four (C,) rows: A, F, mh, G
-    cdef Py_ssize_t S = dout.shape[2], C = dout.shape[1], n, c, s, k, j
+    cdef Py_ssize_t n, c, s, k, j
     cdef const float* A = cf
     cdef const float* F = cf + C
     cdef const float* mh = cf + 2 * C
@@ -345,9 +359,9 @@ cdef inline void _dx_rows_f32(const float[:, :, ::1] dout,
     cdef float* dr
     cdef float ac, fc, hc, gc
     for n in range(r0, r1):
-        gr = &dout[n, c0, 0]
-        xr = &x[n, c0, 0]
-        dr = tmp if tmp != NULL else &dx[n, c0, 0]
+        gr = dout + (n * C + c0) * S
+        xr = x + (n * C + c0) * S
+        dr = tmp if tmp != NULL else dx + (n * C + c0) * S
         if S == 1:
             for c in range(c1 - c0):
                 dr[c] = A[c0 + c] * gr[c] + F[c0 + c] * (xr[c] - mh[c0 + c]) + G[c0 + c]
@@ -371,14 +385,14 @@ cdef inline void _dx_rows_f32(const float[:, :, ::1] dout,
                                     + coef[C + c0 + c])
         if tmp != NULL:
             # the row went to an L1 buffer; stream it out past the caches
-            stream_copy(&dx[n, c0, 0], tmp, (c1 - c0) * S * sizeof(float))
+            stream_copy(dx + (n * C + c0) * S, tmp, (c1 - c0) * S * sizeof(float))
 
 
 cdef inline void _channel_coef(Py_ssize_t c, Py_ssize_t K, Py_ssize_t C,
                                double M, bint batch_stats,
-                               const floating[::1] gamma, const double[::1] mu64,
-                               const double[::1] ivar64, floating[::1] dgamma,
-                               floating[::1] dbeta, const double* psum,
+                               const floating* gamma, const double* mu64,
+                               const double* ivar64, floating* dgamma,
+                               floating* dbeta, const double* psum,
                                const double* pdot, double* coef,
                                float* afg) noexcept nogil:
     # merge channel c's K partial sums in chunk order; dx = A * dout + E * xhat + B
@@ -404,34 +418,90 @@ cdef inline void _channel_coef(Py_ssize_t c, Py_ssize_t K, Py_ssize_t C,
         afg[4 * C + c] = _f32_flag(a) + _f32_flag(coef[2 * C + c] * ivar64[c])
 
 
-cdef inline void _dx_task(const floating[:, :, ::1] dout,
-                          const floating[:, :, ::1] src, bint from_x,
-                          const double[::1] mu64, const double[::1] ivar64,
+cdef inline void _dx_task(const floating* dout, const floating* src, Py_ssize_t C,
+                          Py_ssize_t S, bint from_x,
+                          const double* mu64, const double* ivar64,
                           const double* coef, const float* afg, Py_ssize_t* redo,
-                          Py_ssize_t slot, bint stream, floating[:, :, ::1] dx,
+                          Py_ssize_t slot, bint stream, floating* dx,
                           Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0,
                           Py_ssize_t c1) noexcept nogil:
     # the second backward pass over one task's rows and channels; with
     # ``stream`` rows of dx are written with non-temporal stores. redo +
     # slot: this task's own c1 - c0 slots of scratch (with afg)
-    cdef Py_ssize_t C = dout.shape[1], nredo
+    cdef Py_ssize_t nredo
     cdef floating* tmp = NULL
     if stream:
-        tmp = <floating*>malloc((c1 - c0) * dout.shape[2] * sizeof(floating))
+        tmp = <floating*>malloc((c1 - c0) * S * sizeof(floating))
     if floating is float:
         if afg != NULL:
             nredo = _flagged(afg + 4 * C, c0, c1, redo + slot)
-            _dx_rows_f32(dout, src, afg, dx, r0, r1, c0, c1, tmp, redo + slot, nredo, mu64,
-                         ivar64, coef)
+            _dx_rows_f32(dout, src, C, S, afg, dx, r0, r1, c0, c1, tmp, redo + slot, nredo,
+                         mu64, ivar64, coef)
         else:
-            dx_rows(dout, src, from_x, mu64, ivar64, coef, coef + C, coef + 2 * C, dx,
-                     r0, r1, c0, c1, tmp)
+            dx_rows(dout, src, C, S, from_x, mu64, ivar64, coef, coef + C, coef + 2 * C, dx,
+                    r0, r1, c0, c1, tmp)
     else:
-        dx_rows(dout, src, from_x, mu64, ivar64, coef, coef + C, coef + 2 * C, dx,
-                 r0, r1, c0, c1, tmp)
+        dx_rows(dout, src, C, S, from_x, mu64, ivar64, coef, coef + C, coef + 2 * C, dx,
+                r0, r1, c0, c1, tmp)
     if tmp != NULL:
         store_fence()
         free(tmp)
+
+
+cdef int _backward(const floating* dout, const floating* src, Py_ssize_t N, Py_ssize_t C,
+                   Py_ssize_t S, bint from_x, const double* mu64, const double* ivar64,
+                   const floating* gamma, floating* dx, floating* dgamma, floating* dbeta,
+                   bint batch_stats, double* psum, double* pdot, double* coef,
+                   Py_ssize_t K, int n_threads) except -1:
+    # the closed-form backward over raw pointers: what ``backward`` and
+    # ``backward_tensor`` share. Raises only MemoryError, before anything is
+    # written.
+    cdef Py_ssize_t FB = grid_block(N, C, S, sizeof(floating)), t, c
+    cdef Task w
+    cdef double M = <double>N * S
+    cdef float* afg = NULL
+    cdef Py_ssize_t* redo = NULL
+    cdef bint fast = floating is float and from_x
+    cdef bint stream = N * C * S * sizeof(floating) > STREAM_BYTES
+    if C == 0:
+        return 0
+    if fast:
+        # as in forward: float32 coefficients and per-(chunk, channel) slots
+        afg = <float*>malloc(5 * C * sizeof(float))
+        redo = <Py_ssize_t*>malloc(K * C * sizeof(Py_ssize_t))
+        if afg == NULL or redo == NULL:
+            free(afg)
+            free(redo)
+            raise MemoryError("backward: no memory for per-channel coefficients")
+    with nogil:
+        if K == 1:
+            # strips: sums, coefficients and dx of a block in one task
+            for t in prange(n_tasks(1, C, FB), schedule='static', num_threads=n_threads):
+                w = task_bounds(t, 1, N, C, FB)
+                _sums_rows(dout, src, C, S, from_x, mu64, ivar64, 0, N, w.c0, w.c1,
+                           psum + w.c0, pdot + w.c0)
+                for c in range(w.c0, w.c1):
+                    _channel_coef(c, K, C, M, batch_stats, gamma, mu64, ivar64, dgamma, dbeta,
+                                  psum, pdot, coef, afg)
+                _dx_task(dout, src, C, S, from_x, mu64, ivar64, coef, afg, redo, w.c0,
+                         stream, dx, 0, N, w.c0, w.c1)
+        else:
+            # pass 1: partial sums of every (chunk, block) task
+            for t in prange(n_tasks(K, C, FB), schedule='static', num_threads=n_threads):
+                w = task_bounds(t, K, N, C, FB)
+                _sums_rows(dout, src, C, S, from_x, mu64, ivar64, w.r0, w.r1, w.c0, w.c1,
+                           psum + w.k * C + w.c0, pdot + w.k * C + w.c0)
+            for c in prange(C, schedule='static', num_threads=n_threads):
+                _channel_coef(c, K, C, M, batch_stats, gamma, mu64, ivar64, dgamma, dbeta,
+                              psum, pdot, coef, afg)
+            # pass 2: dx
+            for t in prange(n_tasks(K, C, FB), schedule='static', num_threads=n_threads):
+                w = task_bounds(t, K, N, C, FB)
+                _dx_task(dout, src, C, S, from_x, mu64, ivar64, coef, afg, redo,
+                         w.k * C + w.c0, stream, dx, w.r0, w.r1, w.c0, w.c1)
+    free(afg)
+    free(redo)
+    return 0
 
 
 def backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] src,
@@ -449,52 +519,11 @@ def backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] src,
     K == 1 each task owns a strip and writes its dx right after reducing it,
     while dout and src are still in cache.
     """
-    cdef Py_ssize_t N = dout.shape[0], C = dout.shape[1], S = dout.shape[2]
-    cdef Py_ssize_t K = psum.shape[0], FB = grid_block(N, C, S, sizeof(floating)), t, c
-    cdef Task w
-    cdef double M = <double>N * S
-    cdef float* afg = NULL
-    cdef Py_ssize_t* redo = NULL
-    cdef bint fast = floating is float and from_x
-    cdef bint stream = N * C * S * sizeof(floating) > STREAM_BYTES
-    if C == 0:
+    if dout.shape[1] == 0:
         return
-    if fast:
-        # as in forward: float32 coefficients and per-(chunk, channel) slots
-        afg = <float*>malloc(5 * C * sizeof(float))
-        redo = <Py_ssize_t*>malloc(K * C * sizeof(Py_ssize_t))
-        if afg == NULL or redo == NULL:
-            free(afg)
-            free(redo)
-            raise MemoryError("backward: no memory for per-channel coefficients")
-    with nogil:
-        if K == 1:
-            # strips: sums, coefficients and dx of a block in one task
-            for t in prange(n_tasks(1, C, FB), schedule='static', num_threads=n_threads):
-                w = task_bounds(t, 1, N, C, FB)
-                _sums_rows(dout, src, from_x, mu64, ivar64, 0, N, w.c0, w.c1,
-                           &psum[0, w.c0], &pdot[0, w.c0])
-                for c in range(w.c0, w.c1):
-                    _channel_coef(c, K, C, M, batch_stats, gamma, mu64, ivar64, dgamma, dbeta,
-                                  &psum[0, 0], &pdot[0, 0], &coef[0, 0], afg)
-                _dx_task(dout, src, from_x, mu64, ivar64, &coef[0, 0], afg, redo, w.c0,
-                         stream, dx, 0, N, w.c0, w.c1)
-        else:
-            # pass 1: partial sums of every (chunk, block) task
-            for t in prange(n_tasks(K, C, FB), schedule='static', num_threads=n_threads):
-                w = task_bounds(t, K, N, C, FB)
-                _sums_rows(dout, src, from_x, mu64, ivar64, w.r0, w.r1, w.c0, w.c1,
-                           &psum[w.k, w.c0], &pdot[w.k, w.c0])
-            for c in prange(C, schedule='static', num_threads=n_threads):
-                _channel_coef(c, K, C, M, batch_stats, gamma, mu64, ivar64, dgamma, dbeta,
-                              &psum[0, 0], &pdot[0, 0], &coef[0, 0], afg)
-            # pass 2: dx
-            for t in prange(n_tasks(K, C, FB), schedule='static', num_threads=n_threads):
-                w = task_bounds(t, K, N, C, FB)
-                _dx_task(dout, src, from_x, mu64, ivar64, &coef[0, 0], afg, redo,
-                         w.k * C + w.c0, stream, dx, w.r0, w.r1, w.c0, w.c1)
-    free(afg)
-    free(redo)
+    _backward(&dout[0, 0, 0], &src[0, 0, 0], dout.shape[0], dout.shape[1], dout.shape[2],
+              from_x, &mu64[0], &ivar64[0], &gamma[0], &dx[0, 0, 0], &dgamma[0], &dbeta[0],
+              batch_stats, &psum[0, 0], &pdot[0, 0], &coef[0, 0], psum.shape[0], n_threads)
 
 
 def copy(const floating[::1] src, floating[::1] dst, int n_threads):
@@ -611,3 +640,149 @@ def update_running(running_t[:] running_mean, running_t[:] running_var,
                 running_mean[c] = momentum * <double>mean[c] + keep * running_mean[c]
             if with_var:
                 running_var[c] = momentum * (m2[c] / n1) + keep * running_var[c]
+
+
+# ----------------------------------------------------- torch tensors' memory
+
+cdef inline void _update_running_same(floating* rm, floating* rv, const double* mean,
+                                      const double* m2, Py_ssize_t C, double count,
+                                      double momentum) noexcept nogil:
+    # update_running's arithmetic for running statistics of the data's dtype,
+    # the mean read in float64 and rounded once (as update_running's caller
+    # rounds it); either pointer may be NULL
+    cdef Py_ssize_t c
+    cdef float mf = <float>momentum, keepf = 1.0 - mf, nf = <float>(count - 1.0)
+    cdef double keep = 1.0 - momentum, n1 = count - 1.0
+    for c in range(C):
+        if floating is float:
+            if rm != NULL:
+                rm[c] = mf * <float>mean[c] + keepf * rm[c]
+            if rv != NULL:
+                rv[c] = <float>(<double>mf * <double>(<float>m2[c] / nf) + <double>(keepf * rv[c]))
+        else:
+            if rm != NULL:
+                rm[c] = momentum * mean[c] + keep * rm[c]
+            if rv != NULL:
+                rv[c] = momentum * (m2[c] / n1) + keep * rv[c]
+
+
+cdef int _forward_at(const floating* x, floating* out, Py_ssize_t N, Py_ssize_t C,
+                     Py_ssize_t S, const floating* gamma, const floating* beta, double eps,
+                     floating* running_mean, floating* running_var, bint training,
+                     double momentum, double* stats, Py_ssize_t K, int n_threads) except -1:
+    # forward_tensor for one dtype: scratch in one block, the defaults of a
+    # missing gamma/beta there too, then _forward and the running update
+    cdef Py_ssize_t c
+    cdef double* work = <double*>malloc((2 * K + 1) * C * sizeof(double))
+    cdef floating* vals = <floating*>malloc(6 * C * sizeof(floating))
+    cdef floating* mu = vals
+    cdef floating* var = vals + C
+    if work == NULL or vals == NULL:
+        free(work)
+        free(vals)
+        raise MemoryError("forward_tensor: no memory for partial statistics")
+    if gamma == NULL or beta == NULL:
+        for c in range(C):
+            vals[4 * C + c] = 1.0
+            vals[5 * C + c] = 0.0
+        if gamma == NULL:
+            gamma = vals + 4 * C
+        if beta == NULL:
+            beta = vals + 5 * C
+    if not training:
+        mu, var = running_mean, running_var
+        memset(stats + 2 * C, 0, C * sizeof(double))
+    try:
+        _forward(x, N, C, S, gamma, beta, eps, out, out, out, False, mu, var,
+                 vals + 2 * C, vals + 3 * C, stats, stats + C, stats + 2 * C, not training,
+                 work, work + K * C, work + 2 * K * C, K, n_threads)
+        if training and (running_mean != NULL or running_var != NULL):
+            _update_running_same(running_mean, running_var, stats, stats + 2 * C, C,
+                                 <double>N * S, momentum)
+    finally:
+        free(work)
+        free(vals)
+    return 0
+
+
+def forward_tensor(size_t x, size_t out, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                   bint f64, size_t gamma, size_t beta, double eps, size_t running_mean,
+                   size_t running_var, bint training, double momentum, size_t stats,
+                   size_t counter, Py_ssize_t K, int n_threads):
+    """The fused forward over the memory of torch tensors, given as addresses
+    (``Tensor.data_ptr()``): the PyTorch drop-in's one compiled call per
+    forward. The caller checked everything (the drop-in's plan): ``x`` and
+    ``out`` hold N*C*S values of one dtype (float64 if ``f64``, else float32)
+    in (N, C, S) order (a channels-last tensor is (N*S, C, 1)); ``gamma``,
+    ``beta``, ``running_mean``, ``running_var`` (C,) contiguous of the same
+    dtype or 0 (absent: gamma ones, beta zeros); ``stats`` a contiguous (3,
+    C) float64 block that receives the mean, the inverse standard deviation
+    and m2 (zeros in eval mode) that ``forward`` computes, bit for bit.
+    Training (``training``) normalizes with the batch statistics and then
+    updates the given running statistics in place as ``update_running``
+    does, with ``momentum``; eval mode normalizes with them. ``K`` is
+    ``row_chunks(N, C, S, itemsize)``. ``counter``, when not 0, is an int64
+    (a module's ``num_batches_tracked``) incremented once the call succeeded.
+    Nothing is written before the only failure (MemoryError for the
+    scratch)."""
+    if C == 0 or N * S == 0:
+        return
+    if f64:
+        _forward_at(<const double*>x, <double*>out, N, C, S, <const double*>gamma,
+                    <const double*>beta, eps, <double*>running_mean, <double*>running_var,
+                    training, momentum, <double*>stats, K, n_threads)
+    else:
+        _forward_at(<const float*>x, <float*>out, N, C, S, <const float*>gamma,
+                    <const float*>beta, eps, <float*>running_mean, <float*>running_var,
+                    training, momentum, <double*>stats, K, n_threads)
+    if counter != 0:
+        (<int64_t*>counter)[0] += 1
+
+
+cdef int _backward_at(const floating* dout, const floating* x, floating* dx, Py_ssize_t N,
+                      Py_ssize_t C, Py_ssize_t S, const double* mean, const double* invstd,
+                      const floating* gamma, floating* dgamma, floating* dbeta,
+                      bint training, Py_ssize_t K, int n_threads) except -1:
+    # backward_tensor for one dtype: scratch and a missing gamma's ones in one block
+    cdef Py_ssize_t c
+    cdef double* work = <double*>malloc((2 * K + 3) * C * sizeof(double))
+    cdef floating* ones = NULL
+    if work == NULL:
+        raise MemoryError("backward_tensor: no memory for partial sums")
+    if gamma == NULL:
+        ones = <floating*>malloc(C * sizeof(floating))
+        if ones == NULL:
+            free(work)
+            raise MemoryError("backward_tensor: no memory for partial sums")
+        for c in range(C):
+            ones[c] = 1.0
+        gamma = ones
+    try:
+        _backward(dout, x, N, C, S, True, mean, invstd, gamma, dx, dgamma, dbeta, training,
+                  work, work + K * C, work + 2 * K * C, K, n_threads)
+    finally:
+        free(work)
+        free(ones)
+    return 0
+
+
+def backward_tensor(size_t dout, size_t x, size_t dx, Py_ssize_t N, Py_ssize_t C,
+                    Py_ssize_t S, bint f64, size_t mean, size_t invstd, size_t gamma,
+                    size_t dgamma, size_t dbeta, bint training, Py_ssize_t K, int n_threads):
+    """The closed-form backward (``backward`` with ``from_x``) over the
+    memory of torch tensors given as addresses: the drop-in's one compiled
+    call per backward. ``dout``, ``x``, ``dx`` hold N*C*S values of one dtype
+    in (N, C, S) order; ``mean``, ``invstd`` the forward's (C,) float64
+    statistics; ``gamma`` (C,) or 0 (ones); ``dgamma`` and ``dbeta``
+    contiguous (C,) of the dtype receive the parameters' gradients. ``training`` false
+    gives the eval-mode gradient."""
+    if C == 0 or N * S == 0:
+        return
+    if f64:
+        _backward_at(<const double*>dout, <const double*>x, <double*>dx, N, C, S,
+                     <const double*>mean, <const double*>invstd, <const double*>gamma,
+                     <double*>dgamma, <double*>dbeta, training, K, n_threads)
+    else:
+        _backward_at(<const float*>dout, <const float*>x, <float*>dx, N, C, S,
+                     <const double*>mean, <const double*>invstd, <const float*>gamma,
+                     <float*>dgamma, <float*>dbeta, training, K, n_threads)

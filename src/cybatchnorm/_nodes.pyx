@@ -227,7 +227,7 @@ def mu_forward(const floating[:, :, ::1] x, floating[::1] mu, int n_threads):
     if buf == NULL:
         raise MemoryError("mu_forward: no memory for partial statistics")
     with nogil:
-        stats_pass(x, buf, buf + C, buf + C + K * C, K, n_threads)
+        stats_pass(&x[0, 0, 0], N, C, S, buf, buf + C, buf + C + K * C, K, n_threads)
         for c in prange(C, schedule='static', num_threads=n_threads):
             mu[c] = <floating>merge_chunk_stats(N, S, K, C, c, buf, buf + C,
                                                 buf + C + K * C).mean

@@ -58,7 +58,7 @@ def batch_stats(const floating[:, :, ::1] x, double[::1] mean, double[::1] m2,
     if C == 0:
         return
     with nogil:
-        stats_pass(x, &shift[0], &pmean[0, 0], &pm2[0, 0], K, n_threads)
+        stats_pass(&x[0, 0, 0], N, C, S, &shift[0], &pmean[0, 0], &pm2[0, 0], K, n_threads)
         for c in prange(C, schedule='static', num_threads=n_threads):
             r = merge_chunk_stats(N, S, K, C, c, &shift[0], &pmean[0, 0], &pm2[0, 0])
             mean[c] = r.mean
@@ -108,7 +108,8 @@ def normalize(const floating[:, :, ::1] x, const double[::1] mean,
     cdef Task w
     for t in prange(n_tasks(K, C, FB), nogil=True, schedule='static', num_threads=n_threads):
         w = task_bounds(t, K, N, C, FB)
-        normalize_rows(x, gamma, beta, mean, ivar, out, out, out, False,
+        normalize_rows(&x[0, 0, 0], C, S, &gamma[0], &beta[0], &mean[0], &ivar[0], &out[0, 0, 0],
+                       &out[0, 0, 0], &out[0, 0, 0], False,
                        w.r0, w.r1, w.c0, w.c1, NULL)
 
 
@@ -193,5 +194,6 @@ def backward_elementwise(const floating[:, :, ::1] dout,
             coef[2, c] = -a * (sum_dout_xmu[c] * ivar[c]) / count
         for t in prange(n_tasks(K, C, FB), schedule='static', num_threads=n_threads):
             w = task_bounds(t, K, N, C, FB)
-            dx_rows(dout, x, True, mean, ivar, &coef[0, 0], &coef[1, 0], &coef[2, 0], dx,
+            dx_rows(&dout[0, 0, 0], &x[0, 0, 0], C, S, True, &mean[0], &ivar[0], &coef[0, 0],
+                    &coef[1, 0], &coef[2, 0], &dx[0, 0, 0],
                     w.r0, w.r1, w.c0, w.c1, NULL)

@@ -13,13 +13,33 @@ The pool holds at most :func:`set_pool_limit` bytes (256 MiB by default;
 the oldest buffers are freed first) and nothing else: numpy's allocator and
 malloc's settings are not touched, and arrays made by anyone else never
 enter it. :func:`release_pool` hands everything it holds back to the system.
+
+The PyTorch drop-in (``cybatchnorm.torch``) pools its large ``out`` and
+``dx`` tensors the same way under the same limit: ordinary tensors over
+storages it lends again only once nothing else holds them (see
+``cybatchnorm.torch._outputs``); :func:`set_pool_limit` and
+:func:`release_pool` apply to it too, and :func:`pool_info` counts only the
+numpy pool.
 """
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from . import _engine
 from ._validation import pool_bytes
 
 __all__ = ["pool_info", "release_pool", "set_pool_limit"]
+
+# other pools that follow the same limit and release (the PyTorch drop-in's
+# pool of output tensors registers itself when cybatchnorm.torch is imported)
+_PEERS: list[tuple[Callable[[], int], Callable[[int], None]]] = []
+
+
+def register_pool(release: Callable[[], int], on_limit: Callable[[int], None]) -> None:
+    """Make another pool follow this one: ``release()`` (returning the bytes
+    freed) runs in :func:`release_pool`, ``on_limit(nbytes)`` in
+    :func:`set_pool_limit`."""
+    _PEERS.append((release, on_limit))
 
 
 def set_pool_limit(nbytes: int) -> int:
@@ -44,7 +64,11 @@ def set_pool_limit(nbytes: int) -> int:
     67108864
     >>> _ = bn.set_pool_limit(old)
     """
-    return _engine.pool_set_limit(pool_bytes(nbytes))
+    limit = pool_bytes(nbytes)
+    old = _engine.pool_set_limit(limit)
+    for _, on_limit in _PEERS:
+        on_limit(limit)
+    return old
 
 
 def release_pool() -> int:
@@ -60,7 +84,7 @@ def release_pool() -> int:
     >>> bn.pool_info()["held"]
     0
     """
-    return _engine.pool_release()
+    return _engine.pool_release() + sum(release() for release, _ in _PEERS)
 
 
 def pool_info() -> dict[str, int]:

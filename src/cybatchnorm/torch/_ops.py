@@ -31,8 +31,9 @@ import torch
 from torch import Tensor
 
 from .. import _engine
+from . import _outputs
 from .._validation import check_num_threads
-from ._checks import REDUCED, check_batch_norm
+from ._checks import REDUCED, check_batch_norm, check_not_tracing, check_transforms
 
 _F64 = torch.float64
 
@@ -453,8 +454,137 @@ def dispatcher_visible(*tensors: Any) -> bool:
     if (torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled()
             or torch._C._autograd._profiler_enabled()):
         return True
-    return any(t is not None and (type(t) not in _PLAIN or t.device.type != "cpu")
-               for t in tensors)
+    for t in tensors:
+        # is_cpu is false for meta and every other device (a cheap attribute)
+        if t is not None and (type(t) not in _PLAIN or not t.is_cpu):
+            return True
+    return False
+
+
+# ------------------------------------------------------------ the fast path
+
+class _Plan:
+    """What one input geometry decides, once: whether the compiled entries
+    can take the tensors' memory as it is (float32/float64 input dense in
+    a layout the kernels read, parameters of its dtype and contiguous), the
+    kernels' (N, C, S) view, the work grid and the thread count. The
+    arguments were checked (``check_batch_norm``) before a plan is made, and
+    a plan is looked up by everything that check reads."""
+
+    __slots__ = ("fast", "N", "C", "S", "f64", "K", "threads", "omp", "ncs",
+                 "shape", "stride", "dtype", "nbytes", "small", "stats", "grad")
+
+    def __init__(self, x: Tensor, params: tuple[Any, ...], num_threads: int) -> None:
+        layout = _layout(x) if x.dim() > 1 else None
+        self.fast = (x.dtype in (torch.float32, torch.float64) and layout is not None
+                     and x.numel() > 0
+                     and all(t is None or (t.dtype == x.dtype and t.is_contiguous())
+                             for t in params))
+        self.shape, self.stride, self.dtype = x.shape, x.stride(), x.dtype
+        if not self.fast:
+            return
+        N, C, S = x.shape[0], x.shape[1], _spatial(x)
+        self.ncs = layout == "ncs"
+        self.N, self.C, self.S = (N, C, S) if self.ncs else (N * S, C, 1)
+        self.f64 = x.dtype == torch.float64
+        self.nbytes = x.numel() * x.element_size()
+        self.small = self.nbytes < _outputs.MIN_BYTES
+        # what torch.empty_like copies the cheapest: (3, C) float64 statistics
+        self.stats = torch.empty((3, C), dtype=_F64)
+        self.grad = torch.empty(C, dtype=x.dtype)
+        self.K = _engine.row_chunks(self.N, C, self.S, x.element_size())
+        self.omp = _engine.omp_max_threads()
+        self.threads = _threads(num_threads, x.numel())
+
+
+_PLANS: dict[Any, _Plan] = {}
+_MAX_PLANS = 64
+
+
+def _param_key(t: Any) -> Any:
+    # what a plan depends on in a parameter (check_batch_norm reads these)
+    return None if t is None else (t.dtype, t.numel(), t.is_contiguous())
+
+
+def _plan(x: Tensor, weight: Any, bias: Any, running_mean: Any, running_var: Any,
+          training: bool, eps: float, num_threads: int) -> _Plan:
+    """The plan for these arguments, made (after ``check_batch_norm``, which
+    raises torch's errors) when their geometry is new. The key holds what
+    the check and the plan read: x's dtype, shape and strides, and each
+    parameter's presence, dtype, size and contiguity; the thread count is
+    recomputed when OpenMP's limit changes (``threadpoolctl``)."""
+    key = (x.dtype, x.shape, x.stride(), training, eps, num_threads,
+           _param_key(weight), _param_key(bias), _param_key(running_mean),
+           _param_key(running_var))
+    plan = _PLANS.get(key)
+    if plan is None or (plan.fast and plan.omp != _engine.omp_max_threads()):
+        check_batch_norm(x, weight, bias, running_mean, running_var, training, eps)
+        plan = _Plan(x, (weight, bias, running_mean, running_var), num_threads)
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.pop(next(iter(_PLANS)))       # the oldest geometry
+        _PLANS[key] = plan
+    return plan
+
+
+class _Fast(torch.autograd.Function):
+    """One compiled call per direction over the tensors' memory
+    (``_fused.forward_tensor``/``backward_tensor``): what ``_Eager`` does for
+    inputs a :class:`_Plan` accepts, bit for bit, without numpy views,
+    conversions or per-call decisions. The running statistics are updated
+    inside the forward call; ``out`` and ``dx`` come from the drop-in's pool
+    when large. A backward that builds a graph (``create_graph=True``) runs
+    the differentiable ``batch_norm_backward`` operator, as ``_Eager``'s."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Any, weight: Any, bias: Any, rest: Any) -> Any:
+        # rest: (plan, running_mean, running_var, training, momentum, eps,
+        # counter's address or 0): one argument, so apply does not walk seven more
+        plan, running_mean, running_var, training, momentum, eps, counter = rest
+        # an output in x's memory format (x is dense: empty_like keeps its
+        # strides), from the drop-in's pool when large (_outputs)
+        out = torch.empty_like(x) if plan.small else _outputs.empty_strided(
+            plan.shape, plan.stride, plan.dtype, plan.nbytes)
+        stats = torch.empty_like(plan.stats)
+        # in eval mode the running statistics normalize (none is updated)
+        _engine.forward_tensor(
+            x.data_ptr(), out.data_ptr(), plan.N, plan.C, plan.S, plan.f64,
+            0 if weight is None else weight.data_ptr(), 0 if bias is None else bias.data_ptr(),
+            eps, 0 if running_mean is None else running_mean.data_ptr(),
+            0 if running_var is None else running_var.data_ptr(), training, momentum,
+            stats.data_ptr(), counter, plan.K, plan.threads)
+        # stats is no input or output: it needs no version check, and is
+        # kept as an attribute (a saved tensor costs more per call)
+        ctx.save_for_backward(x, weight)
+        ctx.info = (plan, training, bias is not None, stats)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, dout: Any) -> tuple[Any, ...]:
+        x, weight = ctx.saved_tensors
+        plan, training, has_bias, stats = ctx.info
+        need = ctx.needs_input_grad
+        if torch.is_grad_enabled():
+            # a graph of the backward: the differentiable operator
+            dx, dweight, dbias = batch_norm_backward(dout, x, weight, stats[0], stats[1],
+                                                     training, plan.threads)
+        else:
+            if dout.dtype != x.dtype:
+                dout = dout.to(x.dtype)
+            if dout.stride() != plan.stride and not _is_layout(
+                    dout, "ncs" if plan.ncs else "nsc"):
+                dout = _in_layout(dout, "ncs" if plan.ncs else "nsc")
+            dx = torch.empty_like(x) if plan.small else _outputs.empty_strided(
+                plan.shape, plan.stride, plan.dtype, plan.nbytes)
+            # (C,) gradients of x's dtype, as the parameters have
+            dweight, dbias = torch.empty_like(plan.grad), torch.empty_like(plan.grad)
+            sp = stats.data_ptr()
+            _engine.backward_tensor(
+                dout.data_ptr(), x.data_ptr(), dx.data_ptr(), plan.N, plan.C, plan.S, plan.f64,
+                sp, sp + 8 * plan.C, 0 if weight is None else weight.data_ptr(),
+                dweight.data_ptr(), dbias.data_ptr(), training, plan.K, plan.threads)
+        return (dx if need[0] else None,
+                dweight if weight is not None and need[1] else None,
+                dbias if has_bias and need[2] else None, None)
 
 
 def forward(
@@ -467,21 +597,47 @@ def forward(
     momentum: Any,
     eps: Any,
     num_threads: Any,
+    counter: Any = None,
 ) -> Tensor:
     """Batch norm as the modules and ``batch_norm`` run it: the output, with
-    the running statistics updated in training mode. The registered
-    operators run whenever something watches or replaces torch's dispatcher
-    (:func:`dispatcher_visible`), the same implementations through
-    :class:`_Eager` otherwise."""
-    if dispatcher_visible(x, weight, bias, running_mean, running_var):
-        out: Tensor
-        out, mean, _, m2 = batch_norm_forward(x, weight, bias, running_mean, running_var,
+    the running statistics updated in training mode and ``counter`` (a
+    module's ``num_batches_tracked``, or None) incremented once the batch
+    was accepted. TorchScript tracing and the transforms the operators have
+    no rule for raise first (``check_not_tracing``, ``check_transforms``).
+    The registered operators run whenever something watches or replaces
+    torch's dispatcher (:func:`dispatcher_visible`); otherwise one compiled
+    call per direction (:class:`_Fast`) for inputs its plan accepts, and the
+    operators' implementations through :class:`_Eager` for the rest
+    (float16/bfloat16, strided input, empty batches)."""
+    visible = dispatcher_visible(x, weight, bias, running_mean, running_var)
+    if visible or torch._C._is_tracing() or torch.autograd.forward_ad._current_level >= 0:
+        check_not_tracing()
+        check_transforms(x)
+    res: Tensor
+    if visible:
+        mean: Tensor
+        m2: Tensor
+        res, mean, _, m2 = batch_norm_forward(x, weight, bias, running_mean, running_var,
                                               training, eps, num_threads)
         if training:
             update_running_stats(running_mean, running_var, mean, m2,
                                  x.shape[0] * _spatial(x) if x.dim() > 1 else 0, momentum)
-        return out
-    # torch's autograd.Function.apply carries no annotations
-    res: Tensor = _Eager.apply(x, weight, bias, running_mean,  # type: ignore[no-untyped-call]
+    else:
+        plan = _plan(x, weight, bias, running_mean, running_var, training, eps, num_threads) \
+            if isinstance(x, torch.Tensor) else None
+        if plan is not None and plan.fast:
+            # a plain int64 counter is incremented by the compiled call
+            count = counter is not None and type(counter) in _PLAIN and counter.is_cpu \
+                and counter.dtype == torch.int64
+            # torch's autograd.Function.apply carries no annotations
+            res = _Fast.apply(x, weight, bias,  # type: ignore[no-untyped-call]
+                              (plan, running_mean, running_var, training, momentum, eps,
+                               counter.data_ptr() if count else 0))
+            if count:
+                return res
+        else:
+            res = _Eager.apply(x, weight, bias, running_mean,  # type: ignore[no-untyped-call]
                                running_var, training, momentum, eps, num_threads)
+    if counter is not None:
+        counter.add_(1)
     return res

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ._checks import TORCHSCRIPT, check_not_tracing, check_transforms
+from ._checks import TORCHSCRIPT
 from ._ops import forward as _batch_norm
 from .functional import threads_arg
 
@@ -58,21 +58,29 @@ class _CyBatchNorm(_BatchNorm):
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
-        check_not_tracing()
-        check_transforms(input)
-        track, factor = self._momentum()
-        bn_training = self.training or (self.running_mean is None and self.running_var is None)
+        # (tracing and unsupported transforms are refused by _batch_norm first)
+        # torch's _BatchNorm.forward, with each attribute read once (a
+        # module's parameters and buffers are found by nn.Module.__getattr__,
+        # about half a microsecond each)
+        training, momentum = self.training, self.momentum
+        seen = self.num_batches_tracked
+        running_mean, running_var = self.running_mean, self.running_var
+        track = training and self.track_running_stats and seen is not None
+        factor = 0.0 if momentum is None else momentum
+        if track and momentum is None:
+            # the cumulative average over the batches seen, this one included
+            factor = 1.0 / float(seen + 1)
+        bn_training = training or (running_mean is None and running_var is None)
         # the buffers are passed only when they are to be updated (training
         # and tracked) or to normalize with (eval mode), as torch does
-        use = not self.training or self.track_running_stats
-        out = _batch_norm(
-            input, self.weight, self.bias, self.running_mean if use else None,
-            self.running_var if use else None, bn_training, factor, float(self.eps),
-            threads_arg(self.num_threads))
-        if track and self.num_batches_tracked is not None:
-            # counted once the batch was accepted: a refused input changes nothing
-            self.num_batches_tracked.add_(1)
-        return out
+        use = not training or self.track_running_stats
+        num_threads = self.num_threads
+        # the counter is incremented once the batch was accepted: a refused
+        # input changes nothing
+        return _batch_norm(
+            input, self.weight, self.bias, running_mean if use else None,
+            running_var if use else None, bn_training, float(factor), float(self.eps),
+            0 if num_threads is None else threads_arg(num_threads), seen if track else None)
 
     def extra_repr(self) -> str:
         text: str = super().extra_repr()  # type: ignore[no-untyped-call]

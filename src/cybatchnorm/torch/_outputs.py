@@ -1,0 +1,97 @@
+"""The drop-in's pool of large outputs (``out`` of a forward, ``dx`` of a backward).
+
+Why: ``torch.empty_like`` of many MiB is fresh memory on every call, and the
+first write to each of its pages faults (65,538 faults in one 65536x256
+float64 step: most of its time). Here outputs of ``MIN_BYTES`` and more are
+ordinary tensors over storages the pool keeps: a storage is lent again only
+when nothing but the pool holds it (its use count is 1: no tensor, view,
+saved tensor or ``untyped_storage()`` object of anyone refers to it), so a
+tensor a user, a view or autograd still holds is never overwritten. The
+tensor itself is a fresh one each time (``Tensor.set_`` on the storage), so
+it can be resized, modified in place, saved and pickled like any other.
+
+The pool keeps at most the limit of ``cybatchnorm.memory`` in storages
+(lent or idle; the idle ones are dropped, oldest first, to make room), and
+``cybatchnorm.memory.release_pool()`` and ``set_pool_limit`` trim it too.
+The lock is held only while the list of storages changes, never while
+pages are touched.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import torch
+
+from .. import _engine, memory
+
+#: Outputs smaller than this come from ``torch.empty_strided``: malloc reuses them without faults.
+MIN_BYTES = 1 << 20
+
+_use_count = torch._C._storage_Use_Count
+_lock = threading.Lock()
+_storages: list[Any] = []       # oldest first
+
+
+def _idle(st: Any) -> bool:
+    return bool(_use_count(st._cdata) == 1)
+
+
+def _trim(limit: int) -> int:
+    # drop idle storages, oldest first, until the pool holds at most limit
+    # bytes; returns the bytes dropped. The caller holds the lock.
+    held = sum(st.nbytes() for st in _storages)
+    keep = []
+    dropped = 0
+    for st in _storages:
+        if held - dropped > limit and _idle(st):
+            dropped += st.nbytes()
+        else:
+            keep.append(st)
+    _storages[:] = keep
+    return dropped
+
+
+def empty_strided(shape: Any, stride: Any, dtype: torch.dtype, nbytes: int) -> torch.Tensor:
+    """An uninitialized CPU tensor of ``shape`` and ``stride`` (dense:
+    ``nbytes`` is its memory), from an idle pooled storage of exactly that
+    size when there is one."""
+    if nbytes < MIN_BYTES:
+        return torch.empty_strided(shape, stride, dtype=dtype)
+    limit = _engine.pool_info()["limit"]
+    with _lock:
+        i = next((i for i, s in enumerate(_storages) if s.nbytes() == nbytes and _idle(s)), -1)
+        if i >= 0:
+            # most recently used last: the oldest idle ones go first
+            st = _storages.pop(i)
+            _storages.append(st)
+        else:
+            st = torch.UntypedStorage(nbytes)
+            if nbytes <= limit:
+                _trim(limit - nbytes)       # room for it, if idle storages can make it
+                if sum(s.nbytes() for s in _storages) + nbytes <= limit:
+                    _storages.append(st)
+    return torch.empty(0, dtype=dtype).set_(st, 0, shape, stride)
+
+
+def release() -> int:
+    """Drop every idle storage; return the bytes dropped."""
+    with _lock:
+        return _trim(0)
+
+
+def info() -> dict[str, int]:
+    """``held`` (bytes of every storage the pool keeps, lent or idle), ``idle``
+    (of those nobody else holds) and ``storages``."""
+    with _lock:
+        return {"held": sum(st.nbytes() for st in _storages),
+                "idle": sum(st.nbytes() for st in _storages if _idle(st)),
+                "storages": len(_storages)}
+
+
+def _on_limit(limit: int) -> None:
+    with _lock:
+        _trim(limit)
+
+
+memory.register_pool(release, _on_limit)
