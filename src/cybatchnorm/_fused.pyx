@@ -186,6 +186,28 @@ cdef inline void _channel_stats(Py_ssize_t c, Py_ssize_t N, Py_ssize_t S,
         ab[3 * C + c] = _f32_flag(gamma[c] / sd)
 
 
+cdef inline void _forward_strip(Task w, const floating* x, Py_ssize_t N, Py_ssize_t C,
+                                Py_ssize_t S, const floating* gamma, const floating* beta,
+                                double eps, floating* out, floating* xmu, floating* xhat,
+                                bint keep_nodes, floating* mu, floating* var,
+                                floating* sqrtvar, floating* ivar, double* mu64,
+                                double* ivar64, double* m2, bint given_stats, double* pmean,
+                                double* pm2, double* shift, float* ab, Py_ssize_t* redo,
+                                bint stream) noexcept nogil:
+    # one strip task of _forward (K == 1): statistics and normalization of
+    # every row of channels [w.c0, w.c1)
+    cdef Py_ssize_t c
+    if not given_stats:
+        for c in range(w.c0, w.c1):
+            shift[c] = x[c * S]
+        welford_rows(x, C, S, 0, N, w.c0, w.c1, shift + w.c0, pmean + w.c0, pm2 + w.c0)
+    for c in range(w.c0, w.c1):
+        _channel_stats(c, N, S, 1, C, eps, given_stats, gamma, beta, mu, var, sqrtvar, ivar,
+                       mu64, ivar64, m2, shift, pmean, pm2, ab)
+    _normalize_task(x, C, S, gamma, beta, mu64, ivar64, out, xmu, xhat, keep_nodes, ab, redo,
+                    w.c0, stream, 0, N, w.c0, w.c1)
+
+
 cdef int _forward(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                   const floating* gamma, const floating* beta, double eps,
                   floating* out, floating* xmu, floating* xhat, bint keep_nodes,
@@ -214,21 +236,19 @@ cdef int _forward(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
             free(redo)
             raise MemoryError("forward: no memory for per-channel coefficients")
     with nogil:
-        if K == 1:
+        if K == 1 and n_threads == 1:
+            # strips on one thread: no OpenMP region (a team of one costs
+            # about a microsecond, what a small batch's kernel takes)
+            for t in range(n_tasks(1, C, FB)):
+                _forward_strip(task_bounds(t, 1, N, C, FB), x, N, C, S, gamma, beta, eps,
+                               out, xmu, xhat, keep_nodes, mu, var, sqrtvar, ivar, mu64,
+                               ivar64, m2, given_stats, pmean, pm2, shift, ab, redo, stream)
+        elif K == 1:
             # strips: statistics and normalization of a block in one task
             for t in prange(n_tasks(1, C, FB), schedule='static', num_threads=n_threads):
-                w = task_bounds(t, 1, N, C, FB)
-                if not given_stats:
-                    for c in range(w.c0, w.c1):
-                        shift[c] = x[c * S]
-                    welford_rows(x, C, S, 0, N, w.c0, w.c1, shift + w.c0, pmean + w.c0,
-                                 pm2 + w.c0)
-                for c in range(w.c0, w.c1):
-                    _channel_stats(c, N, S, K, C, eps, given_stats, gamma, beta, mu, var,
-                                   sqrtvar, ivar, mu64, ivar64, m2,
-                                   shift, pmean, pm2, ab)
-                _normalize_task(x, C, S, gamma, beta, mu64, ivar64, out, xmu, xhat,
-                                keep_nodes, ab, redo, w.c0, stream, 0, N, w.c0, w.c1)
+                _forward_strip(task_bounds(t, 1, N, C, FB), x, N, C, S, gamma, beta, eps,
+                               out, xmu, xhat, keep_nodes, mu, var, sqrtvar, ivar, mu64,
+                               ivar64, m2, given_stats, pmean, pm2, shift, ab, redo, stream)
         else:
             if not given_stats:
                 # pass 1: partial statistics of every (chunk, block) task
@@ -448,6 +468,25 @@ cdef inline void _dx_task(const floating* dout, const floating* src, Py_ssize_t 
         free(tmp)
 
 
+cdef inline void _backward_strip(Task w, const floating* dout, const floating* src,
+                                 Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, bint from_x,
+                                 const double* mu64, const double* ivar64,
+                                 const floating* gamma, floating* dx, floating* dgamma,
+                                 floating* dbeta, bint batch_stats, double* psum, double* pdot,
+                                 double* coef, float* afg, Py_ssize_t* redo,
+                                 bint stream) noexcept nogil:
+    # one strip task of _backward (K == 1): sums, coefficients and dx of
+    # every row of channels [w.c0, w.c1)
+    cdef Py_ssize_t c
+    _sums_rows(dout, src, C, S, from_x, mu64, ivar64, 0, N, w.c0, w.c1, psum + w.c0,
+               pdot + w.c0)
+    for c in range(w.c0, w.c1):
+        _channel_coef(c, 1, C, <double>N * S, batch_stats, gamma, mu64, ivar64, dgamma, dbeta,
+                      psum, pdot, coef, afg)
+    _dx_task(dout, src, C, S, from_x, mu64, ivar64, coef, afg, redo, w.c0, stream, dx, 0, N,
+             w.c0, w.c1)
+
+
 cdef int _backward(const floating* dout, const floating* src, Py_ssize_t N, Py_ssize_t C,
                    Py_ssize_t S, bint from_x, const double* mu64, const double* ivar64,
                    const floating* gamma, floating* dx, floating* dgamma, floating* dbeta,
@@ -474,17 +513,18 @@ cdef int _backward(const floating* dout, const floating* src, Py_ssize_t N, Py_s
             free(redo)
             raise MemoryError("backward: no memory for per-channel coefficients")
     with nogil:
-        if K == 1:
+        if K == 1 and n_threads == 1:
+            # strips on one thread: no OpenMP region (as in _forward)
+            for t in range(n_tasks(1, C, FB)):
+                _backward_strip(task_bounds(t, 1, N, C, FB), dout, src, N, C, S, from_x, mu64,
+                                ivar64, gamma, dx, dgamma, dbeta, batch_stats, psum, pdot,
+                                coef, afg, redo, stream)
+        elif K == 1:
             # strips: sums, coefficients and dx of a block in one task
             for t in prange(n_tasks(1, C, FB), schedule='static', num_threads=n_threads):
-                w = task_bounds(t, 1, N, C, FB)
-                _sums_rows(dout, src, C, S, from_x, mu64, ivar64, 0, N, w.c0, w.c1,
-                           psum + w.c0, pdot + w.c0)
-                for c in range(w.c0, w.c1):
-                    _channel_coef(c, K, C, M, batch_stats, gamma, mu64, ivar64, dgamma, dbeta,
-                                  psum, pdot, coef, afg)
-                _dx_task(dout, src, C, S, from_x, mu64, ivar64, coef, afg, redo, w.c0,
-                         stream, dx, 0, N, w.c0, w.c1)
+                _backward_strip(task_bounds(t, 1, N, C, FB), dout, src, N, C, S, from_x, mu64,
+                                ivar64, gamma, dx, dgamma, dbeta, batch_stats, psum, pdot,
+                                coef, afg, redo, stream)
         else:
             # pass 1: partial sums of every (chunk, block) task
             for t in prange(n_tasks(K, C, FB), schedule='static', num_threads=n_threads):
