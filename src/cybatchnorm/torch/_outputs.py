@@ -5,7 +5,8 @@ first write to each of its pages faults (65,538 faults in one 65536x256
 float64 step: most of its time). Here outputs of ``MIN_BYTES`` and more are
 ordinary tensors over storages the pool keeps: a storage is lent again only
 when nothing but the pool holds it (its use count is 1: no tensor, view,
-saved tensor or ``untyped_storage()`` object of anyone refers to it), so a
+saved tensor or ``untyped_storage()`` object of anyone refers to it: its
+use count and the reference count of its Python object say so), so a
 tensor a user, a view or autograd still holds is never overwritten. The
 tensor itself is a fresh one each time (``Tensor.set_`` on the storage), so
 it can be resized, modified in place, saved and pickled like any other.
@@ -18,6 +19,7 @@ pages are touched.
 """
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any
 
@@ -33,8 +35,28 @@ _lock = threading.Lock()
 _storages: list[Any] = []       # oldest first
 
 
-def _idle(st: Any) -> bool:
-    return bool(_use_count(st._cdata) == 1)
+def _idle_flags(storages: list[Any], rest: int) -> list[bool]:
+    # which storages nothing but the pool holds: no tensor or view (the
+    # storage's use count is 1, the pool's own Python object) and no one
+    # else's reference to that Python object (``untyped_storage()`` returns
+    # the same object: its reference count is the pool's own, ``rest``)
+    flags = []
+    for s in storages:
+        flags.append(_use_count(s._cdata) == 1 and sys.getrefcount(s) <= rest)
+    return flags
+
+
+def _calibrate() -> int:
+    # the reference count _idle_flags sees for a storage only the pool
+    # holds (it depends on the interpreter): measured once, on a probe
+    probe = [torch.UntypedStorage(8)]  # type: ignore[no-untyped-call]
+    for rest in range(1, 32):
+        if _idle_flags(probe, rest)[0]:
+            return rest
+    raise RuntimeError("cybatchnorm.torch: cannot calibrate the output pool")
+
+
+_REST = _calibrate()
 
 
 def _trim(limit: int) -> int:
@@ -43,8 +65,8 @@ def _trim(limit: int) -> int:
     held = sum(st.nbytes() for st in _storages)
     keep = []
     dropped = 0
-    for st in _storages:
-        if held - dropped > limit and _idle(st):
+    for st, idle in zip(_storages, _idle_flags(_storages, _REST)):
+        if held - dropped > limit and idle:
             dropped += st.nbytes()
         else:
             keep.append(st)
@@ -60,13 +82,14 @@ def empty_strided(shape: Any, stride: Any, dtype: torch.dtype, nbytes: int) -> t
         return torch.empty_strided(shape, stride, dtype=dtype)
     limit = _engine.pool_info()["limit"]
     with _lock:
-        i = next((i for i, s in enumerate(_storages) if s.nbytes() == nbytes and _idle(s)), -1)
+        i = next((i for i, (s, idle) in enumerate(zip(_storages, _idle_flags(_storages, _REST)))
+                  if idle and s.nbytes() == nbytes), -1)
         if i >= 0:
             # most recently used last: the oldest idle ones go first
             st = _storages.pop(i)
             _storages.append(st)
         else:
-            st = torch.UntypedStorage(nbytes)
+            st = torch.UntypedStorage(nbytes)  # type: ignore[no-untyped-call]
             if nbytes <= limit:
                 _trim(limit - nbytes)       # room for it, if idle storages can make it
                 if sum(s.nbytes() for s in _storages) + nbytes <= limit:
@@ -84,8 +107,9 @@ def info() -> dict[str, int]:
     """``held`` (bytes of every storage the pool keeps, lent or idle), ``idle``
     (of those nobody else holds) and ``storages``."""
     with _lock:
+        flags = _idle_flags(_storages, _REST)
         return {"held": sum(st.nbytes() for st in _storages),
-                "idle": sum(st.nbytes() for st in _storages if _idle(st)),
+                "idle": sum(st.nbytes() for st, idle in zip(_storages, flags) if idle),
                 "storages": len(_storages)}
 
 

@@ -67,7 +67,7 @@ class _CyBatchNorm(_BatchNorm):
         running_mean, running_var = self.running_mean, self.running_var
         track = training and self.track_running_stats and seen is not None
         factor = 0.0 if momentum is None else momentum
-        if track and momentum is None:
+        if track and seen is not None and momentum is None:
             # the cumulative average over the batches seen, this one included
             factor = 1.0 / float(seen + 1)
         bn_training = training or (running_mean is None and running_var is None)
