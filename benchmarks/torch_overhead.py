@@ -1,44 +1,59 @@
-"""Where the PyTorch drop-in's time goes, measured side by side in one process.
+"""Where a small training step of the PyTorch drop-in spends its time,
+measured side by side in one process.
 
-    python benchmarks/torch_overhead.py
+    python benchmarks/torch_overhead.py [--json docs/data/torch_overhead.json]
 
-Prints, as ratios to torch.nn.BatchNorm1d (float32, training, interleaved
-runs, medians):
+One thread (torch's and the kernels'), float32, 32 x 16, training mode,
+forward + backward of a given dout; every time is the median of 9 rounds of
+thread CPU time (``time.thread_time``, which a loaded machine disturbs
+least), the contenders interleaved in each round; [min-max] across rounds.
 
-1. the floor any Python drop-in has: an ``autograd.Function`` inside an
-   ``nn.Module`` that computes nothing (empty outputs), forward + backward on
-   a 32x16 batch;
-2. the compiled kernels alone (fused forward, closed-form backward; outputs
-   and scratch preallocated, no Python around them) against torch's forward
-   and backward on 256x1024;
-3. the drop-in's training step on the same cases.
+Part 1 times whole steps, each one layer less than the one before, so the
+differences are what each layer costs:
 
-The target of 0.8x torch's training step on every case needs (1) far below
-0.8 and (2) below 0.8 with room for the conversions (2) leaves out.
+- ``torch.nn.BatchNorm1d``: the reference;
+- the drop-in module: everything;
+- a module whose forward only calls ``_ops.forward``: without the module's
+  own work (input rank check, reading the parameters, the momentum);
+- a module whose forward applies ``_Fast`` with a ready plan: without the
+  routing (dispatcher visibility, the plan lookup);
+- the same through ``Function.apply`` instead of autograd's C entry;
+- an ``autograd.Function`` that computes nothing (empty outputs): the floor
+  of any Python drop-in.
+
+Part 2 times the pieces one by one: the two compiled calls (they include the
+kernels' arithmetic), the output allocations, the routing. ``--json`` writes
+both parts (the Performance page's breakdown is drawn from that file).
 """
+import json
+import platform
 import statistics
+import sys
 import time
 
-import numpy as np
 import torch
 
 import cybatchnorm.torch as cbt
-from cybatchnorm._engine import fused
+from cybatchnorm import _engine
+from cybatchnorm.torch import _ops
+
+N, C = 32, 16
+ROUNDS = 9
 
 
-def interleaved(calls, n, repeats=9):
-    """Median microseconds per call of each callable, timed in turns."""
-    times = {k: [] for k in calls}
+def interleaved(calls, n):
+    """Median, min and max microseconds per call of each callable, in turns."""
+    samples = {k: [] for k in calls}
     for fn in calls.values():
-        for _ in range(10):
+        for _ in range(50):
             fn()
-    for _ in range(repeats):
+    for _ in range(ROUNDS):
         for k, fn in calls.items():
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             for _ in range(n):
                 fn()
-            times[k].append((time.perf_counter() - t0) / n * 1e6)
-    return {k: statistics.median(v) for k, v in times.items()}
+            samples[k].append((time.thread_time() - t0) / n * 1e6)
+    return {k: (statistics.median(v), min(v), max(v)) for k, v in samples.items()}
 
 
 class Nothing(torch.autograd.Function):
@@ -56,7 +71,7 @@ class Nothing(torch.autograd.Function):
 
 
 class NothingModule(torch.nn.Module):
-    def __init__(self, C):
+    def __init__(self):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.ones(C))
         self.bias = torch.nn.Parameter(torch.zeros(C))
@@ -65,47 +80,107 @@ class NothingModule(torch.nn.Module):
         return Nothing.apply(x, self.weight, self.bias)
 
 
-def floor():
-    x, g = torch.randn(32, 16, requires_grad=True), torch.randn(32, 16)
-    empty, ref, ours = NothingModule(16), torch.nn.BatchNorm1d(16), cbt.BatchNorm1d(16)
-    t = interleaved({"empty": lambda: empty(x).backward(g), "torch": lambda: ref(x).backward(g),
-                     "ours": lambda: ours(x).backward(g)}, 2000)
-    print(f"32x16 training step: torch {t['torch']:.1f} us; an empty autograd.Function module "
-          f"{t['empty']:.1f} us = {t['empty'] / t['torch']:.2f}x torch; the drop-in "
-          f"{t['ours']:.1f} us = {t['ours'] / t['torch']:.2f}x")
+def _plan(m, x):
+    return _ops._plan(x, m.weight, m.bias, m.running_mean, m.running_var, True, 1e-5, 1)
 
 
-def kernels(N=256, C=1024):
-    xt, gt = torch.randn(N, C, requires_grad=True), torch.randn(N, C)
-    x3, g3 = xt.detach().numpy().reshape(N, C, 1), gt.numpy().reshape(N, C, 1)
-    ones, zeros = np.ones(C, np.float32), np.zeros(C, np.float32)
-    stats = [np.empty(C, np.float32) for _ in range(4)]
-    mu64, ivar64 = np.empty(C), np.empty(C)
-    K = fused.row_chunks(N, C, 1, 4)
-    pa, pb, sh, coef = np.empty((K, C)), np.empty((K, C)), np.empty(C), np.empty((3, C))
-    out, dx = np.empty_like(x3), np.empty_like(x3)
-    dgamma, dbeta = np.empty(C, np.float32), np.empty(C, np.float32)
-    w, b = torch.ones(C, requires_grad=True), torch.zeros(C, requires_grad=True)
-    o = torch.nn.functional.batch_norm(xt, None, None, w, b, training=True)
+class Routed(cbt.BatchNorm1d):
+    """The drop-in without the module's own work."""
 
-    def torch_fwd():
-        with torch.no_grad():
-            torch.nn.functional.batch_norm(xt, None, None, w, b, training=True)
+    def forward(self, x):
+        return _ops.forward(x, self.weight, self.bias, self.running_mean, self.running_var,
+                            True, 0.1, 1e-5, 1)
+
+
+class Applied(cbt.BatchNorm1d):
+    """_Fast with a ready plan, through autograd's C entry (what the drop-in uses)."""
+
+    def forward(self, x):
+        return _ops._fast_apply(x, self.weight, self.bias, (
+            self.plan, self.running_mean, self.running_var, True, 0.1, 1e-5, 0))
+
+
+class AppliedPy(Applied):
+    """The same through torch's Function.apply (its Python wrapper)."""
+
+    def forward(self, x):
+        return _ops._Fast.apply(x, self.weight, self.bias, (
+            self.plan, self.running_mean, self.running_var, True, 0.1, 1e-5, 0))
+
+
+def steps():
+    x, g = torch.randn(N, C, requires_grad=True), torch.randn(N, C)
+    mods = {"torch.nn.BatchNorm1d": torch.nn.BatchNorm1d(C),
+            "drop-in module": cbt.BatchNorm1d(C, num_threads=1),
+            "- module's own work": Routed(C, num_threads=1),
+            "- routing (visibility, plan)": Applied(C, num_threads=1),
+            "  (via Function.apply)": AppliedPy(C, num_threads=1),
+            "empty autograd.Function": NothingModule()}
+    for m in mods.values():
+        if isinstance(m, Applied):
+            m.plan = _plan(m, x)
+    t = interleaved({k: (lambda m=m: m(x).backward(g)) for k, m in mods.items()}, 1000)
+    print_steps(t)
+    return t
+
+
+def print_steps(t):
+    ref = t["torch.nn.BatchNorm1d"][0]
+    print(f"Part 1: {N}x{C} float32 training step, 1 thread, thread CPU time (us), "
+          f"median [min-max] of {ROUNDS} rounds")
+    prev = None
+    for k, (med, lo, hi) in t.items():
+        diff = "" if prev is None or k.startswith("  ") else f"  (step above - this: {prev - med:5.1f})"
+        print(f"  {k:30s} {med:6.1f} [{lo:5.1f}-{hi:5.1f}] = {med / ref:4.2f}x torch{diff}")
+        if not k.startswith("  ") and k != "torch.nn.BatchNorm1d":
+            prev = med
+        elif k == "torch.nn.BatchNorm1d":
+            prev = None
+
+
+def pieces():
+    torch.manual_seed(0)
+    x, g = torch.randn(N, C, requires_grad=True), torch.randn(N, C)
+    m = cbt.BatchNorm1d(C, num_threads=1)
+    w, b, rm, rv = (t.detach() for t in (m.weight, m.bias, m.running_mean, m.running_var))
+    plan = _plan(m, x)
+    out, dx = torch.empty_like(x), torch.empty_like(x)
+    stats, dw, db = torch.empty(3, C, dtype=torch.float64), torch.empty(C), torch.empty(C)
+    sp = stats.data_ptr()
+    xd = x.detach()
+
+    def fwd():
+        _engine.forward_tensor(xd.data_ptr(), out.data_ptr(), plan.N, C, plan.S, plan.f64,
+                               w.data_ptr(), b.data_ptr(), 1e-5, rm.data_ptr(), rv.data_ptr(),
+                               True, 0.1, sp, 0, plan.K, 1)
+
+    def bwd():
+        _engine.backward_tensor(g.data_ptr(), xd.data_ptr(), dx.data_ptr(), plan.N, C, plan.S,
+                                plan.f64, sp, sp + 8 * C, w.data_ptr(), dw.data_ptr(),
+                                db.data_ptr(), True, plan.K, 1)
+    fwd()
     t = interleaved({
-        "kernel fwd": lambda: fused.forward(x3, ones, zeros, 1e-5, out, out, out, False, *stats,
-                                            mu64, ivar64, False, pa, pb, sh, 2),
-        "torch fwd": torch_fwd,
-        "kernel bwd": lambda: fused.backward(g3, x3, True, mu64, ivar64, ones, dx, dgamma, dbeta,
-                                             True, pa, pb, coef, 2),
-        "torch bwd": lambda: torch.autograd.grad(o, (xt, w, b), gt, retain_graph=True),
-    }, 300)
-    print(f"{N}x{C} float32, kernels alone: forward {t['kernel fwd']:.1f} us = "
-          f"{t['kernel fwd'] / t['torch fwd']:.2f}x torch's, backward {t['kernel bwd']:.1f} us = "
-          f"{t['kernel bwd'] / t['torch bwd']:.2f}x torch's; together "
-          f"{(t['kernel fwd'] + t['kernel bwd']) / (t['torch fwd'] + t['torch bwd']):.2f}x")
+        "forward_tensor (compiled call)": fwd,
+        "backward_tensor (compiled call)": bwd,
+        "5 outputs (empty_like)": lambda: [torch.empty_like(v) for v in (xd, xd, stats, dw, db)],
+        "dispatcher_visible": lambda: _ops.dispatcher_visible(xd, w, b, rm, rv),
+        "plan lookup": lambda: _ops._plan(xd, w, b, rm, rv, True, 1e-5, 1),
+        "torch F.batch_norm forward (no grad)": lambda: torch.nn.functional.batch_norm(
+            xd, None, None, w, b, True),
+    }, 20000)
+    print("Part 2: the pieces (us per call)")
+    for k, (med, lo, hi) in t.items():
+        print(f"  {k:40s} {med:6.2f} [{lo:5.2f}-{hi:5.2f}]")
+    return t
 
 
 if __name__ == "__main__":
+    torch.set_num_threads(1)
     torch.manual_seed(0)
-    floor()
-    kernels()
+    result = {"steps": steps(), "pieces": pieces(),
+              "meta": {"torch": torch.__version__, "machine": platform.machine(),
+                       "processor": platform.processor(), "simd": _engine.SIMD,
+                       "shape": [N, C], "rounds": ROUNDS}}
+    if "--json" in sys.argv:
+        with open(sys.argv[sys.argv.index("--json") + 1], "w") as fh:
+            json.dump(result, fh, indent=1)

@@ -3,8 +3,10 @@ table and the plot of the Performance page.
 
     python docs/scripts/perf_report.py BENCH.json OUTDIR
 
-Writes OUTDIR/perf_table.md, OUTDIR/perf_machine.md, OUTDIR/perf_targets.md
-and OUTDIR/perf.svg.
+Writes OUTDIR/perf_table.md, OUTDIR/perf_machine.md, OUTDIR/perf_targets.md,
+OUTDIR/perf.svg and OUTDIR/perf_dropin.md (the PyTorch drop-in's rows); with a
+``torch_overhead.json`` beside BENCH.json (``python benchmarks/torch_overhead.py
+--json FILE``), OUTDIR/perf_overhead.md too.
 Nothing is typed in by hand: every number comes from the JSON.
 """
 import json
@@ -112,6 +114,52 @@ def plot(results, path):
     plt.close(fig)
 
 
+def dropin(rows):
+    """Markdown table of the drop-in's training step against torch.nn's (the
+    benchmark's drop-in rows), with each case's target and whether it holds."""
+    if not rows:
+        return "*(this run has no drop-in rows: torch was not installed)*\n"
+    nt = rows[0]["threads"]
+    head = ["case", "layout", "dtype", "ours ms", "torch.nn ms", f"ratio, {nt} threads (wall)",
+            "ratio, 1 thread (CPU time)", "target", "holds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        ok = r["ratio"] <= r["target"]
+        lines.append("| " + " | ".join([
+            _case(r), "channels_last" if r["format"] != "contiguous" else "contiguous",
+            r["dtype"], f"{r['ours'] * 1e3:.3f}", f"{r['torch'] * 1e3:.3f}",
+            f"{r['ratio']:.2f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})",
+            f"{r['ratio_1thread']:.2f} ({r['ratio_1thread_min']:.2f}-{r['ratio_1thread_max']:.2f})",
+            f"<= {r['target']:.2f}", "yes" if ok else "**no**"]) + " |")
+    met = sum(r["ratio"] <= r["target"] for r in rows)
+    met1 = sum(r["ratio_1thread"] <= r["target"] for r in rows)
+    lines.append("")
+    lines.append(f"The targets hold in {met} of {len(rows)} cases with {nt} threads "
+                 f"(and in {met1} of {len(rows)} with one thread).")
+    return "\n".join(lines) + "\n"
+
+
+def overhead(data):
+    """Markdown tables of where a small step's microseconds go
+    (benchmarks/torch_overhead.py's JSON)."""
+    steps, pieces = data["steps"], data["pieces"]
+    N, C = data["meta"]["shape"]
+    ref = steps["torch.nn.BatchNorm1d"][0]
+    lines = [f"| {N} x {C} float32 training step, 1 thread | us (median, min-max) | "
+             "x torch.nn | this layer costs (us) |", "|---|---|---|---|"]
+    prev = None
+    for name, (med, lo, hi) in steps.items():
+        indent = name.startswith("  ")
+        cost = f"{prev - med:.1f}" if prev is not None and not indent else ""
+        lines.append(f"| {name.strip()} | {med:.1f} ({lo:.1f}-{hi:.1f}) | {med / ref:.2f} | {cost} |")
+        if name != "torch.nn.BatchNorm1d" and not indent:
+            prev = med
+    lines += ["", "| piece, timed alone | us per call (median, min-max) |", "|---|---|"]
+    for name, (med, lo, hi) in pieces.items():
+        lines.append(f"| {name} | {med:.2f} ({lo:.2f}-{hi:.2f}) |")
+    return "\n".join(lines) + "\n"
+
+
 def main(json_path, outdir):
     with open(json_path) as fh:
         data = json.load(fh)
@@ -122,6 +170,16 @@ def main(json_path, outdir):
     with open(os.path.join(outdir, "perf_targets.md"), "w") as fh:
         fh.write(targets(data["results"]))
     plot(data["results"], os.path.join(outdir, "perf.svg"))
+    with open(os.path.join(outdir, "perf_dropin.md"), "w") as fh:
+        fh.write(dropin(data.get("dropin") or []))
+    over = os.path.join(os.path.dirname(json_path), "torch_overhead.json")
+    if os.path.exists(over):
+        with open(over) as fh:
+            text = overhead(json.load(fh))
+    else:
+        text = "*(no torch_overhead.json beside the benchmark's JSON)*\n"
+    with open(os.path.join(outdir, "perf_overhead.md"), "w") as fh:
+        fh.write(text)
 
 
 if __name__ == "__main__":

@@ -95,7 +95,8 @@ def build_parser(prog: str = "python -m cybatchnorm") -> argparse.ArgumentParser
                                      "the memory-bandwidth bound, side by side")
     b.add_argument("--cases", dest="bench_cases", default=",".join(CASES),
                    help="comma-separated shapes like 256x1024,32x64x56x56 "
-                        f"(default: {','.join(CASES)})")
+                        f"(default: {','.join(CASES)}; with the default cases and torch "
+                        "installed, the PyTorch drop-in's table and targets follow)")
     b.add_argument("--dtype", dest="bench_dtype", default="float32,float64",
                    help="float32, float64 or both, comma-separated (default both)")
     b.add_argument("--threads", dest="bench_threads", default="1,all",

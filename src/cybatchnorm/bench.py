@@ -616,8 +616,9 @@ class Interrupted(list[dict[str, Any]]):
 def run(cases: Sequence[str] | None = None, dtypes: Sequence[str] = ("float32", "float64"),
         threads: Sequence[int] | None = None, repeats: int = 7, json_path: Any = None,
         file: Any = None, wide: bool = False) -> list[dict[str, Any]]:
-    """Run the benchmark; print a line per case, then the table and the
-    targets, and write the JSON. Returns the results; on Ctrl-C, what was
+    """Run the benchmark; print a line per case (with the default cases and
+    torch importable, then the PyTorch drop-in's table: :func:`dropin_table`),
+    then the table and the targets, and write the JSON. Returns the results; on Ctrl-C, what was
     measured so far is printed and written, and returned as an
     :class:`Interrupted` list."""
     file = file or sys.stdout
@@ -646,7 +647,7 @@ def run(cases: Sequence[str] | None = None, dtypes: Sequence[str] = ("float32", 
               f" of fwd+bwd {r['peak_alloc'] / 2**20:.2f} MiB"
               f" ({r['peak_alloc'] / (r['mib'] * 2**20):.2f} x the size of x), with outputs"
               f" passed in {r['peak_passed'] / 2**10:.1f} KiB")
-        if torch is not None and cases is None:
+        if torch is not None and (cases is None or list(cases) == CASES):
             w("")
             dropin = dropin_table(torch, repeats, file)
         interrupted = False

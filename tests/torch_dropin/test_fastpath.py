@@ -308,3 +308,19 @@ def test_the_small_step_takes_the_fast_path(monkeypatch):
         cbt.BatchNorm1d(16)(x).sum().backward()
         cbt.batch_norm(x, None, None, training=True).sum().backward()
     assert calls == {"forward": 2, "backward": 2}
+
+
+def test_a_lent_storage_does_not_count_against_the_limit(pool):
+    # as the numpy pool counts only returned buffers: with room for one idle
+    # output, an output the caller keeps (here x.grad, dx itself) must not
+    # push the next ones out of the pool
+    memory.set_pool_limit(3 << 20)
+    m = cbt.BatchNorm2d(8)
+    x = _x(BIG, torch.float32, False)
+    kept = m(x)
+    y = m(x)
+    del y
+    assert _outputs.info()["idle"] == 2 << 20
+    assert m(x).data_ptr() != kept.data_ptr()
+    memory.set_pool_limit(1 << 20)          # below one output: the idle one is dropped
+    assert _outputs.info()["idle"] == 0

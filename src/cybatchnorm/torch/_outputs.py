@@ -11,9 +11,11 @@ tensor a user, a view or autograd still holds is never overwritten. The
 tensor itself is a fresh one each time (``Tensor.set_`` on the storage), so
 it can be resized, modified in place, saved and pickled like any other.
 
-The pool keeps at most the limit of ``cybatchnorm.memory`` in storages
-(lent or idle; the idle ones are dropped, oldest first, to make room), and
-``cybatchnorm.memory.release_pool()`` and ``set_pool_limit`` trim it too.
+The pool keeps at most the limit of ``cybatchnorm.memory`` in idle storages
+(the oldest are dropped first; a storage lent out is the borrower's memory
+and does not count, as the numpy pool counts only returned buffers), and
+``cybatchnorm.memory.release_pool()`` and ``set_pool_limit`` trim it too. It
+tracks at most ``SLOTS`` storages.
 The lock is held only while the list of storages changes, never while
 pages are touched.
 """
@@ -29,6 +31,9 @@ from .. import _engine, memory
 
 #: Outputs smaller than this come from ``torch.empty_strided``: malloc reuses them without faults.
 MIN_BYTES = 1 << 20
+
+#: Storages tracked at most (lent or idle); the oldest are forgotten first.
+SLOTS = 64
 
 _use_count = torch._C._storage_Use_Count
 _lock = threading.Lock()
@@ -60,17 +65,19 @@ _REST = _calibrate()
 
 
 def _trim(limit: int) -> int:
-    # drop idle storages, oldest first, until the pool holds at most limit
-    # bytes; returns the bytes dropped. The caller holds the lock.
-    held = sum(st.nbytes() for st in _storages)
+    # drop idle storages, oldest first, until at most limit bytes of them
+    # are left, and forget the oldest beyond SLOTS; returns the idle bytes
+    # dropped. The caller holds the lock.
+    flags = _idle_flags(_storages, _REST)
+    idle = sum(st.nbytes() for st, f in zip(_storages, flags) if f)
     keep = []
     dropped = 0
-    for st, idle in zip(_storages, _idle_flags(_storages, _REST)):
-        if held - dropped > limit and idle:
+    for st, f in zip(_storages, flags):
+        if f and idle - dropped > limit:
             dropped += st.nbytes()
         else:
             keep.append(st)
-    _storages[:] = keep
+    _storages[:] = keep[-SLOTS:]
     return dropped
 
 
@@ -91,9 +98,8 @@ def empty_strided(shape: Any, stride: Any, dtype: torch.dtype, nbytes: int) -> t
         else:
             st = torch.UntypedStorage(nbytes)  # type: ignore[no-untyped-call]
             if nbytes <= limit:
-                _trim(limit - nbytes)       # room for it, if idle storages can make it
-                if sum(s.nbytes() for s in _storages) + nbytes <= limit:
-                    _storages.append(st)
+                _storages.append(st)
+        _trim(limit)
     return torch.empty(0, dtype=dtype).set_(st, 0, shape, stride)
 
 
@@ -104,8 +110,9 @@ def release() -> int:
 
 
 def info() -> dict[str, int]:
-    """``held`` (bytes of every storage the pool keeps, lent or idle), ``idle``
-    (of those nobody else holds) and ``storages``."""
+    """``held`` (bytes of every storage the pool tracks, lent or idle),
+    ``idle`` (of those nobody else holds: what the limit caps) and
+    ``storages``."""
     with _lock:
         flags = _idle_flags(_storages, _REST)
         return {"held": sum(st.nbytes() for st in _storages),
