@@ -38,7 +38,7 @@ from cybatchnorm import _engine
 from cybatchnorm.torch import _ops
 
 N, C = 32, 16
-ROUNDS = 9
+ROUNDS = 15
 
 
 def interleaved(calls, n):
@@ -112,30 +112,45 @@ def steps():
     x, g = torch.randn(N, C, requires_grad=True), torch.randn(N, C)
     mods = {"torch.nn.BatchNorm1d": torch.nn.BatchNorm1d(C),
             "drop-in module": cbt.BatchNorm1d(C, num_threads=1),
-            "- module's own work": Routed(C, num_threads=1),
-            "- routing (visibility, plan)": Applied(C, num_threads=1),
-            "  (via Function.apply)": AppliedPy(C, num_threads=1),
+            "without the module's own work": Routed(C, num_threads=1),
+            "without the routing too": Applied(C, num_threads=1),
+            "  the same through Function.apply": AppliedPy(C, num_threads=1),
             "empty autograd.Function": NothingModule()}
     for m in mods.values():
         if isinstance(m, Applied):
             m.plan = _plan(m, x)
-    t = interleaved({k: (lambda m=m: m(x).backward(g)) for k, m in mods.items()}, 1000)
+    t = interleaved({k: (lambda m=m: m(x).backward(g)) for k, m in mods.items()}, 2000)
     print_steps(t)
     return t
+
+
+#: what each step of Part 1 leaves out, against the step before it
+LAYERS = (("the module's own work (rank check, parameters and buffers, momentum)",
+           "drop-in module", "without the module's own work"),
+          ("the routing (dispatcher visibility, plan lookup, counter)",
+           "without the module's own work", "without the routing too"),
+          ("Function.apply's Python wrapper (not used: autograd's C entry is called)",
+           "  the same through Function.apply", "without the routing too"),
+          ("the compiled calls, the five outputs, the plan's reads",
+           "without the routing too", "empty autograd.Function"),
+          ("autograd's machinery for any Python Function (the floor)",
+           "empty autograd.Function", None))
+
+
+def layers(t):
+    """[(what, microseconds), ...]: each layer's cost, from Part 1's medians."""
+    return [(what, t[a][0] - (t[b][0] if b else 0.0)) for what, a, b in LAYERS]
 
 
 def print_steps(t):
     ref = t["torch.nn.BatchNorm1d"][0]
     print(f"Part 1: {N}x{C} float32 training step, 1 thread, thread CPU time (us), "
           f"median [min-max] of {ROUNDS} rounds")
-    prev = None
     for k, (med, lo, hi) in t.items():
-        diff = "" if prev is None or k.startswith("  ") else f"  (step above - this: {prev - med:5.1f})"
-        print(f"  {k:30s} {med:6.1f} [{lo:5.1f}-{hi:5.1f}] = {med / ref:4.2f}x torch{diff}")
-        if not k.startswith("  ") and k != "torch.nn.BatchNorm1d":
-            prev = med
-        elif k == "torch.nn.BatchNorm1d":
-            prev = None
+        print(f"  {k:34s} {med:6.1f} [{lo:5.1f}-{hi:5.1f}] = {med / ref:4.2f}x torch")
+    print("  what each layer costs (differences of the medians):")
+    for what, us in layers(t):
+        print(f"    {what:75s} {us:5.1f}")
 
 
 def pieces():
@@ -177,7 +192,8 @@ def pieces():
 if __name__ == "__main__":
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    result = {"steps": steps(), "pieces": pieces(),
+    t = steps()
+    result = {"steps": t, "layers": layers(t), "pieces": pieces(),
               "meta": {"torch": torch.__version__, "machine": platform.machine(),
                        "processor": platform.processor(), "simd": _engine.SIMD,
                        "shape": [N, C], "rounds": ROUNDS}}

@@ -141,19 +141,17 @@ def dropin(rows):
 
 def overhead(data):
     """Markdown tables of where a small step's microseconds go
-    (benchmarks/torch_overhead.py's JSON)."""
+    (benchmarks/torch_overhead.py's JSON): the steps, each layer's cost, the pieces."""
     steps, pieces = data["steps"], data["pieces"]
     N, C = data["meta"]["shape"]
     ref = steps["torch.nn.BatchNorm1d"][0]
-    lines = [f"| {N} x {C} float32 training step, 1 thread | us (median, min-max) | "
-             "x torch.nn | this layer costs (us) |", "|---|---|---|---|"]
-    prev = None
+    lines = [f"| {N} x {C} float32 training step, 1 thread | us (median, min-max) | x torch.nn |",
+             "|---|---|---|"]
     for name, (med, lo, hi) in steps.items():
-        indent = name.startswith("  ")
-        cost = f"{prev - med:.1f}" if prev is not None and not indent else ""
-        lines.append(f"| {name.strip()} | {med:.1f} ({lo:.1f}-{hi:.1f}) | {med / ref:.2f} | {cost} |")
-        if name != "torch.nn.BatchNorm1d" and not indent:
-            prev = med
+        lines.append(f"| {name.strip()} | {med:.1f} ({lo:.1f}-{hi:.1f}) | {med / ref:.2f} |")
+    lines += ["", "| what it costs, from the medians above | us |", "|---|---|"]
+    for what, us in data["layers"]:
+        lines.append(f"| {what} | {us:.1f} |")
     lines += ["", "| piece, timed alone | us per call (median, min-max) |", "|---|---|"]
     for name, (med, lo, hi) in pieces.items():
         lines.append(f"| {name} | {med:.2f} ({lo:.2f}-{hi:.2f}) |")
