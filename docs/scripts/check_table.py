@@ -1,4 +1,4 @@
-"""The walkthrough's check table: every gradient of the tiny batch, three ways.
+"""The walkthrough's check table: every gradient of the tiny batch, checked twice.
 
     python docs/scripts/check_table.py OUTDIR
 

@@ -4,7 +4,9 @@
 Run with: pytest tests/site --site docs/_build/html   (or: tox -e docs)
 
 Each page is loaded once (with every collapsed solution opened) and fails on:
-raw TeX outside typeset math, a code block or a page that scrolls sideways, an
+raw TeX outside typeset math, a literal backslash or dollar sign a reader would
+see (in the prose, or printed inside typeset math, as ``\\_`` in ``\\text{}``
+is), a code block or a page that scrolls sideways, an
 image that does not load, a resource fetched from anywhere but the site, a
 console error, or an internal link to nothing.
 """
@@ -34,6 +36,17 @@ body.querySelectorAll('pre, code, mjx-container, script, style, .highlight')
     .forEach(n => n.remove());
 return body.innerText;
 """
+
+# A backslash or dollar sign the reader sees: in the prose (code and math
+# removed), or inside typeset math, where MathJax prints what it did not
+# interpret (``\_`` inside ``\text{}`` shows as a backslash and an underscore).
+LITERAL_JS = PROSE_JS.replace("return body.innerText;", """
+const found = [];
+for (const m of body.innerText.matchAll(/.{0,30}[\\\\$].{0,30}/g)) found.push('prose: ' + m[0]);
+document.querySelectorAll('mjx-container').forEach(c => {
+    if (c.textContent.includes('\\\\')) found.push('math: ' + c.textContent.slice(0, 80));
+});
+return found;""")
 
 # Resolves once MathJax's first typeset pass is over (pages without math have no MathJax).
 MATHJAX_DONE_JS = """
@@ -127,6 +140,7 @@ class Findings:
         self.raw_tex = sorted({m.group() for m in
                                RAW_TEX.finditer(driver.execute_script(PROSE_JS))})
         self.untypeset = driver.execute_script(UNTYPESET_JS)
+        self.literal = driver.execute_script(LITERAL_JS)
         self.scripts = driver.execute_script("return [...document.scripts].map(s => s.src)")
         self.math = driver.execute_script("return document.querySelectorAll('.math').length")
         self.images = driver.execute_script(IMAGES_JS)
@@ -173,6 +187,10 @@ def test_math_is_typeset_by_local_mathjax(seen):
         # MathJax comes from the site itself (sphinx-mathjax-offline), never a CDN
         assert any("_static/mathjax" in s for s in seen.scripts), \
             f"no local MathJax on {seen.url}: {seen.scripts}"
+
+
+def test_no_literal_backslash_or_dollar(seen):
+    assert not seen.literal, f"a literal backslash or $ on {seen.url}:\n" + "\n".join(seen.literal)
 
 
 def test_nothing_fetched_from_the_network(seen):
