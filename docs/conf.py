@@ -27,7 +27,14 @@ extensions = [
     "sphinx.ext.mathjax",
     "sphinx-mathjax-offline",   # bundles MathJax into _static: math renders offline
     "sphinx_design",            # dropdowns: the collapsible solutions of the exercises
+    "sphinx_copybutton",        # a copy button on every code block
 ]
+
+# the button copies what a reader would type: prompts (>>> , ... , $ ) stripped and
+# the doctests' expected output left out
+copybutton_prompt_text = r">>> |\.\.\. |\$ "
+copybutton_prompt_is_regexp = True
+copybutton_only_copy_prompt_lines = True
 
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3

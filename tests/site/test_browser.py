@@ -152,6 +152,9 @@ class Findings:
             "return [...document.querySelectorAll('a[href]')].map(a => a.href)")
         self.ids = set(driver.execute_script(
             "return [...document.querySelectorAll('[id]')].map(e => e.id)"))
+        self.uncopyable = driver.execute_script(
+            "return [...document.querySelectorAll('div.highlight')]"
+            ".filter(d => !d.querySelector('button.copybtn')).length")
         self.headings = driver.execute_script(
             "return [...document.querySelectorAll('h2')].map(h => h.textContent)")
 
@@ -191,6 +194,10 @@ def test_math_is_typeset_by_local_mathjax(seen):
 
 def test_no_literal_backslash_or_dollar(seen):
     assert not seen.literal, f"a literal backslash or $ on {seen.url}:\n" + "\n".join(seen.literal)
+
+
+def test_every_code_block_has_a_copy_button(seen):
+    assert seen.uncopyable == 0, f"{seen.uncopyable} code blocks without a copy button on {seen.url}"
 
 
 def test_nothing_fetched_from_the_network(seen):
@@ -288,3 +295,31 @@ def test_chapters_end_with_exercises(driver, site_url, site_dir):
                 f"{name}: exercises without collapsible solutions holding code"
             with_exercises.append(name)
     assert len(with_exercises) >= 8, f"chapters with an Exercises section: {with_exercises}"
+
+
+def test_copying_a_doctest_gives_what_to_type(driver, site_url):
+    # the copy button of a doctest block copies its input lines without the
+    # prompts and without the expected output: the button is clicked, and the
+    # text clipboard.js hands to the browser's copy command is caught
+    open_page(driver, urljoin(site_url, "walkthrough.html"))
+    blocks = driver.execute_script("""
+        const caught = [];
+        document.execCommand = (cmd) => {
+            const a = document.activeElement;
+            caught.push(a && a.value !== undefined ? a.value : String(window.getSelection()));
+            return true;
+        };
+        const out = [];
+        for (const d of document.querySelectorAll('div.highlight')) {
+            if (!d.textContent.includes('>>> ')) continue;
+            const before = caught.length;
+            d.querySelector('button.copybtn').click();
+            out.push([d.querySelector('pre').textContent,
+                      caught.length > before ? caught[caught.length - 1] : null]);
+        }
+        return out;""")
+    assert blocks, "no doctest block on walkthrough.html"
+    for shown, copied in blocks:
+        assert copied is not None, f"the copy button copied nothing: {shown[:80]}"
+        typed = [line[4:] for line in shown.splitlines() if line.startswith((">>> ", "... "))]
+        assert copied.splitlines() == typed, (shown, copied)
