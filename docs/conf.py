@@ -73,11 +73,12 @@ nitpick_ignore_regex = [
 ]
 
 # every doctest on the site and in the docstrings starts from these names
-doctest_global_setup = """
+doctest_global_setup = f"""
 import numpy as np
 import cybatchnorm as bn
 from cybatchnorm import graph
 np.set_printoptions(precision=4, suppress=True)
+GENERATED = {os.path.join(HERE, "_generated")!r}   # what docs/scripts/ computed for this build
 """
 doctest_test_doctest_blocks = "default"
 
