@@ -323,3 +323,40 @@ def test_copying_a_doctest_gives_what_to_type(driver, site_url):
         assert copied is not None, f"the copy button copied nothing: {shown[:80]}"
         typed = [line[4:] for line in shown.splitlines() if line.startswith((">>> ", "... "))]
         assert copied.splitlines() == typed, (shown, copied)
+
+
+def _chapters(site_dir):
+    return [p for p in site_pages(site_dir) if p not in ("genindex.html", "search.html",
+                                                         "py-modindex.html")]
+
+
+def test_the_column_is_the_same_on_every_page(driver, site_url, site_dir):
+    # the reading column and the sidebar do not move from page to page
+    where = {}
+    for page in _chapters(site_dir):
+        open_page(driver, urljoin(site_url, page))
+        where[page] = tuple(driver.execute_script(
+            "const r = document.querySelector('article').getBoundingClientRect();"
+            "return [Math.round(r.left), Math.round(r.width)];"))
+    assert len(set(where.values())) == 1, f"the column moves between pages: {where}"
+
+
+PHONE = {"width": 390, "height": 844, "deviceScaleFactor": 3, "mobile": True}
+
+
+def test_no_page_scrolls_sideways_on_a_phone(driver, site_url, site_dir):
+    # at a phone's 390 x 844 a code block may scroll inside its own box, the page may not
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", PHONE)
+    try:
+        wide = {}
+        for page in _chapters(site_dir):
+            open_page(driver, urljoin(site_url, page))
+            assert driver.execute_script("return window.innerWidth") == PHONE["width"]
+            over = driver.execute_script(
+                "return document.documentElement.scrollWidth"
+                " - document.documentElement.clientWidth")
+            if over > 0:
+                wide[page] = over
+        assert not wide, f"pages wider than a 390-px phone screen (px too wide): {wide}"
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
