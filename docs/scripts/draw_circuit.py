@@ -3,8 +3,10 @@
     python docs/scripts/draw_circuit.py OUTDIR
 
 Writes OUTDIR/circuit.svg (every wire carries its forward value, green, above
-or left of it, and its gradient, red, below or right of it) and one
-OUTDIR/circuit_<node>.svg per node with that node and its wires highlighted.
+or left of it, and its gradient, red, below or right of it; the figure says
+what the loss is in its title, L = sum(out * dout)) and one OUTDIR/circuit_<node>.svg per
+node: a close-up of that node alone, with the wires that enter and leave it
+and their values and gradients, drawn at the size of the text.
 The batch is tiny (one feature, four rows: the third feature of the backward
 chapter's batch), and every number is computed when the site is built: the
 values by the compiled forward kernels of the nodes (graph.forward), the
@@ -42,7 +44,7 @@ FILL = {"full": "#dbe9f6", "channel": "#fde9c9", "leaf": "#eeeeee", "loss": "#f3
 # layout units are inches of the figure; fonts in points (1/72 in)
 COLW, ROW_A, ROW_B, ROW_C, RAISE = 2.45, 5.7, 2.3, 0.0, 1.95
 BOX_W, BOX_H, LOSS_W = 1.5, 0.62, 0.5
-FONT, SMALL = 13, 12.5
+FONT, SMALL = 13.5, 13   # at the 928-px column the circuit is drawn 0.94 px per point: >= 12 px
 INCH = 1.0
 plt.rcParams["svg.fonttype"] = "none"       # text stays text: small files, crisp at any zoom
 plt.rcParams["svg.hashsalt"] = "cybatchnorm"  # fixed element ids: the same bytes at every build
@@ -209,13 +211,81 @@ def save(path, values=None, grads=None, highlight=None, title=None):
     return path
 
 
+CLOSE_FONT = 12          # close-ups are shown at their natural size: 12 pt is 16 px
+
+
+def closeup(path, values, grads, name):
+    """One node alone: its inputs on the left, the node, where its value goes
+    on the right; every wire with its value (green, above) and gradient (red,
+    below); where two gradients come back, their sum under the node."""
+    node = next(n for n in NODES if n.name == name)
+    grad_of = dict(zip(node.targets(), node.grads))
+    outs = [(t, g) for s, t, g in edges() if s == name]
+    kinds = {k: v[2] for k, v in layout().items()}
+    rows = max(len(node.inputs), len(outs))
+    step = 2.4                      # room for a value above and a gradient below each wire
+    extra = 1.3 if len(outs) > 1 else 0.0     # the sum of two gradients under the node
+    h = rows * step + extra
+    fig, ax = plt.subplots(figsize=(8.6, h))
+    fig.subplots_adjust(0, 0, 1, 1)
+    kw = dict(fontsize=CLOSE_FONT, linespacing=1.05, zorder=4)
+    mid = extra + rows * step / 2
+
+    def ys(k):
+        return [mid + (k - 1) / 2 * step - j * step for j in range(k)]
+
+    def box(x, y, label, kind, height=0.6, on=False):
+        w = (1.95 if on else 1.25) if kind != "loss" else 0.55
+        ax.add_patch(FancyBboxPatch((x - w / 2, y - height / 2), w, height,
+                                    boxstyle="round,pad=0.03",
+                                    fc="#fff59d" if on else FILL[kind],
+                                    ec="#b8860b" if on else "#333333", lw=2.2 if on else 1.0,
+                                    zorder=3))
+        ax.text(x, y, label, ha="center", va="center", weight="bold" if on else "normal", **kw)
+        return w
+
+    def wire(x0, x1, y, top, bot):
+        # horizontal: the value above, the gradient below
+        ax.add_patch(FancyArrowPatch((x0, y), (x1, y), arrowstyle="-|>", mutation_scale=14,
+                                     lw=1.6, color="#444444", zorder=2))
+        ax.text((x0 + x1) / 2, y + 0.08, top, ha="center", va="bottom", color=VALUE, **kw)
+        ax.text((x0 + x1) / 2, y - 0.08, bot, ha="center", va="top", color=GRAD, **kw)
+
+    cx = 4.3
+    tall = (rows - 1) * step + 0.6
+    w = box(cx, mid, f"{name}\n{node.op}", node.kind, height=tall, on=True)
+    for i, y in zip(node.inputs, ys(len(node.inputs))):
+        box(0.75, y, i, kinds.get(i, "leaf"))
+        g = grad_of.get(i)
+        wire(1.4, cx - w / 2 - 0.05, y, f"{i}\n{fmt(values[i])}",
+             f"{g}\n{fmt(grads[g])}" if g else "no gradient")
+    for (t, g), y in zip(outs, ys(len(outs))):
+        box(7.85, y, t, kinds.get(t, "loss"))
+        wire(cx + w / 2 + 0.05, 7.2, y, f"{name}\n{fmt(values[name])}",
+             f"{g}\n{fmt(DOUT if g == 'dout' else grads[g])}")
+    if len(outs) > 1:
+        parts = " + ".join(g for _, g in outs)
+        ax.text(cx, mid - tall / 2 - 0.12, f"d{name} = {parts} =\n{fmt(grads['d' + name])}",
+                ha="center", va="top", color=GRAD, **kw)
+    if any(t == "L" for t, _ in outs):
+        ax.text(7.85, mid - 0.42, "L = Σ out ⊙ dout", ha="center", va="top", style="italic",
+                **kw)
+    ax.set_xlim(0, 8.6)
+    ax.set_ylim(0, h)
+    ax.set_axis_off()
+    fig.savefig(path, metadata={"Date": None})   # same bytes at every build
+    plt.close(fig)
+    return path
+
+
 def main(outdir):
     values, grads = compute()
     paths = [save(os.path.join(outdir, "circuit.svg"), values, grads,
-                  title="forward values (green) and gradients (red) on every wire")]
+                  title="forward values (green) and gradients (red) on every wire;"
+                        "  the loss L = Σ out ⊙ dout")]
     for n in NODES:
-        paths.append(save(os.path.join(outdir, f"circuit_{n.name}.svg"), values, grads,
-                          highlight=n.name))
+        paths.append(closeup(os.path.join(outdir, f"circuit_{n.name}.svg"), values, grads,
+                             n.name))
     return paths
 
 
