@@ -3,7 +3,10 @@
     python docs/scripts/digits_experiment.py OUTDIR
 
 Writes OUTDIR/digits_curves.png (training loss and test accuracy per epoch,
-both models) and OUTDIR/digits_results.json (the same numbers).
+both models) and OUTDIR/digits_results.json (the same numbers); then the
+batch-size sweep (both models, five epochs at batch sizes 2, 5, 10 and 50, and
+how far a batch's statistics are from the training set's):
+OUTDIR/digits_batch_sizes.png and OUTDIR/digits_batch_sizes.json.
 
 The experiment
 --------------
@@ -219,9 +222,86 @@ def plot(results, path):
     plt.close(fig)
 
 
+SWEEP_BATCHES = (2, 5, 10, 50)
+SWEEP_EPOCHS = 5
+
+
+def stat_noise(data, batches=SWEEP_BATCHES, draws=2000, seed=SEED):
+    """How far a batch's statistics are from the whole training set's, per
+    batch size: over ``draws`` random batches of the first hidden layer's
+    pre-activations at initialisation, the mean absolute error of the batch
+    mean and of the batch standard deviation, in units of the feature's
+    standard deviation, averaged over the 64 features."""
+    x_train = data[0]
+    w, b = init_params((x_train.shape[1],) + HIDDEN + (10,), seed)[0]
+    z = x_train @ w + b
+    mu, sd = z.mean(axis=0), z.std(axis=0)
+    rng = np.random.default_rng(seed + 2)
+    out = {}
+    for B in batches:
+        idx = np.array([rng.choice(len(z), B, replace=False) for _ in range(draws)])
+        zb = z[idx]                                  # (draws, B, 64)
+        err_mu = np.abs(zb.mean(axis=1) - mu) / sd
+        err_sd = np.abs(zb.std(axis=1) - sd) / sd
+        out[str(B)] = {"mean_error": round(float(err_mu.mean()), 4),
+                       "std_error": round(float(err_sd.mean()), 4)}
+    return out
+
+
+def batch_sweep(data, batches=SWEEP_BATCHES, epochs=SWEEP_EPOCHS):
+    """Both models trained for ``epochs`` epochs at each batch size (the same
+    learning rate, seed and data): the final test accuracy and training loss."""
+    out = {}
+    for B in batches:
+        row = {}
+        for key, bn in (("plain", False), ("batchnorm", True)):
+            r = train(bn, data, epochs=epochs, batch=B)
+            row[key] = {"test_accuracy": r["test_accuracy"][-1], "loss": r["loss"][-1]}
+        out[str(B)] = row
+    return out
+
+
+def plot_sweep(sweep, noise, path):
+    batches = [int(b) for b in sweep]
+    fig, (ax_acc, ax_noise) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for key, label, color, marker in (("plain", "plain MLP", "#1f77b4", "o"),
+                                      ("batchnorm", "MLP + cybatchnorm.BatchNorm", "#d62728",
+                                       "s")):
+        ax_acc.plot(batches, [sweep[str(b)][key]["test_accuracy"] for b in batches],
+                    color=color, marker=marker, label=label)
+    ax_acc.set_xscale("log")
+    ax_acc.set_xticks(batches, [str(b) for b in batches])
+    ax_acc.set_xlabel("batch size")
+    ax_acc.set_ylabel(f"test accuracy after {SWEEP_EPOCHS} epochs")
+    ax_acc.set_title("Accuracy against batch size (BN in eval mode)")
+    nb = [int(b) for b in noise]
+    ax_noise.plot(nb, [noise[str(b)]["mean_error"] for b in nb], marker="o", color="#6a3d9a",
+                  label="batch mean")
+    ax_noise.plot(nb, [noise[str(b)]["std_error"] for b in nb], marker="s", color="#ff7f00",
+                  label="batch standard deviation")
+    ax_noise.set_xscale("log")
+    ax_noise.set_xticks(nb, [str(b) for b in nb])
+    ax_noise.set_xlabel("batch size")
+    ax_noise.set_ylabel("mean |error| / feature's std")
+    ax_noise.set_title("How far a batch's statistics are off")
+    for ax in (ax_acc, ax_noise):
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())   # only 2, 5, 10, 50
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main(outdir):
     os.makedirs(outdir, exist_ok=True)
     data = load_data()
+    sweep, noise = batch_sweep(data), stat_noise(data)
+    with open(os.path.join(outdir, "digits_batch_sizes.json"), "w") as f:
+        json.dump({"epochs": SWEEP_EPOCHS, "lr": LR, "seed": SEED, "accuracy": sweep,
+                   "statistics_error": noise}, f, indent=1)
+        f.write("\n")
+    plot_sweep(sweep, noise, os.path.join(outdir, "digits_batch_sizes.png"))
     results = {
         "epochs": EPOCHS,
         "lr": LR,
