@@ -83,10 +83,10 @@ GENERATED = {os.path.join(HERE, "_generated")!r}   # what docs/scripts/ computed
 doctest_test_doctest_blocks = "default"
 
 
-def _generate_figures(app):
-    # every builder needs them (a missing image is a warning, and warnings
-    # are errors); each script is deterministic and takes seconds
-    out = os.path.join(HERE, "_generated")
+def generate_all(out=os.path.join(HERE, "_generated")):
+    """Everything the pages include, computed by the package: figures, tables,
+    results, and last the chapters as notebooks (which embed some of them).
+    Returns ``out``. Each script is deterministic and takes seconds."""
     os.makedirs(out, exist_ok=True)
     import chapter_figures
     import check_table
@@ -94,6 +94,7 @@ def _generate_figures(app):
     import digits_experiment
     import draw_circuit
     import draw_graph
+    import make_notebooks
     import perf_report
     draw_graph.main(out)
     draw_circuit.main(out)
@@ -102,7 +103,26 @@ def _generate_figures(app):
     cost_table.main(out)
     digits_experiment.main(out)
     perf_report.main(os.path.join(HERE, "data", "bench.json"), out)
+    make_notebooks.main(os.path.join(out, "notebooks"))
+    return out
+
+
+def _generate_figures(app):
+    # every builder needs them (a missing image is a warning, and warnings are errors)
+    generate_all()
+
+
+def _notebook_link(app, docname, source):
+    # under each chapter's title: the link to the chapter as a notebook
+    path = os.path.join(HERE, "_generated", "notebooks", docname + ".ipynb")
+    if not os.path.exists(path):
+        return
+    title, _, rest = source[0].partition("\n")
+    source[0] = (f"{title}\n\n{{download}}`Download this chapter as a notebook "
+                 f"<_generated/notebooks/{docname}.ipynb>` (every example a code cell, "
+                 f"ready to run and change)\n{rest}")
 
 
 def setup(app):
     app.connect("builder-inited", _generate_figures)
+    app.connect("source-read", _notebook_link)
