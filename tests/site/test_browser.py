@@ -360,3 +360,18 @@ def test_no_page_scrolls_sideways_on_a_phone(driver, site_url, site_dir):
         assert not wide, f"pages wider than a 390-px phone screen (px too wide): {wide}"
     finally:
         driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_the_circuit_keeps_its_size_on_a_phone(driver, site_url):
+    # at 390 px the whole circuit scrolls inside its own box at the size it has at
+    # 1280 px (labels of 12 px and more) instead of shrinking to a third of it
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", PHONE)
+    try:
+        for page in ("backward.html", "walkthrough.html"):
+            open_page(driver, urljoin(site_url, page))
+            width = driver.execute_script(
+                "const i = [...document.images].find(i => i.src.endsWith('/circuit.svg'));"
+                "return i ? i.getBoundingClientRect().width : null;")
+            assert width is not None and width >= 928, f"{page}: the circuit is {width} px wide"
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
