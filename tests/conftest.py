@@ -20,6 +20,18 @@ def rng():
     return np.random.default_rng(12345)
 
 
+@pytest.fixture
+def pool():
+    """The output pools at the default 256 MiB limit and empty, restored after
+    the test (cybatchnorm.memory: the numpy pool and the drop-in's)."""
+    import cybatchnorm as bn
+    old = bn.set_pool_limit(256 << 20)
+    bn.release_pool()
+    yield
+    bn.set_pool_limit(old)
+    bn.release_pool()
+
+
 SHAPES = [(16, 5), (7, 3, 4, 5), (9, 4, 6), (2, 1), (33, 65)]
 DTYPES = [np.float64, np.float32]
 

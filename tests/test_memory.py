@@ -11,15 +11,6 @@ from cybatchnorm import _engine
 SHAPE = (512, 1024)            # 2 MiB in float32: pooled
 
 
-@pytest.fixture
-def pool():
-    old = bn.set_pool_limit(256 << 20)
-    bn.release_pool()
-    yield
-    bn.set_pool_limit(old)
-    bn.release_pool()
-
-
 def data(shape=SHAPE, dtype=np.float32):
     rng = np.random.default_rng(0)
     x = rng.normal(size=shape).astype(dtype)

@@ -118,11 +118,16 @@ pool_info = _pool.info
 
 # ------------------------------------------------------------------ fused
 
+def row_chunks(N: int, C: int, S: int, itemsize: int) -> int:
+    """Row chunks of the kernels' work grid for an (N, C, S) array of
+    ``itemsize``-byte values (the fused and the split kernels share it): a
+    function of the shape and dtype alone, never of the thread count (see
+    _common.pxd)."""
+    return int(fused.row_chunks(N, C, S, itemsize))
+
+
 def _chunks(shape3: Sequence[int], dtype: np.dtype[Any]) -> int:
-    # row chunks of the kernels' work grid (the fused and the split kernels
-    # share it): a function of the shape and dtype alone, never of the
-    # thread count (see _common.pxd)
-    return int(fused.row_chunks(*shape3, dtype.itemsize))
+    return row_chunks(shape3[0], shape3[1], shape3[2], dtype.itemsize)
 
 
 def forward(x3: AnyArray, gamma: AnyArray, beta: AnyArray, eps: float, out3: AnyArray, keep: bool,
@@ -283,11 +288,6 @@ def update_running_stats(running_mean: AnyArray | None, running_var: AnyArray | 
 
 
 # ------------------------------------------------- torch tensors' memory
-
-def row_chunks(N: int, C: int, S: int, itemsize: int) -> int:
-    """Row chunks of the kernels' work grid for an (N, C, S) array."""
-    return int(fused.row_chunks(N, C, S, itemsize))
-
 
 forward_tensor = fused.forward_tensor
 backward_tensor = fused.backward_tensor

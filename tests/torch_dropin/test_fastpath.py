@@ -180,15 +180,6 @@ def test_create_graph_runs_the_differentiable_operator():
 BIG = (64, 8, 32, 32)      # 2 MiB of float32: above _outputs.MIN_BYTES
 
 
-@pytest.fixture
-def pool():
-    old = memory.set_pool_limit(256 << 20)
-    memory.release_pool()
-    yield
-    memory.set_pool_limit(old)
-    memory.release_pool()
-
-
 def test_an_output_kept_alive_is_never_overwritten(pool):
     m = cbt.BatchNorm2d(8)
     y1 = m(_x(BIG, torch.float32, False, seed=1))

@@ -64,11 +64,13 @@ def _calibrate() -> int:
 _REST = _calibrate()
 
 
-def _trim(limit: int) -> int:
+def _trim(limit: int, flags: list[bool] | None = None) -> int:
     # drop idle storages, oldest first, until at most limit bytes of them
     # are left, and forget the oldest beyond SLOTS; returns the idle bytes
-    # dropped. The caller holds the lock.
-    flags = _idle_flags(_storages, _REST)
+    # dropped. ``flags``: _idle_flags of _storages, when the caller has
+    # them. The caller holds the lock.
+    if flags is None:
+        flags = _idle_flags(_storages, _REST)
     idle = sum(st.nbytes() for st, f in zip(_storages, flags) if f)
     keep = []
     dropped = 0
@@ -97,12 +99,15 @@ def empty_strided(shape: Any, stride: Any, dtype: torch.dtype, nbytes: int) -> t
                   if flags[i] and _storages[i].nbytes() == nbytes), -1)
         if i >= 0:
             st = _storages.pop(i)
+            flags.pop(i)
             _storages.append(st)
+            flags.append(False)          # lent now
         else:
             st = torch.UntypedStorage(nbytes)  # type: ignore[no-untyped-call]
             if nbytes <= limit:
                 _storages.append(st)
-        _trim(limit)
+                flags.append(False)
+        _trim(limit, flags)
     return torch.empty(0, dtype=dtype).set_(st, 0, shape, stride)
 
 

@@ -14,6 +14,19 @@ from .functional import threads_arg
 __all__ = ["BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
 
+def _momentum_of(training: bool, track_running_stats: bool, seen: Any,
+                 momentum: float | None) -> tuple[bool, float]:
+    # (whether a forward counts a batch, the running statistics' update
+    # factor) as torch's _BatchNorm.forward has them; seen is
+    # num_batches_tracked (a tensor, or None)
+    track = training and track_running_stats and seen is not None
+    factor = 0.0 if momentum is None else momentum
+    if track and seen is not None and momentum is None:
+        # the cumulative average over the batches seen, this one included
+        factor = 1.0 / float(seen + 1)
+    return bool(track), float(factor)
+
+
 class _CyBatchNorm(_BatchNorm):
     """What the four classes share: torch's constructor, parameters, buffers,
     ``reset_parameters``, ``reset_running_stats``, ``extra_repr`` and
@@ -43,13 +56,8 @@ class _CyBatchNorm(_BatchNorm):
     def _momentum(self) -> tuple[bool, float]:
         """(whether this training forward counts a batch, the running
         statistics' update factor), as torch's ``_BatchNorm.forward`` has them."""
-        seen = self.num_batches_tracked
-        track = self.training and self.track_running_stats and seen is not None
-        factor = 0.0 if self.momentum is None else self.momentum
-        if track and seen is not None and self.momentum is None:
-            # the cumulative average over the batches seen, this one included
-            factor = 1.0 / float(seen + 1)
-        return track, float(factor)
+        return _momentum_of(self.training, self.track_running_stats, self.num_batches_tracked,
+                            self.momentum)
 
     def __prepare_scriptable__(self) -> Any:
         # torch.jit.script calls this first: a clear error instead of a
@@ -62,14 +70,10 @@ class _CyBatchNorm(_BatchNorm):
         # torch's _BatchNorm.forward, with each attribute read once (a
         # module's parameters and buffers are found by nn.Module.__getattr__,
         # about half a microsecond each)
-        training, momentum = self.training, self.momentum
+        training = self.training
         seen = self.num_batches_tracked
         running_mean, running_var = self.running_mean, self.running_var
-        track = training and self.track_running_stats and seen is not None
-        factor = 0.0 if momentum is None else momentum
-        if track and seen is not None and momentum is None:
-            # the cumulative average over the batches seen, this one included
-            factor = 1.0 / float(seen + 1)
+        track, factor = _momentum_of(training, self.track_running_stats, seen, self.momentum)
         bn_training = training or (running_mean is None and running_var is None)
         # the buffers are passed only when they are to be updated (training
         # and tracked) or to normalize with (eval mode), as torch does
@@ -79,7 +83,7 @@ class _CyBatchNorm(_BatchNorm):
         # input changes nothing
         return _batch_norm(
             input, self.weight, self.bias, running_mean if use else None,
-            running_var if use else None, bn_training, float(factor), float(self.eps),
+            running_var if use else None, bn_training, factor, float(self.eps),
             0 if num_threads is None else threads_arg(num_threads), seen if track else None)
 
     def extra_repr(self) -> str:
