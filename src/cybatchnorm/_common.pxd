@@ -224,9 +224,9 @@ cdef inline double lanes_total(double* a) noexcept nogil:
 cdef enum:
     # what a run reduction sums, value by value (k the index in the run)
     RUN_SUM = 0         # p[k]
-    RUN_SHIFTED = 1     # p[k] - a
-    RUN_DOT = 2         # p[k] * q[k]
-    RUN_CENTRED = 3     # p[k] * ((q[k] - a) * b)
+    RUN_DOT = 1         # p[k] * q[k]
+    RUN_CENTRED = 2     # p[k] * ((q[k] - a) * b)
+    RUN_SHIFTED = 3     # p[k] - a
     RUN_SQDEV = 4       # (p[k] - a)**2
 
 
@@ -235,13 +235,13 @@ cdef inline double run_term(int op, const floating* p, const floating* q, double
     cdef double d
     if op == RUN_SUM:
         return p[k]
-    if op == RUN_SHIFTED:
-        return p[k] - a
     if op == RUN_DOT:
         return <double>p[k] * q[k]
     if op == RUN_CENTRED:
         return p[k] * ((q[k] - a) * b)
     d = p[k] - a
+    if op == RUN_SHIFTED:
+        return d
     return d * d
 
 
@@ -268,12 +268,6 @@ cdef inline double run_sum(const floating* p, Py_ssize_t S) noexcept nogil:
     return run_reduce(RUN_SUM, p, p, 0.0, 0.0, S)
 
 
-cdef inline double run_sum_shifted(const floating* p, double K,
-                                   Py_ssize_t S) noexcept nogil:
-    # sum of (p - K)
-    return run_reduce(RUN_SHIFTED, p, p, K, 0.0, S)
-
-
 cdef inline double run_dot(const floating* p, const floating* q,
                            Py_ssize_t S) noexcept nogil:
     # sum of p * q in float64
@@ -287,108 +281,141 @@ cdef inline double run_dot_centred(const floating* g, const floating* x, double 
     return run_reduce(RUN_CENTRED, g, x, m, r, S)
 
 
-cdef inline double run_sqdev(const floating* p, double m,
-                             Py_ssize_t S) noexcept nogil:
-    # sum of (p - m)**2
-    return run_reduce(RUN_SQDEV, p, p, m, 0.0, S)
-
-
 # S == 1 reductions over rows [r0, r1) read four rows per step, a quarter of
 # the rows apart (n, n + q, n + 2q, n + 3q): one accumulator update per four
 # values, and four sequential streams the prefetchers follow (four adjacent
 # rows were measured twice as slow from memory). The rows left over by the
 # quarters are added one by one at the end; the order depends only on r0, r1.
 
-cdef inline void column_stats(const floating* x, Py_ssize_t C, Py_ssize_t r0,
-                              Py_ssize_t r1, Py_ssize_t c0, Py_ssize_t nc,
-                              const double* shift, double* mean,
-                              double* m2) noexcept nogil:
-    # S == 1: exact two-pass mean and m2 of x - shift over rows [r0, r1) and
-    # nc channels from c0; a task's rows are still in cache for the second
-    # pass. The loops over channels vectorize.
+cdef extern from *:
+    # a float64 array no other pointer of the loop reaches: without it gcc
+    # must assume that a store to a float64 accumulator may change the
+    # float64 data it reads, and reloads or gives up vectorizing
+    ctypedef double* f64_out "double * __restrict__"
+
+
+cdef struct Sums2:
+    double s1, s2       # sum of (v - h) and of (v - h)**2
+
+
+cdef inline Sums2 run_moments(const floating* p, double h, Py_ssize_t S) noexcept nogil:
+    # sums of p - h and (p - h)**2 over a run: two lane loops, the second
+    # reading the run from L1 (one loop with both sums was slower, gcc
+    # shuffled the lanes between vectors: the float64 run took 3.3 reads of
+    # x instead of 1.4)
+    cdef Sums2 r
+    r.s1 = run_reduce(RUN_SHIFTED, p, p, h, 0.0, S)
+    r.s2 = run_reduce(RUN_SQDEV, p, p, h, 0.0, S)
+    return r
+
+
+cdef inline void column_moments(const floating* x, Py_ssize_t C, Py_ssize_t r0,
+                                Py_ssize_t r1, Py_ssize_t c0, Py_ssize_t nc,
+                                f64_out s1, f64_out s2) noexcept nogil:
+    # S == 1, one read: s1 = sum(x - h), s2 = sum((x - h)**2) over rows
+    # [r0, r1) for nc channels from c0, h the task's first row (x itself:
+    # no copy). The loops over channels vectorize.
     cdef Py_ssize_t q = (r1 - r0) // 4, n, c
-    cdef double cnt = <double>(r1 - r0)
+    cdef const floating* h = x + r0 * C + c0
     cdef const floating* p0
     cdef const floating* p1
     cdef const floating* p2
     cdef const floating* p3
     cdef double d0, d1, d2, d3
     for c in range(nc):
-        mean[c] = 0.0
-        m2[c] = 0.0
+        s1[c] = 0.0
+        s2[c] = 0.0
     for n in range(r0, r0 + q):
         p0 = x + n * C + c0
         p1 = p0 + q * C
         p2 = p1 + q * C
         p3 = p2 + q * C
         for c in range(nc):
-            mean[c] += (((p0[c] - shift[c]) + (p1[c] - shift[c]))
-                        + ((p2[c] - shift[c]) + (p3[c] - shift[c])))
+            d0 = <double>p0[c] - h[c]
+            d1 = <double>p1[c] - h[c]
+            d2 = <double>p2[c] - h[c]
+            d3 = <double>p3[c] - h[c]
+            s1[c] += (d0 + d1) + (d2 + d3)
+            s2[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
     for n in range(r0 + 4 * q, r1):
         p0 = x + n * C + c0
         for c in range(nc):
-            mean[c] += p0[c] - shift[c]
-    for c in range(nc):
-        mean[c] = mean[c] / cnt
-    for n in range(r0, r0 + q):
-        p0 = x + n * C + c0
-        p1 = p0 + q * C
-        p2 = p1 + q * C
-        p3 = p2 + q * C
-        for c in range(nc):
-            d0 = (p0[c] - shift[c]) - mean[c]
-            d1 = (p1[c] - shift[c]) - mean[c]
-            d2 = (p2[c] - shift[c]) - mean[c]
-            d3 = (p3[c] - shift[c]) - mean[c]
-            m2[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
-    for n in range(r0 + 4 * q, r1):
-        p0 = x + n * C + c0
-        for c in range(nc):
-            d0 = (p0[c] - shift[c]) - mean[c]
-            m2[c] += d0 * d0
+            d0 = <double>p0[c] - h[c]
+            s1[c] += d0
+            s2[c] += d0 * d0
+
+
+cdef inline double exact_m2(const floating* x, Py_ssize_t C, Py_ssize_t S, Py_ssize_t r0,
+                            Py_ssize_t r1, Py_ssize_t c, double h,
+                            double mr) noexcept nogil:
+    # sum of ((x - h) - mr)**2 of channel c over rows [r0, r1): a second
+    # read, for the rare channel whose one-read m2 lost too many bits
+    cdef double acc = 0.0, d
+    cdef Py_ssize_t n, s
+    cdef const floating* run
+    for n in range(r0, r1):
+        run = x + (n * C + c) * S
+        for s in range(S):
+            d = (run[s] - h) - mr
+            acc += d * d
+    return acc
+
+
+cdef enum:
+    # m2 = s2 - s1 * mean is summed again exactly around the mean when it is
+    # below s2 * 2**-M2_BITS: the subtraction then cancels more than
+    # M2_BITS bits, and s2's own rounding (a few ulps per lane chain) would
+    # be magnified 2**M2_BITS times. For normal data that is a first value
+    # more than ~3.9 standard deviations from its chunk's mean (about one
+    # chunk and channel in 9000); for adversarial data every channel pays
+    # one more read of its (cached) chunk.
+    M2_BITS = 4
 
 
 cdef inline void welford_rows(const floating* x, Py_ssize_t C, Py_ssize_t S, Py_ssize_t r0,
                               Py_ssize_t r1, Py_ssize_t c0, Py_ssize_t c1,
-                              const double* shift, double* mean,
-                              double* m2) noexcept nogil:
-    """Mean and sum of squared deviations of ``x - shift`` per channel, over
-    rows [r0, r1) and channels [c0, c1) (``shift``, ``mean``, ``m2`` are
-    indexed from 0 for channel c0).
+                              const double* shift, f64_out mean,
+                              f64_out m2) noexcept nogil:
+    """Mean (of ``x - shift``) and sum of squared deviations per channel,
+    over rows [r0, r1) and channels [c0, c1) (``shift``, ``mean``, ``m2``
+    are indexed from 0 for channel c0), reading x once.
 
-    Shifting by a value of the channel (its first one) keeps the mean small,
-    so its rounding errors stay tiny even when the data sit far from zero.
-    For S == 1 it is an exact two-pass over the task's rows (column_stats),
-    the second pass reading them from cache. For S > 1 each run of S values
-    gets an exact two-pass mean/m2 while it sits in cache, merged into the
-    channel's running pair by Chan's formula (Welford's update, run by run).
-    Never E[x^2] - E[x]^2, which cancels catastrophically for large means.
+    For each channel, with h its first value in the task and n its values
+    here: s1 = sum(x - h) and s2 = sum((x - h)**2) in float64 (one read),
+    then mean = s1 / n and m2 = s2 - s1 * mean. Since h is one of the n
+    values, (mean - h)**2 <= m2, so s2 = m2 + n (mean - h)**2 is at most
+    (n + 1) m2: the subtraction loses at most log2(n + 1) bits, never the
+    unbounded cancellation of E[x^2] - E[x]^2 for large means. When it
+    loses more than M2_BITS (m2 < s2 * 2**-M2_BITS, which also catches
+    NaN), the channel's m2 is summed again exactly around the mean.
     """
     cdef Py_ssize_t nc = c1 - c0
     cdef Py_ssize_t n, c
+    cdef double cnt = <double>(r1 - r0) * S, h, mr, q
     cdef const floating* row
-    cdef const floating* run
-    cdef double inv, d, rm, q, w, K
+    cdef Sums2 t
     if S == 1:
-        column_stats(x, C, r0, r1, c0, nc, shift, mean, m2)
-        return
-    for c in range(nc):
-        mean[c] = 0.0
-        m2[c] = 0.0
-    for n in range(r0, r1):
-        row = x + (n * C + c0) * S
-        inv = 1.0 / (n - r0 + 1)
-        # merging a run of S into (n - r0) * S values: the new run weighs
-        # S / ((n - r0 + 1) S) = inv; the cross term is (n - r0) S * inv
-        w = (<double>(n - r0) * S) * inv
+        column_moments(x, C, r0, r1, c0, nc, mean, m2)
+    else:
         for c in range(nc):
-            run = row + c * S
-            K = shift[c]
-            rm = run_sum_shifted(run, K, S) / S
-            q = run_sqdev(run, rm + K, S)
-            d = rm - mean[c]
-            mean[c] = mean[c] + d * inv
-            m2[c] = m2[c] + q + d * d * w
+            mean[c] = 0.0
+            m2[c] = 0.0
+        for n in range(r0, r1):
+            row = x + (n * C + c0) * S
+            for c in range(nc):
+                t = run_moments(row + c * S, x[(r0 * C + c0 + c) * S], S)
+                mean[c] += t.s1
+                m2[c] += t.s2
+    for c in range(nc):
+        h = x[(r0 * C + c0 + c) * S]
+        mr = mean[c] / cnt
+        q = m2[c] - mean[c] * mr
+        if not (q >= m2[c] * (1.0 / (1 << M2_BITS))):
+            q = exact_m2(x, C, S, r0, r1, c0 + c, h, mr)
+        # the chunk's mean relative to the channel's shift (h - shift is
+        # exact for float32 data, one rounding for float64)
+        mean[c] = (h - shift[c]) + mr
+        m2[c] = q
 
 
 cdef inline void stats_pass(const floating* x, Py_ssize_t N, Py_ssize_t C,
@@ -406,22 +433,49 @@ cdef inline void stats_pass(const floating* x, Py_ssize_t N, Py_ssize_t C,
                      &pm2[w.k * C + w.c0])
 
 
-cdef inline Moments merge_chunk_stats(Py_ssize_t N, Py_ssize_t S, Py_ssize_t K,
-                                      Py_ssize_t C, Py_ssize_t c, const double* shift,
-                                      const double* pmean,
-                                      const double* pm2) noexcept nogil:
-    """Channel c's (count, mean, m2) from its K chunk partials (of x - shift),
-    merged by Chan's update in chunk order."""
-    cdef Moments r
-    cdef Py_ssize_t j
-    r.n = 0.0
-    r.mean = 0.0
-    r.m2 = 0.0
+cdef enum:
+    MERGE_BLOCK = 256   # channels per task of the per-channel steps after a reduction
+
+
+cdef inline void merge_chunks(Py_ssize_t N, Py_ssize_t S, Py_ssize_t K, Py_ssize_t C,
+                              Py_ssize_t c0, Py_ssize_t c1, const double* shift,
+                              const double* pmean, const double* pm2, f64_out mean,
+                              f64_out m2) noexcept nogil:
+    """Channels [c0, c1)'s mean and m2 from their K chunk partials (of x -
+    shift), merged by Chan's update (chan_merge's arithmetic) in chunk
+    order. The chunks' weights are the same for every channel, so they are
+    computed once and the loop over channels has no division (and
+    vectorizes)."""
+    cdef double na = 0.0, nb, n, w1, w2, d
+    cdef Py_ssize_t j, c
+    for c in range(c0, c1):
+        mean[c] = 0.0
+        m2[c] = 0.0
     for j in range(K):
-        r = chan_merge(r, <double>(rstart(j + 1, K, N) - rstart(j, K, N)) * S,
-                       pmean[j * C + c], pm2[j * C + c])
-    r.mean = r.mean + shift[c]
-    return r
+        nb = <double>(rstart(j + 1, K, N) - rstart(j, K, N)) * S
+        if nb == 0.0:
+            continue
+        n = na + nb
+        w1 = nb / n
+        w2 = na * nb / n
+        for c in range(c0, c1):
+            d = pmean[j * C + c] - mean[c]
+            mean[c] = mean[c] + d * w1
+            m2[c] = m2[c] + pm2[j * C + c] + d * d * w2
+        na = n
+    for c in range(c0, c1):
+        mean[c] = mean[c] + shift[c]
+
+
+cdef inline void chunk_sums(const double* part, Py_ssize_t K, Py_ssize_t C, Py_ssize_t c0,
+                            Py_ssize_t c1, f64_out out) noexcept nogil:
+    # chunk_sum of channels [c0, c1), the loop over channels inside
+    cdef Py_ssize_t j, c
+    for c in range(c0, c1):
+        out[c] = 0.0
+    for j in range(K):
+        for c in range(c0, c1):
+            out[c] = out[c] + part[j * C + c]
 
 
 cdef inline void normalize_rows(const floating* x, Py_ssize_t C, Py_ssize_t S,

@@ -210,6 +210,43 @@ def copy(src: AnyArray, dst: AnyArray, nt: int) -> None:
     fused.copy(src, dst, nt)
 
 
+SWEEPS = ("read", "copy", "statistics", "normalize", "sums", "dx", "forward", "backward")
+
+
+def sweep_calls(x3: AnyArray, g3: AnyArray, nt: int) -> dict[str, Any]:
+    """Zero-argument calls, by name (``SWEEPS``), that each run one sweep of
+    the fused kernels over the (N, C, S) arrays ``x3`` (x) and ``g3`` (dout),
+    every buffer allocated here: a read and a copy of x (the units), the
+    forward's statistics and normalize sweeps alone, the backward's sums and
+    dx sweeps alone (minimal cache: xhat recomputed from x), and the whole
+    forward (minimal cache, ``out`` given) and backward as the layers call
+    them. The benchmark's per-sweep table times them."""
+    dt, (N, C, S) = x3.dtype, x3.shape
+    K = _chunks(x3.shape, dt)
+    gamma, beta = np.ones(C, dt), np.zeros(C, dt)
+    out, dx = np.empty_like(x3), np.empty_like(x3)
+    mu, var, sqrtvar, ivar, dgamma, dbeta = np.empty((6, C), dt)
+    mu64, ivar64, m2, shift = np.empty((4, C))
+    pmean, pm2, psum, pdot = np.empty((4, K, C))
+    coef = np.empty((3, C))
+    flat, flat_out = x3.reshape(-1), out.reshape(-1)
+
+    def fwd(passes: int) -> Any:
+        return lambda: fused.forward(x3, gamma, beta, 1e-5, out, out, out, False, mu, var,
+                                     sqrtvar, ivar, mu64, ivar64, m2, False, pmean, pm2, shift,
+                                     nt, passes)
+
+    def bwd(passes: int) -> Any:
+        return lambda: fused.backward(g3, x3, True, mu64, ivar64, gamma, dx, dgamma, dbeta, True,
+                                      psum, pdot, coef, nt, passes)
+    fwd(fused.Passes.BOTH)()         # the statistics and the sums the lone sweeps read
+    bwd(fused.Passes.BOTH)()
+    return {"read": lambda: fused.read(flat, nt), "copy": lambda: fused.copy(flat, flat_out, nt),
+            "statistics": fwd(fused.Passes.REDUCE), "normalize": fwd(fused.Passes.SWEEP),
+            "sums": bwd(fused.Passes.REDUCE), "dx": bwd(fused.Passes.SWEEP),
+            "forward": fwd(fused.Passes.BOTH), "backward": bwd(fused.Passes.BOTH)}
+
+
 # ------------------------------------------------------------------ split
 
 def batch_stats(x3: AnyArray, nt: int) -> tuple[F64Array, F64Array]:

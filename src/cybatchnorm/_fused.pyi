@@ -1,6 +1,8 @@
 """Stub of ``cybatchnorm._fused``, compiled: the fused forward and closed-form backward.
 Arrays as ``cybatchnorm._typing`` describes them. Keep in step with ``_fused.pyx``.
 """
+import enum
+
 from cybatchnorm._typing import AnyArray, F64Array
 
 SIMD: str
@@ -29,6 +31,7 @@ def forward(
     pm2: F64Array,
     shift: F64Array,
     n_threads: int,
+    passes: int = ...,
 ) -> None: ...
 
 def backward(
@@ -46,7 +49,15 @@ def backward(
     pdot: F64Array,
     coef: F64Array,
     n_threads: int,
+    passes: int = ...,
 ) -> None: ...
+
+class Passes(enum.IntFlag):
+    REDUCE = 1
+    SWEEP = 2
+    BOTH = 3
+
+def read(src: AnyArray, n_threads: int) -> float: ...
 
 def copy(src: AnyArray, dst: AnyArray, n_threads: int) -> None: ...
 

@@ -31,8 +31,8 @@ from libc.stdlib cimport malloc, free
 from libc.stdint cimport int64_t
 
 from cybatchnorm._common cimport (run_sum, run_dot, run_dot_centred, row_chunks as _row_chunks,
-                                  grid_block, Task, task_bounds, n_tasks, chunk_sum,
-                                  Moments, merge_chunk_stats, stats_pass, welford_rows,
+                                  grid_block, Task, task_bounds, n_tasks, chunk_sums,
+                                  merge_chunks, MERGE_BLOCK, f64_out, stats_pass, welford_rows,
                                   stream_copy, store_fence, normalize_rows, dx_rows,
                                   STREAM_BYTES)
 cimport cybatchnorm._openmp
@@ -48,6 +48,14 @@ def row_chunks(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t itemsize):
     ``itemsize``-byte values; 1 when the grid is made of strips (every row of
     a block of channels, small enough to stay in cache between two passes)."""
     return _row_chunks(N, C, S, itemsize)
+
+
+cpdef enum Passes:
+    # which sweeps _forward/_backward run: both (the kernels' use), or one
+    # alone over the chunked grid (the benchmark's per-sweep table)
+    REDUCE = 1      # statistics, or the backward's sums
+    SWEEP = 2       # normalize, or dx
+    BOTH = 3
 
 
 # ------------------------------------------------------------------ forward
@@ -150,40 +158,51 @@ cdef inline void _normalize_task(const floating* x, Py_ssize_t C, Py_ssize_t S,
         free(tmp)
 
 
-cdef inline void _channel_stats(Py_ssize_t c, Py_ssize_t N, Py_ssize_t S,
-                                Py_ssize_t K, Py_ssize_t C, double eps,
-                                bint given_stats, const floating* gamma,
-                                const floating* beta, floating* mu, floating* var,
-                                floating* sqrtvar, floating* ivar, double* mu64,
-                                double* ivar64, double* m2,
-                                const double* shift, const double* pmean,
-                                const double* pm2, float* ab) noexcept nogil:
-    # channel c's statistics from its K partials (Chan, in chunk order) or,
-    # in eval mode, from the given mu and var; ab gets the float32 affine
-    # coefficients when it is not NULL (and, in its fourth row, whether
-    # float32 holds the scale: _f32_flag)
-    cdef double m, v, sd
-    cdef Moments r
+cdef inline void _block_stats(Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t N, Py_ssize_t S,
+                              Py_ssize_t K, Py_ssize_t C, double eps,
+                              bint given_stats, const floating* gamma,
+                              const floating* beta, floating* mu, floating* var,
+                              floating* sqrtvar, floating* ivar, f64_out mu64,
+                              f64_out ivar64, f64_out m2,
+                              const double* shift, const double* pmean,
+                              const double* pm2, float* ab) noexcept nogil:
+    # channels [c0, c1)'s statistics from their K partials (Chan, in chunk
+    # order) or, in eval mode, from the given mu and var; ab gets the float32
+    # affine coefficients when it is not NULL (and, in its fourth row,
+    # whether float32 holds the scale: _f32_flag). Loops over channels, with
+    # no dependence between them: they vectorize, divisions and square roots
+    # included (one channel at a time, their latencies added up to as much
+    # as the statistics sweep of a cache-resident batch).
+    cdef double m, sd, a
+    cdef Py_ssize_t c
     if given_stats:
-        m = mu[c]
-        v = var[c]
+        for c in range(c0, c1):
+            mu64[c] = mu[c]
+            ivar64[c] = var[c]          # the variance, until the loop below
     else:
-        r = merge_chunk_stats(N, S, K, C, c, shift, pmean, pm2)
-        m = r.mean
-        v = r.m2 / (<double>N * S)
-        mu[c] = <floating>m
-        var[c] = <floating>v
-        m2[c] = r.m2
-    sd = sqrt(v + eps)
-    sqrtvar[c] = <floating>sd
-    ivar[c] = <floating>(1.0 / sd)
-    mu64[c] = m
-    ivar64[c] = 1.0 / sd
-    if ab != NULL:
-        ab[c] = <float>(gamma[c] / sd)
-        ab[C + c] = <float>m
-        ab[2 * C + c] = <float>(beta[c] - (m - <float>m) * <float>(gamma[c] / sd))
-        ab[3 * C + c] = _f32_flag(gamma[c] / sd)
+        merge_chunks(N, S, K, C, c0, c1, shift, pmean, pm2, mu64, m2)
+        for c in range(c0, c1):
+            ivar64[c] = m2[c] / (<double>N * S)
+            mu[c] = <floating>mu64[c]
+            var[c] = <floating>ivar64[c]
+    if ab == NULL:
+        for c in range(c0, c1):
+            sd = sqrt(ivar64[c] + eps)
+            sqrtvar[c] = <floating>sd
+            ivar[c] = <floating>(1.0 / sd)
+            ivar64[c] = 1.0 / sd
+    else:
+        for c in range(c0, c1):
+            sd = sqrt(ivar64[c] + eps)
+            sqrtvar[c] = <floating>sd
+            ivar[c] = <floating>(1.0 / sd)
+            ivar64[c] = 1.0 / sd
+            m = mu64[c]
+            a = gamma[c] / sd
+            ab[c] = <float>a
+            ab[C + c] = <float>m
+            ab[2 * C + c] = <float>(beta[c] - (m - <float>m) * <float>a)
+            ab[3 * C + c] = _f32_flag(a)
 
 
 cdef inline void _forward_strip(Task w, const floating* x, Py_ssize_t N, Py_ssize_t C,
@@ -201,9 +220,8 @@ cdef inline void _forward_strip(Task w, const floating* x, Py_ssize_t N, Py_ssiz
         for c in range(w.c0, w.c1):
             shift[c] = x[c * S]
         welford_rows(x, C, S, 0, N, w.c0, w.c1, shift + w.c0, pmean + w.c0, pm2 + w.c0)
-    for c in range(w.c0, w.c1):
-        _channel_stats(c, N, S, 1, C, eps, given_stats, gamma, beta, mu, var, sqrtvar, ivar,
-                       mu64, ivar64, m2, shift, pmean, pm2, ab)
+    _block_stats(w.c0, w.c1, N, S, 1, C, eps, given_stats, gamma, beta, mu, var, sqrtvar, ivar,
+                 mu64, ivar64, m2, shift, pmean, pm2, ab)
     _normalize_task(x, C, S, gamma, beta, mu64, ivar64, out, xmu, xhat, keep_nodes, ab, redo,
                     w.c0, stream, 0, N, w.c0, w.c1)
 
@@ -213,12 +231,14 @@ cdef int _forward(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                   floating* out, floating* xmu, floating* xhat, bint keep_nodes,
                   floating* mu, floating* var, floating* sqrtvar, floating* ivar,
                   double* mu64, double* ivar64, double* m2, bint given_stats, double* pmean, double* pm2,
-                  double* shift, Py_ssize_t K, int n_threads) except -1:
+                  double* shift, Py_ssize_t K, int n_threads, int passes=BOTH) except -1:
     # the fused forward over raw pointers (the (N, C, S) arrays C-contiguous,
     # (K, C) partials, (C,) vectors): what ``forward`` and ``forward_tensor``
     # share, so the two give the same bits by construction. Raises only
-    # MemoryError, before anything is written.
-    cdef Py_ssize_t FB = grid_block(N, C, S, sizeof(floating)), t, c
+    # MemoryError, before anything is written. ``passes`` (the benchmark's
+    # per-sweep table) runs one sweep alone over the grid: REDUCE leaves the
+    # partials, SWEEP merges the partials left by a REDUCE call and writes.
+    cdef Py_ssize_t FB = grid_block(N, C, S, sizeof(floating)), t, b
     cdef Task w
     cdef float* ab = NULL
     cdef Py_ssize_t* redo = NULL
@@ -236,30 +256,32 @@ cdef int _forward(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
             free(redo)
             raise MemoryError("forward: no memory for per-channel coefficients")
     with nogil:
-        if K == 1 and n_threads == 1:
+        if K == 1 and n_threads == 1 and passes == BOTH:
             # strips on one thread: no OpenMP region (a team of one costs
             # about a microsecond, what a small batch's kernel takes)
             for t in range(n_tasks(1, C, FB)):
                 _forward_strip(task_bounds(t, 1, N, C, FB), x, N, C, S, gamma, beta, eps,
                                out, xmu, xhat, keep_nodes, mu, var, sqrtvar, ivar, mu64,
                                ivar64, m2, given_stats, pmean, pm2, shift, ab, redo, stream)
-        elif K == 1:
+        elif K == 1 and passes == BOTH:
             # strips: statistics and normalization of a block in one task
             for t in prange(n_tasks(1, C, FB), schedule='static', num_threads=n_threads):
                 _forward_strip(task_bounds(t, 1, N, C, FB), x, N, C, S, gamma, beta, eps,
                                out, xmu, xhat, keep_nodes, mu, var, sqrtvar, ivar, mu64,
                                ivar64, m2, given_stats, pmean, pm2, shift, ab, redo, stream)
         else:
-            if not given_stats:
+            if not given_stats and passes & REDUCE:
                 # pass 1: partial statistics of every (chunk, block) task
                 stats_pass(x, N, C, S, shift, pmean, pm2, K, n_threads)
-            # merge the chunks in order (Chan), per channel
-            for c in prange(C, schedule='static', num_threads=n_threads):
-                _channel_stats(c, N, S, K, C, eps, given_stats, gamma, beta, mu, var,
-                               sqrtvar, ivar, mu64, ivar64, m2,
-                               shift, pmean, pm2, ab)
+            # merge the chunks in order (Chan), per block of channels
+            for b in prange((C + MERGE_BLOCK - 1) // MERGE_BLOCK, schedule='static',
+                            num_threads=n_threads):
+                _block_stats(b * MERGE_BLOCK, min(C, (b + 1) * MERGE_BLOCK), N, S, K, C, eps,
+                             given_stats, gamma, beta, mu, var, sqrtvar, ivar, mu64, ivar64,
+                             m2, shift, pmean, pm2, ab)
             # pass 2: normalize
-            for t in prange(n_tasks(K, C, FB), schedule='static', num_threads=n_threads):
+            for t in prange(n_tasks(K, C, FB) if passes & SWEEP else 0, schedule='static',
+                            num_threads=n_threads):
                 w = task_bounds(t, K, N, C, FB)
                 _normalize_task(x, C, S, gamma, beta, mu64, ivar64, out, xmu, xhat,
                                 keep_nodes, ab, redo, w.k * C + w.c0, stream, w.r0, w.r1,
@@ -275,7 +297,7 @@ def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
             bint keep_nodes, floating[::1] mu, floating[::1] var,
             floating[::1] sqrtvar, floating[::1] ivar, double[::1] mu64,
             double[::1] ivar64, double[::1] m2, bint given_stats, double[:, ::1] pmean,
-            double[:, ::1] pm2, double[::1] shift, int n_threads):
+            double[:, ::1] pm2, double[::1] shift, int n_threads, int passes=BOTH):
     """Batch statistics and normalized output in two passes over ``x``.
 
     ``pmean``/``pm2`` (K, C) hold the per-chunk partial statistics, K being
@@ -288,13 +310,16 @@ def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
     statistics pass is skipped: ``mu`` and ``var`` are read (eval mode).
     With K == 1 each task owns a strip (all rows of its channels) and
     normalizes it right after reducing it, while it is still in cache.
+    ``passes`` (the benchmark's per-sweep table): ``REDUCE`` runs the
+    statistics sweep alone, ``SWEEP`` the normalization alone (from the
+    partials a ``REDUCE`` call left), each over the chunked grid.
     """
     if x.shape[1] == 0:
         return
     _forward(&x[0, 0, 0], x.shape[0], x.shape[1], x.shape[2], &gamma[0], &beta[0], eps,
              &out[0, 0, 0], &xmu[0, 0, 0], &xhat[0, 0, 0], keep_nodes, &mu[0], &var[0],
              &sqrtvar[0], &ivar[0], &mu64[0], &ivar64[0], &m2[0], given_stats,
-             &pmean[0, 0], &pm2[0, 0], &shift[0], pmean.shape[0], n_threads)
+             &pmean[0, 0], &pm2[0, 0], &shift[0], pmean.shape[0], n_threads, passes)
 
 
 # ----------------------------------------------------------------- backward
@@ -408,34 +433,45 @@ cdef inline void _dx_rows_f32(const float* dout, const float* x, Py_ssize_t C, P
             stream_copy(dx + (n * C + c0) * S, tmp, (c1 - c0) * S * sizeof(float))
 
 
-cdef inline void _channel_coef(Py_ssize_t c, Py_ssize_t K, Py_ssize_t C,
-                               double M, bint batch_stats,
-                               const floating* gamma, const double* mu64,
-                               const double* ivar64, floating* dgamma,
-                               floating* dbeta, const double* psum,
-                               const double* pdot, double* coef,
-                               float* afg) noexcept nogil:
-    # merge channel c's K partial sums in chunk order; dx = A * dout + E * xhat + B
-    # with A = gamma * ivar, B = -A * sum(dout) / M, E = -A * sum(dout * xhat) / M
-    cdef double sd = chunk_sum(psum, K, C, c), sdx = chunk_sum(pdot, K, C, c), a
-    dbeta[c] = <floating>sd
-    dgamma[c] = <floating>sdx
-    a = gamma[c] * ivar64[c]
-    coef[c] = a
-    if batch_stats:
-        coef[C + c] = -a * sd / M
-        coef[2 * C + c] = -a * sdx / M
-    else:
-        coef[C + c] = 0.0
-        coef[2 * C + c] = 0.0
+cdef inline void _block_coef(Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t K, Py_ssize_t C,
+                             double M, bint batch_stats,
+                             const floating* gamma, const double* mu64,
+                             const double* ivar64, floating* dgamma,
+                             floating* dbeta, const double* psum,
+                             const double* pdot, f64_out coef,
+                             float* afg) noexcept nogil:
+    # merge channels [c0, c1)'s K partial sums in chunk order; dx = A * dout
+    # + E * xhat + B with A = gamma * ivar, B = -A * sum(dout) / M, E = -A *
+    # sum(dout * xhat) / M, the three rows of coef. Loops over channels (they
+    # vectorize, as in _block_stats); the sums wait in B's and E's rows
+    cdef double sd, sdx, a, f
+    cdef Py_ssize_t c
+    chunk_sums(psum, K, C, c0, c1, coef + C)
+    chunk_sums(pdot, K, C, c0, c1, coef + 2 * C)
+    for c in range(c0, c1):
+        sd = coef[C + c]
+        sdx = coef[2 * C + c]
+        dbeta[c] = <floating>sd
+        dgamma[c] = <floating>sdx
+        a = gamma[c] * ivar64[c]
+        coef[c] = a
+        if batch_stats:
+            coef[C + c] = -a * sd / M
+            coef[2 * C + c] = -a * sdx / M
+        else:
+            coef[C + c] = 0.0
+            coef[2 * C + c] = 0.0
     if afg != NULL:
         # F = E * ivar involves ivar**2 (ivar**3 through E): a channel whose
         # A or F float32 cannot hold takes the float64 rows (_f32_flag)
-        afg[c] = <float>a
-        afg[C + c] = <float>(coef[2 * C + c] * ivar64[c])
-        afg[2 * C + c] = <float>mu64[c]
-        afg[3 * C + c] = <float>(coef[C + c] - afg[C + c] * (mu64[c] - <float>mu64[c]))
-        afg[4 * C + c] = _f32_flag(a) + _f32_flag(coef[2 * C + c] * ivar64[c])
+        for c in range(c0, c1):
+            a = coef[c]
+            f = coef[2 * C + c] * ivar64[c]
+            afg[c] = <float>a
+            afg[C + c] = <float>f
+            afg[2 * C + c] = <float>mu64[c]
+            afg[3 * C + c] = <float>(coef[C + c] - afg[C + c] * (mu64[c] - <float>mu64[c]))
+            afg[4 * C + c] = _f32_flag(a) + _f32_flag(f)
 
 
 cdef inline void _dx_task(const floating* dout, const floating* src, Py_ssize_t C,
@@ -480,9 +516,8 @@ cdef inline void _backward_strip(Task w, const floating* dout, const floating* s
     cdef Py_ssize_t c
     _sums_rows(dout, src, C, S, from_x, mu64, ivar64, 0, N, w.c0, w.c1, psum + w.c0,
                pdot + w.c0)
-    for c in range(w.c0, w.c1):
-        _channel_coef(c, 1, C, <double>N * S, batch_stats, gamma, mu64, ivar64, dgamma, dbeta,
-                      psum, pdot, coef, afg)
+    _block_coef(w.c0, w.c1, 1, C, <double>N * S, batch_stats, gamma, mu64, ivar64, dgamma,
+                dbeta, psum, pdot, coef, afg)
     _dx_task(dout, src, C, S, from_x, mu64, ivar64, coef, afg, redo, w.c0, stream, dx, 0, N,
              w.c0, w.c1)
 
@@ -491,11 +526,11 @@ cdef int _backward(const floating* dout, const floating* src, Py_ssize_t N, Py_s
                    Py_ssize_t S, bint from_x, const double* mu64, const double* ivar64,
                    const floating* gamma, floating* dx, floating* dgamma, floating* dbeta,
                    bint batch_stats, double* psum, double* pdot, double* coef,
-                   Py_ssize_t K, int n_threads) except -1:
+                   Py_ssize_t K, int n_threads, int passes=BOTH) except -1:
     # the closed-form backward over raw pointers: what ``backward`` and
     # ``backward_tensor`` share. Raises only MemoryError, before anything is
-    # written.
-    cdef Py_ssize_t FB = grid_block(N, C, S, sizeof(floating)), t, c
+    # written. ``passes`` as in _forward.
+    cdef Py_ssize_t FB = grid_block(N, C, S, sizeof(floating)), t, b
     cdef Task w
     cdef double M = <double>N * S
     cdef float* afg = NULL
@@ -513,13 +548,13 @@ cdef int _backward(const floating* dout, const floating* src, Py_ssize_t N, Py_s
             free(redo)
             raise MemoryError("backward: no memory for per-channel coefficients")
     with nogil:
-        if K == 1 and n_threads == 1:
+        if K == 1 and n_threads == 1 and passes == BOTH:
             # strips on one thread: no OpenMP region (as in _forward)
             for t in range(n_tasks(1, C, FB)):
                 _backward_strip(task_bounds(t, 1, N, C, FB), dout, src, N, C, S, from_x, mu64,
                                 ivar64, gamma, dx, dgamma, dbeta, batch_stats, psum, pdot,
                                 coef, afg, redo, stream)
-        elif K == 1:
+        elif K == 1 and passes == BOTH:
             # strips: sums, coefficients and dx of a block in one task
             for t in prange(n_tasks(1, C, FB), schedule='static', num_threads=n_threads):
                 _backward_strip(task_bounds(t, 1, N, C, FB), dout, src, N, C, S, from_x, mu64,
@@ -527,15 +562,19 @@ cdef int _backward(const floating* dout, const floating* src, Py_ssize_t N, Py_s
                                 coef, afg, redo, stream)
         else:
             # pass 1: partial sums of every (chunk, block) task
-            for t in prange(n_tasks(K, C, FB), schedule='static', num_threads=n_threads):
+            for t in prange(n_tasks(K, C, FB) if passes & REDUCE else 0, schedule='static',
+                            num_threads=n_threads):
                 w = task_bounds(t, K, N, C, FB)
                 _sums_rows(dout, src, C, S, from_x, mu64, ivar64, w.r0, w.r1, w.c0, w.c1,
                            psum + w.k * C + w.c0, pdot + w.k * C + w.c0)
-            for c in prange(C, schedule='static', num_threads=n_threads):
-                _channel_coef(c, K, C, M, batch_stats, gamma, mu64, ivar64, dgamma, dbeta,
-                              psum, pdot, coef, afg)
+            for b in prange((C + MERGE_BLOCK - 1) // MERGE_BLOCK, schedule='static',
+                            num_threads=n_threads):
+                _block_coef(b * MERGE_BLOCK, min(C, (b + 1) * MERGE_BLOCK), K, C, M,
+                            batch_stats, gamma, mu64, ivar64, dgamma, dbeta, psum, pdot, coef,
+                            afg)
             # pass 2: dx
-            for t in prange(n_tasks(K, C, FB), schedule='static', num_threads=n_threads):
+            for t in prange(n_tasks(K, C, FB) if passes & SWEEP else 0, schedule='static',
+                            num_threads=n_threads):
                 w = task_bounds(t, K, N, C, FB)
                 _dx_task(dout, src, C, S, from_x, mu64, ivar64, coef, afg, redo,
                          w.k * C + w.c0, stream, dx, w.r0, w.r1, w.c0, w.c1)
@@ -549,7 +588,7 @@ def backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] src,
              const floating[::1] gamma, floating[:, :, ::1] dx,
              floating[::1] dgamma, floating[::1] dbeta, bint batch_stats,
              double[:, ::1] psum, double[:, ::1] pdot, double[:, ::1] coef,
-             int n_threads):
+             int n_threads, int passes=BOTH):
     """Closed-form gradients dx, dgamma, dbeta in two passes over the data.
 
     ``src`` is ``xhat`` (full cache) or ``x`` (``from_x``, minimal cache; xhat
@@ -557,13 +596,49 @@ def backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] src,
     per-chunk partial sums, ``coef`` (3, C) is scratch. ``batch_stats`` false
     gives the eval-mode gradient, where mu and ivar are constants. With
     K == 1 each task owns a strip and writes its dx right after reducing it,
-    while dout and src are still in cache.
+    while dout and src are still in cache. ``passes`` as in ``forward``: the
+    sums alone, or dx alone from the partial sums a ``REDUCE`` call left.
     """
     if dout.shape[1] == 0:
         return
     _backward(&dout[0, 0, 0], &src[0, 0, 0], dout.shape[0], dout.shape[1], dout.shape[2],
               from_x, &mu64[0], &ivar64[0], &gamma[0], &dx[0, 0, 0], &dgamma[0], &dbeta[0],
-              batch_stats, &psum[0, 0], &pdot[0, 0], &coef[0, 0], psum.shape[0], n_threads)
+              batch_stats, &psum[0, 0], &pdot[0, 0], &coef[0, 0], psum.shape[0], n_threads,
+              passes)
+
+
+cdef inline double _read_block(const floating* p, Py_ssize_t n) noexcept nogil:
+    # sum of n values in their own dtype, sixteen independent chains
+    cdef floating acc[16]
+    cdef floating part = 0
+    cdef Py_ssize_t i = 0
+    cdef int j
+    for j in range(16):
+        acc[j] = 0
+    while i + 16 <= n:
+        for j in range(16):
+            acc[j] = acc[j] + p[i + j]
+        i = i + 16
+    for j in range(16):
+        part = part + acc[j]
+    while i < n:
+        part = part + p[i]
+        i = i + 1
+    return part
+
+
+def read(const floating[::1] src, int n_threads):
+    """Sum of ``src`` in its own dtype (in no fixed order across threads):
+    one read of the data at the speed the caches or memory allow, the unit
+    S of the benchmark's per-sweep table."""
+    cdef Py_ssize_t L = src.shape[0], B = 1 << 16, nb = (L + B - 1) // B, b, lo
+    cdef double tot = 0.0
+    if L == 0:
+        return 0.0
+    for b in prange(nb, nogil=True, schedule='static', num_threads=n_threads):
+        lo = b * B
+        tot += _read_block(&src[lo], min(L, lo + B) - lo)
+    return tot
 
 
 def copy(const floating[::1] src, floating[::1] dst, int n_threads):

@@ -21,7 +21,7 @@ from libc.stdlib cimport malloc, free
 
 from cybatchnorm._common cimport (n_blocks, block_start, run_sum, run_dot,
                                   row_chunks, grid_block, Task, task_bounds, n_tasks,
-                                  chunk_sum, Moments, merge_chunk_stats, stats_pass)
+                                  chunk_sum, merge_chunks, MERGE_BLOCK, stats_pass)
 # The shim makes prange serial, not broken, in a build without OpenMP.
 cimport cybatchnorm._openmp
 from cybatchnorm._openmp cimport CYBN_SIMD, CYBN_BUILD_CFLAGS
@@ -217,20 +217,25 @@ cdef Py_ssize_t _count(const floating[:, :, ::1] a) noexcept nogil:
 # ------------------------------------------------------------ forward
 
 def mu_forward(const floating[:, :, ::1] x, floating[::1] mu, int n_threads):
-    """mu = mean(x) per channel, by the same one-pass statistics as the fused path."""
+    """mu = mean(x) per channel, by the same one-read statistics as the fused path."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
-    cdef Py_ssize_t K = row_chunks(N, C, S, sizeof(floating)), c
+    cdef Py_ssize_t K = row_chunks(N, C, S, sizeof(floating)), c, b
     cdef double* buf
     if C == 0:
         return
-    buf = <double*>malloc((2 * K + 1) * C * sizeof(double))
+    # shift, K x C partial means and m2s, then the merged means and m2s
+    buf = <double*>malloc((2 * K + 3) * C * sizeof(double))
     if buf == NULL:
         raise MemoryError("mu_forward: no memory for partial statistics")
     with nogil:
         stats_pass(&x[0, 0, 0], N, C, S, buf, buf + C, buf + C + K * C, K, n_threads)
-        for c in prange(C, schedule='static', num_threads=n_threads):
-            mu[c] = <floating>merge_chunk_stats(N, S, K, C, c, buf, buf + C,
-                                                buf + C + K * C).mean
+        for b in prange((C + MERGE_BLOCK - 1) // MERGE_BLOCK, schedule='static',
+                        num_threads=n_threads):
+            merge_chunks(N, S, K, C, b * MERGE_BLOCK, min(C, (b + 1) * MERGE_BLOCK), buf,
+                         buf + C, buf + C + K * C, buf + (2 * K + 1) * C,
+                         buf + (2 * K + 2) * C)
+        for c in range(C):
+            mu[c] = <floating>buf[(2 * K + 1) * C + c]
     free(buf)
 
 

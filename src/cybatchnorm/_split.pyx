@@ -26,7 +26,7 @@ from cython.parallel cimport prange
 
 from cybatchnorm._common cimport (row_chunks as _row_chunks, fblock as _fblock,
                                   Task, task_bounds, n_tasks, chunk_sum, Moments,
-                                  chan_merge, merge_chunk_stats, run_sum, run_dot_centred,
+                                  chan_merge, merge_chunks, MERGE_BLOCK, run_sum, run_dot_centred,
                                   stats_pass,
                                   normalize_rows, dx_rows)
 cimport cybatchnorm._openmp
@@ -53,16 +53,15 @@ def batch_stats(const floating[:, :, ::1] x, double[::1] mean, double[::1] m2,
     being the number of row chunks; ``shift`` (C,) is scratch.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
-    cdef Py_ssize_t K = pmean.shape[0], c
-    cdef Moments r
+    cdef Py_ssize_t K = pmean.shape[0], b
     if C == 0:
         return
     with nogil:
         stats_pass(&x[0, 0, 0], N, C, S, &shift[0], &pmean[0, 0], &pm2[0, 0], K, n_threads)
-        for c in prange(C, schedule='static', num_threads=n_threads):
-            r = merge_chunk_stats(N, S, K, C, c, &shift[0], &pmean[0, 0], &pm2[0, 0])
-            mean[c] = r.mean
-            m2[c] = r.m2
+        for b in prange((C + MERGE_BLOCK - 1) // MERGE_BLOCK, schedule='static',
+                        num_threads=n_threads):
+            merge_chunks(N, S, K, C, b * MERGE_BLOCK, min(C, (b + 1) * MERGE_BLOCK), &shift[0],
+                         &pmean[0, 0], &pm2[0, 0], &mean[0], &m2[0])
 
 
 cdef inline Moments _merge_shards(Py_ssize_t P, Py_ssize_t C, Py_ssize_t c,

@@ -61,8 +61,9 @@ def batch_stats(x: ArrayLike, *, num_threads: int | None = None) -> tuple[int, F
         Per-channel mean.
     m2 : ndarray of float64, shape (C,)
         Per-channel sum of squared deviations from ``mean``,
-        ``sum((x - mean)**2)``, computed in one shifted Welford/Chan pass
-        (never as ``E[x^2] - E[x]^2``). ``m2 / count`` is the biased variance.
+        ``sum((x - mean)**2)``, computed in one read of ``x`` (shifted sums
+        per chunk, merged by Chan's formula; never ``E[x^2] - E[x]^2``).
+        ``m2 / count`` is the biased variance.
 
     Raises
     ------
