@@ -327,10 +327,12 @@ def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
 cdef inline void _sums_rows(const floating* dout, const floating* src, Py_ssize_t C,
                             Py_ssize_t S, bint from_x, const double* m, const double* iv,
                             Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0,
-                            Py_ssize_t c1, double* sd,
-                            double* sdx) noexcept nogil:
+                            Py_ssize_t c1, f64_out sd,
+                            f64_out sdx) noexcept nogil:
     # sd = sum(dout), sdx = sum(dout * xhat) over rows [r0, r1); xhat is src
-    # itself, or (src - mu) * ivar when src is x (minimal cache). For S == 1,
+    # itself, or (src - mu) * ivar when src is x (minimal cache), where ivar
+    # multiplies the finished sum (sum(dout * (x - mu)) * ivar: one
+    # multiplication per channel instead of one per value). For S == 1,
     # four rows per accumulator update; the loops over channels vectorize.
     cdef Py_ssize_t n, c, s, k, q, Q
     cdef const floating* gr
@@ -350,10 +352,10 @@ cdef inline void _sums_rows(const floating* dout, const floating* src, Py_ssize_
                 sd[c] += ((<double>gr[c] + gr[Q + c]) + (<double>gr[2 * Q + c] + gr[3 * Q + c]))
             if from_x:
                 for c in range(c1 - c0):
-                    h0 = (hr[c] - m[c0 + c]) * iv[c0 + c]
-                    h1 = (hr[Q + c] - m[c0 + c]) * iv[c0 + c]
-                    h2 = (hr[2 * Q + c] - m[c0 + c]) * iv[c0 + c]
-                    h3 = (hr[3 * Q + c] - m[c0 + c]) * iv[c0 + c]
+                    h0 = hr[c] - m[c0 + c]
+                    h1 = hr[Q + c] - m[c0 + c]
+                    h2 = hr[2 * Q + c] - m[c0 + c]
+                    h3 = hr[3 * Q + c] - m[c0 + c]
                     sdx[c] += ((gr[c] * h0 + gr[Q + c] * h1)
                                + (gr[2 * Q + c] * h2 + gr[3 * Q + c] * h3))
             else:
@@ -367,22 +369,25 @@ cdef inline void _sums_rows(const floating* dout, const floating* src, Py_ssize_
             if from_x:
                 for c in range(c1 - c0):
                     sd[c] += gr[c]
-                    sdx[c] += gr[c] * ((hr[c] - m[c0 + c]) * iv[c0 + c])
+                    sdx[c] += gr[c] * (hr[c] - m[c0 + c])
             else:
                 for c in range(c1 - c0):
                     sd[c] += gr[c]
                     sdx[c] += <double>gr[c] * hr[c]
-        return
-    for n in range(r0, r1):
-        gr = dout + (n * C + c0) * S
-        hr = src + (n * C + c0) * S
+    else:
+        for n in range(r0, r1):
+            gr = dout + (n * C + c0) * S
+            hr = src + (n * C + c0) * S
+            for c in range(c1 - c0):
+                k = c * S
+                sd[c] += run_sum(gr + k, S)
+                if from_x:
+                    sdx[c] += run_dot_centred(gr + k, hr + k, m[c0 + c], 1.0, S)
+                else:
+                    sdx[c] += run_dot(gr + k, hr + k, S)
+    if from_x:
         for c in range(c1 - c0):
-            k = c * S
-            sd[c] += run_sum(gr + k, S)
-            if from_x:
-                sdx[c] += run_dot_centred(gr + k, hr + k, m[c0 + c], iv[c0 + c], S)
-            else:
-                sdx[c] += run_dot(gr + k, hr + k, S)
+            sdx[c] = sdx[c] * iv[c0 + c]
 
 
 cdef inline void _dx_rows_f32(const float* dout, const float* x, Py_ssize_t C, Py_ssize_t S,

@@ -345,6 +345,82 @@ def dropin_table(torch: Any, repeats: int, file: Any) -> list[dict[str, Any]]:
     return rows
 
 
+# ------------------------------------------------------- per-sweep table
+
+SWEEP_COLUMNS = ("copy", "statistics", "normalize", "sums", "dx", "forward", "backward")
+
+
+def sweep_case(shape: Sequence[int], dtype: Any, repeats: int, torch: Any) -> dict[str, Any]:
+    """Each sweep of the fused kernels alone (``_engine.sweep_calls``) on one
+    thread, in thread CPU time (what a loaded machine disturbs least),
+    interleaved with a read of x (the unit S) and, with torch, torch's
+    training forward (``torch.batch_norm``, no grad, one thread). Returns
+    the median seconds of each and the [min, max] of the per-round ratio
+    of our forward to torch's."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(1.0, 2.0, shape).astype(dtype)
+    dout = rng.normal(size=shape).astype(dtype)
+    N, C = shape[0], shape[1]
+    x3, g3 = x.reshape(N, C, -1), dout.reshape(N, C, -1)
+    calls = _engine.sweep_calls(x3, g3, 1)
+    inner = max(1, min(2000, int(4e6 // x.size)))
+    if torch is not None:
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        xt = torch.from_numpy(x)
+        calls["torch_forward"] = lambda: torch.batch_norm(xt, None, None, None, None, True, 0.1,
+                                                          EPS, False)
+
+    def repeat(fn: Callable[[], Any]) -> Callable[[], None]:
+        def run() -> None:
+            for _ in range(inner):
+                fn()
+        return run
+    try:
+        times = interleaved({k: repeat(fn) for k, fn in calls.items()}, repeats, time.thread_time)
+    finally:
+        if torch is not None:
+            torch.set_num_threads(before)
+    r: dict[str, Any] = {"shape": list(shape), "dtype": np.dtype(dtype).name,
+                         "mib": x.nbytes / 2**20}
+    r.update({k: statistics.median(v) / inner for k, v in times.items()})
+    if torch is not None:
+        ratio, lo, hi = _ratio_spread(times["forward"], times["torch_forward"])
+        r.update(forward_torch=ratio, forward_torch_min=lo, forward_torch_max=hi)
+    return r
+
+
+def format_sweeps(rows: Sequence[dict[str, Any]]) -> str:
+    """The per-sweep table: each sweep's time in S, the time of one read of x."""
+    head = (f"  {'case':>11} {'dtype':>7} {'S us':>8} " + " ".join(
+        f"{c[:6]:>6}" for c in SWEEP_COLUMNS) + f" {'torch':>6} {'f/torch':>7} {'[min-max]':>11}")
+    lines = [head]
+    for r in rows:
+        S = r["read"]
+        line = (f"  {_case(r):>11} {r['dtype']:>7} {S * 1e6:8.1f} "
+                + " ".join(f"{r[c] / S:6.2f}" for c in SWEEP_COLUMNS))
+        if "torch_forward" in r:
+            line += (f" {r['torch_forward'] / S:6.2f} {r['forward_torch']:7.2f}"
+                     f" [{r['forward_torch_min']:4.2f}-{r['forward_torch_max']:4.2f}]")
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def sweep_table(shapes: Sequence[Sequence[int]], dtypes: Sequence[str], repeats: int,
+                torch: Any, file: Any) -> list[dict[str, Any]]:
+    """Print the per-sweep table (``format_sweeps``) for every case."""
+    w = _printer(file)
+    w(f"sweeps of the fused kernels, one thread, thread CPU time, in S = one read of x (its "
+      f"time in us), interleaved, median of {repeats} rounds: a copy of x; the forward's "
+      f"statistics and normalize sweeps and the backward's sums and dx sweeps (minimal cache) "
+      f"each alone; the whole forward (out given) and backward (dx given)"
+      + ("; torch: torch.batch_norm's training forward; f/torch: our forward / torch's, "
+         "[min-max] of the per-round ratios" if torch is not None else ""))
+    rows = [sweep_case(shape, np.dtype(dt), repeats, torch) for shape in shapes for dt in dtypes]
+    w(format_sweeps(rows), wrap=False)
+    return rows
+
+
 # ---------------------------------------------------------------- memory
 
 def peak_bytes(fn: Any) -> int:
@@ -537,7 +613,12 @@ def format_table(results: Any, have_torch: bool = True, wide: bool = False) -> s
 
 TARGETS = (("layer f+b / torch.nn module f+b", 0.7), ("allocating / passed-in f+b", 1.2),
            ("staged bwd / fused bwd (>= 16 MiB)", 2.0), ("channels-last / (N, C) layout", 1.1),
-           ("passed-in f+b / 8S bound (>= 16 MiB)", 0.9))
+           ("passed-in f+b / 8S bound (>= 16 MiB)", 0.9),
+           ("fwd / torch fwd (cache-resident f32)", 1.1),
+           ("fwd / torch fwd (cache-resident f64)", 0.8))
+# the cache-resident cases of the forward targets: the forward's outputs passed
+# in against aten's native_batch_norm.out, training, no grad
+RESIDENT = ([256, 1024], [4096, 1024])
 
 
 def target_rows(results: Any) -> list[tuple[str, float, list[tuple[float, str]]]]:
@@ -558,6 +639,9 @@ def target_rows(results: Any) -> list[tuple[str, float, list[tuple[float, str]]]
             rows[TARGETS[4][0]].append((r["passed_total"] / r["bound"], case))
         if "channels_last" in r:
             rows[TARGETS[3][0]].append((r["channels_last"] / r["alloc_total"], case))
+        if "torch_passed_fwd" in r and list(r["shape"]) in [list(s) for s in RESIDENT]:
+            row = TARGETS[5 if r["dtype"] == "float32" else 6][0]
+            rows[row].append((r["passed_fwd"] / r["torch_passed_fwd"], case))
     return [(name, limit, rows[name]) for name, limit in TARGETS]
 
 
@@ -634,6 +718,7 @@ def run(cases: Sequence[str] | None = None, dtypes: Sequence[str] = ("float32", 
       + f"; {_engine.SIMD} kernels; {repeats} runs of each after a warm-up")
     results = []
     dropin = None
+    sweeps: list[dict[str, Any]] = []
     todo = [(shape, dt, nt) for shape in shapes for dt in dtypes for nt in thread_list]
     try:
         for shape, dt, nt in todo:
@@ -647,6 +732,8 @@ def run(cases: Sequence[str] | None = None, dtypes: Sequence[str] = ("float32", 
               f" of fwd+bwd {r['peak_alloc'] / 2**20:.2f} MiB"
               f" ({r['peak_alloc'] / (r['mib'] * 2**20):.2f} x the size of x), with outputs"
               f" passed in {r['peak_passed'] / 2**10:.1f} KiB")
+        w("")
+        sweeps = sweep_table(shapes, dtypes, repeats, torch, file)
         if torch is not None and (cases is None or list(cases) == CASES):
             w("")
             dropin = dropin_table(torch, repeats, file)
@@ -675,6 +762,7 @@ def run(cases: Sequence[str] | None = None, dtypes: Sequence[str] = ("float32", 
                 "interrupted": interrupted,
                 "environment": environment(thread_list, torch)}
         with open(json_path, "w") as fh:
-            json.dump({"meta": meta, "results": results, "dropin": dropin}, fh, indent=1)
+            json.dump({"meta": meta, "results": results, "sweeps": sweeps, "dropin": dropin}, fh,
+                      indent=1)
         w(f"results written to {json_path}")
     return Interrupted(results) if interrupted else results
