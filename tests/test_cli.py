@@ -102,6 +102,14 @@ def test_bench_smoke(tmp_path):
         for name, runs in res["samples"].items():      # raw samples, and their spread
             assert len(runs) == 1
             assert res["spread"][name]["min"] == res[name] == res["spread"][name]["max"]
+    # the per-sweep table: every sweep of every case, timed, in units of a read of x
+    assert "sweeps of the fused kernels" in r.stdout and "1 thr: fwd / torch fwd" in r.stdout
+    assert [(s["shape"], s["dtype"]) for s in data["sweeps"]] == [([16, 8], "float32"),
+                                                                  ([4, 3, 2, 2], "float32")]
+    from cybatchnorm._engine import SWEEPS
+    for row in data["sweeps"]:
+        for key in SWEEPS:
+            assert row[key] > 0, key
     env = data["meta"]["environment"]
     for key in ("python", "numpy", "simd", "openmp", "openmp_runtime", "threads", "cpu",
                 "caches"):

@@ -63,3 +63,32 @@ def test_simd_builds_and_baseline_agree_bitwise(monkeypatch, rng, shape, dtype, 
         runs.append([np.asarray(a).tobytes() for a in res])
     assert runs[0] == runs[1]
     assert fast[0].SIMD == fast[1].SIMD == level
+
+
+@pytest.mark.parametrize("shape", [(300, 37), (64, 4096), (5, 3, 7, 9), (4, 256, 4, 4)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_sweep_alone_is_the_sweep_of_both(rng, shape, dtype):
+    # passes=REDUCE then passes=SWEEP (the benchmark's lone sweeps, over the
+    # chunked grid) write the bits of one call that runs both, every output
+    # poisoned in between: the per-sweep table times the kernels' own sweeps
+    N, C = shape[:2]
+    x3 = rng.normal(3, 2, shape).astype(dtype).reshape(N, C, -1)
+    g3 = rng.normal(size=x3.shape).astype(dtype)
+    calls = _engine.sweep_calls(x3, g3, 1)
+
+    def outputs(fn):
+        cells = dict(zip(fn.__code__.co_freevars, fn.__closure__))
+        return [cells[k].cell_contents for k in ("out", "dx", "mu", "var", "sqrtvar", "ivar",
+                                                 "mu64", "ivar64", "m2", "dgamma", "dbeta")
+                if k in cells]
+    arrays = {id(a): a for fn in calls.values() if fn.__closure__ for a in outputs(fn)}
+    assert len(arrays) == 11
+    runs = []
+    for sweeps in (("forward", "backward"), ("statistics", "normalize", "sums", "dx")):
+        for a in arrays.values():
+            a[...] = np.nan
+        for name in sweeps:
+            calls[name]()
+        runs.append([a.tobytes() for a in arrays.values()])
+        assert not any(np.isnan(a).any() for a in arrays.values())
+    assert runs[0] == runs[1]

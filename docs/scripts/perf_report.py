@@ -4,7 +4,8 @@ table and the plot of the Performance page.
     python docs/scripts/perf_report.py BENCH.json OUTDIR
 
 Writes OUTDIR/perf_table.md, OUTDIR/perf_machine.md, OUTDIR/perf_targets.md,
-OUTDIR/perf.svg and OUTDIR/perf_dropin.md (the PyTorch drop-in's rows); with a
+OUTDIR/perf_sweeps.md (the per-sweep table), OUTDIR/perf.svg and
+OUTDIR/perf_dropin.md (the PyTorch drop-in's rows); with a
 ``torch_overhead.json`` beside BENCH.json (``python benchmarks/torch_overhead.py
 --json FILE``), OUTDIR/perf_overhead.md too.
 Nothing is typed in by hand: every number comes from the JSON.
@@ -61,11 +62,11 @@ def table(results):
     return "\n".join(lines) + "\n"
 
 
-def targets(results):
+def targets(results, sweeps=()):
     """Markdown list: each target of the benchmark (cybatchnorm.bench.TARGETS),
     checked against these measurements by the benchmark's own evaluator."""
     lines = []
-    for title, limit, rows in target_rows(results):
+    for title, limit, rows in target_rows(results, sweeps):
         if not rows:
             lines.append(f"- **{title} <= {limit}x**: no case measured")
             continue
@@ -74,6 +75,28 @@ def targets(results):
         if bad:
             line += "; misses: " + ", ".join(f"{c} {v:.2f}x" for v, c in bad)
         lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def sweeps(rows):
+    """Markdown table: each sweep of the kernels on one thread, in units of one
+    read of x (``cybatchnorm.bench.sweep_table``)."""
+    if not rows:
+        return "*(no per-sweep table in the benchmark's JSON)*\n"
+    have_torch = all("torch_forward" in r for r in rows)
+    head = ["case", "dtype", "S (us)", "copy", "statistics", "normalize", "sums", "dx",
+            "forward", "backward"] + (["torch fwd", "fwd / torch (min-max)"] if have_torch else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        S = r["read"]
+        row = [_case(r), r["dtype"], f"{S * 1e6:.1f}"] + [
+            f"{r[k] / S:.2f}" for k in ("copy", "statistics", "normalize", "sums", "dx",
+                                        "forward", "backward")]
+        if have_torch:
+            row += [f"{r['torch_forward'] / S:.2f}",
+                    f"{r['forward_torch']:.2f} ({r['forward_torch_min']:.2f}-"
+                    f"{r['forward_torch_max']:.2f})"]
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -175,7 +198,9 @@ def main(json_path, outdir):
     with open(os.path.join(outdir, "perf_machine.md"), "w") as fh:
         fh.write(machine(data["meta"]))
     with open(os.path.join(outdir, "perf_targets.md"), "w") as fh:
-        fh.write(targets(data["results"]))
+        fh.write(targets(data["results"], data.get("sweeps") or []))
+    with open(os.path.join(outdir, "perf_sweeps.md"), "w") as fh:
+        fh.write(sweeps(data.get("sweeps") or []))
     plot(data["results"], os.path.join(outdir, "perf.svg"))
     with open(os.path.join(outdir, "perf_dropin.md"), "w") as fh:
         fh.write(dropin(data.get("dropin") or []))
