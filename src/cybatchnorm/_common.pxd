@@ -5,7 +5,8 @@
 #
 # Determinism: a channel is always reduced by one thread, in one fixed order
 # (rows in order; inside a run, sixteen interleaved partial sums combined by one
-# fixed tree), so results do not depend on the number of threads.
+# fixed tree), so results do not depend on the number of threads. Statistics:
+# task_moments (one read of x per task) and merge_chunks (Chan's formula).
 from cython cimport floating
 from cython.parallel cimport prange
 
@@ -372,7 +373,7 @@ cdef enum:
     M2_BITS = 4
 
 
-cdef inline void welford_rows(const floating* x, Py_ssize_t C, Py_ssize_t S, Py_ssize_t r0,
+cdef inline void task_moments(const floating* x, Py_ssize_t C, Py_ssize_t S, Py_ssize_t r0,
                               Py_ssize_t r1, Py_ssize_t c0, Py_ssize_t c1,
                               const double* shift, f64_out mean,
                               f64_out m2) noexcept nogil:
@@ -429,7 +430,7 @@ cdef inline void stats_pass(const floating* x, Py_ssize_t N, Py_ssize_t C,
         shift[c] = x[c * S]
     for t in prange(n_tasks(K, C, FB), schedule='static', num_threads=n_threads):
         w = task_bounds(t, K, N, C, FB)
-        welford_rows(x, C, S, w.r0, w.r1, w.c0, w.c1, &shift[w.c0], &pmean[w.k * C + w.c0],
+        task_moments(x, C, S, w.r0, w.r1, w.c0, w.c1, &shift[w.c0], &pmean[w.k * C + w.c0],
                      &pm2[w.k * C + w.c0])
 
 

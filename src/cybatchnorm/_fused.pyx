@@ -4,8 +4,9 @@ The staged kernels in ``_nodes`` follow the graph one node at a time and make
 one pass over memory per node. These do the same arithmetic in as few passes
 as the maths allows:
 
-* forward: one pass for the statistics (shifted two-pass per task merged by
-  Chan, never E[x^2] - E[x]^2), one pass that writes ``out`` (and, for a full
+* forward: one pass for the statistics (per task, sums of x - h and (x - h)**2
+  with h one of the task's values, merged by Chan; see task_moments in
+  _common.pxd), one pass that writes ``out`` (and, for a full
   cache, ``xmu`` and ``xhat``): 1 read + 1 read and 1 write of x-sized memory;
 * backward: one pass for ``sum(dout)`` and ``sum(dout * xhat)``, one pass that
   writes ``dx = (gamma * ivar / M) * (M * dout - sum(dout) - xhat * sum(dout * xhat))``.
@@ -32,7 +33,7 @@ from libc.stdint cimport int64_t
 
 from cybatchnorm._common cimport (run_sum, run_dot, run_dot_centred, row_chunks as _row_chunks,
                                   grid_block, Task, task_bounds, n_tasks, chunk_sums,
-                                  merge_chunks, MERGE_BLOCK, f64_out, stats_pass, welford_rows,
+                                  merge_chunks, MERGE_BLOCK, f64_out, stats_pass, task_moments,
                                   stream_copy, store_fence, normalize_rows, dx_rows,
                                   STREAM_BYTES)
 cimport cybatchnorm._openmp
@@ -219,7 +220,7 @@ cdef inline void _forward_strip(Task w, const floating* x, Py_ssize_t N, Py_ssiz
     if not given_stats:
         for c in range(w.c0, w.c1):
             shift[c] = x[c * S]
-        welford_rows(x, C, S, 0, N, w.c0, w.c1, shift + w.c0, pmean + w.c0, pm2 + w.c0)
+        task_moments(x, C, S, 0, N, w.c0, w.c1, shift + w.c0, pmean + w.c0, pm2 + w.c0)
     _block_stats(w.c0, w.c1, N, S, 1, C, eps, given_stats, gamma, beta, mu, var, sqrtvar, ivar,
                  mu64, ivar64, m2, shift, pmean, pm2, ab)
     _normalize_task(x, C, S, gamma, beta, mu64, ivar64, out, xmu, xhat, keep_nodes, ab, redo,

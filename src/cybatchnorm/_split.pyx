@@ -7,7 +7,8 @@ that cut for one shard (the same cut PyTorch's SyncBatchNorm makes with its
 batch_norm_stats / gather_stats / backward_reduce / backward_elemt ops):
 
 * ``batch_stats``: per-channel mean and m2 (sum of squared deviations) of the
-  local shard, one pass, shifted Welford/Chan (never E[x^2] - E[x]^2);
+  local shard, one read (shifted sums per task, merged by Chan; never
+  E[x^2] - E[x]^2 around zero);
 * ``merge``: Chan's parallel formula over the shards' (count, mean, m2), in
   shard order, so every process that merges the same list gets the same bits;
 * ``normalize``: ``out = gamma * (x - mean) * ivar + beta`` with given
