@@ -167,17 +167,6 @@ cdef inline Py_ssize_t n_tasks(Py_ssize_t K, Py_ssize_t C,
     return K * ((C + FB - 1) // FB)
 
 
-cdef inline double chunk_sum(const double* part, Py_ssize_t K, Py_ssize_t C,
-                             Py_ssize_t c) noexcept nogil:
-    # channel c's K partial sums of a (K, C) buffer, merged in chunk order:
-    # the same order for any thread count
-    cdef double tot = 0.0
-    cdef Py_ssize_t j
-    for j in range(K):
-        tot = tot + part[j * C + c]
-    return tot
-
-
 cdef struct Moments:
     double n, mean, m2      # count, mean and sum of squared deviations
 
@@ -470,7 +459,9 @@ cdef inline void merge_chunks(Py_ssize_t N, Py_ssize_t S, Py_ssize_t K, Py_ssize
 
 cdef inline void chunk_sums(const double* part, Py_ssize_t K, Py_ssize_t C, Py_ssize_t c0,
                             Py_ssize_t c1, f64_out out) noexcept nogil:
-    # chunk_sum of channels [c0, c1), the loop over channels inside
+    # channels [c0, c1)'s K partial sums of a (K, C) buffer, merged in chunk
+    # order: the same order for any thread count; the loop over channels
+    # inside vectorizes
     cdef Py_ssize_t j, c
     for c in range(c0, c1):
         out[c] = 0.0

@@ -21,7 +21,8 @@ from libc.stdlib cimport malloc, free
 
 from cybatchnorm._common cimport (n_blocks, block_start, run_sum, run_dot,
                                   row_chunks, grid_block, Task, task_bounds, n_tasks,
-                                  chunk_sum, merge_chunks, MERGE_BLOCK, stats_pass)
+                                  chunk_sums, merge_chunks, MERGE_BLOCK, f64_out,
+                                  stats_pass)
 # The shim makes prange serial, not broken, in a build without OpenMP.
 cimport cybatchnorm._openmp
 from cybatchnorm._openmp cimport CYBN_SIMD, CYBN_BUILD_CFLAGS
@@ -45,9 +46,10 @@ cdef inline void _node_sum_rows(const floating[:, :, ::1] a,
                               const floating* p, floating* out,
                               bint with_out, Py_ssize_t r0, Py_ssize_t r1,
                               Py_ssize_t c0, Py_ssize_t c1,
-                              double* acc) noexcept nogil:
+                              f64_out acc) noexcept nogil:
     # acc[c] = sum of a (or a * b) over rows [r0, r1) of channel c0 + c and,
-    # in the same pass, out = a * p[channel] when with_out (out may be a)
+    # in the same pass, out = a * p[channel] when with_out (out may be a);
+    # acc restrict-qualified, as the fused sums' (float64 data cannot alias it)
     cdef Py_ssize_t C = a.shape[1], S = a.shape[2], nc = c1 - c0, n, q, c, s, k
     cdef const floating* ra
     cdef const floating* rb
@@ -115,7 +117,7 @@ cdef int _reduce(const floating[:, :, ::1] a, const floating[:, :, ::1] b,
     sums could not be allocated."""
     cdef Py_ssize_t N = a.shape[0], C = a.shape[1], S = a.shape[2]
     cdef Py_ssize_t K = row_chunks(N, C, S, sizeof(floating))
-    cdef Py_ssize_t FB = grid_block(N, C, S, sizeof(floating)), t, c
+    cdef Py_ssize_t FB = grid_block(N, C, S, sizeof(floating)), t, c, b_
     cdef Task w
     cdef double* part
     if C == 0:
@@ -129,8 +131,12 @@ cdef int _reduce(const floating[:, :, ::1] a, const floating[:, :, ::1] b,
         w = task_bounds(t, K, N, C, FB)
         _node_sum_rows(a, b, with_b, p, out, with_out, w.r0, w.r1, w.c0, w.c1,
                        part + w.k * C + w.c0)
-    for c in prange(C, schedule='static', num_threads=n_threads):
-        res[c] = scale * chunk_sum(part, K, C, c)
+    # merged in chunk order per block of channels (chunk_sums: a vector loop)
+    for b_ in prange((C + MERGE_BLOCK - 1) // MERGE_BLOCK, schedule='static',
+                     num_threads=n_threads):
+        chunk_sums(part, K, C, b_ * MERGE_BLOCK, min(C, (b_ + 1) * MERGE_BLOCK), res)
+    for c in range(C):
+        res[c] = scale * res[c]
     free(part)
     return 0
 

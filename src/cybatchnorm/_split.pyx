@@ -26,7 +26,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 
 from cybatchnorm._common cimport (row_chunks as _row_chunks, fblock as _fblock,
-                                  Task, task_bounds, n_tasks, chunk_sum, Moments,
+                                  Task, task_bounds, n_tasks, chunk_sums, Moments, f64_out,
                                   chan_merge, merge_chunks, MERGE_BLOCK, run_sum, run_dot_centred,
                                   stats_pass,
                                   normalize_rows, dx_rows)
@@ -119,8 +119,9 @@ cdef inline void _shard_sums_rows(const floating[:, :, ::1] dout,
                               const floating[:, :, ::1] x,
                               const double[::1] m, Py_ssize_t r0,
                               Py_ssize_t r1, Py_ssize_t c0, Py_ssize_t c1,
-                              double* sd, double* sdx) noexcept nogil:
-    # sd = sum(dout), sdx = sum(dout * (x - mean)) over rows [r0, r1)
+                              f64_out sd, f64_out sdx) noexcept nogil:
+    # sd = sum(dout), sdx = sum(dout * (x - mean)) over rows [r0, r1) (the
+    # accumulators restrict-qualified, as the fused sums')
     cdef Py_ssize_t S = dout.shape[2], n, c, s, k
     cdef const floating* gr
     cdef const floating* xr
@@ -152,7 +153,7 @@ def backward_reduce(const floating[:, :, ::1] dout, const floating[:, :, ::1] x,
     afterwards in chunk order.
     """
     cdef Py_ssize_t N = dout.shape[0], C = dout.shape[1], S = dout.shape[2]
-    cdef Py_ssize_t K = psum.shape[0], FB = _fblock(S), t, c
+    cdef Py_ssize_t K = psum.shape[0], FB = _fblock(S), t, b
     cdef Task w
     if C == 0:
         return
@@ -161,9 +162,12 @@ def backward_reduce(const floating[:, :, ::1] dout, const floating[:, :, ::1] x,
             w = task_bounds(t, K, N, C, FB)
             _shard_sums_rows(dout, x, mean, w.r0, w.r1, w.c0, w.c1, &psum[w.k, w.c0],
                              &pdot[w.k, w.c0])
-        for c in prange(C, schedule='static', num_threads=n_threads):
-            sum_dout[c] = chunk_sum(&psum[0, 0], K, C, c)
-            sum_dout_xmu[c] = chunk_sum(&pdot[0, 0], K, C, c)
+        for b in prange((C + MERGE_BLOCK - 1) // MERGE_BLOCK, schedule='static',
+                        num_threads=n_threads):
+            chunk_sums(&psum[0, 0], K, C, b * MERGE_BLOCK, min(C, (b + 1) * MERGE_BLOCK),
+                       &sum_dout[0])
+            chunk_sums(&pdot[0, 0], K, C, b * MERGE_BLOCK, min(C, (b + 1) * MERGE_BLOCK),
+                       &sum_dout_xmu[0])
 
 
 def backward_elementwise(const floating[:, :, ::1] dout,
