@@ -9,6 +9,7 @@
 # task_moments (one read of x per task) and merge_chunks (Chan's formula).
 from cython cimport floating
 from cython.parallel cimport prange
+from libc.string cimport memcpy
 
 
 cdef inline Py_ssize_t n_blocks(Py_ssize_t C, int n_threads) noexcept nogil:
@@ -78,6 +79,15 @@ cdef extern from *:
     """
     void stream_copy "cybn_stream_copy"(void* dst, const void* src, size_t n) noexcept nogil
     void store_fence "cybn_store_fence"() noexcept nogil
+
+
+cdef inline void copy_row(void* dst, const void* src, size_t n, bint stream) noexcept nogil:
+    # a row of x just read (still in L1) copied to a layer's own copy of x:
+    # streamed past the caches when the outputs are (see STREAM_BYTES)
+    if stream:
+        stream_copy(dst, src, n)
+    else:
+        memcpy(dst, src, n)
 
 
 cdef enum:
@@ -476,11 +486,11 @@ cdef inline void normalize_rows(const floating* x, Py_ssize_t C, Py_ssize_t S,
                                 floating* out, floating* xmu,
                                 floating* xhat, bint keep_nodes,
                                 Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0,
-                                Py_ssize_t c1, floating* tmp) noexcept nogil:
+                                Py_ssize_t c1, floating* tmp, floating* xc) noexcept nogil:
     # out = gamma * ((x - mu) * ivar) + beta in float64, rounded once, over
     # rows [r0, r1) and channels [c0, c1); with keep_nodes also xmu and xhat;
     # with tmp (an L1 buffer of a row's run) rows are streamed out (see
-    # stream_copy)
+    # stream_copy); with xc, x's rows are copied there too (copy_row)
     cdef Py_ssize_t n, c, s, k
     cdef double d, mc, ic, gc, bc
     cdef const floating* xr
@@ -523,6 +533,8 @@ cdef inline void normalize_rows(const floating* x, Py_ssize_t C, Py_ssize_t S,
         if tmp != NULL:
             # the row went to an L1 buffer; stream it out past the caches
             stream_copy(out + (n * C + c0) * S, tmp, (c1 - c0) * S * sizeof(floating))
+        if xc != NULL:
+            copy_row(xc + (n * C + c0) * S, xr, (c1 - c0) * S * sizeof(floating), tmp != NULL)
 
 
 cdef inline void dx_rows(const floating* dout, const floating* src, Py_ssize_t C,

@@ -132,7 +132,7 @@ def _chunks(shape3: Sequence[int], dtype: np.dtype[Any]) -> int:
 
 def forward(x3: AnyArray, gamma: AnyArray, beta: AnyArray, eps: float, out3: AnyArray, keep: bool,
             stats: tuple[AnyArray, AnyArray] | None, nt: int,
-            frozen: bool = False) -> dict[str, AnyArray]:
+            frozen: bool = False, copy_x: bool = False) -> dict[str, AnyArray]:
     """The fused forward; returns the node values by name (and ``m2``, the
     float64 sums of squared deviations of the batch statistics: zeros when
     ``stats`` are given).
@@ -145,6 +145,10 @@ def forward(x3: AnyArray, gamma: AnyArray, beta: AnyArray, eps: float, out3: Any
     beta (and of the given stats) included and returned as ``gamma`` and
     ``beta``, are read-only rows of two blocks made read-only once the
     kernel has run: no row can be made writable again.
+
+    ``copy_x`` also returns ``x``: a pooled copy of x3, written by the
+    normalize sweep as it reads x (one write where a separate copy costs a
+    read and a write).
     """
     dt, C = x3.dtype, x3.shape[1]
     xmu = empty(x3.shape, dt) if keep else out3
@@ -165,9 +169,10 @@ def forward(x3: AnyArray, gamma: AnyArray, beta: AnyArray, eps: float, out3: Any
         sqrtvar, ivar = np.empty(C, dt), np.empty(C, dt)
         mu64, ivar64, m2 = np.empty(C), np.empty(C), np.zeros(C)
     K = _chunks(x3.shape, dt)
+    xcopy = empty(x3.shape, dt) if copy_x else None
     fused.forward(x3, gamma, beta, eps, out3, xmu, xhat, keep, mu, var, sqrtvar, ivar,
                   mu64, ivar64, m2, stats is not None, np.empty((K, C)), np.empty((K, C)),
-                  np.empty(C), nt)
+                  np.empty(C), nt, fused.Passes.BOTH, xcopy)
     if frozen:
         # rows taken again once the blocks are read-only are read-only too
         block.flags.writeable = False
@@ -179,6 +184,8 @@ def forward(x3: AnyArray, gamma: AnyArray, beta: AnyArray, eps: float, out3: Any
         values.update(gamma=gamma, beta=beta)
     if keep:
         values.update(xmu=xmu, xhat=xhat)
+    if xcopy is not None:
+        values["x"] = xcopy
     return values
 
 

@@ -32,6 +32,7 @@ def forward(
     shift: F64Array,
     n_threads: int,
     passes: int = ...,
+    xcopy: AnyArray | None = ...,
 ) -> None: ...
 
 def backward(

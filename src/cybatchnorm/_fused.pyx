@@ -34,7 +34,7 @@ from libc.stdint cimport int64_t
 from cybatchnorm._common cimport (run_sum, run_dot, run_dot_centred, row_chunks as _row_chunks,
                                   grid_block, Task, task_bounds, n_tasks, chunk_sums,
                                   merge_chunks, MERGE_BLOCK, f64_out, stats_pass, task_moments,
-                                  stream_copy, store_fence, normalize_rows, dx_rows,
+                                  stream_copy, copy_row, store_fence, normalize_rows, dx_rows,
                                   STREAM_BYTES)
 cimport cybatchnorm._openmp
 from cybatchnorm._openmp cimport CYBN_SIMD, CYBN_BUILD_CFLAGS
@@ -88,7 +88,7 @@ cdef inline void _affine_rows_f32(const float* x, Py_ssize_t C, Py_ssize_t S, co
                                   Py_ssize_t r1, Py_ssize_t c0, Py_ssize_t c1,
                                   float* tmp, const Py_ssize_t* redo, Py_ssize_t nredo,
                                   const float* gamma, const float* beta,
-                                  const double* m, const double* iv) noexcept nogil:
+                                  const double* m, const double* iv, float* xc) noexcept nogil:
     # out = (x - mh) * a + b in float32: twice the SIMD width of the float64
     # path. cf holds three (C,) rows: a = gamma * ivar, mh = fl(mu) and
     # b = fl(beta - (mu - mh) * a). x - mh is exact for x near mu (Sterbenz),
@@ -126,6 +126,8 @@ cdef inline void _affine_rows_f32(const float* x, Py_ssize_t C, Py_ssize_t S, co
         if tmp != NULL:
             # the row went to an L1 buffer; stream it out past the caches
             stream_copy(out + (n * C + c0) * S, tmp, (c1 - c0) * S * sizeof(float))
+        if xc != NULL:
+            copy_row(xc + (n * C + c0) * S, xr, (c1 - c0) * S * sizeof(float), tmp != NULL)
 
 
 cdef inline void _normalize_task(const floating* x, Py_ssize_t C, Py_ssize_t S,
@@ -134,7 +136,7 @@ cdef inline void _normalize_task(const floating* x, Py_ssize_t C, Py_ssize_t S,
                                  floating* out, floating* xmu, floating* xhat, bint keep_nodes,
                                  const float* ab, Py_ssize_t* redo, Py_ssize_t slot,
                                  bint stream, Py_ssize_t r0, Py_ssize_t r1,
-                                 Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+                                 Py_ssize_t c0, Py_ssize_t c1, floating* xc) noexcept nogil:
     # the second forward pass over one task's rows and channels; with
     # ``stream`` (outputs larger than the cache) rows are written with
     # non-temporal stores, so writing out costs no read of its old contents.
@@ -147,13 +149,13 @@ cdef inline void _normalize_task(const floating* x, Py_ssize_t C, Py_ssize_t S,
         if ab != NULL:
             nredo = _flagged(ab + 3 * C, c0, c1, redo + slot)
             _affine_rows_f32(x, C, S, ab, out, r0, r1, c0, c1, tmp, redo + slot, nredo, gamma,
-                             beta, m, iv)
+                             beta, m, iv, xc)
         else:
             normalize_rows(x, C, S, gamma, beta, m, iv, out, xmu, xhat, keep_nodes,
-                           r0, r1, c0, c1, tmp)
+                           r0, r1, c0, c1, tmp, xc)
     else:
         normalize_rows(x, C, S, gamma, beta, m, iv, out, xmu, xhat, keep_nodes,
-                       r0, r1, c0, c1, tmp)
+                       r0, r1, c0, c1, tmp, xc)
     if tmp != NULL:
         store_fence()
         free(tmp)
@@ -213,7 +215,7 @@ cdef inline void _forward_strip(Task w, const floating* x, Py_ssize_t N, Py_ssiz
                                 floating* sqrtvar, floating* ivar, double* mu64,
                                 double* ivar64, double* m2, bint given_stats, double* pmean,
                                 double* pm2, double* shift, float* ab, Py_ssize_t* redo,
-                                bint stream) noexcept nogil:
+                                bint stream, floating* xc) noexcept nogil:
     # one strip task of _forward (K == 1): statistics and normalization of
     # every row of channels [w.c0, w.c1)
     cdef Py_ssize_t c
@@ -224,7 +226,7 @@ cdef inline void _forward_strip(Task w, const floating* x, Py_ssize_t N, Py_ssiz
     _block_stats(w.c0, w.c1, N, S, 1, C, eps, given_stats, gamma, beta, mu, var, sqrtvar, ivar,
                  mu64, ivar64, m2, shift, pmean, pm2, ab)
     _normalize_task(x, C, S, gamma, beta, mu64, ivar64, out, xmu, xhat, keep_nodes, ab, redo,
-                    w.c0, stream, 0, N, w.c0, w.c1)
+                    w.c0, stream, 0, N, w.c0, w.c1, xc)
 
 
 cdef int _forward(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
@@ -232,13 +234,16 @@ cdef int _forward(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                   floating* out, floating* xmu, floating* xhat, bint keep_nodes,
                   floating* mu, floating* var, floating* sqrtvar, floating* ivar,
                   double* mu64, double* ivar64, double* m2, bint given_stats, double* pmean, double* pm2,
-                  double* shift, Py_ssize_t K, int n_threads, int passes=BOTH) except -1:
+                  double* shift, Py_ssize_t K, int n_threads, int passes=BOTH,
+                  floating* xc=NULL) except -1:
     # the fused forward over raw pointers (the (N, C, S) arrays C-contiguous,
     # (K, C) partials, (C,) vectors): what ``forward`` and ``forward_tensor``
     # share, so the two give the same bits by construction. Raises only
     # MemoryError, before anything is written. ``passes`` (the benchmark's
     # per-sweep table) runs one sweep alone over the grid: REDUCE leaves the
     # partials, SWEEP merges the partials left by a REDUCE call and writes.
+    # ``xc``: where the normalize sweep copies x, row by row as it reads it
+    # (a layer's own copy of its input, at the price of one write).
     cdef Py_ssize_t FB = grid_block(N, C, S, sizeof(floating)), t, b
     cdef Task w
     cdef float* ab = NULL
@@ -263,13 +268,15 @@ cdef int _forward(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
             for t in range(n_tasks(1, C, FB)):
                 _forward_strip(task_bounds(t, 1, N, C, FB), x, N, C, S, gamma, beta, eps,
                                out, xmu, xhat, keep_nodes, mu, var, sqrtvar, ivar, mu64,
-                               ivar64, m2, given_stats, pmean, pm2, shift, ab, redo, stream)
+                               ivar64, m2, given_stats, pmean, pm2, shift, ab, redo, stream,
+                               xc)
         elif K == 1 and passes == BOTH:
             # strips: statistics and normalization of a block in one task
             for t in prange(n_tasks(1, C, FB), schedule='static', num_threads=n_threads):
                 _forward_strip(task_bounds(t, 1, N, C, FB), x, N, C, S, gamma, beta, eps,
                                out, xmu, xhat, keep_nodes, mu, var, sqrtvar, ivar, mu64,
-                               ivar64, m2, given_stats, pmean, pm2, shift, ab, redo, stream)
+                               ivar64, m2, given_stats, pmean, pm2, shift, ab, redo, stream,
+                               xc)
         else:
             if not given_stats and passes & REDUCE:
                 # pass 1: partial statistics of every (chunk, block) task
@@ -286,7 +293,7 @@ cdef int _forward(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                 w = task_bounds(t, K, N, C, FB)
                 _normalize_task(x, C, S, gamma, beta, mu64, ivar64, out, xmu, xhat,
                                 keep_nodes, ab, redo, w.k * C + w.c0, stream, w.r0, w.r1,
-                                w.c0, w.c1)
+                                w.c0, w.c1, xc)
     free(ab)
     free(redo)
     return 0
@@ -298,7 +305,8 @@ def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
             bint keep_nodes, floating[::1] mu, floating[::1] var,
             floating[::1] sqrtvar, floating[::1] ivar, double[::1] mu64,
             double[::1] ivar64, double[::1] m2, bint given_stats, double[:, ::1] pmean,
-            double[:, ::1] pm2, double[::1] shift, int n_threads, int passes=BOTH):
+            double[:, ::1] pm2, double[::1] shift, int n_threads, int passes=BOTH,
+            floating[:, :, ::1] xcopy=None):
     """Batch statistics and normalized output in two passes over ``x``.
 
     ``pmean``/``pm2`` (K, C) hold the per-chunk partial statistics, K being
@@ -314,13 +322,22 @@ def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
     ``passes`` (the benchmark's per-sweep table): ``REDUCE`` runs the
     statistics sweep alone, ``SWEEP`` the normalization alone (from the
     partials a ``REDUCE`` call left), each over the chunked grid.
+    ``xcopy`` (x's shape, or None): receives a copy of x, written by the
+    normalize sweep as it reads each row.
     """
+    cdef floating* xc = NULL
     if x.shape[1] == 0:
         return
+    if xcopy is not None:
+        if xcopy.shape[0] != x.shape[0] or xcopy.shape[1] != x.shape[1] or \
+                xcopy.shape[2] != x.shape[2]:
+            raise ValueError("forward: xcopy must have x's shape")
+        if x.shape[0] * x.shape[2] > 0:
+            xc = &xcopy[0, 0, 0]
     _forward(&x[0, 0, 0], x.shape[0], x.shape[1], x.shape[2], &gamma[0], &beta[0], eps,
              &out[0, 0, 0], &xmu[0, 0, 0], &xhat[0, 0, 0], keep_nodes, &mu[0], &var[0],
              &sqrtvar[0], &ivar[0], &mu64[0], &ivar64[0], &m2[0], given_stats,
-             &pmean[0, 0], &pm2[0, 0], &shift[0], pmean.shape[0], n_threads, passes)
+             &pmean[0, 0], &pm2[0, 0], &shift[0], pmean.shape[0], n_threads, passes, xc)
 
 
 # ----------------------------------------------------------------- backward

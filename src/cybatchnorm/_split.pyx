@@ -110,7 +110,7 @@ def normalize(const floating[:, :, ::1] x, const double[::1] mean,
         w = task_bounds(t, K, N, C, FB)
         normalize_rows(&x[0, 0, 0], C, S, &gamma[0], &beta[0], &mean[0], &ivar[0], &out[0, 0, 0],
                        &out[0, 0, 0], &out[0, 0, 0], False,
-                       w.r0, w.r1, w.c0, w.c1, NULL)
+                       w.r0, w.r1, w.c0, w.c1, NULL, NULL)
 
 
 # ----------------------------------------------------------- backward side

@@ -18,7 +18,6 @@ from typing import IO, Any, NamedTuple, Optional, cast
 import numpy as np
 
 from ._cache import CHANNEL, FULL, KINDS, Cache
-from ._engine import empty as _pooled_empty
 from ._threads import default_num_threads, thread_cap
 from ._typing import AnyArray, F64Array
 
@@ -235,14 +234,7 @@ class ForwardArgs(NamedTuple):
     out: Optional[AnyArray]   # the caller's out, or None
     out3: Optional[AnyArray]  # its (N, C, S) view
     nt: int
-
-
-def copy_pooled(arr: AnyArray) -> AnyArray:
-    """A C-contiguous copy of ``arr`` in a buffer from the output pool (the
-    layer's own copy of x is as large as an output, and as frequent)."""
-    out = _pooled_empty(arr.shape, arr.dtype)
-    np.copyto(out, arr)
-    return out
+    copy_x: bool = False    # the kernel keeps its own copy of x3 (a minimal cache of a layer)
 
 
 def forward_args(x: Any, gamma: Any, beta: Any, eps: Any, *, axis: Any = 1, num_threads: Any = None,
@@ -251,8 +243,9 @@ def forward_args(x: Any, gamma: Any, beta: Any, eps: Any, *, axis: Any = 1, num_
     """Validate a forward call once; return its :class:`ForwardArgs`.
 
     ``stats`` None is training (at least two values per channel); a pair
-    ``(mean, var)`` normalizes with those (eval mode). ``own_x`` copies x when
-    the kernels would read the caller's own array, so that a cache keeping it
+    ``(mean, var)`` normalizes with those (eval mode). ``own_x`` asks the
+    kernel for its own copy of x (``copy_x``, written by its normalize sweep)
+    when a minimal cache would keep the caller's own array, so that the cache
     cannot change when the caller changes x afterwards. ``channels``: the
     number of channels x must have (a layer's ``num_features``).
     """
@@ -289,10 +282,10 @@ def forward_args(x: Any, gamma: Any, beta: Any, eps: Any, *, axis: Any = 1, num_
     out3 = None
     if out is not None:
         out3 = check_out("out", out, x_shape, dt, given).reshape(x3.shape)
-    if own_x and cache == "minimal" and isinstance(x, np.ndarray) and np.may_share_memory(x3, x):
-        x3 = copy_pooled(x3)
+    copy_x = (own_x and cache == "minimal" and isinstance(x, np.ndarray)
+              and np.may_share_memory(x3, x))
     return ForwardArgs(x3, shape, x_shape, -1 if last else 1, dt, gamma, beta, eps, stats,
-                       cache, out, out3, nt)
+                       cache, out, out3, nt, copy_x)
 
 
 def check_cache(cache: Any) -> None:

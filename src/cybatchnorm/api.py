@@ -35,12 +35,12 @@ def run_forward_m2(a: ForwardArgs) -> tuple[AnyArray, Cache, F64Array]:
     keep = a.kind == "full"
     out3 = a.out3 if a.out3 is not None else _engine.empty(a.x3.shape, a.dtype)
     values = _engine.forward(a.x3, a.gamma, a.beta, a.eps, out3, keep, a.stats, a.nt,
-                             frozen=True)
+                             frozen=True, copy_x=a.copy_x)
     if keep:
         values["xmu"] = values["xmu"].reshape(a.shape)
         values["xhat"] = values["xhat"].reshape(a.shape)
     else:
-        values["x"] = a.x3.reshape(a.shape)
+        values["x"] = values.get("x", a.x3).reshape(a.shape)
     cache = Cache(shape=a.shape, dtype=a.dtype, eps=a.eps,
                   mode="train" if a.stats is None else "eval", kind=a.kind, axis=a.axis,
                   x_shape=a.x_shape, _owned=True, **values)

@@ -164,8 +164,9 @@ class BatchNorm:
         use_running = not self.training and self.track_running_stats
         stats = (self.running_mean, self.running_var) if use_running else None
         gamma, beta = self._params(self.dtype)
-        # the fused backward reads x: own_x keeps our own copy of it, so that
-        # a caller who changes x after the forward does not change the gradient
+        # the fused backward reads x: own_x keeps our own copy of it (the
+        # kernel writes it as it normalizes), so that a caller who changes x
+        # after the forward does not change the gradient
         a = forward_args(x, gamma, beta, self.eps, axis=self.axis, num_threads=self.num_threads,
                          cache=kind, stats=stats, own_x=True, channels=self.num_features)
         out, cache, m2 = run_forward_m2(a)
