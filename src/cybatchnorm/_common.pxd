@@ -78,6 +78,220 @@ cdef extern from *:
     #endif
     """
     void stream_copy "cybn_stream_copy"(void* dst, const void* src, size_t n) noexcept nogil
+
+
+cdef extern from *:
+    """
+    /* float32 elementwise passes with non-temporal stores straight from the
+       registers (no L1 buffer and copy): out = (x - h) * a + b and
+       dx = (A * g + F * (x - h)) + G, the operations and their order those of
+       the scalar code (IEEE, no contraction), so every width gives the same
+       bits. ``row`` variants take per-channel arrays, ``run`` variants one
+       channel's scalars. Scalar stores up to the first aligned address and
+       after the last full vector. */
+    #include <stddef.h>
+    #if defined(__AVX512F__)
+    #include <immintrin.h>
+    #define CYBN_W 16
+    typedef __m512 cybn_vf;
+    #define CYBN_LOAD _mm512_loadu_ps
+    #define CYBN_SET1 _mm512_set1_ps
+    #define CYBN_SUB _mm512_sub_ps
+    #define CYBN_MUL _mm512_mul_ps
+    #define CYBN_ADD _mm512_add_ps
+    #define CYBN_STREAM _mm512_stream_ps
+    #elif defined(__AVX__)
+    #include <immintrin.h>
+    #define CYBN_W 8
+    typedef __m256 cybn_vf;
+    #define CYBN_LOAD _mm256_loadu_ps
+    #define CYBN_SET1 _mm256_set1_ps
+    #define CYBN_SUB _mm256_sub_ps
+    #define CYBN_MUL _mm256_mul_ps
+    #define CYBN_ADD _mm256_add_ps
+    #define CYBN_STREAM _mm256_stream_ps
+    #elif defined(__SSE2__)
+    #include <emmintrin.h>
+    #define CYBN_W 4
+    typedef __m128 cybn_vf;
+    #define CYBN_LOAD _mm_loadu_ps
+    #define CYBN_SET1 _mm_set1_ps
+    #define CYBN_SUB _mm_sub_ps
+    #define CYBN_MUL _mm_mul_ps
+    #define CYBN_ADD _mm_add_ps
+    #define CYBN_STREAM _mm_stream_ps
+    #endif
+    static inline ptrdiff_t cybn_head(const float *out, ptrdiff_t n) {
+    #ifdef CYBN_W
+        ptrdiff_t h = (ptrdiff_t)((((size_t)(CYBN_W * 4) - ((size_t)out & (CYBN_W * 4 - 1)))
+                                   & (CYBN_W * 4 - 1)) / 4);
+        return h > n ? n : h;
+    #else
+        return n;
+    #endif
+    }
+    static inline void cybn_affine_nt(float *out, const float *x, const float *a,
+                                      const float *h, const float *b, int row, ptrdiff_t n) {
+        ptrdiff_t k = 0, k0 = cybn_head(out, n);
+        for (; k < k0; k++)
+            out[k] = (x[k] - h[row ? k : 0]) * a[row ? k : 0] + b[row ? k : 0];
+    #ifdef CYBN_W
+        if (row) {
+            for (; k + CYBN_W <= n; k += CYBN_W)
+                CYBN_STREAM(out + k, CYBN_ADD(CYBN_MUL(CYBN_SUB(CYBN_LOAD(x + k), CYBN_LOAD(h + k)),
+                                                       CYBN_LOAD(a + k)), CYBN_LOAD(b + k)));
+        } else {
+            cybn_vf hv = CYBN_SET1(h[0]), av = CYBN_SET1(a[0]), bv = CYBN_SET1(b[0]);
+            for (; k + CYBN_W <= n; k += CYBN_W)
+                CYBN_STREAM(out + k, CYBN_ADD(CYBN_MUL(CYBN_SUB(CYBN_LOAD(x + k), hv), av), bv));
+        }
+    #endif
+        for (; k < n; k++)
+            out[k] = (x[k] - h[row ? k : 0]) * a[row ? k : 0] + b[row ? k : 0];
+    }
+    static inline void cybn_dx_nt(float *dx, const float *g, const float *x, const float *A,
+                                  const float *F, const float *h, const float *G, int row,
+                                  ptrdiff_t n) {
+        ptrdiff_t k = 0, k0 = cybn_head(dx, n), j;
+        for (; k < k0; k++) {
+            j = row ? k : 0;
+            dx[k] = A[j] * g[k] + F[j] * (x[k] - h[j]) + G[j];
+        }
+    #ifdef CYBN_W
+        if (row) {
+            for (; k + CYBN_W <= n; k += CYBN_W)
+                CYBN_STREAM(dx + k, CYBN_ADD(CYBN_ADD(CYBN_MUL(CYBN_LOAD(A + k), CYBN_LOAD(g + k)),
+                                                      CYBN_MUL(CYBN_LOAD(F + k),
+                                                               CYBN_SUB(CYBN_LOAD(x + k),
+                                                                        CYBN_LOAD(h + k)))),
+                                             CYBN_LOAD(G + k)));
+        } else {
+            cybn_vf Av = CYBN_SET1(A[0]), Fv = CYBN_SET1(F[0]), hv = CYBN_SET1(h[0]);
+            cybn_vf Gv = CYBN_SET1(G[0]);
+            for (; k + CYBN_W <= n; k += CYBN_W)
+                CYBN_STREAM(dx + k, CYBN_ADD(CYBN_ADD(CYBN_MUL(Av, CYBN_LOAD(g + k)),
+                                                      CYBN_MUL(Fv, CYBN_SUB(CYBN_LOAD(x + k), hv))),
+                                             Gv));
+        }
+    #endif
+        for (; k < n; k++) {
+            j = row ? k : 0;
+            dx[k] = A[j] * g[k] + F[j] * (x[k] - h[j]) + G[j];
+        }
+    }
+    """
+    void affine_nt "cybn_affine_nt"(float* out, const float* x, const float* a, const float* h,
+                                    const float* b, int row, Py_ssize_t n) noexcept nogil
+    void dx_nt "cybn_dx_nt"(float* dx, const float* g, const float* x, const float* A,
+                            const float* F, const float* h, const float* G, int row,
+                            Py_ssize_t n) noexcept nogil
+
+
+cdef extern from *:
+    """
+    /* the float64 twins: out = g * ((x - m) * iv) + b and
+       dx = (A * g + E * ((x - m) * iv)) + B, as normalize_rows and dx_rows
+       write them */
+    #if defined(__AVX512F__)
+    #define CYBN_WD 8
+    typedef __m512d cybn_vd;
+    #define CYBN_LOADD _mm512_loadu_pd
+    #define CYBN_SET1D _mm512_set1_pd
+    #define CYBN_SUBD _mm512_sub_pd
+    #define CYBN_MULD _mm512_mul_pd
+    #define CYBN_ADDD _mm512_add_pd
+    #define CYBN_STREAMD _mm512_stream_pd
+    #elif defined(__AVX__)
+    #define CYBN_WD 4
+    typedef __m256d cybn_vd;
+    #define CYBN_LOADD _mm256_loadu_pd
+    #define CYBN_SET1D _mm256_set1_pd
+    #define CYBN_SUBD _mm256_sub_pd
+    #define CYBN_MULD _mm256_mul_pd
+    #define CYBN_ADDD _mm256_add_pd
+    #define CYBN_STREAMD _mm256_stream_pd
+    #elif defined(__SSE2__)
+    #define CYBN_WD 2
+    typedef __m128d cybn_vd;
+    #define CYBN_LOADD _mm_loadu_pd
+    #define CYBN_SET1D _mm_set1_pd
+    #define CYBN_SUBD _mm_sub_pd
+    #define CYBN_MULD _mm_mul_pd
+    #define CYBN_ADDD _mm_add_pd
+    #define CYBN_STREAMD _mm_stream_pd
+    #endif
+    static inline ptrdiff_t cybn_head_d(const double *out, ptrdiff_t n) {
+    #ifdef CYBN_WD
+        ptrdiff_t h = (ptrdiff_t)((((size_t)(CYBN_WD * 8) - ((size_t)out & (CYBN_WD * 8 - 1)))
+                                   & (CYBN_WD * 8 - 1)) / 8);
+        return h > n ? n : h;
+    #else
+        return n;
+    #endif
+    }
+    static inline void cybn_norm_nt_f64(double *out, const double *x, const double *g,
+                                        const double *m, const double *iv, const double *b,
+                                        int row, ptrdiff_t n) {
+        ptrdiff_t k = 0, k0 = cybn_head_d(out, n), j;
+        for (; k < k0; k++) {
+            j = row ? k : 0;
+            out[k] = g[j] * ((x[k] - m[j]) * iv[j]) + b[j];
+        }
+    #ifdef CYBN_WD
+        if (row) {
+            for (; k + CYBN_WD <= n; k += CYBN_WD)
+                CYBN_STREAMD(out + k, CYBN_ADDD(CYBN_MULD(CYBN_LOADD(g + k),
+                    CYBN_MULD(CYBN_SUBD(CYBN_LOADD(x + k), CYBN_LOADD(m + k)), CYBN_LOADD(iv + k))),
+                    CYBN_LOADD(b + k)));
+        } else {
+            cybn_vd gv = CYBN_SET1D(g[0]), mv = CYBN_SET1D(m[0]), iv_ = CYBN_SET1D(iv[0]);
+            cybn_vd bv = CYBN_SET1D(b[0]);
+            for (; k + CYBN_WD <= n; k += CYBN_WD)
+                CYBN_STREAMD(out + k, CYBN_ADDD(CYBN_MULD(gv, CYBN_MULD(CYBN_SUBD(CYBN_LOADD(x + k),
+                                                                              mv), iv_)), bv));
+        }
+    #endif
+        for (; k < n; k++) {
+            j = row ? k : 0;
+            out[k] = g[j] * ((x[k] - m[j]) * iv[j]) + b[j];
+        }
+    }
+    static inline void cybn_dx_nt_f64(double *dx, const double *g, const double *x,
+                                      const double *A, const double *E, const double *m,
+                                      const double *iv, const double *B, int row, ptrdiff_t n) {
+        ptrdiff_t k = 0, k0 = cybn_head_d(dx, n), j;
+        for (; k < k0; k++) {
+            j = row ? k : 0;
+            dx[k] = A[j] * g[k] + E[j] * ((x[k] - m[j]) * iv[j]) + B[j];
+        }
+    #ifdef CYBN_WD
+        if (row) {
+            for (; k + CYBN_WD <= n; k += CYBN_WD)
+                CYBN_STREAMD(dx + k, CYBN_ADDD(CYBN_ADDD(CYBN_MULD(CYBN_LOADD(A + k), CYBN_LOADD(g + k)),
+                    CYBN_MULD(CYBN_LOADD(E + k), CYBN_MULD(CYBN_SUBD(CYBN_LOADD(x + k), CYBN_LOADD(m + k)),
+                                                           CYBN_LOADD(iv + k)))),
+                    CYBN_LOADD(B + k)));
+        } else {
+            cybn_vd Av = CYBN_SET1D(A[0]), Ev = CYBN_SET1D(E[0]), mv = CYBN_SET1D(m[0]);
+            cybn_vd ivv = CYBN_SET1D(iv[0]), Bv = CYBN_SET1D(B[0]);
+            for (; k + CYBN_WD <= n; k += CYBN_WD)
+                CYBN_STREAMD(dx + k, CYBN_ADDD(CYBN_ADDD(CYBN_MULD(Av, CYBN_LOADD(g + k)),
+                    CYBN_MULD(Ev, CYBN_MULD(CYBN_SUBD(CYBN_LOADD(x + k), mv), ivv))), Bv));
+        }
+    #endif
+        for (; k < n; k++) {
+            j = row ? k : 0;
+            dx[k] = A[j] * g[k] + E[j] * ((x[k] - m[j]) * iv[j]) + B[j];
+        }
+    }
+    """
+    void norm_nt_f64 "cybn_norm_nt_f64"(double* out, const double* x, const double* g,
+                                        const double* m, const double* iv, const double* b,
+                                        int row, Py_ssize_t n) noexcept nogil
+    void dx_nt_f64 "cybn_dx_nt_f64"(double* dx, const double* g, const double* x,
+                                    const double* A, const double* E, const double* m,
+                                    const double* iv, const double* B, int row,
+                                    Py_ssize_t n) noexcept nogil
     void store_fence "cybn_store_fence"() noexcept nogil
 
 
@@ -511,6 +725,19 @@ cdef inline void normalize_rows(const floating* x, Py_ssize_t C, Py_ssize_t S,
     cdef floating* hrow = NULL
     for n in range(r0, r1):
         xr = x + (n * C + c0) * S
+        if floating is double:
+            if tmp != NULL and not keep_nodes:
+                # outputs past the caches: non-temporal stores from the registers
+                orow = out + (n * C + c0) * S
+                if S == 1:
+                    norm_nt_f64(orow, xr, gamma + c0, m + c0, iv + c0, beta + c0, 1, c1 - c0)
+                else:
+                    for c in range(c1 - c0):
+                        norm_nt_f64(orow + c * S, xr + c * S, gamma + c0 + c, m + c0 + c,
+                                    iv + c0 + c, beta + c0 + c, 0, S)
+                if xc != NULL:
+                    copy_row(xc + (n * C + c0) * S, xr, (c1 - c0) * S * sizeof(floating), True)
+                continue
         orow = tmp if tmp != NULL else out + (n * C + c0) * S
         if keep_nodes:
             mrow = xmu + (n * C + c0) * S
@@ -566,6 +793,17 @@ cdef inline void dx_rows(const floating* dout, const floating* src, Py_ssize_t C
     for n in range(r0, r1):
         gr = dout + (n * C + c0) * S
         hr = src + (n * C + c0) * S
+        if floating is double:
+            if tmp != NULL and from_x:
+                # dx past the caches: non-temporal stores from the registers
+                dr = dx + (n * C + c0) * S
+                if S == 1:
+                    dx_nt_f64(dr, gr, hr, A + c0, E + c0, m + c0, iv + c0, B + c0, 1, c1 - c0)
+                else:
+                    for c in range(c1 - c0):
+                        dx_nt_f64(dr + c * S, gr + c * S, hr + c * S, A + c0 + c, E + c0 + c,
+                                  m + c0 + c, iv + c0 + c, B + c0 + c, 0, S)
+                continue
         dr = tmp if tmp != NULL else dx + (n * C + c0) * S
         if S == 1:
             if from_x:

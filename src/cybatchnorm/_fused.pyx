@@ -34,7 +34,7 @@ from libc.stdint cimport int64_t
 from cybatchnorm._common cimport (run_sum, run_dot, run_dot_centred, row_chunks as _row_chunks,
                                   grid_block, Task, task_bounds, n_tasks, chunk_sums,
                                   merge_chunks, MERGE_BLOCK, f64_out, stats_pass, task_moments,
-                                  stream_copy, copy_row, store_fence, normalize_rows, dx_rows,
+                                  stream_copy, copy_row, store_fence, affine_nt, dx_nt, normalize_rows, dx_rows,
                                   STREAM_BYTES)
 cimport cybatchnorm._openmp
 from cybatchnorm._openmp cimport CYBN_SIMD, CYBN_BUILD_CFLAGS
@@ -104,8 +104,15 @@ cdef inline void _affine_rows_f32(const float* x, Py_ssize_t C, Py_ssize_t S, co
     cdef float ac, bc, hc
     for n in range(r0, r1):
         xr = x + (n * C + c0) * S
-        orow = tmp if tmp != NULL else out + (n * C + c0) * S
-        if S == 1:
+        orow = out + (n * C + c0) * S
+        if tmp != NULL:
+            # outputs past the caches: non-temporal stores from the registers
+            if S == 1:
+                affine_nt(orow, xr, a + c0, mh + c0, b + c0, 1, c1 - c0)
+            else:
+                for c in range(c1 - c0):
+                    affine_nt(orow + c * S, xr + c * S, a + c0 + c, mh + c0 + c, b + c0 + c, 0, S)
+        elif S == 1:
             for c in range(c1 - c0):
                 orow[c] = (xr[c] - mh[c0 + c]) * a[c0 + c] + b[c0 + c]
         else:
@@ -123,9 +130,6 @@ cdef inline void _affine_rows_f32(const float* x, Py_ssize_t C, Py_ssize_t S, co
             for s in range(S):
                 orow[k + s] = <float>(gamma[c0 + c] * ((xr[k + s] - m[c0 + c]) * iv[c0 + c])
                                       + beta[c0 + c])
-        if tmp != NULL:
-            # the row went to an L1 buffer; stream it out past the caches
-            stream_copy(out + (n * C + c0) * S, tmp, (c1 - c0) * S * sizeof(float))
         if xc != NULL:
             copy_row(xc + (n * C + c0) * S, xr, (c1 - c0) * S * sizeof(float), tmp != NULL)
 
@@ -429,8 +433,16 @@ cdef inline void _dx_rows_f32(const float* dout, const float* x, Py_ssize_t C, P
     for n in range(r0, r1):
         gr = dout + (n * C + c0) * S
         xr = x + (n * C + c0) * S
-        dr = tmp if tmp != NULL else dx + (n * C + c0) * S
-        if S == 1:
+        dr = dx + (n * C + c0) * S
+        if tmp != NULL:
+            # dx past the caches: non-temporal stores from the registers
+            if S == 1:
+                dx_nt(dr, gr, xr, A + c0, F + c0, mh + c0, G + c0, 1, c1 - c0)
+            else:
+                for c in range(c1 - c0):
+                    dx_nt(dr + c * S, gr + c * S, xr + c * S, A + c0 + c, F + c0 + c,
+                          mh + c0 + c, G + c0 + c, 0, S)
+        elif S == 1:
             for c in range(c1 - c0):
                 dr[c] = A[c0 + c] * gr[c] + F[c0 + c] * (xr[c] - mh[c0 + c]) + G[c0 + c]
         else:
@@ -451,9 +463,6 @@ cdef inline void _dx_rows_f32(const float* dout, const float* x, Py_ssize_t C, P
                                     + coef[2 * C + c0 + c] * ((xr[k + s] - m[c0 + c])
                                                               * iv[c0 + c])
                                     + coef[C + c0 + c])
-        if tmp != NULL:
-            # the row went to an L1 buffer; stream it out past the caches
-            stream_copy(dx + (n * C + c0) * S, tmp, (c1 - c0) * S * sizeof(float))
 
 
 cdef inline void _block_coef(Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t K, Py_ssize_t C,
