@@ -267,9 +267,11 @@ cdef extern from *:
     #ifdef CYBN_WD
         if (row) {
             for (; k + CYBN_WD <= n; k += CYBN_WD)
-                CYBN_STREAMD(dx + k, CYBN_ADDD(CYBN_ADDD(CYBN_MULD(CYBN_LOADD(A + k), CYBN_LOADD(g + k)),
-                    CYBN_MULD(CYBN_LOADD(E + k), CYBN_MULD(CYBN_SUBD(CYBN_LOADD(x + k), CYBN_LOADD(m + k)),
-                                                           CYBN_LOADD(iv + k)))),
+                CYBN_STREAMD(dx + k, CYBN_ADDD(
+                    CYBN_ADDD(CYBN_MULD(CYBN_LOADD(A + k), CYBN_LOADD(g + k)),
+                              CYBN_MULD(CYBN_LOADD(E + k),
+                                        CYBN_MULD(CYBN_SUBD(CYBN_LOADD(x + k), CYBN_LOADD(m + k)),
+                                                  CYBN_LOADD(iv + k)))),
                     CYBN_LOADD(B + k)));
         } else {
             cybn_vd Av = CYBN_SET1D(A[0]), Ev = CYBN_SET1D(E[0]), mv = CYBN_SET1D(m[0]);

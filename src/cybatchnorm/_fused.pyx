@@ -34,7 +34,8 @@ from libc.stdint cimport int64_t
 from cybatchnorm._common cimport (run_sum, run_dot, run_dot_centred, row_chunks as _row_chunks,
                                   grid_block, Task, task_bounds, n_tasks, chunk_sums,
                                   merge_chunks, MERGE_BLOCK, f64_out, stats_pass, task_moments,
-                                  stream_copy, copy_row, store_fence, affine_nt, dx_nt, normalize_rows, dx_rows,
+                                  copy_row, store_fence, affine_nt, dx_nt,
+                                  normalize_rows, dx_rows,
                                   STREAM_BYTES)
 cimport cybatchnorm._openmp
 from cybatchnorm._openmp cimport CYBN_SIMD, CYBN_BUILD_CFLAGS
@@ -143,7 +144,9 @@ cdef inline void _normalize_task(const floating* x, Py_ssize_t C, Py_ssize_t S,
                                  Py_ssize_t c0, Py_ssize_t c1, floating* xc) noexcept nogil:
     # the second forward pass over one task's rows and channels; with
     # ``stream`` (outputs larger than the cache) rows are written with
-    # non-temporal stores, so writing out costs no read of its old contents.
+    # non-temporal stores, so writing out costs no read of its old contents:
+    # straight from the registers (affine_nt, norm_nt_f64), or through tmp,
+    # an L1 row buffer, where a row writes more than out (a full cache).
     # redo + slot: this task's own c1 - c0 slots of scratch (with ab)
     cdef Py_ssize_t nredo
     cdef floating* tmp = NULL
@@ -514,7 +517,8 @@ cdef inline void _dx_task(const floating* dout, const floating* src, Py_ssize_t 
                           Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0,
                           Py_ssize_t c1) noexcept nogil:
     # the second backward pass over one task's rows and channels; with
-    # ``stream`` rows of dx are written with non-temporal stores. redo +
+    # ``stream`` rows of dx are written with non-temporal stores (straight
+    # from the registers from x; through tmp from a full cache's xhat). redo +
     # slot: this task's own c1 - c0 slots of scratch (with afg)
     cdef Py_ssize_t nredo
     cdef floating* tmp = NULL
