@@ -9,7 +9,6 @@ Errors are max |result - reference| / max |reference| per tensor; the table
 gives, per dtype and mode, the worst over all samples for cybatchnorm.torch
 and for torch.nn, and how many (sample, tensor) pairs each is closer on.
 """
-import numpy as np
 import torch
 from torch.testing._internal import common_modules
 

@@ -48,7 +48,6 @@ def test_simd_level_can_be_capped(level):
 @pytest.mark.parametrize("kind", ["full", "minimal"])
 def test_simd_builds_and_baseline_agree_bitwise(monkeypatch, rng, shape, dtype, kind, level):
     import importlib
-    from cybatchnorm import api, graph
     fast = [importlib.import_module(f"cybatchnorm.{m}_{level}") for m in ("_fused", "_nodes")]
     x = rng.normal(3, 2, shape).astype(dtype)
     g, b = rng.uniform(0.5, 2, shape[1]).astype(dtype), rng.normal(size=shape[1]).astype(dtype)

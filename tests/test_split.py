@@ -198,7 +198,7 @@ SIMD_LEVELS = [pytest.param("avx2", marks=pytest.mark.skipif(
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_simd_builds_and_baseline_agree_bitwise(monkeypatch, rng, shape, dtype, level):
     import importlib
-    from cybatchnorm import _split, split
+    from cybatchnorm import _split
     fast = importlib.import_module(f"cybatchnorm._split_{level}")
     x = rng.normal(3, 2, shape).astype(dtype)
     dout = rng.normal(size=shape).astype(dtype)

@@ -359,10 +359,10 @@ cdef inline void _sums_rows(const floating* dout, const floating* src, Py_ssize_
     # multiplies the finished sum (sum(dout * (x - mu)) * ivar: one
     # multiplication per channel instead of one per value). For S == 1,
     # four rows per accumulator update; the loops over channels vectorize.
-    cdef Py_ssize_t n, c, s, k, q, Q
+    cdef Py_ssize_t n, c, k, q, Q
     cdef const floating* gr
     cdef const floating* hr
-    cdef double a0, a1, mc, ic, h0, h1, h2, h3
+    cdef double h0, h1, h2, h3
     for c in range(c1 - c0):
         sd[c] = 0.0
         sdx[c] = 0.0
@@ -549,7 +549,6 @@ cdef inline void _backward_strip(Task w, const floating* dout, const floating* s
                                  bint stream) noexcept nogil:
     # one strip task of _backward (K == 1): sums, coefficients and dx of
     # every row of channels [w.c0, w.c1)
-    cdef Py_ssize_t c
     _sums_rows(dout, src, C, S, from_x, mu64, ivar64, 0, N, w.c0, w.c1, psum + w.c0,
                pdot + w.c0)
     _block_coef(w.c0, w.c1, 1, C, <double>N * S, batch_stats, gamma, mu64, ivar64, dgamma,

@@ -1,7 +1,7 @@
 """Stub of ``cybatchnorm._nodes``, compiled: one kernel per node of the graph, forward and backward.
 Arrays as ``cybatchnorm._typing`` describes them. Keep in step with ``_nodes.pyx``.
 """
-from cybatchnorm._typing import AnyArray, F64Array
+from cybatchnorm._typing import AnyArray
 
 SIMD: str
 BUILD_CFLAGS: str

@@ -122,10 +122,9 @@ cdef inline void _shard_sums_rows(const floating[:, :, ::1] dout,
                               f64_out sd, f64_out sdx) noexcept nogil:
     # sd = sum(dout), sdx = sum(dout * (x - mean)) over rows [r0, r1) (the
     # accumulators restrict-qualified, as the fused sums')
-    cdef Py_ssize_t S = dout.shape[2], n, c, s, k
+    cdef Py_ssize_t S = dout.shape[2], n, c, k
     cdef const floating* gr
     cdef const floating* xr
-    cdef double mc
     for c in range(c1 - c0):
         sd[c] = 0.0
         sdx[c] = 0.0

@@ -17,7 +17,7 @@ from typing import IO, Any, NamedTuple, Optional, cast
 
 import numpy as np
 
-from ._cache import CHANNEL, FULL, KINDS, Cache
+from ._cache import CHANNEL, KINDS, Cache
 from ._threads import default_num_threads, thread_cap
 from ._typing import AnyArray, F64Array
 

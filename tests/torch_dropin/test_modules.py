@@ -1,7 +1,6 @@
 """cybatchnorm.torch's modules against torch.nn.BatchNorm1d/2d/3d: forward,
 gradients, running statistics, eval mode, state dicts, errors; gradcheck in
 float64."""
-import numpy as np
 import pytest
 
 torch = pytest.importorskip(

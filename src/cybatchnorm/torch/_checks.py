@@ -11,7 +11,6 @@ operators only say what shapes and dtypes they would make).
 """
 from typing import Any
 
-from torch import Tensor
 import torch
 
 REDUCED = (torch.float16, torch.bfloat16)

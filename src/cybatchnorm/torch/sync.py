@@ -22,7 +22,6 @@ from typing import Any
 
 from torch import Tensor
 
-import math
 
 import numpy as np
 import torch
