@@ -10,6 +10,7 @@
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.string cimport memcpy
+from libc.stdlib cimport malloc, free
 
 
 cdef inline Py_ssize_t n_blocks(Py_ssize_t C, int n_threads) noexcept nogil:
@@ -78,20 +79,25 @@ cdef extern from *:
     #endif
     """
     void stream_copy "cybn_stream_copy"(void* dst, const void* src, size_t n) noexcept nogil
+    void store_fence "cybn_store_fence"() noexcept nogil
 
 
 cdef extern from *:
     """
-    /* float32 elementwise passes with non-temporal stores straight from the
-       registers (no L1 buffer and copy): out = (x - h) * a + b and
-       dx = (A * g + F * (x - h)) + G, the operations and their order those of
-       the scalar code (IEEE, no contraction), so every width gives the same
-       bits. ``row`` variants take per-channel arrays, ``run`` variants one
-       channel's scalars. Scalar stores up to the first aligned address and
-       after the last full vector. */
+    /* Elementwise passes with non-temporal stores straight from the
+       registers (no L1 buffer and copy): float32 out = (x - h) * a + b and
+       dx = (A * g + F * (x - h)) + G; float64 out = g * ((x - m) * iv) + b and
+       dx = (A * g + E * ((x - m) * iv)) + B, as normalize_rows and dx_rows
+       write them. The operations and their order are those of the scalar
+       code (IEEE, no contraction), so every width gives the same bits.
+       ``row`` takes per-channel arrays, else one channel's scalars. Scalar
+       stores up to the first aligned address and after the last full
+       vector. One ladder of SIMD levels for both dtypes: CYBN_W float32 and
+       CYBN_WD float64 lanes of one CYBN_VBYTES-byte vector. */
     #include <stddef.h>
     #if defined(__AVX512F__)
     #include <immintrin.h>
+    #define CYBN_VBYTES 64
     #define CYBN_W 16
     typedef __m512 cybn_vf;
     #define CYBN_LOAD _mm512_loadu_ps
@@ -100,8 +106,17 @@ cdef extern from *:
     #define CYBN_MUL _mm512_mul_ps
     #define CYBN_ADD _mm512_add_ps
     #define CYBN_STREAM _mm512_stream_ps
+    #define CYBN_WD 8
+    typedef __m512d cybn_vd;
+    #define CYBN_LOADD _mm512_loadu_pd
+    #define CYBN_SET1D _mm512_set1_pd
+    #define CYBN_SUBD _mm512_sub_pd
+    #define CYBN_MULD _mm512_mul_pd
+    #define CYBN_ADDD _mm512_add_pd
+    #define CYBN_STREAMD _mm512_stream_pd
     #elif defined(__AVX__)
     #include <immintrin.h>
+    #define CYBN_VBYTES 32
     #define CYBN_W 8
     typedef __m256 cybn_vf;
     #define CYBN_LOAD _mm256_loadu_ps
@@ -110,8 +125,17 @@ cdef extern from *:
     #define CYBN_MUL _mm256_mul_ps
     #define CYBN_ADD _mm256_add_ps
     #define CYBN_STREAM _mm256_stream_ps
+    #define CYBN_WD 4
+    typedef __m256d cybn_vd;
+    #define CYBN_LOADD _mm256_loadu_pd
+    #define CYBN_SET1D _mm256_set1_pd
+    #define CYBN_SUBD _mm256_sub_pd
+    #define CYBN_MULD _mm256_mul_pd
+    #define CYBN_ADDD _mm256_add_pd
+    #define CYBN_STREAMD _mm256_stream_pd
     #elif defined(__SSE2__)
     #include <emmintrin.h>
+    #define CYBN_VBYTES 16
     #define CYBN_W 4
     typedef __m128 cybn_vf;
     #define CYBN_LOAD _mm_loadu_ps
@@ -120,19 +144,26 @@ cdef extern from *:
     #define CYBN_MUL _mm_mul_ps
     #define CYBN_ADD _mm_add_ps
     #define CYBN_STREAM _mm_stream_ps
-    #endif
-    static inline ptrdiff_t cybn_head(const float *out, ptrdiff_t n) {
-    #ifdef CYBN_W
-        ptrdiff_t h = (ptrdiff_t)((((size_t)(CYBN_W * 4) - ((size_t)out & (CYBN_W * 4 - 1)))
-                                   & (CYBN_W * 4 - 1)) / 4);
-        return h > n ? n : h;
+    #define CYBN_WD 2
+    typedef __m128d cybn_vd;
+    #define CYBN_LOADD _mm_loadu_pd
+    #define CYBN_SET1D _mm_set1_pd
+    #define CYBN_SUBD _mm_sub_pd
+    #define CYBN_MULD _mm_mul_pd
+    #define CYBN_ADDD _mm_add_pd
+    #define CYBN_STREAMD _mm_stream_pd
     #else
-        return n;
+    #define CYBN_VBYTES 16          /* no vectors: every value takes the scalar loops */
     #endif
+    static inline ptrdiff_t cybn_head(const void *out, size_t item, ptrdiff_t n) {
+        /* values of ``item`` bytes before the first vector-aligned address */
+        ptrdiff_t h = (ptrdiff_t)(((CYBN_VBYTES - ((size_t)out & (CYBN_VBYTES - 1)))
+                                   & (CYBN_VBYTES - 1)) / item);
+        return h > n ? n : h;
     }
     static inline void cybn_affine_nt(float *out, const float *x, const float *a,
                                       const float *h, const float *b, int row, ptrdiff_t n) {
-        ptrdiff_t k = 0, k0 = cybn_head(out, n);
+        ptrdiff_t k = 0, k0 = cybn_head(out, sizeof(float), n);
         for (; k < k0; k++)
             out[k] = (x[k] - h[row ? k : 0]) * a[row ? k : 0] + b[row ? k : 0];
     #ifdef CYBN_W
@@ -152,7 +183,7 @@ cdef extern from *:
     static inline void cybn_dx_nt(float *dx, const float *g, const float *x, const float *A,
                                   const float *F, const float *h, const float *G, int row,
                                   ptrdiff_t n) {
-        ptrdiff_t k = 0, k0 = cybn_head(dx, n), j;
+        ptrdiff_t k = 0, k0 = cybn_head(dx, sizeof(float), n), j;
         for (; k < k0; k++) {
             j = row ? k : 0;
             dx[k] = A[j] * g[k] + F[j] * (x[k] - h[j]) + G[j];
@@ -179,60 +210,10 @@ cdef extern from *:
             dx[k] = A[j] * g[k] + F[j] * (x[k] - h[j]) + G[j];
         }
     }
-    """
-    void affine_nt "cybn_affine_nt"(float* out, const float* x, const float* a, const float* h,
-                                    const float* b, int row, Py_ssize_t n) noexcept nogil
-    void dx_nt "cybn_dx_nt"(float* dx, const float* g, const float* x, const float* A,
-                            const float* F, const float* h, const float* G, int row,
-                            Py_ssize_t n) noexcept nogil
-
-
-cdef extern from *:
-    """
-    /* the float64 twins: out = g * ((x - m) * iv) + b and
-       dx = (A * g + E * ((x - m) * iv)) + B, as normalize_rows and dx_rows
-       write them */
-    #if defined(__AVX512F__)
-    #define CYBN_WD 8
-    typedef __m512d cybn_vd;
-    #define CYBN_LOADD _mm512_loadu_pd
-    #define CYBN_SET1D _mm512_set1_pd
-    #define CYBN_SUBD _mm512_sub_pd
-    #define CYBN_MULD _mm512_mul_pd
-    #define CYBN_ADDD _mm512_add_pd
-    #define CYBN_STREAMD _mm512_stream_pd
-    #elif defined(__AVX__)
-    #define CYBN_WD 4
-    typedef __m256d cybn_vd;
-    #define CYBN_LOADD _mm256_loadu_pd
-    #define CYBN_SET1D _mm256_set1_pd
-    #define CYBN_SUBD _mm256_sub_pd
-    #define CYBN_MULD _mm256_mul_pd
-    #define CYBN_ADDD _mm256_add_pd
-    #define CYBN_STREAMD _mm256_stream_pd
-    #elif defined(__SSE2__)
-    #define CYBN_WD 2
-    typedef __m128d cybn_vd;
-    #define CYBN_LOADD _mm_loadu_pd
-    #define CYBN_SET1D _mm_set1_pd
-    #define CYBN_SUBD _mm_sub_pd
-    #define CYBN_MULD _mm_mul_pd
-    #define CYBN_ADDD _mm_add_pd
-    #define CYBN_STREAMD _mm_stream_pd
-    #endif
-    static inline ptrdiff_t cybn_head_d(const double *out, ptrdiff_t n) {
-    #ifdef CYBN_WD
-        ptrdiff_t h = (ptrdiff_t)((((size_t)(CYBN_WD * 8) - ((size_t)out & (CYBN_WD * 8 - 1)))
-                                   & (CYBN_WD * 8 - 1)) / 8);
-        return h > n ? n : h;
-    #else
-        return n;
-    #endif
-    }
     static inline void cybn_norm_nt_f64(double *out, const double *x, const double *g,
                                         const double *m, const double *iv, const double *b,
                                         int row, ptrdiff_t n) {
-        ptrdiff_t k = 0, k0 = cybn_head_d(out, n), j;
+        ptrdiff_t k = 0, k0 = cybn_head(out, sizeof(double), n), j;
         for (; k < k0; k++) {
             j = row ? k : 0;
             out[k] = g[j] * ((x[k] - m[j]) * iv[j]) + b[j];
@@ -259,7 +240,7 @@ cdef extern from *:
     static inline void cybn_dx_nt_f64(double *dx, const double *g, const double *x,
                                       const double *A, const double *E, const double *m,
                                       const double *iv, const double *B, int row, ptrdiff_t n) {
-        ptrdiff_t k = 0, k0 = cybn_head_d(dx, n), j;
+        ptrdiff_t k = 0, k0 = cybn_head(dx, sizeof(double), n), j;
         for (; k < k0; k++) {
             j = row ? k : 0;
             dx[k] = A[j] * g[k] + E[j] * ((x[k] - m[j]) * iv[j]) + B[j];
@@ -287,6 +268,11 @@ cdef extern from *:
         }
     }
     """
+    void affine_nt "cybn_affine_nt"(float* out, const float* x, const float* a, const float* h,
+                                    const float* b, int row, Py_ssize_t n) noexcept nogil
+    void dx_nt "cybn_dx_nt"(float* dx, const float* g, const float* x, const float* A,
+                            const float* F, const float* h, const float* G, int row,
+                            Py_ssize_t n) noexcept nogil
     void norm_nt_f64 "cybn_norm_nt_f64"(double* out, const double* x, const double* g,
                                         const double* m, const double* iv, const double* b,
                                         int row, Py_ssize_t n) noexcept nogil
@@ -294,7 +280,6 @@ cdef extern from *:
                                     const double* A, const double* E, const double* m,
                                     const double* iv, const double* B, int row,
                                     Py_ssize_t n) noexcept nogil
-    void store_fence "cybn_store_fence"() noexcept nogil
 
 
 cdef inline void copy_row(void* dst, const void* src, size_t n, bint stream) noexcept nogil:
@@ -409,19 +394,28 @@ cdef struct Moments:
     double n, mean, m2      # count, mean and sum of squared deviations
 
 
+cdef inline Moments chan_step(Moments a, double mean_b, double m2_b, double w1,
+                              double w2) noexcept nogil:
+    # Chan, Golub and LeVeque's pairwise update of (mean, m2) by a part of
+    # n_b values, given its weights w1 = n_b / n and w2 = n_a n_b / n (n =
+    # n_a + n_b): d = mean_b - mean_a, mean = mean_a + d w1, m2 = m2_a + m2_b
+    # + d^2 w2. The one place this formula is written: chan_merge and
+    # merge_chunks (which computes the weights once for all channels) call it.
+    cdef double d = mean_b - a.mean
+    a.mean = a.mean + d * w1
+    a.m2 = a.m2 + m2_b + d * d * w2
+    return a
+
+
 cdef inline Moments chan_merge(Moments a, double n_b, double mean_b,
                                double m2_b) noexcept nogil:
-    # Chan, Golub and LeVeque's pairwise update of (n, mean, m2) by a part
-    # of n_b values: n = n_a + n_b, d = mean_b - mean_a, mean = mean_a +
-    # d n_b / n, m2 = m2_a + m2_b + d^2 n_a n_b / n. An empty part changes
-    # nothing. The one place this formula is written.
-    cdef double n, d
+    # (n, mean, m2) updated by a part of n_b values (chan_step); an empty
+    # part changes nothing
+    cdef double n
     if n_b == 0.0:
         return a
     n = a.n + n_b
-    d = mean_b - a.mean
-    a.mean = a.mean + d * (n_b / n)
-    a.m2 = a.m2 + m2_b + d * d * (a.n * n_b / n)
+    a = chan_step(a, mean_b, m2_b, n_b / n, a.n * n_b / n)
     a.n = n
     return a
 
@@ -453,7 +447,7 @@ cdef enum:
     # what a run reduction sums, value by value (k the index in the run)
     RUN_SUM = 0         # p[k]
     RUN_DOT = 1         # p[k] * q[k]
-    RUN_CENTRED = 2     # p[k] * ((q[k] - a) * b)
+    RUN_CENTRED = 2     # p[k] * (q[k] - a)
     RUN_SHIFTED = 3     # p[k] - a
     RUN_SQDEV = 4       # (p[k] - a)**2
 
@@ -466,7 +460,7 @@ cdef inline double run_term(int op, const floating* p, const floating* q, double
     if op == RUN_DOT:
         return <double>p[k] * q[k]
     if op == RUN_CENTRED:
-        return p[k] * ((q[k] - a) * b)
+        return p[k] * (q[k] - a)
     d = p[k] - a
     if op == RUN_SHIFTED:
         return d
@@ -503,10 +497,10 @@ cdef inline double run_dot(const floating* p, const floating* q,
 
 
 cdef inline double run_dot_centred(const floating* g, const floating* x, double m,
-                                   double r, Py_ssize_t S) noexcept nogil:
-    # sum of g * ((x - m) * r): dout against xhat recomputed from x (r = 1:
-    # against x - m)
-    return run_reduce(RUN_CENTRED, g, x, m, r, S)
+                                   Py_ssize_t S) noexcept nogil:
+    # sum of g * (x - m): dout against x - mu (the caller multiplies by ivar
+    # once for dout against xhat)
+    return run_reduce(RUN_CENTRED, g, x, m, 0.0, S)
 
 
 # S == 1 reductions over rows [r0, r1) read four rows per step, a quarter of
@@ -670,12 +664,13 @@ cdef inline void merge_chunks(Py_ssize_t N, Py_ssize_t S, Py_ssize_t K, Py_ssize
                               const double* pmean, const double* pm2, f64_out mean,
                               f64_out m2) noexcept nogil:
     """Channels [c0, c1)'s mean and m2 from their K chunk partials (of x -
-    shift), merged by Chan's update (chan_merge's arithmetic) in chunk
-    order. The chunks' weights are the same for every channel, so they are
-    computed once and the loop over channels has no division (and
-    vectorizes)."""
-    cdef double na = 0.0, nb, n, w1, w2, d
+    shift), merged by Chan's update (chan_step) in chunk order. The chunks'
+    weights are the same for every channel, so they are computed once and
+    the loop over channels has no division (and vectorizes)."""
+    cdef double na = 0.0, nb, n, w1, w2
     cdef Py_ssize_t j, c
+    cdef Moments r
+    r.n = 0.0               # chan_step reads only mean and m2
     for c in range(c0, c1):
         mean[c] = 0.0
         m2[c] = 0.0
@@ -687,9 +682,11 @@ cdef inline void merge_chunks(Py_ssize_t N, Py_ssize_t S, Py_ssize_t K, Py_ssize
         w1 = nb / n
         w2 = na * nb / n
         for c in range(c0, c1):
-            d = pmean[j * C + c] - mean[c]
-            mean[c] = mean[c] + d * w1
-            m2[c] = m2[c] + pm2[j * C + c] + d * d * w2
+            r.mean = mean[c]
+            r.m2 = m2[c]
+            r = chan_step(r, pmean[j * C + c], pm2[j * C + c], w1, w2)
+            mean[c] = r.mean
+            m2[c] = r.m2
         na = n
     for c in range(c0, c1):
         mean[c] = mean[c] + shift[c]
@@ -714,11 +711,13 @@ cdef inline void normalize_rows(const floating* x, Py_ssize_t C, Py_ssize_t S,
                                 floating* out, floating* xmu,
                                 floating* xhat, bint keep_nodes,
                                 Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0,
-                                Py_ssize_t c1, floating* tmp, floating* xc) noexcept nogil:
+                                Py_ssize_t c1, bint stream, floating* xc) noexcept nogil:
     # out = gamma * ((x - mu) * ivar) + beta in float64, rounded once, over
     # rows [r0, r1) and channels [c0, c1); with keep_nodes also xmu and xhat;
-    # with tmp (an L1 buffer of a row's run) rows are streamed out (see
-    # stream_copy); with xc, x's rows are copied there too (copy_row)
+    # with xc, x's rows are copied there too (copy_row). ``stream`` (outputs
+    # past the caches): float64 rows are stored non-temporally from the
+    # registers (norm_nt_f64). The fused forward streams only without the
+    # nodes, and its float32 rows then go through _affine_rows_f32 instead.
     cdef Py_ssize_t n, c, s, k
     cdef double d, mc, ic, gc, bc
     cdef const floating* xr
@@ -727,10 +726,9 @@ cdef inline void normalize_rows(const floating* x, Py_ssize_t C, Py_ssize_t S,
     cdef floating* hrow = NULL
     for n in range(r0, r1):
         xr = x + (n * C + c0) * S
+        orow = out + (n * C + c0) * S
         if floating is double:
-            if tmp != NULL and not keep_nodes:
-                # outputs past the caches: non-temporal stores from the registers
-                orow = out + (n * C + c0) * S
+            if stream and not keep_nodes:
                 if S == 1:
                     norm_nt_f64(orow, xr, gamma + c0, m + c0, iv + c0, beta + c0, 1, c1 - c0)
                 else:
@@ -740,7 +738,6 @@ cdef inline void normalize_rows(const floating* x, Py_ssize_t C, Py_ssize_t S,
                 if xc != NULL:
                     copy_row(xc + (n * C + c0) * S, xr, (c1 - c0) * S * sizeof(floating), True)
                 continue
-        orow = tmp if tmp != NULL else out + (n * C + c0) * S
         if keep_nodes:
             mrow = xmu + (n * C + c0) * S
             hrow = xhat + (n * C + c0) * S
@@ -771,11 +768,8 @@ cdef inline void normalize_rows(const floating* x, Py_ssize_t C, Py_ssize_t S,
                 else:
                     for s in range(S):
                         orow[k + s] = <floating>(gc * ((xr[k + s] - mc) * ic) + bc)
-        if tmp != NULL:
-            # the row went to an L1 buffer; stream it out past the caches
-            stream_copy(out + (n * C + c0) * S, tmp, (c1 - c0) * S * sizeof(floating))
         if xc != NULL:
-            copy_row(xc + (n * C + c0) * S, xr, (c1 - c0) * S * sizeof(floating), tmp != NULL)
+            copy_row(xc + (n * C + c0) * S, xr, (c1 - c0) * S * sizeof(floating), stream)
 
 
 cdef inline void dx_rows(const floating* dout, const floating* src, Py_ssize_t C,
@@ -783,20 +777,30 @@ cdef inline void dx_rows(const floating* dout, const floating* src, Py_ssize_t C
                          const double* A, const double* B,
                          const double* E, floating* dx,
                          Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0,
-                         Py_ssize_t c1, floating* tmp) noexcept nogil:
+                         Py_ssize_t c1, bint stream) noexcept nogil:
     # dx = A * dout + E * xhat + B, per channel constants, over rows [r0, r1)
     # and channels [c0, c1); xhat is src itself, or (src - m) * iv when
-    # from_x; with tmp rows are streamed out (see stream_copy)
+    # from_x. ``stream`` (dx past the caches): float64 rows from x are stored
+    # non-temporally from the registers (dx_nt_f64); rows from a full cache's
+    # xhat go through tmp, an L1 row buffer streamed out (stream_copy). (The
+    # fused backward's float32 rows from x go through _dx_rows_f32 instead.)
     cdef Py_ssize_t n, c, s, k
     cdef const floating* gr
     cdef const floating* hr
     cdef floating* dr
+    cdef floating* tmp = NULL
     cdef double ac, bc, ec, mc, ic
+    cdef bint direct = False
+    if floating is double:
+        direct = from_x
+    if stream and not direct:
+        # a failed allocation only costs the streaming: plain stores
+        tmp = <floating*>malloc((c1 - c0) * S * sizeof(floating))
     for n in range(r0, r1):
         gr = dout + (n * C + c0) * S
         hr = src + (n * C + c0) * S
         if floating is double:
-            if tmp != NULL and from_x:
+            if stream and from_x:
                 # dx past the caches: non-temporal stores from the registers
                 dr = dx + (n * C + c0) * S
                 if S == 1:
@@ -833,3 +837,4 @@ cdef inline void dx_rows(const floating* dout, const floating* src, Py_ssize_t C
         if tmp != NULL:
             # the row went to an L1 buffer; stream it out past the caches
             stream_copy(dx + (n * C + c0) * S, tmp, (c1 - c0) * S * sizeof(floating))
+    free(tmp)

@@ -87,7 +87,7 @@ cdef inline Py_ssize_t _flagged(const float* flags, Py_ssize_t c0, Py_ssize_t c1
 cdef inline void _affine_rows_f32(const float* x, Py_ssize_t C, Py_ssize_t S, const float* cf,
                                   float* out, Py_ssize_t r0,
                                   Py_ssize_t r1, Py_ssize_t c0, Py_ssize_t c1,
-                                  float* tmp, const Py_ssize_t* redo, Py_ssize_t nredo,
+                                  bint stream, const Py_ssize_t* redo, Py_ssize_t nredo,
                                   const float* gamma, const float* beta,
                                   const double* m, const double* iv, float* xc) noexcept nogil:
     # out = (x - mh) * a + b in float32: twice the SIMD width of the float64
@@ -106,7 +106,7 @@ cdef inline void _affine_rows_f32(const float* x, Py_ssize_t C, Py_ssize_t S, co
     for n in range(r0, r1):
         xr = x + (n * C + c0) * S
         orow = out + (n * C + c0) * S
-        if tmp != NULL:
+        if stream:
             # outputs past the caches: non-temporal stores from the registers
             if S == 1:
                 affine_nt(orow, xr, a + c0, mh + c0, b + c0, 1, c1 - c0)
@@ -132,7 +132,7 @@ cdef inline void _affine_rows_f32(const float* x, Py_ssize_t C, Py_ssize_t S, co
                 orow[k + s] = <float>(gamma[c0 + c] * ((xr[k + s] - m[c0 + c]) * iv[c0 + c])
                                       + beta[c0 + c])
         if xc != NULL:
-            copy_row(xc + (n * C + c0) * S, xr, (c1 - c0) * S * sizeof(float), tmp != NULL)
+            copy_row(xc + (n * C + c0) * S, xr, (c1 - c0) * S * sizeof(float), stream)
 
 
 cdef inline void _normalize_task(const floating* x, Py_ssize_t C, Py_ssize_t S,
@@ -143,29 +143,24 @@ cdef inline void _normalize_task(const floating* x, Py_ssize_t C, Py_ssize_t S,
                                  bint stream, Py_ssize_t r0, Py_ssize_t r1,
                                  Py_ssize_t c0, Py_ssize_t c1, floating* xc) noexcept nogil:
     # the second forward pass over one task's rows and channels; with
-    # ``stream`` (outputs larger than the cache) rows are written with
-    # non-temporal stores, so writing out costs no read of its old contents:
-    # straight from the registers (affine_nt, norm_nt_f64), or through tmp,
-    # an L1 row buffer, where a row writes more than out (a full cache).
+    # ``stream`` (outputs larger than the cache, never with the nodes) rows
+    # are stored non-temporally straight from the registers (affine_nt,
+    # norm_nt_f64), so writing out costs no read of its old contents.
     # redo + slot: this task's own c1 - c0 slots of scratch (with ab)
     cdef Py_ssize_t nredo
-    cdef floating* tmp = NULL
-    if stream:
-        tmp = <floating*>malloc((c1 - c0) * S * sizeof(floating))
     if floating is float:
         if ab != NULL:
             nredo = _flagged(ab + 3 * C, c0, c1, redo + slot)
-            _affine_rows_f32(x, C, S, ab, out, r0, r1, c0, c1, tmp, redo + slot, nredo, gamma,
-                             beta, m, iv, xc)
+            _affine_rows_f32(x, C, S, ab, out, r0, r1, c0, c1, stream, redo + slot, nredo,
+                             gamma, beta, m, iv, xc)
         else:
             normalize_rows(x, C, S, gamma, beta, m, iv, out, xmu, xhat, keep_nodes,
-                           r0, r1, c0, c1, tmp, xc)
+                           r0, r1, c0, c1, stream, xc)
     else:
         normalize_rows(x, C, S, gamma, beta, m, iv, out, xmu, xhat, keep_nodes,
-                       r0, r1, c0, c1, tmp, xc)
-    if tmp != NULL:
+                       r0, r1, c0, c1, stream, xc)
+    if stream:
         store_fence()
-        free(tmp)
 
 
 cdef inline void _block_stats(Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t N, Py_ssize_t S,
@@ -195,18 +190,12 @@ cdef inline void _block_stats(Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t N, Py_ssi
             ivar64[c] = m2[c] / (<double>N * S)
             mu[c] = <floating>mu64[c]
             var[c] = <floating>ivar64[c]
-    if ab == NULL:
-        for c in range(c0, c1):
-            sd = sqrt(ivar64[c] + eps)
-            sqrtvar[c] = <floating>sd
-            ivar[c] = <floating>(1.0 / sd)
-            ivar64[c] = 1.0 / sd
-    else:
-        for c in range(c0, c1):
-            sd = sqrt(ivar64[c] + eps)
-            sqrtvar[c] = <floating>sd
-            ivar[c] = <floating>(1.0 / sd)
-            ivar64[c] = 1.0 / sd
+    for c in range(c0, c1):
+        sd = sqrt(ivar64[c] + eps)
+        sqrtvar[c] = <floating>sd
+        ivar[c] = <floating>(1.0 / sd)
+        ivar64[c] = 1.0 / sd
+        if ab != NULL:      # loop-invariant: gcc makes two loops of this one
             m = mu64[c]
             a = gamma[c] / sd
             ab[c] = <float>a
@@ -407,7 +396,7 @@ cdef inline void _sums_rows(const floating* dout, const floating* src, Py_ssize_
                 k = c * S
                 sd[c] += run_sum(gr + k, S)
                 if from_x:
-                    sdx[c] += run_dot_centred(gr + k, hr + k, m[c0 + c], 1.0, S)
+                    sdx[c] += run_dot_centred(gr + k, hr + k, m[c0 + c], S)
                 else:
                     sdx[c] += run_dot(gr + k, hr + k, S)
     if from_x:
@@ -418,7 +407,7 @@ cdef inline void _sums_rows(const floating* dout, const floating* src, Py_ssize_
 cdef inline void _dx_rows_f32(const float* dout, const float* x, Py_ssize_t C, Py_ssize_t S,
                               const float* cf, float* dx, Py_ssize_t r0, Py_ssize_t r1,
                               Py_ssize_t c0, Py_ssize_t c1,
-                              float* tmp, const Py_ssize_t* redo, Py_ssize_t nredo,
+                              bint stream, const Py_ssize_t* redo, Py_ssize_t nredo,
                               const double* m, const double* iv,
                               const double* coef) noexcept nogil:
     # dx = A * dout + F * (x - mh) + G in float32, with F = E * ivar, mh =
@@ -437,7 +426,7 @@ cdef inline void _dx_rows_f32(const float* dout, const float* x, Py_ssize_t C, P
         gr = dout + (n * C + c0) * S
         xr = x + (n * C + c0) * S
         dr = dx + (n * C + c0) * S
-        if tmp != NULL:
+        if stream:
             # dx past the caches: non-temporal stores from the registers
             if S == 1:
                 dx_nt(dr, gr, xr, A + c0, F + c0, mh + c0, G + c0, 1, c1 - c0)
@@ -518,26 +507,23 @@ cdef inline void _dx_task(const floating* dout, const floating* src, Py_ssize_t 
                           Py_ssize_t c1) noexcept nogil:
     # the second backward pass over one task's rows and channels; with
     # ``stream`` rows of dx are written with non-temporal stores (straight
-    # from the registers from x; through tmp from a full cache's xhat). redo +
-    # slot: this task's own c1 - c0 slots of scratch (with afg)
+    # from the registers from x; through an L1 row buffer from a full cache's
+    # xhat: dx_rows). redo + slot: this task's own c1 - c0 slots of scratch
+    # (with afg)
     cdef Py_ssize_t nredo
-    cdef floating* tmp = NULL
-    if stream:
-        tmp = <floating*>malloc((c1 - c0) * S * sizeof(floating))
     if floating is float:
         if afg != NULL:
             nredo = _flagged(afg + 4 * C, c0, c1, redo + slot)
-            _dx_rows_f32(dout, src, C, S, afg, dx, r0, r1, c0, c1, tmp, redo + slot, nredo,
+            _dx_rows_f32(dout, src, C, S, afg, dx, r0, r1, c0, c1, stream, redo + slot, nredo,
                          mu64, ivar64, coef)
         else:
             dx_rows(dout, src, C, S, from_x, mu64, ivar64, coef, coef + C, coef + 2 * C, dx,
-                    r0, r1, c0, c1, tmp)
+                    r0, r1, c0, c1, stream)
     else:
         dx_rows(dout, src, C, S, from_x, mu64, ivar64, coef, coef + C, coef + 2 * C, dx,
-                r0, r1, c0, c1, tmp)
-    if tmp != NULL:
+                r0, r1, c0, c1, stream)
+    if stream:
         store_fence()
-        free(tmp)
 
 
 cdef inline void _backward_strip(Task w, const floating* dout, const floating* src,

@@ -110,7 +110,7 @@ def normalize(const floating[:, :, ::1] x, const double[::1] mean,
         w = task_bounds(t, K, N, C, FB)
         normalize_rows(&x[0, 0, 0], C, S, &gamma[0], &beta[0], &mean[0], &ivar[0], &out[0, 0, 0],
                        &out[0, 0, 0], &out[0, 0, 0], False,
-                       w.r0, w.r1, w.c0, w.c1, NULL, NULL)
+                       w.r0, w.r1, w.c0, w.c1, False, NULL)
 
 
 # ----------------------------------------------------------- backward side
@@ -139,7 +139,7 @@ cdef inline void _shard_sums_rows(const floating[:, :, ::1] dout,
             for c in range(c1 - c0):
                 k = c * S
                 sd[c] += run_sum(gr + k, S)
-                sdx[c] += run_dot_centred(gr + k, xr + k, m[c0 + c], 1.0, S)
+                sdx[c] += run_dot_centred(gr + k, xr + k, m[c0 + c], S)
 
 
 def backward_reduce(const floating[:, :, ::1] dout, const floating[:, :, ::1] x,
@@ -199,4 +199,4 @@ def backward_elementwise(const floating[:, :, ::1] dout,
             w = task_bounds(t, K, N, C, FB)
             dx_rows(&dout[0, 0, 0], &x[0, 0, 0], C, S, True, &mean[0], &ivar[0], &coef[0, 0],
                     &coef[1, 0], &coef[2, 0], &dx[0, 0, 0],
-                    w.r0, w.r1, w.c0, w.c1, NULL)
+                    w.r0, w.r1, w.c0, w.c1, False)
