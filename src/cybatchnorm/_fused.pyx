@@ -328,8 +328,7 @@ def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
         if xcopy.shape[0] != x.shape[0] or xcopy.shape[1] != x.shape[1] or \
                 xcopy.shape[2] != x.shape[2]:
             raise ValueError("forward: xcopy must have x's shape")
-        if x.shape[0] * x.shape[2] > 0:
-            xc = &xcopy[0, 0, 0]
+        xc = &xcopy[0, 0, 0]
     _forward(&x[0, 0, 0], x.shape[0], x.shape[1], x.shape[2], &gamma[0], &beta[0], eps,
              &out[0, 0, 0], &xmu[0, 0, 0], &xhat[0, 0, 0], keep_nodes, &mu[0], &var[0],
              &sqrtvar[0], &ivar[0], &mu64[0], &ivar64[0], &m2[0], given_stats,

@@ -643,7 +643,7 @@ def target_rows(results: Any, sweeps: Sequence[dict[str, Any]] = ()
         if "channels_last" in r:
             rows[TARGETS[3][0]].append((r["channels_last"] / r["alloc_total"], case))
     for r in sweeps:
-        if "forward_torch" in r and list(r["shape"]) in [list(s) for s in RESIDENT]:
+        if "forward_torch" in r and list(r["shape"]) in RESIDENT:
             row = TARGETS[5 if r["dtype"] == "float32" else 6][0]
             rows[row].append((r["forward_torch"], f"{_case(r)} {r['dtype']}"))
     return [(name, limit, rows[name]) for name, limit in TARGETS]
