@@ -222,7 +222,7 @@ def module_names(twins):
 
 
 def _c_string(text):
-    return '"%s"' % text.replace("\\", "\\\\").replace('"', '\\"')
+    return '"{}"'.format(text.replace("\\", "\\\\").replace('"', '\\"'))
 
 
 def main():

@@ -43,7 +43,7 @@ def main():
     for dtype in (np.float64, np.float32):
         worst = {}
         for shape in SHAPES:
-            for trial in range(5):
+            for _trial in range(5):
                 x = rng.normal(3.0, 2.0, shape).astype(dtype)
                 C = shape[1]
                 g = rng.uniform(0.5, 2, C).astype(dtype)

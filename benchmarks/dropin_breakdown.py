@@ -23,8 +23,8 @@ import time
 
 import torch
 
-import cybatchnorm.torch as cbt
 from cybatchnorm import _engine
+import cybatchnorm.torch as cbt
 from cybatchnorm.torch import _ops
 
 CASES = ["256x1024:float32", "4096x1024:float32", "32x64x56x56:float32",

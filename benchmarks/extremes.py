@@ -55,6 +55,7 @@ def backwards(x, gamma, beta, dout, eps):
                                                                 sdx, count)
     try:
         import torch
+
         from cybatchnorm.torch import batch_norm
     except ImportError:
         return res
@@ -76,6 +77,7 @@ def double_backward_errors(x, gamma, beta, dout, eps):
     dout, in float32 against the same operator on float64 values; None where
     float32 cannot hold the float64 values."""
     import torch
+
     from cybatchnorm.torch import batch_norm
     v = np.random.default_rng(1).standard_normal(x.shape)
     got = []

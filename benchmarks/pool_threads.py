@@ -32,6 +32,7 @@ def work(n):
 
 def torch_work(n):
     import torch
+
     import cybatchnorm.torch as cbt
     m = cbt.BatchNorm1d(16, dtype=torch.float64, num_threads=1)
     x = torch.from_numpy(X).requires_grad_(True)

@@ -33,8 +33,8 @@ import time
 
 import torch
 
-import cybatchnorm.torch as cbt
 from cybatchnorm import _engine
+import cybatchnorm.torch as cbt
 from cybatchnorm.torch import _ops
 
 N, C = 32, 16

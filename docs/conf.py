@@ -76,17 +76,18 @@ nitpick_ignore_regex = [
 doctest_global_setup = f"""
 import numpy as np
 import cybatchnorm as bn
-from cybatchnorm import graph
+from cybatchnorm import graph, nodes, staged
 np.set_printoptions(precision=4, suppress=True)
 GENERATED = {os.path.join(HERE, "_generated")!r}   # what docs/scripts/ computed for this build
 """
 doctest_test_doctest_blocks = "default"
 
 
-def generate_all(out=os.path.join(HERE, "_generated")):
+def generate_all(out=None):
     """Everything the pages include, computed by the package: figures, tables,
     results, and last the chapters as notebooks (which embed some of them).
     Returns ``out``. Each script is deterministic and takes seconds."""
+    out = os.path.join(HERE, "_generated") if out is None else out
     os.makedirs(out, exist_ok=True)
     import chapter_figures
     import check_table

@@ -10,8 +10,8 @@ prints the largest differences; the exit status is non-zero when one exceeds
 """
 import sys
 
-import numpy as np
 from mpi4py import MPI
+import numpy as np
 
 from cybatchnorm import BatchNorm
 from cybatchnorm.distributed import SyncBatchNorm

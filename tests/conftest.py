@@ -1,8 +1,8 @@
 import os
 
+from hypothesis import HealthCheck, settings
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, settings
 
 # "ci": a fixed example budget, derandomized so a CI run is reproducible;
 # "long": for hand runs (HYPOTHESIS_PROFILE=long pytest tests/test_properties.py).

@@ -12,8 +12,8 @@ differ by a single bit between ranks.
 import json
 import sys
 
-import numpy as np
 from mpi4py import MPI
+import numpy as np
 
 from cybatchnorm import BatchNorm
 from cybatchnorm.distributed import SyncBatchNorm

@@ -12,8 +12,8 @@ import os
 import runpy
 import sys
 
-import nbformat
 from nbclient import NotebookClient
+import nbformat
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

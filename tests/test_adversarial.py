@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import cybatchnorm as bn
-from cybatchnorm import graph
+from cybatchnorm import graph, nodes
 from cybatchnorm._threads import thread_cap
 
 HUGE = 10**6        # threads: libgomp segfaulted at 65536 and exited at 40000
@@ -39,7 +39,7 @@ def _entry_points(nt):
         "batchnorm_backward_fused": bn.batchnorm_backward_fused(D, cache, num_threads=nt)[0],
         "graph.forward": values["out"],
         "graph.backward": graph.backward(D, cache, num_threads=nt)["dx"],
-        "graph.xhat_backward": graph.xhat_backward(D, cache.xmu, cache.ivar,
+        "nodes.xhat_backward": nodes.xhat_backward(D, cache.xmu, cache.ivar,
                                                    num_threads=nt)[1],
         "merge_stats": bn.merge_stats([count], mean[None], m2[None], num_threads=nt)[1],
         "normalize": bn.normalize(X, gm, ivar, G, B, num_threads=nt),
@@ -218,15 +218,15 @@ def test_load_state_dict_checks_everything_before_loading(bad, err, needle):
 # ----------------------------------------------------------- all or nothing
 
 def _bad_states():
-    yield "running_var ints", lambda l: setattr(l, "running_var", np.ones(3, np.int64)), TypeError
-    yield "running_mean short", lambda l: setattr(l, "running_mean", np.zeros(2)), ValueError
-    yield "running_mean list", lambda l: setattr(l, "running_mean", [0.0] * 3), TypeError
-    yield "running_var read-only", lambda l: l.running_var.setflags(write=False), ValueError
-    yield "momentum string", lambda l: setattr(l, "momentum", "0.1"), TypeError
-    yield "momentum 2", lambda l: setattr(l, "momentum", 2.0), ValueError
-    yield "gamma short", lambda l: setattr(l, "gamma", np.ones(2)), ValueError
-    yield "num_batches_tracked -1", lambda l: setattr(l, "num_batches_tracked", -1), ValueError
-    yield "eps 0", lambda l: setattr(l, "eps", 0.0), ValueError
+    yield "running_var ints", lambda layer: setattr(layer, "running_var", np.ones(3, np.int64)), TypeError
+    yield "running_mean short", lambda layer: setattr(layer, "running_mean", np.zeros(2)), ValueError
+    yield "running_mean list", lambda layer: setattr(layer, "running_mean", [0.0] * 3), TypeError
+    yield "running_var read-only", lambda layer: layer.running_var.setflags(write=False), ValueError
+    yield "momentum string", lambda layer: setattr(layer, "momentum", "0.1"), TypeError
+    yield "momentum 2", lambda layer: setattr(layer, "momentum", 2.0), ValueError
+    yield "gamma short", lambda layer: setattr(layer, "gamma", np.ones(2)), ValueError
+    yield "num_batches_tracked -1", lambda layer: setattr(layer, "num_batches_tracked", -1), ValueError
+    yield "eps 0", lambda layer: setattr(layer, "eps", 0.0), ValueError
 
 
 @pytest.mark.parametrize("name, spoil, err", list(_bad_states()))

@@ -1,11 +1,11 @@
 """The functional API against the numpy reference."""
+from conftest import DTYPES, SHAPES
 import numpy as np
 import pytest
+import reference as ref
 
 import cybatchnorm as bn
 from cybatchnorm import Cache
-from conftest import DTYPES, SHAPES
-import reference as ref
 
 # error of each dtype against the float64 reference, relative to scale
 TOL = {np.float64: 1e-12, np.float32: 2e-6}
@@ -240,8 +240,9 @@ def test_public_names_have_docstrings():
         obj = getattr(bn, name)
         if name != "__version__":
             assert obj.__doc__ and obj.__doc__.strip(), name
-    for name in bn.graph.__all__:
-        assert getattr(bn.graph, name).__doc__, name
+    for module in (bn.graph, bn.nodes, bn.staged, bn.split, bn.memory):
+        for name in module.__all__:
+            assert getattr(module, name).__doc__, f"{module.__name__}.{name}"
 
 
 @pytest.mark.parametrize("shape", [(512, 256), (8, 16, 12, 12), (4096, 3)])
@@ -270,8 +271,8 @@ def test_minimal_cache_computes_its_nodes_on_first_access(rng, dtype, training):
     x, g, b, dout = make(rng, (40, 3, 5), dtype)
     stats = (np.array([0.5, -1.0, 2.0], dtype), np.array([1.5, 0.5, 4.0], dtype))
     extra = {} if training else {"stats": stats}
-    from cybatchnorm.api import run_forward
     from cybatchnorm._validation import forward_args
+    from cybatchnorm.api import run_forward
     _, full = run_forward(forward_args(x, g, b, 1e-5, cache="full", **extra))
     _, minimal = run_forward(forward_args(x, g, b, 1e-5, cache="minimal", **extra))
     before = minimal.nbytes

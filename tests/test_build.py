@@ -105,8 +105,8 @@ class Ran:
 
 def test_apple_clang_takes_its_spelling(build):
     cc = FakeCompiler(accepts="-Xpreprocessor")
-    c, l, status = build.openmp_decision(cc, "darwin", {}, run=lambda *a, **k: Ran())
-    assert c[:2] == ["-Xpreprocessor", "-fopenmp"] and "-lomp" in l
+    c, link, status = build.openmp_decision(cc, "darwin", {}, run=lambda *a, **k: Ran())
+    assert c[:2] == ["-Xpreprocessor", "-fopenmp"] and "-lomp" in link
     assert status.startswith("enabled (Apple clang")
 
 
@@ -118,9 +118,9 @@ def test_msvc(build):
 def test_failed_probe_warns_and_builds_serially(build):
     said = []
     cc = FakeCompiler(accepts=None)
-    c, l, status = build.openmp_decision(cc, "linux", {}, run=lambda *a, **k: Ran(),
+    c, link, status = build.openmp_decision(cc, "linux", {}, run=lambda *a, **k: Ran(),
                                          warn=said.append)
-    assert (c, l) == ([], []) and status.startswith("disabled")
+    assert (c, link) == ([], []) and status.startswith("disabled")
     assert len(cc.tried) == 3                    # every flag set was tried
     assert len(said) == 1 and "CYBATCHNORM_REQUIRE_OPENMP=1" in said[0]
     assert "-fopenmp: does not build" in said[0]
@@ -151,9 +151,9 @@ def test_cross_build_probe_links_but_cannot_run(build):
 
 def test_no_openmp_switch_skips_the_probe(build):
     cc = FakeCompiler(accepts="-fopenmp")
-    c, l, status = build.openmp_decision(cc, "linux", {"CYBATCHNORM_NO_OPENMP": "1"},
+    c, link, status = build.openmp_decision(cc, "linux", {"CYBATCHNORM_NO_OPENMP": "1"},
                                          warn=pytest.fail)
-    assert (c, l) == ([], []) and "CYBATCHNORM_NO_OPENMP" in status and cc.tried == []
+    assert (c, link) == ([], []) and "CYBATCHNORM_NO_OPENMP" in status and cc.tried == []
 
 
 def test_this_build_reports_its_decision():

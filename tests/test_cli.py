@@ -4,8 +4,8 @@ import sys
 import numpy as np
 import pytest
 
-from cybatchnorm.__main__ import main
 from cybatchnorm import graph
+from cybatchnorm.__main__ import main
 
 
 def run(*args):
@@ -18,7 +18,7 @@ def test_demo_default():
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     for n in graph.NODES:   # every node with its shape and its gradient
-        row = next(l for l in lines if l.startswith(n.name + " "))
+        row = next(ln for ln in lines if ln.startswith(n.name + " "))
         assert f"d{n.name} " in row
         assert n.op in row
     assert "AGREE" in r.stdout and "PASS" in r.stdout
@@ -178,12 +178,13 @@ def test_bench_report_fits_100_columns():
     r = run("bench", "--cases", "16x8", "--dtype", "float64", "--threads", "1", "--repeats", "1")
     assert r.returncode == 0, r.stderr
     assert _width(r.stdout) <= 100
-    head = next(l for l in r.stdout.splitlines() if l.lstrip().startswith("case") and " thr " in l)
+    head = next(ln for ln in r.stdout.splitlines()
+                if ln.lstrip().startswith("case") and " thr " in ln)
     assert "(--wide:" in r.stdout and " 5S " not in head and "min-max" not in head
     wide = run("bench", "--cases", "16x8", "--dtype", "float64", "--threads", "1",
                "--repeats", "1", "--wide")
-    head = next(l for l in wide.stdout.splitlines() if l.lstrip().startswith("case")
-                and " thr " in l)
+    head = next(ln for ln in wide.stdout.splitlines() if ln.lstrip().startswith("case")
+                and " thr " in ln)
     for col in ("MiB", "min-max", "5S", "/5S", "8S", "/8S"):
         assert f" {col} " in head + " "
 

@@ -30,12 +30,13 @@ each cheap property and 60 for the thread-count one; a longer run by hand
 """
 from types import SimpleNamespace
 
+from hypothesis import assume, given, note, settings
+from hypothesis import strategies as st
 import numpy as np
 import pytest
-from hypothesis import assume, given, note, settings, strategies as st
+import reference as ref
 
 import cybatchnorm as bn
-import reference as ref
 
 pytestmark = pytest.mark.longdouble
 

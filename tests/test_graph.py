@@ -1,11 +1,11 @@
 """The graph as data, every node kernel against its numpy one-liner, and the walks."""
+from conftest import DTYPES
 import numpy as np
 import pytest
+import reference as ref
 
 import cybatchnorm as bn
-from cybatchnorm import graph
-from conftest import DTYPES
-import reference as ref
+from cybatchnorm import graph, nodes, staged
 
 ORDER = ["mu", "xmu", "sq", "var", "sqrtvar", "ivar", "xhat", "gammax", "out"]
 
@@ -66,39 +66,39 @@ def close(a, b):
 
 def test_forward_kernels_one_liners(case):
     x, g, b, dout, v, d = case
-    close(graph.mu_forward(x), x.mean(axis=axes(x)))
-    close(graph.xmu_forward(x, v["mu"]), x - bc(v["mu"], x))
-    close(graph.sq_forward(v["xmu"]), v["xmu"] ** 2)
-    close(graph.var_forward(v["sq"]), v["sq"].mean(axis=axes(x)))
-    close(graph.sqrtvar_forward(v["var"], 1e-5), np.sqrt(v["var"] + 1e-5))
-    close(graph.ivar_forward(v["sqrtvar"]), 1 / v["sqrtvar"])
-    close(graph.xhat_forward(v["xmu"], v["ivar"]), v["xmu"] * bc(v["ivar"], x))
-    close(graph.gammax_forward(v["xhat"], g), bc(g, x) * v["xhat"])
-    close(graph.out_forward(v["gammax"], b), v["gammax"] + bc(b, x))
+    close(nodes.mu_forward(x), x.mean(axis=axes(x)))
+    close(nodes.xmu_forward(x, v["mu"]), x - bc(v["mu"], x))
+    close(nodes.sq_forward(v["xmu"]), v["xmu"] ** 2)
+    close(nodes.var_forward(v["sq"]), v["sq"].mean(axis=axes(x)))
+    close(nodes.sqrtvar_forward(v["var"], 1e-5), np.sqrt(v["var"] + 1e-5))
+    close(nodes.ivar_forward(v["sqrtvar"]), 1 / v["sqrtvar"])
+    close(nodes.xhat_forward(v["xmu"], v["ivar"]), v["xmu"] * bc(v["ivar"], x))
+    close(nodes.gammax_forward(v["xhat"], g), bc(g, x) * v["xhat"])
+    close(nodes.out_forward(v["gammax"], b), v["gammax"] + bc(b, x))
 
 
 def test_backward_kernels_one_liners(case):
     x, g, b, dout, v, d = case
     ax = axes(x)
-    dbeta, dgammax = graph.out_backward(dout)
+    dbeta, dgammax = nodes.out_backward(dout)
     close(dbeta, dout.sum(axis=ax))
     assert np.shares_memory(dgammax, dout)   # passed through, not copied
-    dgamma, dxhat = graph.gammax_backward(dout, v["xhat"], g)
+    dgamma, dxhat = nodes.gammax_backward(dout, v["xhat"], g)
     close(dgamma, (dout * v["xhat"]).sum(axis=ax))
     close(dxhat, dout * bc(g, x))
-    divar, dxmu1 = graph.xhat_backward(d["dxhat"], v["xmu"], v["ivar"])
+    divar, dxmu1 = nodes.xhat_backward(d["dxhat"], v["xmu"], v["ivar"])
     close(divar, (d["dxhat"] * v["xmu"]).sum(axis=ax))
     close(dxmu1, d["dxhat"] * bc(v["ivar"], x))
-    close(graph.ivar_backward(d["divar"], v["sqrtvar"]), -d["divar"] / v["sqrtvar"] ** 2)
-    close(graph.sqrtvar_backward(d["dsqrtvar"], v["sqrtvar"]), 0.5 * d["dsqrtvar"] / v["sqrtvar"])
+    close(nodes.ivar_backward(d["divar"], v["sqrtvar"]), -d["divar"] / v["sqrtvar"] ** 2)
+    close(nodes.sqrtvar_backward(d["dsqrtvar"], v["sqrtvar"]), 0.5 * d["dsqrtvar"] / v["sqrtvar"])
     M = x.size // x.shape[1]
-    close(graph.var_backward(d["dvar"], x.shape), np.ones_like(x) * bc(d["dvar"], x) / M)
-    close(graph.sq_backward(d["dsq"], v["xmu"]), 2 * v["xmu"] * d["dsq"])
-    dx1, dmu = graph.xmu_backward(d["dxmu"])
+    close(nodes.var_backward(d["dvar"], x.shape), np.ones_like(x) * bc(d["dvar"], x) / M)
+    close(nodes.sq_backward(d["dsq"], v["xmu"]), 2 * v["xmu"] * d["dsq"])
+    dx1, dmu = nodes.xmu_backward(d["dxmu"])
     assert np.shares_memory(dx1, d["dxmu"])
     close(dmu, -d["dxmu"].sum(axis=ax))
-    close(graph.mu_backward(d["dmu"], x.shape), np.ones_like(x) * bc(d["dmu"], x) / M)
-    close(graph.branch_sum(d["dx1"], d["dx2"]), d["dx1"] + d["dx2"])
+    close(nodes.mu_backward(d["dmu"], x.shape), np.ones_like(x) * bc(d["dmu"], x) / M)
+    close(nodes.branch_sum(d["dx1"], d["dx2"]), d["dx1"] + d["dx2"])
 
 
 def test_node_kernels_against_centred_differences(rng):
@@ -107,17 +107,17 @@ def test_node_kernels_against_centred_differences(rng):
     h = 1e-6
     sqrtvar = rng.uniform(0.5, 2, 3)
     divar = rng.normal(size=3)
-    num = np.array([(np.sum(divar * graph.ivar_forward(sqrtvar + h * e))
-                     - np.sum(divar * graph.ivar_forward(sqrtvar - h * e))) / (2 * h)
+    num = np.array([(np.sum(divar * nodes.ivar_forward(sqrtvar + h * e))
+                     - np.sum(divar * nodes.ivar_forward(sqrtvar - h * e))) / (2 * h)
                     for e in np.eye(3)])
-    assert ref.rel(graph.ivar_backward(divar, sqrtvar), num) < 1e-8
+    assert ref.rel(nodes.ivar_backward(divar, sqrtvar), num) < 1e-8
     dsq = rng.normal(size=(4, 3))
     g = np.zeros_like(x)
     for i in np.ndindex(x.shape):
         e = np.zeros_like(x)
         e[i] = h
-        g[i] = (np.sum(dsq * graph.sq_forward(x + e)) - np.sum(dsq * graph.sq_forward(x - e))) / (2 * h)
-    assert ref.rel(graph.sq_backward(dsq, x), g) < 1e-8
+        g[i] = (np.sum(dsq * nodes.sq_forward(x + e)) - np.sum(dsq * nodes.sq_forward(x - e))) / (2 * h)
+    assert ref.rel(nodes.sq_backward(dsq, x), g) < 1e-8
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -162,7 +162,7 @@ def test_staged_backward_walks_the_node_kernels(monkeypatch, rng):
                                "backward": lambda dsq, xmu, num_threads: 3 * xmu * dsq,
                                "backward_op": wrong_op})
     monkeypatch.setattr(graph, "NODES", graph.NODES[:i] + (broken,) + graph.NODES[i + 1:])
-    for bad in (bn.batchnorm_backward(dout, cache), graph._staged_backward(dout[:, :, None], cache, 1),
+    for bad in (bn.batchnorm_backward(dout, cache), staged.walk(dout[:, :, None], cache, 1),
                 [graph.backward(dout, cache)[k] for k in ("dx", "dgamma", "dbeta")]):
         assert ref.rel(bad[0].reshape(x.shape), good[0]) > 1e-3
         np.testing.assert_array_equal(bad[2], good[2])   # dbeta does not pass through sq
@@ -174,11 +174,11 @@ def test_adding_into_the_other_branch_is_the_branch_sum_bit_for_bit(rng, shape, 
     x, dout = rng.normal(size=shape).astype(dtype), rng.normal(size=shape).astype(dtype)
     _, cache = bn.batchnorm_forward(x, np.ones(shape[1], dtype), np.zeros(shape[1], dtype))
     dxmu1 = rng.normal(size=shape).astype(dtype)
-    for dsq in (graph.var_backward(rng.normal(size=shape[1]).astype(dtype), shape),
+    for dsq in (nodes.var_backward(rng.normal(size=shape[1]).astype(dtype), shape),
                 rng.normal(size=shape).astype(dtype)):         # per channel, and full
-        expected = graph.branch_sum(dxmu1, graph.sq_backward(dsq, cache.xmu))
+        expected = nodes.branch_sum(dxmu1, nodes.sq_backward(dsq, cache.xmu))
         target = dxmu1.copy()
-        got = graph.sq_backward(dsq, cache.xmu, add_to=target)
+        got = nodes.sq_backward(dsq, cache.xmu, add_to=target)
         assert np.shares_memory(got, target)
         assert got.tobytes() == expected.tobytes()
     # the walk (which adds into dxmu1) and the kept walk (explicit branch_sum) agree
@@ -191,13 +191,13 @@ def test_adding_into_the_other_branch_is_the_branch_sum_bit_for_bit(rng, shape, 
 def test_add_to_is_checked(rng):
     xmu, dsq = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
     with pytest.raises(ValueError, match="^add_to:"):
-        graph.sq_backward(dsq, xmu, add_to=np.empty((4, 2)))
+        nodes.sq_backward(dsq, xmu, add_to=np.empty((4, 2)))
     with pytest.raises(ValueError, match="^add_to:"):
-        graph.sq_backward(dsq, xmu, add_to=xmu)                 # aliasing an input
+        nodes.sq_backward(dsq, xmu, add_to=xmu)                 # aliasing an input
     with pytest.raises(TypeError, match="^add_to:"):
-        graph.sq_backward(dsq, xmu, add_to=[[0.0] * 3] * 4)
+        nodes.sq_backward(dsq, xmu, add_to=[[0.0] * 3] * 4)
     with pytest.raises(ValueError, match="^out:"):
-        graph.sq_backward(dsq, xmu, out=np.empty((4, 3)), add_to=np.empty((4, 3)))
+        nodes.sq_backward(dsq, xmu, out=np.empty((4, 3)), add_to=np.empty((4, 3)))
 
 
 def test_constants_cut_the_graph(rng):
@@ -209,14 +209,14 @@ def test_constants_cut_the_graph(rng):
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda: graph.xhat_backward(np.ones((3, 2)), np.ones((3, 3)), np.ones(2)), "xmu"),
-    (lambda: graph.xhat_backward(np.ones((3, 2)), np.ones((3, 2)), np.ones(3)), "ivar"),
-    (lambda: graph.mu_backward(np.ones(2), (3, 4)), "shape"),
-    (lambda: graph.var_backward(np.ones((2, 2)), (3, 2)), "dvar"),
-    (lambda: graph.sqrtvar_forward(np.ones(2), -1.0), "eps"),
-    (lambda: graph.mu_forward(np.ones(3)), "x"),
-    (lambda: graph.sq_forward(np.ones((2, 2), complex)), "xmu"),
-    (lambda: graph.branch_sum(np.ones((2, 2)), np.ones((2, 2)), out=np.ones((2, 2), np.float32)), "out"),
+    (lambda: nodes.xhat_backward(np.ones((3, 2)), np.ones((3, 3)), np.ones(2)), "xmu"),
+    (lambda: nodes.xhat_backward(np.ones((3, 2)), np.ones((3, 2)), np.ones(3)), "ivar"),
+    (lambda: nodes.mu_backward(np.ones(2), (3, 4)), "shape"),
+    (lambda: nodes.var_backward(np.ones((2, 2)), (3, 2)), "dvar"),
+    (lambda: nodes.sqrtvar_forward(np.ones(2), -1.0), "eps"),
+    (lambda: nodes.mu_forward(np.ones(3)), "x"),
+    (lambda: nodes.sq_forward(np.ones((2, 2), complex)), "xmu"),
+    (lambda: nodes.branch_sum(np.ones((2, 2)), np.ones((2, 2)), out=np.ones((2, 2), np.float32)), "out"),
 ])
 def test_node_functions_validate(call, match):
     with pytest.raises((TypeError, ValueError), match=match):
@@ -228,8 +228,8 @@ def test_node_functions_validate(call, match):
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("kind", ["full", "minimal"])
 def test_planned_walk_is_the_docs_walk_bit_for_bit(rng, shape, dtype, mode, kind):
-    from cybatchnorm.api import run_forward
     from cybatchnorm._validation import forward_args
+    from cybatchnorm.api import run_forward
     x = rng.normal(2, 3, shape).astype(dtype)
     dout = rng.normal(size=shape).astype(dtype)
     g, b = rng.uniform(0.5, 2, shape[1]).astype(dtype), rng.normal(size=shape[1]).astype(dtype)
@@ -244,10 +244,10 @@ def test_planned_walk_is_the_docs_walk_bit_for_bit(rng, shape, dtype, mode, kind
 def test_the_plan_needs_one_buffer_the_size_of_x():
     # train: dxhat, dxmu1, dxmu (added into), dx1 and dx share one buffer
     for constants in (frozenset(), frozenset(("mu", "ivar"))):
-        steps, (dx_loc, dgamma_loc, dbeta_loc), nbuf = graph._plan(graph.NODES, constants)
+        steps, (dx_loc, dgamma_loc, dbeta_loc), nbuf = staged.plan(graph.NODES, constants)
         assert nbuf == 1 and dx_loc == 0
         assert (dgamma_loc, dbeta_loc) == ("dgamma", "dbeta")
-    steps = graph._plan(graph.NODES, frozenset())[0]
+    steps = staged.plan(graph.NODES, frozenset())[0]
     assert [s[0].name if s[0] else "branch_sum" for s in steps] == [
         "out", "gammax", "xhat", "ivar", "sqrtvar", "var", "sq", "xmu", "mu", "branch_sum"]
 

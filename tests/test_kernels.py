@@ -9,8 +9,6 @@ import pytest
 import cybatchnorm as bn
 from cybatchnorm import _engine, _fused, _nodes, _openmp
 
-
-
 SIMD_LEVELS = [pytest.param("avx2", marks=pytest.mark.skipif(
                    not _openmp.cpu_has_avx2(), reason="CPU without AVX2")),
                pytest.param("avx512", marks=pytest.mark.skipif(

@@ -1,10 +1,10 @@
 """BatchNorm: running statistics as PyTorch keeps them, train/eval, gradients."""
 import numpy as np
 import pytest
+import reference as ref
 
 import cybatchnorm as bn
 from cybatchnorm import BatchNorm
-import reference as ref
 
 
 def batches(rng, shape=(8, 3), n=4):

@@ -1,10 +1,11 @@
 """Hypothesis properties over shapes, dtypes and values."""
-import numpy as np
-from hypothesis import assume, given, strategies as st
+from hypothesis import assume, given
+from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+import numpy as np
+import reference as ref
 
 import cybatchnorm as bn
-import reference as ref
 
 shapes = st.one_of(
     hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=40),

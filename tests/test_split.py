@@ -2,12 +2,12 @@
 single-process forward and backward; validation and thread-count independence."""
 import math
 
+from conftest import DTYPES
 import numpy as np
 import pytest
 
 import cybatchnorm as bn
 from cybatchnorm import _engine, _openmp
-from conftest import DTYPES
 
 SPLITS = {
     (40, 5): [7, 1, 20, 12],
@@ -198,6 +198,7 @@ SIMD_LEVELS = [pytest.param("avx2", marks=pytest.mark.skipif(
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_simd_builds_and_baseline_agree_bitwise(monkeypatch, rng, shape, dtype, level):
     import importlib
+
     from cybatchnorm import _split
     fast = importlib.import_module(f"cybatchnorm._split_{level}")
     x = rng.normal(3, 2, shape).astype(dtype)

@@ -91,7 +91,7 @@ def test_the_exact_redo_gives_the_same_bits_everywhere(monkeypatch, rng, shape, 
             levels.append((level,) + tuple(importlib.import_module(f"cybatchnorm.{m}_{level}")
                                             for m in ("_fused", "_nodes")))
     runs = []
-    for level, fused, nodes in levels:
+    for _level, fused, nodes in levels:
         monkeypatch.setattr(_engine, "fused", fused)
         monkeypatch.setattr(_engine, "nodes", nodes)
         for nt in (1, 2, 3):

@@ -3,13 +3,13 @@ import os
 import subprocess
 import sys
 
+from conftest import DTYPES
 import numpy as np
 import pytest
 
 import cybatchnorm as bn
 from cybatchnorm import _openmp
 from cybatchnorm._validation import check_num_threads
-from conftest import DTYPES
 
 
 @pytest.mark.parametrize("shape", [(64, 37), (5, 3), (16, 7, 9, 4), (3, 1000), (50, 1),

@@ -12,10 +12,10 @@ when the site is built.
 import os
 import sys
 
+from draw_circuit import BETA, DOUT, EPS, GAMMA, X, compute
 import numpy as np
 
-from cybatchnorm import graph
-from draw_circuit import BETA, DOUT, EPS, GAMMA, X, compute
+from cybatchnorm import graph, nodes
 
 H = 1e-6   # centred differences: error ~ H**2 * f''' plus rounding ~ eps64 / H
 
@@ -43,32 +43,32 @@ def checks():
     sqrtvar, ivar, xhat, gammax = v["sqrtvar"], v["ivar"], v["xhat"], v["gammax"]
 
     def from_xmu(m):   # out as a function of xmu, through both of its branches
-        iv = graph.ivar_forward(graph.sqrtvar_forward(graph.var_forward(graph.sq_forward(m)), EPS))
-        return graph.out_forward(graph.gammax_forward(graph.xhat_forward(m, iv), GAMMA), BETA)
+        iv = nodes.ivar_forward(nodes.sqrtvar_forward(nodes.var_forward(nodes.sq_forward(m)), EPS))
+        return nodes.out_forward(nodes.gammax_forward(nodes.xhat_forward(m, iv), GAMMA), BETA)
 
     def from_x(a):     # out as a function of x: the whole forward walk
         return graph.forward(a, GAMMA, BETA, EPS)["out"]
 
     rows = [
-        ("out", "dbeta", DOUT.sum(0), lambda b: graph.out_forward(gammax, b), BETA, DOUT),
-        ("out", "dgammax", DOUT, lambda t: graph.out_forward(t, BETA), gammax, DOUT),
+        ("out", "dbeta", DOUT.sum(0), lambda b: nodes.out_forward(gammax, b), BETA, DOUT),
+        ("out", "dgammax", DOUT, lambda t: nodes.out_forward(t, BETA), gammax, DOUT),
         ("gammax", "dgamma", (d["dgammax"] * xhat).sum(0),
-         lambda gm: graph.gammax_forward(xhat, gm), GAMMA, d["dgammax"]),
+         lambda gm: nodes.gammax_forward(xhat, gm), GAMMA, d["dgammax"]),
         ("gammax", "dxhat", d["dgammax"] * GAMMA,
-         lambda h: graph.gammax_forward(h, GAMMA), xhat, d["dgammax"]),
+         lambda h: nodes.gammax_forward(h, GAMMA), xhat, d["dgammax"]),
         ("xhat", "divar", (d["dxhat"] * xmu).sum(0),
-         lambda iv: graph.xhat_forward(xmu, iv), ivar, d["dxhat"]),
+         lambda iv: nodes.xhat_forward(xmu, iv), ivar, d["dxhat"]),
         ("xhat", "dxmu1", d["dxhat"] * ivar,
-         lambda m: graph.xhat_forward(m, ivar), xmu, d["dxhat"]),
-        ("ivar", "dsqrtvar", -d["divar"] / sqrtvar ** 2, graph.ivar_forward, sqrtvar, d["divar"]),
+         lambda m: nodes.xhat_forward(m, ivar), xmu, d["dxhat"]),
+        ("ivar", "dsqrtvar", -d["divar"] / sqrtvar ** 2, nodes.ivar_forward, sqrtvar, d["divar"]),
         ("sqrtvar", "dvar", 0.5 * d["dsqrtvar"] / sqrtvar,
-         lambda s: graph.sqrtvar_forward(s, EPS), var, d["dsqrtvar"]),
-        ("var", "dsq", np.ones_like(sq) * d["dvar"] / N, graph.var_forward, sq, d["dvar"]),
-        ("sq", "dxmu2", 2 * xmu * d["dsq"], graph.sq_forward, xmu, d["dsq"]),
+         lambda s: nodes.sqrtvar_forward(s, EPS), var, d["dsqrtvar"]),
+        ("var", "dsq", np.ones_like(sq) * d["dvar"] / N, nodes.var_forward, sq, d["dvar"]),
+        ("sq", "dxmu2", 2 * xmu * d["dsq"], nodes.sq_forward, xmu, d["dsq"]),
         ("xmu (branch sum)", "dxmu", d["dxmu1"] + d["dxmu2"], from_xmu, xmu, DOUT),
-        ("xmu", "dx1", d["dxmu"], lambda t: graph.xmu_forward(t, mu), x, d["dxmu"]),
-        ("xmu", "dmu", -d["dxmu"].sum(0), lambda m: graph.xmu_forward(x, m), mu, d["dxmu"]),
-        ("mu", "dx2", np.ones_like(x) * d["dmu"] / N, graph.mu_forward, x, d["dmu"]),
+        ("xmu", "dx1", d["dxmu"], lambda t: nodes.xmu_forward(t, mu), x, d["dxmu"]),
+        ("xmu", "dmu", -d["dxmu"].sum(0), lambda m: nodes.xmu_forward(x, m), mu, d["dxmu"]),
+        ("mu", "dx2", np.ones_like(x) * d["dmu"] / N, nodes.mu_forward, x, d["dmu"]),
         ("x (branch sum)", "dx", d["dx1"] + d["dx2"], from_x, x, DOUT),
     ]
     return [(node, name, np.asarray(d[name]), np.asarray(ref), numgrad(f, a, g))

@@ -13,10 +13,9 @@ import sys
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-
 import draw_circuit  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
 
 
 def main(outdir):

@@ -33,7 +33,7 @@ BUILD_CHECK = re.compile(r"^\s*(import|from)\s+(" + "|".join(SCRIPTS) + r")\b", 
 
 SETUP = """import numpy as np
 import cybatchnorm as bn
-from cybatchnorm import graph
+from cybatchnorm import graph, nodes, staged
 np.set_printoptions(precision=4, suppress=True)"""
 
 

@@ -8,21 +8,21 @@ the fused one.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 import os
 import sys
-from collections.abc import Sequence
-from typing import IO, Any, NoReturn
 from types import SimpleNamespace
+from typing import IO, Any, NoReturn
 
 import numpy as np
 
 from . import graph
-from .api import batchnorm_backward, batchnorm_backward_fused, batchnorm_forward
-from .gradcheck import check_gradients
-from ._validation import check_num_threads
-from ._validation import DEFAULT_EPS, full
-from .bench import CASES, Interrupted, check_output_path, run as run_bench
+from ._validation import DEFAULT_EPS, check_num_threads, full
 from ._version import __version__
+from .api import batchnorm_backward, batchnorm_backward_fused, batchnorm_forward
+from .bench import CASES, Interrupted, check_output_path
+from .bench import run as run_bench
+from .gradcheck import check_gradients
 
 # staged and fused agree to rounding; these are the promised tolerances
 AGREEMENT_TOL = {"float64": 1e-12, "float32": 1e-5}

@@ -107,7 +107,7 @@ class Cache:
         # too, so its flag cannot be set back (only reaching through .base
         # could write it). _owned: the forward made the arrays (all but x,
         # which may be the caller's) and froze the blocks its (C,) rows view
-        # (_engine.forward(frozen=True)): they are frozen in place; others
+        # (_engine.fused_forward(frozen=True)): they are frozen in place; others
         # are held as read-only views. An owned cache is sealed: check_cache
         # trusts it
         setattr_ = object.__setattr__
@@ -204,7 +204,7 @@ class Cache:
             raise RuntimeError("cache: a minimal cache without its x")
         x3 = self.x.reshape(self.shape[0], self.shape[1], math.prod(self.shape[2:]))
         stats = (self.mu.copy(), self.var.copy()) if self.mode == "eval" else None
-        values = _engine.forward(x3, self.gamma, self.beta, self.eps,
+        values = _engine.fused_forward(x3, self.gamma, self.beta, self.eps,
                                  _engine.empty(x3.shape, self.dtype), True, stats,
                                  default_num_threads(x3.size))
         for name in FULL:

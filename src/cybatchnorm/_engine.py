@@ -15,13 +15,13 @@ warns and is ignored. A build whose OpenMP probe failed warns at import.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 import importlib
 import importlib.util
-from collections.abc import Sequence
-from types import ModuleType
-from typing import Any
 import math
 import os
+from types import ModuleType
+from typing import Any
 import warnings
 
 import numpy as np
@@ -111,9 +111,9 @@ def empty(shape: Sequence[int], dtype: Any) -> AnyArray:
     return np.frombuffer(block, dtype).reshape(shape)
 
 
-pool_set_limit = _pool.set_limit
-pool_release = _pool.release
-pool_info = _pool.info
+set_pool_limit = _pool.set_pool_limit
+release_pool = _pool.release_pool
+pool_info = _pool.pool_info
 
 
 # ------------------------------------------------------------------ fused
@@ -130,9 +130,9 @@ def _chunks(shape3: Sequence[int], dtype: np.dtype[Any]) -> int:
     return row_chunks(shape3[0], shape3[1], shape3[2], dtype.itemsize)
 
 
-def forward(x3: AnyArray, gamma: AnyArray, beta: AnyArray, eps: float, out3: AnyArray, keep: bool,
-            stats: tuple[AnyArray, AnyArray] | None, nt: int,
-            frozen: bool = False, copy_x: bool = False) -> dict[str, AnyArray]:
+def fused_forward(x3: AnyArray, gamma: AnyArray, beta: AnyArray, eps: float, out3: AnyArray,
+                  keep: bool, stats: tuple[AnyArray, AnyArray] | None, nt: int,
+                  frozen: bool = False, copy_x: bool = False) -> dict[str, AnyArray]:
     """The fused forward; returns the node values by name (and ``m2``, the
     float64 sums of squared deviations of the batch statistics: zeros when
     ``stats`` are given).
@@ -171,7 +171,7 @@ def forward(x3: AnyArray, gamma: AnyArray, beta: AnyArray, eps: float, out3: Any
     K = _chunks(x3.shape, dt)
     xcopy = empty(x3.shape, dt) if copy_x else None
     fused.forward(x3, gamma, beta, eps, out3, xmu, xhat, keep, mu, var, sqrtvar, ivar,
-                  mu64, ivar64, m2, stats is not None, np.empty((K, C)), np.empty((K, C)),
+                  mu64, ivar64, m2, stats is None, np.empty((K, C)), np.empty((K, C)),
                   np.empty(C), nt, fused.Passes.BOTH, xcopy)
     if frozen:
         # rows taken again once the blocks are read-only are read-only too
@@ -189,26 +189,28 @@ def forward(x3: AnyArray, gamma: AnyArray, beta: AnyArray, eps: float, out3: Any
     return values
 
 
-def backward(g3: AnyArray, src: AnyArray, from_x: bool, mu64: F64Array, ivar64: F64Array,
-             gamma: AnyArray, dx3: AnyArray, batch_stats: bool, nt: int) -> tuple[AnyArray, AnyArray]:
+def fused_backward(g3: AnyArray, src: AnyArray, from_x: bool, mu64: F64Array, ivar64: F64Array,
+                   gamma: AnyArray, dx3: AnyArray, use_batch_stats: bool,
+                   nt: int) -> tuple[AnyArray, AnyArray]:
     """The closed-form backward into ``dx3``; returns ``(dgamma, dbeta)``.
     ``src`` is xhat, or x when ``from_x``."""
     dt, C = g3.dtype, g3.shape[1]
     dgamma, dbeta = np.empty(C, dt), np.empty(C, dt)
     K = _chunks(g3.shape, dt)
-    fused.backward(g3, src, from_x, mu64, ivar64, gamma, dx3, dgamma, dbeta, batch_stats,
+    fused.backward(g3, src, from_x, mu64, ivar64, gamma, dx3, dgamma, dbeta, use_batch_stats,
                    np.empty((K, C)), np.empty((K, C)), np.empty((3, C)), nt)
     return dgamma, dbeta
 
 
-def double_backward(ggx: AnyArray | None, dout: AnyArray, x: AnyArray, mu64: F64Array,
-                    ivar64: F64Array, gamma: F64Array, ggw: F64Array, ggb: F64Array,
-                    batch_stats: bool, ddout: AnyArray, dx: AnyArray, nt: int) -> F64Array:
+def fused_double_backward(ggx: AnyArray | None, dout: AnyArray, x: AnyArray, mu64: F64Array,
+                          ivar64: F64Array, gamma: F64Array, ggw: F64Array, ggb: F64Array,
+                          use_batch_stats: bool, ddout: AnyArray, dx: AnyArray,
+                          nt: int) -> F64Array:
     """Second derivatives into ``ddout`` and ``dx`` (``ggx`` None reads as
     zeros); returns the float64 ``dgamma``."""
     dgamma = np.empty(dout.shape[1])
     fused.double_backward(dout if ggx is None else ggx, ggx is not None, dout, x, mu64, ivar64,
-                          gamma, ggw, ggb, batch_stats, ddout, dx, dgamma, nt)
+                          gamma, ggw, ggb, use_batch_stats, ddout, dx, dgamma, nt)
     return dgamma
 
 
@@ -240,7 +242,7 @@ def sweep_calls(x3: AnyArray, g3: AnyArray, nt: int) -> dict[str, Any]:
 
     def fwd(passes: int) -> Any:
         return lambda: fused.forward(x3, gamma, beta, 1e-5, out, out, out, False, mu, var,
-                                     sqrtvar, ivar, mu64, ivar64, m2, False, pmean, pm2, shift,
+                                     sqrtvar, ivar, mu64, ivar64, m2, True, pmean, pm2, shift,
                                      nt, passes)
 
     def bwd(passes: int) -> Any:

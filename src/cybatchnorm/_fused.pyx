@@ -40,9 +40,8 @@ from cybatchnorm._common cimport (run_sum, run_dot, run_dot_centred, row_chunks 
 cimport cybatchnorm._openmp
 from cybatchnorm._openmp cimport CYBN_SIMD, CYBN_BUILD_CFLAGS
 
-SIMD = CYBN_SIMD.decode()
+SIMD = CYBN_SIMD.decode()                   # the instruction set this module was compiled for
 BUILD_CFLAGS = CYBN_BUILD_CFLAGS.decode()   # the flags this module was compiled with
-   # which instruction set this module was compiled for
 
 
 def row_chunks(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t itemsize):
@@ -72,7 +71,7 @@ cdef inline float _f32_flag(double v) noexcept nogil:
 
 
 cdef inline Py_ssize_t _flagged(const float* flags, Py_ssize_t c0, Py_ssize_t c1,
-                               Py_ssize_t* idx) noexcept nogil:
+                                Py_ssize_t* idx) noexcept nogil:
     # the channels of [c0, c1) whose factors float32 cannot hold, into idx
     # (relative to c0); returns how many. Their rows are redone in float64
     # after the float32 ones, so every other channel keeps its bits
@@ -165,7 +164,7 @@ cdef inline void _normalize_task(const floating* x, Py_ssize_t C, Py_ssize_t S,
 
 cdef inline void _block_stats(Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t N, Py_ssize_t S,
                               Py_ssize_t K, Py_ssize_t C, double eps,
-                              bint given_stats, const floating* gamma,
+                              bint use_batch_stats, const floating* gamma,
                               const floating* beta, floating* mu, floating* var,
                               floating* sqrtvar, floating* ivar, f64_out mu64,
                               f64_out ivar64, f64_out m2,
@@ -180,7 +179,7 @@ cdef inline void _block_stats(Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t N, Py_ssi
     # as the statistics sweep of a cache-resident batch).
     cdef double m, sd, a
     cdef Py_ssize_t c
-    if given_stats:
+    if not use_batch_stats:
         for c in range(c0, c1):
             mu64[c] = mu[c]
             ivar64[c] = var[c]          # the variance, until the loop below
@@ -209,17 +208,17 @@ cdef inline void _forward_strip(Task w, const floating* x, Py_ssize_t N, Py_ssiz
                                 double eps, floating* out, floating* xmu, floating* xhat,
                                 bint keep_nodes, floating* mu, floating* var,
                                 floating* sqrtvar, floating* ivar, double* mu64,
-                                double* ivar64, double* m2, bint given_stats, double* pmean,
+                                double* ivar64, double* m2, bint use_batch_stats, double* pmean,
                                 double* pm2, double* shift, float* ab, Py_ssize_t* redo,
                                 bint stream, floating* xc) noexcept nogil:
     # one strip task of _forward (K == 1): statistics and normalization of
     # every row of channels [w.c0, w.c1)
     cdef Py_ssize_t c
-    if not given_stats:
+    if use_batch_stats:
         for c in range(w.c0, w.c1):
             shift[c] = x[c * S]
         task_moments(x, C, S, 0, N, w.c0, w.c1, shift + w.c0, pmean + w.c0, pm2 + w.c0)
-    _block_stats(w.c0, w.c1, N, S, 1, C, eps, given_stats, gamma, beta, mu, var, sqrtvar, ivar,
+    _block_stats(w.c0, w.c1, N, S, 1, C, eps, use_batch_stats, gamma, beta, mu, var, sqrtvar, ivar,
                  mu64, ivar64, m2, shift, pmean, pm2, ab)
     _normalize_task(x, C, S, gamma, beta, mu64, ivar64, out, xmu, xhat, keep_nodes, ab, redo,
                     w.c0, stream, 0, N, w.c0, w.c1, xc)
@@ -229,7 +228,8 @@ cdef int _forward(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                   const floating* gamma, const floating* beta, double eps,
                   floating* out, floating* xmu, floating* xhat, bint keep_nodes,
                   floating* mu, floating* var, floating* sqrtvar, floating* ivar,
-                  double* mu64, double* ivar64, double* m2, bint given_stats, double* pmean, double* pm2,
+                  double* mu64, double* ivar64, double* m2, bint use_batch_stats,
+                  double* pmean, double* pm2,
                   double* shift, Py_ssize_t K, int n_threads, int passes=BOTH,
                   floating* xc=NULL) except -1:
     # the fused forward over raw pointers (the (N, C, S) arrays C-contiguous,
@@ -264,24 +264,24 @@ cdef int _forward(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
             for t in range(n_tasks(1, C, FB)):
                 _forward_strip(task_bounds(t, 1, N, C, FB), x, N, C, S, gamma, beta, eps,
                                out, xmu, xhat, keep_nodes, mu, var, sqrtvar, ivar, mu64,
-                               ivar64, m2, given_stats, pmean, pm2, shift, ab, redo, stream,
+                               ivar64, m2, use_batch_stats, pmean, pm2, shift, ab, redo, stream,
                                xc)
         elif K == 1 and passes == BOTH:
             # strips: statistics and normalization of a block in one task
             for t in prange(n_tasks(1, C, FB), schedule='static', num_threads=n_threads):
                 _forward_strip(task_bounds(t, 1, N, C, FB), x, N, C, S, gamma, beta, eps,
                                out, xmu, xhat, keep_nodes, mu, var, sqrtvar, ivar, mu64,
-                               ivar64, m2, given_stats, pmean, pm2, shift, ab, redo, stream,
+                               ivar64, m2, use_batch_stats, pmean, pm2, shift, ab, redo, stream,
                                xc)
         else:
-            if not given_stats and passes & REDUCE:
+            if use_batch_stats and passes & REDUCE:
                 # pass 1: partial statistics of every (chunk, block) task
                 stats_pass(x, N, C, S, shift, pmean, pm2, K, n_threads)
             # merge the chunks in order (Chan), per block of channels
             for b in prange((C + MERGE_BLOCK - 1) // MERGE_BLOCK, schedule='static',
                             num_threads=n_threads):
                 _block_stats(b * MERGE_BLOCK, min(C, (b + 1) * MERGE_BLOCK), N, S, K, C, eps,
-                             given_stats, gamma, beta, mu, var, sqrtvar, ivar, mu64, ivar64,
+                             use_batch_stats, gamma, beta, mu, var, sqrtvar, ivar, mu64, ivar64,
                              m2, shift, pmean, pm2, ab)
             # pass 2: normalize
             for t in prange(n_tasks(K, C, FB) if passes & SWEEP else 0, schedule='static',
@@ -300,7 +300,7 @@ def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
             floating[:, :, ::1] xmu, floating[:, :, ::1] xhat,
             bint keep_nodes, floating[::1] mu, floating[::1] var,
             floating[::1] sqrtvar, floating[::1] ivar, double[::1] mu64,
-            double[::1] ivar64, double[::1] m2, bint given_stats, double[:, ::1] pmean,
+            double[::1] ivar64, double[::1] m2, bint use_batch_stats, double[:, ::1] pmean,
             double[:, ::1] pm2, double[::1] shift, int n_threads, int passes=BOTH,
             floating[:, :, ::1] xcopy=None):
     """Batch statistics and normalized output in two passes over ``x``.
@@ -310,9 +310,10 @@ def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
     statistics are written to ``mu``, ``var``, ``sqrtvar``, ``ivar`` in x's
     dtype and to ``mu64``/``ivar64`` in float64 (what the normalization and a
     minimal-cache backward use), the sums of squared deviations to ``m2``
-    (float64; left as they are with ``given_stats``). ``xmu`` and ``xhat`` are written only when
-    ``keep_nodes`` (pass ``out`` for both otherwise). With ``given_stats`` the
-    statistics pass is skipped: ``mu`` and ``var`` are read (eval mode).
+    (float64; left as they are without ``use_batch_stats``). ``xmu`` and ``xhat`` are
+    written only when ``keep_nodes`` (pass ``out`` for both otherwise). Without
+    ``use_batch_stats`` the statistics pass is skipped: ``mu`` and ``var`` are read
+    (eval mode).
     With K == 1 each task owns a strip (all rows of its channels) and
     normalizes it right after reducing it, while it is still in cache.
     ``passes`` (the benchmark's per-sweep table): ``REDUCE`` runs the
@@ -331,7 +332,7 @@ def forward(const floating[:, :, ::1] x, const floating[::1] gamma,
         xc = &xcopy[0, 0, 0]
     _forward(&x[0, 0, 0], x.shape[0], x.shape[1], x.shape[2], &gamma[0], &beta[0], eps,
              &out[0, 0, 0], &xmu[0, 0, 0], &xhat[0, 0, 0], keep_nodes, &mu[0], &var[0],
-             &sqrtvar[0], &ivar[0], &mu64[0], &ivar64[0], &m2[0], given_stats,
+             &sqrtvar[0], &ivar[0], &mu64[0], &ivar64[0], &m2[0], use_batch_stats,
              &pmean[0, 0], &pm2[0, 0], &shift[0], pmean.shape[0], n_threads, passes, xc)
 
 
@@ -457,7 +458,7 @@ cdef inline void _dx_rows_f32(const float* dout, const float* x, Py_ssize_t C, P
 
 
 cdef inline void _block_coef(Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t K, Py_ssize_t C,
-                             double M, bint batch_stats,
+                             double M, bint use_batch_stats,
                              const floating* gamma, const double* mu64,
                              const double* ivar64, floating* dgamma,
                              floating* dbeta, const double* psum,
@@ -478,7 +479,7 @@ cdef inline void _block_coef(Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t K, Py_ssiz
         dgamma[c] = <floating>sdx
         a = gamma[c] * ivar64[c]
         coef[c] = a
-        if batch_stats:
+        if use_batch_stats:
             coef[C + c] = -a * sd / M
             coef[2 * C + c] = -a * sdx / M
         else:
@@ -529,14 +530,14 @@ cdef inline void _backward_strip(Task w, const floating* dout, const floating* s
                                  Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, bint from_x,
                                  const double* mu64, const double* ivar64,
                                  const floating* gamma, floating* dx, floating* dgamma,
-                                 floating* dbeta, bint batch_stats, double* psum, double* pdot,
+                                 floating* dbeta, bint use_batch_stats, double* psum, double* pdot,
                                  double* coef, float* afg, Py_ssize_t* redo,
                                  bint stream) noexcept nogil:
     # one strip task of _backward (K == 1): sums, coefficients and dx of
     # every row of channels [w.c0, w.c1)
     _sums_rows(dout, src, C, S, from_x, mu64, ivar64, 0, N, w.c0, w.c1, psum + w.c0,
                pdot + w.c0)
-    _block_coef(w.c0, w.c1, 1, C, <double>N * S, batch_stats, gamma, mu64, ivar64, dgamma,
+    _block_coef(w.c0, w.c1, 1, C, <double>N * S, use_batch_stats, gamma, mu64, ivar64, dgamma,
                 dbeta, psum, pdot, coef, afg)
     _dx_task(dout, src, C, S, from_x, mu64, ivar64, coef, afg, redo, w.c0, stream, dx, 0, N,
              w.c0, w.c1)
@@ -545,7 +546,7 @@ cdef inline void _backward_strip(Task w, const floating* dout, const floating* s
 cdef int _backward(const floating* dout, const floating* src, Py_ssize_t N, Py_ssize_t C,
                    Py_ssize_t S, bint from_x, const double* mu64, const double* ivar64,
                    const floating* gamma, floating* dx, floating* dgamma, floating* dbeta,
-                   bint batch_stats, double* psum, double* pdot, double* coef,
+                   bint use_batch_stats, double* psum, double* pdot, double* coef,
                    Py_ssize_t K, int n_threads, int passes=BOTH) except -1:
     # the closed-form backward over raw pointers: what ``backward`` and
     # ``backward_tensor`` share. Raises only MemoryError, before anything is
@@ -572,13 +573,13 @@ cdef int _backward(const floating* dout, const floating* src, Py_ssize_t N, Py_s
             # strips on one thread: no OpenMP region (as in _forward)
             for t in range(n_tasks(1, C, FB)):
                 _backward_strip(task_bounds(t, 1, N, C, FB), dout, src, N, C, S, from_x, mu64,
-                                ivar64, gamma, dx, dgamma, dbeta, batch_stats, psum, pdot,
+                                ivar64, gamma, dx, dgamma, dbeta, use_batch_stats, psum, pdot,
                                 coef, afg, redo, stream)
         elif K == 1 and passes == BOTH:
             # strips: sums, coefficients and dx of a block in one task
             for t in prange(n_tasks(1, C, FB), schedule='static', num_threads=n_threads):
                 _backward_strip(task_bounds(t, 1, N, C, FB), dout, src, N, C, S, from_x, mu64,
-                                ivar64, gamma, dx, dgamma, dbeta, batch_stats, psum, pdot,
+                                ivar64, gamma, dx, dgamma, dbeta, use_batch_stats, psum, pdot,
                                 coef, afg, redo, stream)
         else:
             # pass 1: partial sums of every (chunk, block) task
@@ -590,7 +591,7 @@ cdef int _backward(const floating* dout, const floating* src, Py_ssize_t N, Py_s
             for b in prange((C + MERGE_BLOCK - 1) // MERGE_BLOCK, schedule='static',
                             num_threads=n_threads):
                 _block_coef(b * MERGE_BLOCK, min(C, (b + 1) * MERGE_BLOCK), K, C, M,
-                            batch_stats, gamma, mu64, ivar64, dgamma, dbeta, psum, pdot, coef,
+                            use_batch_stats, gamma, mu64, ivar64, dgamma, dbeta, psum, pdot, coef,
                             afg)
             # pass 2: dx
             for t in prange(n_tasks(K, C, FB) if passes & SWEEP else 0, schedule='static',
@@ -606,14 +607,14 @@ cdef int _backward(const floating* dout, const floating* src, Py_ssize_t N, Py_s
 def backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] src,
              bint from_x, const double[::1] mu64, const double[::1] ivar64,
              const floating[::1] gamma, floating[:, :, ::1] dx,
-             floating[::1] dgamma, floating[::1] dbeta, bint batch_stats,
+             floating[::1] dgamma, floating[::1] dbeta, bint use_batch_stats,
              double[:, ::1] psum, double[:, ::1] pdot, double[:, ::1] coef,
              int n_threads, int passes=BOTH):
     """Closed-form gradients dx, dgamma, dbeta in two passes over the data.
 
     ``src`` is ``xhat`` (full cache) or ``x`` (``from_x``, minimal cache; xhat
     is recomputed from ``mu64`` and ``ivar64``). ``psum``/``pdot`` (K, C) hold
-    per-chunk partial sums, ``coef`` (3, C) is scratch. ``batch_stats`` false
+    per-chunk partial sums, ``coef`` (3, C) is scratch. ``use_batch_stats`` false
     gives the eval-mode gradient, where mu and ivar are constants. With
     K == 1 each task owns a strip and writes its dx right after reducing it,
     while dout and src are still in cache. ``passes`` as in ``forward``: the
@@ -623,7 +624,7 @@ def backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] src,
         return
     _backward(&dout[0, 0, 0], &src[0, 0, 0], dout.shape[0], dout.shape[1], dout.shape[2],
               from_x, &mu64[0], &ivar64[0], &gamma[0], &dx[0, 0, 0], &dgamma[0], &dbeta[0],
-              batch_stats, &psum[0, 0], &pdot[0, 0], &coef[0, 0], psum.shape[0], n_threads,
+              use_batch_stats, &psum[0, 0], &pdot[0, 0], &coef[0, 0], psum.shape[0], n_threads,
               passes)
 
 
@@ -673,7 +674,7 @@ def copy(const floating[::1] src, floating[::1] dst, int n_threads):
 cdef inline void _double_channel(const floating[:, :, ::1] ggx, bint has_ggx,
                                  const floating[:, :, ::1] dout,
                                  const floating[:, :, ::1] x, double m, double r,
-                                 double g, double ag, double ab, bint batch_stats,
+                                 double g, double ag, double ab, bint use_batch_stats,
                                  floating[:, :, ::1] ddout, floating[:, :, ::1] dx,
                                  double* dgamma, Py_ssize_t c) noexcept nogil:
     # one channel of the double backward, in two passes over its values
@@ -691,7 +692,7 @@ cdef inline void _double_channel(const floating[:, :, ::1] ggx, bint has_ggx,
             sd += dy
             sdx += dy * xh
             sad += a * dy
-    if batch_stats:
+    if use_batch_stats:
         inner = sad - sa * sd / M - sax * sdx / M       # <a, P(dy)>
         dgamma[0] = r * inner
         for n in range(N):
@@ -720,7 +721,7 @@ def double_backward(const floating[:, :, ::1] ggx, bint has_ggx,
                     const floating[:, :, ::1] dout, const floating[:, :, ::1] x,
                     const double[::1] mu64, const double[::1] ivar64,
                     const double[::1] gamma, const double[::1] ggw,
-                    const double[::1] ggb, bint batch_stats,
+                    const double[::1] ggb, bint use_batch_stats,
                     floating[:, :, ::1] ddout, floating[:, :, ::1] dx,
                     double[::1] dgamma, int n_threads):
     """Second derivatives: the gradients of ``<ggx, dx> + <ggw, dgamma> + <ggb, dbeta>``
@@ -730,7 +731,7 @@ def double_backward(const floating[:, :, ::1] ggx, bint has_ggx,
     P(v) = v - mean(v) - xhat * mean(v * xhat) (the docs' "Double backward"):
     ``ddout = g*r*P(a) + ggw*xhat + ggb``, ``dgamma = r * <a, P(dout)>``,
     ``dx = g*r^2/M * (-xhat*<a, P(dout)> - <a, xhat>*P(dout) - <dout, xhat>*P(a))
-    + ggw*r*P(dout)``. With ``batch_stats`` false (eval mode: mu and r
+    + ggw*r*P(dout)``. With ``use_batch_stats`` false (eval mode: mu and r
     constants) P is the identity and ``dx = ggw*r*dout``. ``has_ggx`` false
     reads ``ggx`` as zeros (pass any array of the right shape). Sums in
     float64, one channel per task in a fixed order: bitwise the same for any
@@ -739,7 +740,7 @@ def double_backward(const floating[:, :, ::1] ggx, bint has_ggx,
     cdef Py_ssize_t C = dout.shape[1], c
     for c in prange(C, nogil=True, schedule='static', num_threads=n_threads):
         _double_channel(ggx, has_ggx, dout, x, mu64[c], ivar64[c], gamma[c], ggw[c], ggb[c],
-                        batch_stats, ddout, dx, &dgamma[c], c)
+                        use_batch_stats, ddout, dx, &dgamma[c], c)
 
 
 ctypedef fused running_t:
@@ -829,7 +830,7 @@ cdef int _forward_at(const floating* x, floating* out, Py_ssize_t N, Py_ssize_t 
         memset(stats + 2 * C, 0, C * sizeof(double))
     try:
         _forward(x, N, C, S, gamma, beta, eps, out, out, out, False, mu, var,
-                 vals + 2 * C, vals + 3 * C, stats, stats + C, stats + 2 * C, not training,
+                 vals + 2 * C, vals + 3 * C, stats, stats + C, stats + 2 * C, training,
                  work, work + K * C, work + 2 * K * C, K, n_threads)
         if training and (running_mean != NULL or running_var != NULL):
             _update_running_same(running_mean, running_var, stats, stats + 2 * C, C,

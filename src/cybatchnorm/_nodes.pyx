@@ -35,18 +35,19 @@ cdef enum:
     OP_SUB = 1
     OP_MUL = 2
     OP_MUL2 = 3     # 2 * x * p, as sq_backward writes it
-    OP_ADD_MUL2 = 4 # o + 2 * x * p: sq_backward adding into the other branch's
-                    # gradient (the product rounded first, as branch_sum sees it)
+    # o + 2 * x * p: sq_backward adding into the other branch's gradient (the
+    # product rounded first, as branch_sum sees it)
+    OP_ADD_MUL2 = 4
 
 
 # ---------------------------------------------------------------- helpers
 
 cdef inline void _node_sum_rows(const floating[:, :, ::1] a,
-                              const floating[:, :, ::1] b, bint with_b,
-                              const floating* p, floating* out,
-                              bint with_out, Py_ssize_t r0, Py_ssize_t r1,
-                              Py_ssize_t c0, Py_ssize_t c1,
-                              f64_out acc) noexcept nogil:
+                                const floating[:, :, ::1] b, bint with_b,
+                                const floating* p, floating* out,
+                                bint with_out, Py_ssize_t r0, Py_ssize_t r1,
+                                Py_ssize_t c0, Py_ssize_t c1,
+                                f64_out acc) noexcept nogil:
     # acc[c] = sum of a (or a * b) over rows [r0, r1) of channel c0 + c and,
     # in the same pass, out = a * p[channel] when with_out (out may be a);
     # acc restrict-qualified, as the fused sums' (float64 data cannot alias it)

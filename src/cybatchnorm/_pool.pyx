@@ -154,7 +154,7 @@ cdef class Block:
             _give_back(self.ptr, self.nbytes)
 
 
-def set_limit(Py_ssize_t nbytes):
+def set_pool_limit(Py_ssize_t nbytes):
     """Set the pool's limit in bytes (0: no pooling); return the previous one.
     Buffers held beyond the new limit are released now."""
     global _limit
@@ -181,12 +181,12 @@ cdef Py_ssize_t _trim(Py_ssize_t keep):
     return freed
 
 
-def release():
+def release_pool():
     """Return every held buffer to the system; the number of bytes released."""
     return _trim(0)
 
 
-def info():
+def pool_info():
     """The pool's state: limit, bytes and buffers held, reuses and fresh allocations."""
     PyThread_acquire_lock(_lock, WAIT_LOCK)
     d = {"limit": _limit, "held": _held, "buffers": _count, "reused": _hits,

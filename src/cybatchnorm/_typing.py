@@ -7,7 +7,7 @@ float64. Nothing is checked there: ``cybatchnorm._validation`` checked it.
 """
 from __future__ import annotations
 
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -15,7 +15,7 @@ import numpy.typing as npt
 #: the dtypes the kernels compute in (``_validation.DTYPES``)
 Float = TypeVar("Float", np.float32, np.float64)
 #: an array of either supported dtype
-FloatArray = npt.NDArray[Union[np.float32, np.float64]]
+FloatArray = npt.NDArray[np.float32 | np.float64]
 #: float64 per-channel statistics and scratch
 F64Array = npt.NDArray[np.float64]
 #: any array of any dtype, as the kernels' typed memoryviews accept after validation

@@ -9,11 +9,11 @@ Full-size arrays of shape (N, C, *spatial) are handed to the kernels as the
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 import math
 import numbers
 import operator
-from collections.abc import Iterable, Sequence
-from typing import IO, Any, NamedTuple, Optional, cast
+from typing import IO, Any, NamedTuple, cast
 
 import numpy as np
 
@@ -120,7 +120,7 @@ def check_out(name: str, out: Any, shape: Sequence[int], dtype: Any, inputs: Ite
     It must be a writable, C-contiguous ``dtype`` array of exactly ``shape``
     that shares no memory with ``inputs``, except that it may *be* one of
     ``allow`` (the very same array object: an elementwise kernel may then
-    work in place, as :func:`cybatchnorm.graph.branch_sum` does on request).
+    work in place, as :func:`cybatchnorm.nodes.branch_sum` does on request).
     """
     if not isinstance(out, np.ndarray) or isinstance(out, (np.matrix, np.ma.MaskedArray)):
         # a matrix cannot take the (N, C, S) view; a masked array's mask would be ignored
@@ -229,10 +229,10 @@ class ForwardArgs(NamedTuple):
     gamma: AnyArray         # contiguous, typed (the caller's own when they were)
     beta: AnyArray
     eps: float
-    stats: Optional[tuple[AnyArray, AnyArray]]  # None (batch statistics) or (mean, var)
+    stats: tuple[AnyArray, AnyArray] | None  # None (batch statistics) or (mean, var)
     kind: str               # "full" or "minimal"
-    out: Optional[AnyArray]   # the caller's out, or None
-    out3: Optional[AnyArray]  # its (N, C, S) view
+    out: AnyArray | None   # the caller's out, or None
+    out3: AnyArray | None  # its (N, C, S) view
     nt: int
     copy_x: bool = False    # the kernel keeps its own copy of x3 (a minimal cache of a layer)
 

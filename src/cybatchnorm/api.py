@@ -3,14 +3,15 @@ batchnorm_backward_fused; the Cache they pass along lives in ``_cache``.
 
 Each function validates its arguments once (``_validation``), then runs the
 unchecked engine (``_engine``, the only importer of the compiled kernels) and
-wraps the results. A call goes: this file -> ``_validation`` -> ``_engine``
-(``graph`` for the staged walk): three files from a call to its kernel.
+wraps the results. A call goes: this file -> ``_validation`` (returns) ->
+``_engine`` -> the kernel; the staged backward: this file -> ``staged`` ->
+``_node_ops`` -> each node's kernel.
 """
 from __future__ import annotations
 
 from typing import Literal
 
-from . import _engine, graph
+from . import _engine, staged
 from ._cache import Cache
 from ._typing import AnyArray, ArrayLike, F64Array
 from ._validation import DEFAULT_EPS, ForwardArgs, backward_args, forward_args
@@ -34,7 +35,7 @@ def run_forward_m2(a: ForwardArgs) -> tuple[AnyArray, Cache, F64Array]:
     batch statistics (what the running variance is updated from)."""
     keep = a.kind == "full"
     out3 = a.out3 if a.out3 is not None else _engine.empty(a.x3.shape, a.dtype)
-    values = _engine.forward(a.x3, a.gamma, a.beta, a.eps, out3, keep, a.stats, a.nt,
+    values = _engine.fused_forward(a.x3, a.gamma, a.beta, a.eps, out3, keep, a.stats, a.nt,
                              frozen=True, copy_x=a.copy_x)
     if keep:
         values["xmu"] = values["xmu"].reshape(a.shape)
@@ -158,7 +159,7 @@ def batchnorm_backward(dout: ArrayLike, cache: Cache, *, num_threads: int | None
     True
     """
     g3, nt, dx3 = backward_args(dout, cache, num_threads, dx)
-    dx3, dgamma, dbeta = graph._staged_backward(g3, cache, nt, dx3)
+    dx3, dgamma, dbeta = staged.walk(g3, cache, nt, dx3)
     return (dx if dx is not None else dx3.reshape(cache.x_shape)), dgamma, dbeta
 
 
@@ -220,6 +221,6 @@ def batchnorm_backward_fused(dout: ArrayLike, cache: Cache, *, num_threads: int 
         dx3 = _engine.empty(g3.shape, cache.dtype)
     from_x = cache.x is not None       # a minimal cache (check_cache saw it hold x)
     src = (cache.x if cache.x is not None else cache.xhat).reshape(g3.shape)
-    dgamma, dbeta = _engine.backward(g3, src, from_x, cache.mu64, cache.ivar64, cache.gamma, dx3,
-                                     cache.mode == "train", nt)
+    dgamma, dbeta = _engine.fused_backward(g3, src, from_x, cache.mu64, cache.ivar64,
+                                           cache.gamma, dx3, cache.mode == "train", nt)
     return (dx if dx is not None else dx3.reshape(cache.x_shape)), dgamma, dbeta

@@ -23,6 +23,7 @@ fresh memory included) and with outputs passed in (``out=``, ``dx=``; torch's
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 import json
 import os
 import platform
@@ -31,7 +32,6 @@ import sys
 import textwrap
 import time
 import tracemalloc
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,11 +39,10 @@ import numpy as np
 from . import _engine
 from ._config import openmp_runtimes
 from ._typing import AnyArray
-from ._validation import check_num_threads
-from ._validation import DEFAULT_EPS
+from ._validation import DEFAULT_EPS, check_num_threads
+from ._version import __version__
 from .api import batchnorm_backward, batchnorm_backward_fused, batchnorm_forward
 from .layer import BatchNorm
-from ._version import __version__
 
 CASES = ["32x16", "256x1024", "4096x1024", "65536x256", "512x16384", "32x64x56x56"]
 EPS = DEFAULT_EPS
@@ -535,7 +534,7 @@ def caches() -> dict[str, str]:
         return out
     for e in entries:
         try:
-            def read(n: str) -> str:
+            def read(n: str, e: str = e) -> str:
                 with open(os.path.join(base, e, n)) as fh:
                     return fh.read().strip()
             kind = read("type")

@@ -27,8 +27,14 @@ from . import _engine
 from ._typing import AnyArray, ArrayLike
 from ._validation import DEFAULT_EPS, full, layer_state
 from .layer import BatchNorm
-from .split import (backward_elementwise, backward_reduce, batch_stats, inverse_std, merge_m2,
-                    normalize)
+from .split import (
+    backward_elementwise,
+    backward_reduce,
+    batch_stats,
+    inverse_std,
+    merge_m2,
+    normalize,
+)
 
 __all__ = ["SyncBatchNorm"]
 

@@ -2,16 +2,16 @@
 "implement it yourself" exercises.
 
 :func:`check_node` runs a learner's numpy backward of one node of the graph
-and the compiled ``graph.<name>_backward`` on the same seeded inputs of
+and the compiled ``nodes.<name>_backward`` on the same seeded inputs of
 several shapes, and prints a table in the style of Karpathy's ``cmp``: for
 each returned gradient, whether it is exactly the kernel's, whether it is
 close, and the largest difference.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 import inspect
 import sys
-from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import Any, TextIO
 
@@ -49,7 +49,7 @@ def check_node(name: str, backward: Callable[..., Any], *, seed: int = 0,
                shapes: Sequence[Sequence[int]] = SHAPES, file: TextIO | None = None) -> bool:
     """Check your backward of one node against the compiled kernel.
 
-    Your function is called exactly as the compiled ``graph.<name>_backward``
+    Your function is called exactly as the compiled ``nodes.<name>_backward``
     is: with the node's upstream gradient ``d<name>`` and what the node saved
     in the forward pass (for example ``sq_backward(dsq, xmu)``), and must
     return the same gradients, in the same order, of the same shapes (one
@@ -112,7 +112,7 @@ def check_node(name: str, backward: Callable[..., Any], *, seed: int = 0,
         inspect.signature(backward).bind(*range(nargs))
     except TypeError as err:
         raise TypeError(f"backward: check_node({name!r}, ...) calls {_signature(node)}, as "
-                        f"graph.{name}_backward is called; your function cannot take "
+                        f"nodes.{name}_backward is called; your function cannot take "
                         f"{nargs} argument{'s' if nargs > 1 else ''}: {err}") from None
     except ValueError:
         pass        # no signature to read (a builtin): the call itself will tell

@@ -6,9 +6,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .api import batchnorm_backward, batchnorm_forward
 from ._typing import AnyArray, ArrayLike
 from ._validation import DEFAULT_EPS, check_eps, check_step, feature, full
+from .api import batchnorm_backward, batchnorm_forward
 
 __all__ = ["GradientCheck", "check_gradients", "relative_error"]
 

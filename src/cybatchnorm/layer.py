@@ -7,10 +7,10 @@ from typing import Any, Literal
 import numpy as np
 
 from . import _engine
-from .api import batchnorm_backward, batchnorm_backward_fused, run_forward_m2
 from ._cache import Cache
 from ._typing import AnyArray, ArrayLike
 from ._validation import DEFAULT_EPS, forward_args, layer_args, layer_state, state_dict_args
+from .api import batchnorm_backward, batchnorm_backward_fused, run_forward_m2
 
 __all__ = ["BatchNorm"]
 

@@ -65,7 +65,7 @@ def set_pool_limit(nbytes: int) -> int:
     >>> _ = bn.set_pool_limit(old)
     """
     limit = pool_bytes(nbytes)
-    old = _engine.pool_set_limit(limit)
+    old = _engine.set_pool_limit(limit)
     for _, on_limit in _PEERS:
         on_limit(limit)
     return old
@@ -84,7 +84,7 @@ def release_pool() -> int:
     >>> bn.pool_info()["held"]
     0
     """
-    return _engine.pool_release() + sum(release() for release, _ in _PEERS)
+    return _engine.release_pool() + sum(release() for release, _ in _PEERS)
 
 
 def pool_info() -> dict[str, int]:

@@ -27,8 +27,15 @@ import numpy as np
 
 from . import _engine
 from ._typing import AnyArray, ArrayLike, F64Array
-from ._validation import (check_num_threads, f64_vector, feature, full, per_shard,
-                          positive_count, shard_counts)
+from ._validation import (
+    check_num_threads,
+    f64_vector,
+    feature,
+    full,
+    per_shard,
+    positive_count,
+    shard_counts,
+)
 
 __all__ = ["batch_stats", "merge_stats", "normalize", "backward_reduce", "backward_elementwise"]
 

@@ -14,8 +14,8 @@ import html.parser
 import os
 import re
 import urllib.error
-import urllib.request
 from urllib.parse import unquote, urldefrag, urljoin, urlsplit
+import urllib.request
 
 import pytest
 from selenium.webdriver.support.ui import WebDriverWait

@@ -6,4 +6,4 @@ import os
 
 if os.environ.get("CYBATCHNORM_REQUIRE_TORCH"):
     import expecttest  # noqa: F401  (torch's module_db needs it)
-    import torch   # noqa: F401  (an ImportError here fails the torch env loudly)
+    import torch  # noqa: F401  (an ImportError here fails the torch env loudly)

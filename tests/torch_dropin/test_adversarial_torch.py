@@ -7,8 +7,8 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-import cybatchnorm as bn                                   # noqa: E402
-import cybatchnorm.torch as cbt                            # noqa: E402
+import cybatchnorm as bn  # noqa: E402
+import cybatchnorm.torch as cbt  # noqa: E402
 
 
 def _exact_batches(dtype, C=5, steps=5, seed=0):

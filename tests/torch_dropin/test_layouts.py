@@ -6,9 +6,10 @@ import pytest
 torch = pytest.importorskip(
     "torch", reason="PyTorch not installed: pip install cybatchnorm[torch] (tox -e torch runs these)")
 
-import cybatchnorm.torch as cbt  # noqa: E402
-from cybatchnorm.torch import _ops  # noqa: E402
 from raised import raised  # noqa: E402
+
+import cybatchnorm.torch as cbt  # noqa: E402
+from cybatchnorm.torch import _layout  # noqa: E402
 
 F64 = torch.float64
 CL = {4: torch.channels_last, 5: torch.channels_last_3d}
@@ -19,8 +20,8 @@ def test_channels_last_is_read_in_place_and_kept(shape):
     fmt = CL[len(shape)]
     x = torch.randn(shape, dtype=F64).to(memory_format=fmt)
     # the kernels' view of channels_last input is x's own memory: an (N*S, C, 1) matrix
-    assert _ops._layout(x) == "nsc"
-    view = _ops._view3(x, "nsc")
+    assert _layout.layout_of(x) == "nsc"
+    view = _layout.view3(x, "nsc")
     assert view.shape == (x.numel() // shape[1], shape[1], 1)
     assert np.shares_memory(view, x.numpy())
     ours = cbt.BatchNorm(shape[1], dtype=F64)
@@ -40,7 +41,7 @@ def test_channels_last_is_read_in_place_and_kept(shape):
 
 def test_other_strides_are_copied_and_correct():
     x = torch.randn(6, 4, 5, dtype=F64).transpose(0, 2).contiguous().transpose(0, 2)
-    assert _ops._layout(x) is None
+    assert _layout.layout_of(x) is None
     ours, theirs = cbt.BatchNorm1d(4, dtype=F64), torch.nn.BatchNorm1d(4, dtype=F64)
     torch.testing.assert_close(ours(x), theirs(x), rtol=1e-12, atol=1e-12)
     expanded = torch.randn(1, 4, dtype=F64).expand(5, 4) + torch.arange(5.0, dtype=F64)[:, None]

@@ -19,10 +19,10 @@ import pytest
 torch = pytest.importorskip(
     "torch", reason="PyTorch not installed: pip install cybatchnorm[torch] (tox -e torch runs these)")
 pytest.importorskip("expecttest", reason="torch's test utilities need expecttest")
+from raised import raised  # noqa: E402
 from torch.testing._internal import common_modules  # noqa: E402
 
 import cybatchnorm.torch as cbt  # noqa: E402
-from raised import raised  # noqa: E402
 
 INFOS = [m for m in common_modules.module_db
          if m.module_cls in (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)]
@@ -48,9 +48,9 @@ def build(info, sample, dtype, training):
     ours = OURS[info.module_cls](*args, **kwargs).to(dtype)
     gen = torch.Generator().manual_seed(7)
     with torch.no_grad():
-        for name, p in theirs.named_parameters():
+        for _, p in theirs.named_parameters():
             p.copy_(torch.rand(p.shape, generator=gen, dtype=dtype) + 0.5)
-        for name, b in theirs.named_buffers():
+        for _, b in theirs.named_buffers():
             if b.is_floating_point():
                 b.copy_(torch.rand(b.shape, generator=gen, dtype=dtype) + 0.5)
     ours.load_state_dict(theirs.state_dict())
@@ -129,7 +129,7 @@ def test_samples_gradgrad(info, training):
         params = list(ours.parameters())
         state = copy.deepcopy(ours.state_dict())
 
-        def fn(x, *p):
+        def fn(x, *p, ours=ours, state=state):
             ours.load_state_dict(state)      # the same running statistics every call
             return torch.func.functional_call(ours, dict(zip(
                 [n for n, _ in ours.named_parameters()], p)), (x,))
@@ -163,7 +163,7 @@ def test_error_inputs_raise_as_torch(info, training):
             # eps < 0; whatever torch does, we do, word for word
             theirs = info.module_cls(*args, **kwargs).eval()
             x = sample.forward_input.args[0]
-            assert raised(lambda: ours(x)) == raised(lambda: theirs(x))
+            assert raised(lambda: ours(x)) == raised(lambda: theirs(x))  # noqa: B023 (called at once)
         for k, v in ours.state_dict().items():
             assert torch.equal(v, before[k]), k
 

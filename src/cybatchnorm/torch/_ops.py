@@ -23,7 +23,6 @@ rounded once, as close to the exact result as the dtype allows). Arguments are
 checked once, by ``_checks.check_batch_norm``, in the forward operator; the
 backward operators receive what the forward accepted.
 """
-import math
 from typing import Any, Optional
 
 import numpy as np
@@ -32,93 +31,21 @@ from torch import Tensor
 
 from .. import _engine
 from . import _outputs
-from .._validation import check_num_threads
-from ._checks import REDUCED, check_batch_norm, check_not_tracing, check_transforms
-
-_F64 = torch.float64
-
-
-def _threads(num_threads: Any, size: Any) -> int:
-    # 0 stands for "all cores" in the operator schemas (an int, not Optional)
-    return check_num_threads(num_threads if num_threads > 0 else None, size)
-
-
-def _compute_dtype(x: Any) -> torch.dtype:
-    return torch.float64 if x.dtype in REDUCED else x.dtype
-
-
-def _spatial(t: Any) -> int:
-    return math.prod(t.shape[2:])
-
-
-def _is_layout(t: Tensor, layout: Any) -> bool:
-    if layout == "ncs":
-        return t.is_contiguous()
-    return t.dim() > 2 and t.movedim(1, -1).is_contiguous()
-
-
-def _layout(t: Any) -> Any:
-    """How the kernels read ``t`` in place: "ncs" (contiguous: an (N, C, S)
-    array), "nsc" (channels last: an (N*S, C, 1) matrix), or None (neither:
-    it needs a copy)."""
-    for layout in ("ncs", "nsc"):
-        if _is_layout(t, layout):
-            return layout
-    return None
-
-
-def _in_layout(t: Tensor, layout: Any) -> Tensor:
-    """``t`` dense in ``layout``, copied only when it is not already."""
-    if _is_layout(t, layout):
-        return t
-    if layout == "ncs":
-        return t.contiguous()
-    return t.movedim(1, -1).contiguous().movedim(-1, 1)
-
-
-def _view3(t: Any, layout: Any) -> Any:
-    """The kernels' 3-D numpy view of a tensor dense in ``layout`` (no copy)."""
-    N, C, S = t.shape[0], t.shape[1], _spatial(t)
-    t = t.detach()
-    if layout == "ncs":
-        a = t.numpy()
-        if a.flags.c_contiguous:        # always, for "ncs": then reshape is a view
-            return a.reshape(N, C, S)
-        return t.view(N, C, S).numpy()
-    return t.movedim(1, -1).view(N * S, C, 1).numpy()
-
-
-def _prepare(x: Any, dtype: Any) -> tuple[Tensor, Any]:
-    """x in the computation dtype and a layout the kernels read in place."""
-    x = x.detach()
-    if x.dtype != dtype:
-        x = x.to(dtype)          # keeps the memory format
-    layout = _layout(x)
-    if layout is None:
-        x, layout = x.contiguous(), "ncs"
-    return x, layout
-
-
-def _out_like(x: Any) -> Tensor:
-    """An output for ``x``: x's memory format when the kernels read x in place."""
-    if _layout(x) is not None:
-        return torch.empty_like(x)
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
-
-
-_NUMPY: dict[torch.dtype, np.dtype[Any]] = {torch.float32: np.dtype(np.float32),
-                                           torch.float64: np.dtype(np.float64)}
-
-
-def _channel(t: Any, C: Any, dtype: Any, fill: Any) -> Any:
-    """A (C,) parameter as a contiguous numpy array of ``dtype`` (a view when it already is)."""
-    if t is None:
-        return np.full(C, fill, dtype=_NUMPY[dtype])
-    t = t.detach()
-    if t.dtype != dtype or not t.is_contiguous():
-        t = t.to(dtype).contiguous()
-    return (t if t.dim() == 1 else t.view(C)).numpy()
-
+from ._checks import check_batch_norm, check_not_tracing, check_transforms
+from ._layout import (
+    F64,
+    NUMPY_DTYPE,
+    channel_array,
+    compute_dtype,
+    in_layout,
+    is_layout,
+    kernel_threads,
+    layout_of,
+    out_like,
+    prepare,
+    spatial_size,
+    view3,
+)
 
 # ------------------------------------------------------------------ forward
 
@@ -137,20 +64,20 @@ def _forward_impl(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
     """
     cdt = check_batch_norm(x, weight, bias, running_mean, running_var, training, eps)
     if x.dim() < 2:     # an empty 1-D input (check_batch_norm refused any other)
-        none = [torch.zeros(0, dtype=_F64) for _ in range(3)]
+        none = [torch.zeros(0, dtype=F64) for _ in range(3)]
         return x.clone(), none[0], none[1], none[2]
-    N, C, S = x.shape[0], x.shape[1], _spatial(x)
-    xc, layout = _prepare(x, cdt)
+    N, C, S = x.shape[0], x.shape[1], spatial_size(x)
+    xc, layout = prepare(x, cdt)
     out = torch.empty_like(xc)          # xc is dense in ``layout``: out is too
     if N * S == 0 or C == 0:
         # an empty batch: an empty output, statistics untouched (as torch)
-        zeros = [torch.zeros(C, dtype=_F64) for _ in range(3)]
+        zeros = [torch.zeros(C, dtype=F64) for _ in range(3)]
         return out.to(x.dtype), zeros[0], zeros[1], zeros[2]
-    x3, o3 = _view3(xc, layout), _view3(out, layout)
-    gamma, beta = _channel(weight, C, cdt, 1.0), _channel(bias, C, cdt, 0.0)
-    stats = None if training else (_channel(running_mean, C, cdt, 0.0),
-                                   _channel(running_var, C, cdt, 1.0))
-    v = _engine.forward(x3, gamma, beta, eps, o3, False, stats, _threads(num_threads, x3.size))
+    x3, o3 = view3(xc, layout), view3(out, layout)
+    gamma, beta = channel_array(weight, C, cdt, 1.0), channel_array(bias, C, cdt, 0.0)
+    stats = None if training else (channel_array(running_mean, C, cdt, 0.0),
+                                   channel_array(running_var, C, cdt, 1.0))
+    v = _engine.fused_forward(x3, gamma, beta, eps, o3, False, stats, kernel_threads(num_threads, x3.size))
     if out.dtype != x.dtype:
         out = out.to(x.dtype)
     return (out, torch.from_numpy(v["mu64"]), torch.from_numpy(v["ivar64"]),
@@ -217,8 +144,8 @@ def _forward_fake(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     cdt = check_batch_norm(x, weight, bias, running_mean, running_var, training, eps)
     C = x.shape[1] if x.dim() > 1 else 0
-    out = _out_like(x if x.dtype == cdt else x.to(cdt)).to(x.dtype)
-    return (out,) + tuple(x.new_empty((C,), dtype=_F64) for _ in range(3))
+    out = out_like(x if x.dtype == cdt else x.to(cdt)).to(x.dtype)
+    return (out,) + tuple(x.new_empty((C,), dtype=F64) for _ in range(3))
 
 
 def _save(
@@ -270,19 +197,19 @@ def _backward_impl(dout: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tens
     eval-mode gradient (statistics constant). dweight and dbias come in the
     computation dtype (float64 for float16/bfloat16 input).
     """
-    cdt = _compute_dtype(x)
+    cdt = compute_dtype(x)
     C = x.shape[1]
-    xc, layout = _prepare(x, cdt)
+    xc, layout = prepare(x, cdt)
     dx = torch.empty_like(xc)           # xc is dense in ``layout``: dx is too
-    npdt = _NUMPY[cdt]
+    npdt = NUMPY_DTYPE[cdt]
     dgamma, dbeta = np.zeros(C, npdt), np.zeros(C, npdt)
     if dx.numel():
         g = dout.detach()
-        g = _in_layout(g if g.dtype == cdt else g.to(cdt), layout)
-        g3, x3, dx3 = _view3(g, layout), _view3(xc, layout), _view3(dx, layout)
-        dgamma, dbeta = _engine.backward(g3, x3, True, mean.numpy(), invstd.numpy(),
-                                         _channel(weight, C, cdt, 1.0), dx3, training,
-                                         _threads(num_threads, x3.size))
+        g = in_layout(g if g.dtype == cdt else g.to(cdt), layout)
+        g3, x3, dx3 = view3(g, layout), view3(xc, layout), view3(dx, layout)
+        dgamma, dbeta = _engine.fused_backward(g3, x3, True, mean.numpy(), invstd.numpy(),
+                                         channel_array(weight, C, cdt, 1.0), dx3, training,
+                                         kernel_threads(num_threads, x3.size))
     if dx.dtype != x.dtype:
         dx = dx.to(x.dtype)
     return dx, torch.from_numpy(dgamma), torch.from_numpy(dbeta)
@@ -302,9 +229,9 @@ def _backward_fake(
     training: Any,
     num_threads: Any,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    cdt = _compute_dtype(x)
+    cdt = compute_dtype(x)
     C = x.shape[1]
-    dx = _out_like(x if x.dtype == cdt else x.to(cdt)).to(x.dtype)
+    dx = out_like(x if x.dtype == cdt else x.to(cdt)).to(x.dtype)
     return dx, x.new_empty((C,), dtype=cdt), x.new_empty((C,), dtype=cdt)
 
 
@@ -325,19 +252,40 @@ def _backward_grad(ctx: Any, ggx: Any, ggw: Any, ggb: Any) -> tuple[Any, ...]:
 
 # ---------------------------------------------------------- double backward
 
-@torch.library.custom_op("cybatchnorm::batch_norm_double_backward", mutates_args=())
-def batch_norm_double_backward(ggx: Optional[Tensor], ggw: Optional[Tensor],
-                               ggb: Optional[Tensor], dout: Tensor, x: Tensor,
-                               weight: Optional[Tensor], mean: Tensor, invstd: Tensor,
-                               training: bool,
-                               num_threads: int) -> tuple[Tensor, Tensor, Tensor]:
+def _double_backward_impl(ggx: Optional[Tensor], ggw: Optional[Tensor],
+                          ggb: Optional[Tensor], dout: Tensor, x: Tensor,
+                          weight: Optional[Tensor], mean: Tensor, invstd: Tensor,
+                          training: bool,
+                          num_threads: int) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients ``(ddout, dx, dweight)`` of ``<ggx, dx> + <ggw, dweight> + <ggb, dbias>``.
 
     ``ggx``, ``ggw``, ``ggb`` are the incoming gradients of
-    :func:`batch_norm_backward`'s three outputs (None for zero).
+    :func:`batch_norm_backward`'s three outputs (None for zero). The compiled
+    kernel ``double_backward`` (its docstring and the docs' "Double backward"
+    give the formulas), in the computation dtype with float64 sums, on dout,
+    x and ggx in x's layout.
     """
-    return _double_backward(ggx, ggw, ggb, dout, x, weight, mean, invstd, training,
-                            num_threads)
+    cdt = compute_dtype(x)
+    C = x.shape[1]
+    xc, layout = prepare(x, cdt)
+    g = in_layout(dout.detach().to(cdt), layout)
+    a = g if ggx is None else in_layout(ggx.detach().to(cdt), layout)
+    ddout, dx = out_like(xc), out_like(xc)
+    dgamma = torch.zeros(C, dtype=F64)
+    if xc.numel():
+        dgamma = torch.from_numpy(_engine.fused_double_backward(
+            None if ggx is None else view3(a, layout), view3(g, layout), view3(xc, layout),
+            mean.numpy(), invstd.numpy(), channel_array(weight, C, F64, 1.0),
+            channel_array(ggw, C, F64, 0.0), channel_array(ggb, C, F64, 0.0), training,
+            view3(ddout, layout), view3(dx, layout), kernel_threads(num_threads, xc.numel())))
+    pdt = weight.dtype if weight is not None else cdt
+    # in the memory formats the fake implementation promises
+    return (torch.empty_like(dout).copy_(ddout), torch.empty_like(x).copy_(dx),
+            dgamma.to(pdt))
+
+
+batch_norm_double_backward = torch.library.custom_op(
+    "cybatchnorm::batch_norm_double_backward", _double_backward_impl, mutates_args=())
 
 
 @batch_norm_double_backward.register_fake
@@ -354,42 +302,8 @@ def _double_fake(
     num_threads: Any,
 ) -> tuple[Tensor, Tensor, Tensor]:
     C = x.shape[1]
-    pdt = weight.dtype if weight is not None else _compute_dtype(x)
+    pdt = weight.dtype if weight is not None else compute_dtype(x)
     return torch.empty_like(dout), torch.empty_like(x), x.new_empty((C,), dtype=pdt)
-
-
-def _double_backward(
-    ggx: Any,
-    ggw: Any,
-    ggb: Any,
-    dout: Any,
-    x: Any,
-    weight: Any,
-    mean: Any,
-    invstd: Any,
-    training: Any,
-    num_threads: Any,
-) -> tuple[Tensor, Tensor, Tensor]:
-    # the compiled kernel ``double_backward`` (its docstring and the docs'
-    # "Double backward" give the formulas), in the computation dtype with
-    # float64 sums, on dout, x and ggx in x's layout
-    cdt = _compute_dtype(x)
-    C = x.shape[1]
-    xc, layout = _prepare(x, cdt)
-    g = _in_layout(dout.detach().to(cdt), layout)
-    a = g if ggx is None else _in_layout(ggx.detach().to(cdt), layout)
-    ddout, dx = _out_like(xc), _out_like(xc)
-    dgamma = torch.zeros(C, dtype=_F64)
-    if xc.numel():
-        dgamma = torch.from_numpy(_engine.double_backward(
-            None if ggx is None else _view3(a, layout), _view3(g, layout), _view3(xc, layout),
-            mean.numpy(), invstd.numpy(), _channel(weight, C, _F64, 1.0),
-            _channel(ggw, C, _F64, 0.0), _channel(ggb, C, _F64, 0.0), training,
-            _view3(ddout, layout), _view3(dx, layout), _threads(num_threads, xc.numel())))
-    pdt = weight.dtype if weight is not None else cdt
-    # in the memory formats the fake implementation promises
-    return (torch.empty_like(dout).copy_(ddout), torch.empty_like(x).copy_(dx),
-            dgamma.to(pdt))
 
 
 batch_norm_forward.register_autograd(_forward_grad, setup_context=_forward_setup)
@@ -426,7 +340,7 @@ class _Eager(torch.autograd.Function):
                                               training, eps, num_threads)
         if training:
             update_running_stats(running_mean, running_var, mean, m2,
-                                 x.shape[0] * _spatial(x) if x.dim() > 1 else 0, momentum)
+                                 x.shape[0] * spatial_size(x) if x.dim() > 1 else 0, momentum)
         _save(ctx, x, weight, bias, mean, invstd, training, num_threads)
         return out
 
@@ -475,7 +389,7 @@ class _Plan:
                  "shape", "stride", "dtype", "nbytes", "small", "stats", "grad")
 
     def __init__(self, x: Tensor, params: tuple[Any, ...], num_threads: int) -> None:
-        layout = _layout(x) if x.dim() > 1 else None
+        layout = layout_of(x) if x.dim() > 1 else None
         self.fast = (x.dtype in (torch.float32, torch.float64) and layout is not None
                      and x.numel() > 0
                      and all(t is None or (t.dtype == x.dtype and t.is_contiguous())
@@ -483,18 +397,18 @@ class _Plan:
         self.shape, self.stride, self.dtype = x.shape, x.stride(), x.dtype
         if not self.fast:
             return
-        N, C, S = x.shape[0], x.shape[1], _spatial(x)
+        N, C, S = x.shape[0], x.shape[1], spatial_size(x)
         self.ncs = layout == "ncs"
         self.N, self.C, self.S = (N, C, S) if self.ncs else (N * S, C, 1)
         self.f64 = x.dtype == torch.float64
         self.nbytes = x.numel() * x.element_size()
         self.small = self.nbytes < _outputs.MIN_BYTES
         # what torch.empty_like copies the cheapest: (3, C) float64 statistics
-        self.stats = torch.empty((3, C), dtype=_F64)
+        self.stats = torch.empty((3, C), dtype=F64)
         self.grad = torch.empty(C, dtype=x.dtype)
         self.K = _engine.row_chunks(self.N, C, self.S, x.element_size())
         self.omp = _engine.omp_max_threads()
-        self.threads = _threads(num_threads, x.numel())
+        self.threads = kernel_threads(num_threads, x.numel())
 
 
 _PLANS: dict[Any, _Plan] = {}
@@ -570,9 +484,9 @@ class _Fast(torch.autograd.Function):
         else:
             if dout.dtype != x.dtype:
                 dout = dout.to(x.dtype)
-            if dout.stride() != plan.stride and not _is_layout(
+            if dout.stride() != plan.stride and not is_layout(
                     dout, "ncs" if plan.ncs else "nsc"):
-                dout = _in_layout(dout, "ncs" if plan.ncs else "nsc")
+                dout = in_layout(dout, "ncs" if plan.ncs else "nsc")
             dx = torch.empty_like(x) if plan.small else _outputs.empty_strided(
                 plan.shape, plan.stride, plan.dtype, plan.nbytes)
             # (C,) gradients of x's dtype, as the parameters have
@@ -601,7 +515,7 @@ _fast_apply = _fast_apply_of(_Fast)
 _unwrap_if_dead = getattr(torch._C._functorch, "_unwrap_if_dead", lambda t: t)
 
 
-def forward(
+def run_batch_norm(
     x: Any,
     weight: Any,
     bias: Any,
@@ -635,7 +549,7 @@ def forward(
                                               training, eps, num_threads)
         if training:
             update_running_stats(running_mean, running_var, mean, m2,
-                                 x.shape[0] * _spatial(x) if x.dim() > 1 else 0, momentum)
+                                 x.shape[0] * spatial_size(x) if x.dim() > 1 else 0, momentum)
     else:
         plan = _plan(x, weight, bias, running_mean, running_var, training, eps, num_threads) \
             if isinstance(x, torch.Tensor) else None

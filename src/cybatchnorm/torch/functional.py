@@ -6,7 +6,7 @@ from torch import Tensor
 
 from .._validation import check_num_threads
 from ._checks import check_not_tracing, check_transforms
-from ._ops import forward
+from ._ops import run_batch_norm
 
 __all__ = ["batch_norm"]
 
@@ -80,5 +80,5 @@ def batch_norm(
         raise TypeError("batch_norm(): argument 'training' (position 6) must be bool, "
                         f"not {type(training).__name__}")
     momentum = _momentum(momentum)
-    return forward(input, weight, bias, running_mean, running_var, bool(training), momentum,
+    return run_batch_norm(input, weight, bias, running_mean, running_var, bool(training), momentum,
                    float(eps), threads_arg(num_threads))

@@ -4,11 +4,10 @@ compiled kernels through ``torch.ops.cybatchnorm``."""
 from typing import Any
 
 from torch import Tensor
-
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ._checks import TORCHSCRIPT
-from ._ops import forward as _batch_norm
+from ._ops import run_batch_norm
 from .functional import threads_arg
 
 __all__ = ["BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
@@ -81,10 +80,10 @@ class _CyBatchNorm(_BatchNorm):
         num_threads = self.num_threads
         # the counter is incremented once the batch was accepted: a refused
         # input changes nothing
-        return _batch_norm(
+        return run_batch_norm(
             input, self.weight, self.bias, running_mean if use else None,
             running_var if use else None, bn_training, factor, float(self.eps),
-            0 if num_threads is None else threads_arg(num_threads), seen if track else None)
+            threads_arg(num_threads), seen if track else None)
 
     def extra_repr(self) -> str:
         text: str = super().extra_repr()  # type: ignore[no-untyped-call]

@@ -20,17 +20,24 @@ single-process gradient.
 """
 from typing import Any
 
-from torch import Tensor
-
-
 import numpy as np
 import torch
+from torch import Tensor
 import torch.distributed as dist
 
 from .. import _engine
 from ..split import inverse_std
 from ._checks import check_batch_norm, check_transforms
-from ._ops import _F64, _channel, _compute_dtype, _in_layout, _out_like, _prepare, _threads, _view3
+from ._layout import (
+    F64,
+    channel_array,
+    compute_dtype,
+    in_layout,
+    kernel_threads,
+    out_like,
+    prepare,
+    view3,
+)
 from ._ops import update_running_stats
 from .functional import threads_arg
 from .modules import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, _CyBatchNorm
@@ -41,11 +48,11 @@ __all__ = ["SyncBatchNorm"]
 def _gather_stats(x: Any, cdt: Any, num_threads: Any, group: Any, world: Any) -> Any:
     """The whole batch's float64 (count, mean, m2) from every rank's shard."""
     C = x.shape[1]
-    local = torch.zeros(3, C, dtype=_F64)
-    xc, layout = _prepare(x, cdt)
+    local = torch.zeros(3, C, dtype=F64)
+    xc, layout = prepare(x, cdt)
     if x.numel():
-        x3 = _view3(xc, layout)
-        mean, m2 = _engine.batch_stats(x3, _threads(num_threads, x3.size))
+        x3 = view3(xc, layout)
+        mean, m2 = _engine.batch_stats(x3, kernel_threads(num_threads, x3.size))
         local[1], local[2] = torch.from_numpy(mean), torch.from_numpy(m2)
         local[0] = x.numel() // C
     shards = [torch.empty_like(local) for _ in range(world)]
@@ -85,11 +92,11 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         # torch's batch norm does for an empty batch
         var = m2 / count if count else np.zeros(C)
         invstd = inverse_std(var, eps)
-        out = _out_like(xc)
+        out = out_like(xc)
         if x.numel():
-            x3, o3 = _view3(xc, layout), _view3(out, layout)
-            _engine.normalize(x3, mean, invstd, _channel(weight, C, cdt, 1.0),
-                              _channel(bias, C, cdt, 0.0), o3, _threads(num_threads, x3.size))
+            x3, o3 = view3(xc, layout), view3(out, layout)
+            _engine.normalize(x3, mean, invstd, channel_array(weight, C, cdt, 1.0),
+                              channel_array(bias, C, cdt, 0.0), o3, kernel_threads(num_threads, x3.size))
         update_running_stats(running_mean, running_var, torch.from_numpy(mean),
                              torch.from_numpy(m2), int(count), momentum)
         ctx.save_for_backward(x, weight)
@@ -103,25 +110,25 @@ class _SyncBatchNormFunction(torch.autograd.Function):
     def backward(ctx: Any, dout: Any) -> tuple[Any, ...]:
         x, weight = ctx.saved_tensors
         mean, invstd, count = ctx.stats
-        cdt = _compute_dtype(x)
+        cdt = compute_dtype(x)
         C = x.shape[1]
-        xc, layout = _prepare(x, cdt)
-        sums = torch.zeros(2, C, dtype=_F64)
-        dx = _out_like(xc)
+        xc, layout = prepare(x, cdt)
+        sums = torch.zeros(2, C, dtype=F64)
+        dx = out_like(xc)
         if x.numel():
             g = dout.detach()
-            g = _in_layout(g if g.dtype == cdt else g.to(cdt), layout)
-            g3, x3 = _view3(g, layout), _view3(xc, layout)
+            g = in_layout(g if g.dtype == cdt else g.to(cdt), layout)
+            g3, x3 = view3(g, layout), view3(xc, layout)
             sd, sdx = _engine.backward_reduce(g3, x3, mean.numpy(),
-                                              _threads(ctx.num_threads, x3.size))
+                                              kernel_threads(ctx.num_threads, x3.size))
             sums[0], sums[1] = torch.from_numpy(sd), torch.from_numpy(sdx)
         local = sums.clone()
         dist.all_reduce(sums, group=ctx.group)
         if x.numel():
             s = sums.numpy()
             _engine.backward_elementwise(g3, x3, mean.numpy(), invstd.numpy(),
-                                         _channel(weight, C, cdt, 1.0), s[0], s[1], count,
-                                         _view3(dx, layout), _threads(ctx.num_threads, x3.size))
+                                         channel_array(weight, C, cdt, 1.0), s[0], s[1], count,
+                                         view3(dx, layout), kernel_threads(ctx.num_threads, x3.size))
         need = ctx.needs_input_grad
         dweight = dbias = None
         if weight is not None and need[1]:
