@@ -26,7 +26,8 @@ def test_show_config_reports_build():
 
 def test_show_config_dicts_is_what_stdout_prints():
     d = bn.show_config(mode="dicts")
-    assert set(d) == {"cybatchnorm", "Python", "numpy", "Build", "Runtime"}
+    assert set(d) == {"cybatchnorm", "Python", "numpy", "Build", "Machine", "Runtime"}
+    assert d["Machine"]["cpu"] and d["Machine"]["cpus"] >= 1
     assert d["cybatchnorm"]["version"] == bn.__version__
     assert d["Build"]["kernel compile flags"] == _engine.fused.BUILD_CFLAGS
     assert d["Runtime"]["simd"] == _engine.SIMD and d["Runtime"]["simd reason"]

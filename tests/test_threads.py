@@ -115,7 +115,7 @@ def test_no_cgroup_files_means_no_quota(tmp_path):
 def test_default_thread_count_honours_the_quota(monkeypatch, tmp_path):
     from cybatchnorm import _threads
     root, proc_file = _tree(tmp_path, "0::/\n", {"cpu.max": "100000 100000"})
-    monkeypatch.setattr(_threads, "_quota", lambda: _threads.cgroup_cpu_limit(root, proc_file))
+    monkeypatch.setattr(_threads, "cpu_quota", lambda: _threads.cgroup_cpu_limit(root, proc_file))
     assert _threads.usable_cpus() == 1
     assert check_num_threads(None) == 1
     assert check_num_threads(4) == 4           # an explicit count is still honoured

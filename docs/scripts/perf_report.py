@@ -16,7 +16,7 @@ import sys
 
 import matplotlib
 
-from cybatchnorm.bench import target_rows
+from cybatchnorm.bench.report import target_rows
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -63,7 +63,7 @@ def table(results):
 
 
 def targets(results, sweeps=()):
-    """Markdown list: each target of the benchmark (cybatchnorm.bench.TARGETS),
+    """Markdown list: each target of the benchmark (cybatchnorm.bench.report.TARGETS),
     checked against these measurements by the benchmark's own evaluator."""
     lines = []
     for title, limit, rows in target_rows(results, sweeps):

@@ -42,10 +42,43 @@ def openmp_runtimes() -> list[dict[str, Any]]:
     return list(found.values())
 
 
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def caches() -> dict[str, str]:
+    """The CPU caches as ``{"L1d": "48K", ...}`` (Linux sysfs; empty elsewhere)."""
+    out: dict[str, str] = {}
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        entries = sorted(os.listdir(base))
+    except OSError:
+        return out
+    for e in entries:
+        try:
+            def read(n: str, e: str = e) -> str:
+                with open(os.path.join(base, e, n)) as fh:
+                    return fh.read().strip()
+            kind = read("type")
+            name = f"L{read('level')}" + {"Data": "d", "Instruction": "i"}.get(kind, "")
+            out[name] = read("size")
+        except OSError:
+            continue
+    return out
+
+
 def config() -> dict[str, Any]:
     """The facts :func:`show_config` reports, as nested dicts."""
     cflags, ldflags = _engine.build_flags()
-    quota = _threads._quota()       # the one the thread count used (read once)
+    quota = _threads.cpu_quota()    # the one the thread count used (read once)
     return {
         "cybatchnorm": {"version": __version__,
                         "path": os.path.dirname(os.path.abspath(__file__))},
@@ -61,6 +94,8 @@ def config() -> dict[str, Any]:
             "openmp": _engine.openmp_status(),
             "simd levels built": list(_engine.SIMD_BUILT),
         },
+        "Machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "caches": caches(),
+                    "platform": platform.platform()},
         "Runtime": {
             "simd": _engine.SIMD,
             "simd reason": _engine.SIMD_REASON,
@@ -105,7 +140,8 @@ def show_config(mode: str = "stdout", *, file: IO[str] | None = None) -> dict[st
 
     As ``numpy.show_config``: the version; Python and numpy; the build (the
     compiler and its version, the flags of the kernel modules in use, the
-    OpenMP decision of the build, the SIMD levels built); the runtime (the SIMD
+    OpenMP decision of the build, the SIMD levels built); the machine (the CPU
+    model, its count, its caches, the platform); the runtime (the SIMD
     level chosen and why, the CPU features seen, the OpenMP runtimes loaded
     with their paths, from threadpoolctl when it is installed, the usable
     CPUs, a cgroup CPU quota and the threads a call with ``num_threads=None``

@@ -90,8 +90,10 @@ def cgroup_cpu_limit(root: str = CGROUP_ROOT, proc_cgroup: str = PROC_CGROUP) ->
 
 
 @functools.cache
-def _quota() -> int | None:
-    # read once: a quota is set when the container starts, and calls are hot
+def cpu_quota() -> int | None:
+    """This process's cgroup CPU quota in whole CPUs (:func:`cgroup_cpu_limit`),
+    or None; read once: a quota is set when the container starts, and calls
+    are hot."""
     return cgroup_cpu_limit()
 
 
@@ -102,7 +104,7 @@ def usable_cpus() -> int:
         n = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         n = os.cpu_count() or 1
-    quota = _quota()
+    quota = cpu_quota()
     return max(1, n if quota is None else min(n, quota))
 
 

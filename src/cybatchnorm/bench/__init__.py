@@ -29,20 +29,25 @@ import os
 import platform
 import statistics
 import sys
-import textwrap
 import time
-import tracemalloc
 from typing import Any
 
 import numpy as np
 
-from . import _engine
-from ._config import openmp_runtimes
-from ._typing import AnyArray
-from ._validation import DEFAULT_EPS, check_num_threads
-from ._version import __version__
-from .api import batchnorm_backward, batchnorm_backward_fused, batchnorm_forward
-from .layer import BatchNorm
+from .. import _engine
+from .._config import config
+from .._typing import AnyArray
+from .._validation import DEFAULT_EPS, check_num_threads
+from .._version import __version__
+from ..api import batchnorm_backward, batchnorm_backward_fused, batchnorm_forward
+from ..layer import BatchNorm
+from .report import case_name, format_sweeps, format_table, format_targets, printer
+from .timing import interleaved, peak_bytes, ratio_spread, samples, spread
+
+__all__ = ["CASES", "DROPIN_CASES", "EPS", "Interrupted", "bench_case", "check_output_path",
+           "dropin_case", "dropin_table", "environment", "parse_case", "run", "sweep_case",
+           "sweep_table"]
+
 
 CASES = ["32x16", "256x1024", "4096x1024", "65536x256", "512x16384", "32x64x56x56"]
 EPS = DEFAULT_EPS
@@ -114,8 +119,6 @@ def numpy_fused_backward(dout: Any, c: Any) -> tuple[AnyArray, AnyArray, AnyArra
     return dx, dgamma, dbeta
 
 
-# ---------------------------------------------------------------- torch
-
 def _torch() -> Any:
     try:
         import torch
@@ -172,57 +175,6 @@ def torch_calls(
         "torch_passed_bwd": bwd_passed,
         "torch_module": module_step,
     }
-
-
-# Pause between two timed calls: longer than an OpenMP runtime's spin-wait
-# after a parallel region (libgomp spins about 0.3 ms by default). torch
-# brings its own OpenMP runtime; without the pause, the threads one contender
-# leaves spinning would steal the cores from the next contender's call. The
-# pause spins rather than sleeps: after a 3 ms sleep a 20 us call took 135 us
-# here (the core had gone idle), which no user calling in a loop would see.
-PAUSE = 0.003
-
-
-def pause(seconds: float = PAUSE) -> None:
-    """Busy-wait ``seconds`` on this thread (see PAUSE)."""
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
-
-
-def samples(calls: Any, repeats: int) -> dict[str, list[float]]:
-    """Seconds of every run of every callable, timed in turns (one run of
-    each per round) so that whatever else the machine does falls on all of
-    them alike, with a short pause before each call (see PAUSE). Each round
-    runs the contenders in a new order (a seeded shuffle), so that none
-    always follows the same neighbour: with a fixed cyclic order the
-    forward that followed torch's module step on 32 x 16 took 2.6x the time
-    of the same forward given ``out=`` (154 us against 59 us); shuffled,
-    the two agree."""
-    for fn in calls.values():   # warm-up
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in calls}
-    order = list(calls.items())
-    shuffle = np.random.default_rng(12345)
-    for _ in range(repeats):
-        for i in shuffle.permutation(len(order)):
-            k, fn = order[i]
-            pause()
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return times
-
-
-def round_robin(calls: Any, repeats: int) -> dict[str, float]:
-    """Median seconds of every callable, from :func:`samples`."""
-    return {k: statistics.median(v) for k, v in samples(calls, repeats).items()}
-
-
-def spread(times: Any) -> dict[str, Any]:
-    """``{"min", "median", "max"}`` of each contender's samples."""
-    return {k: {"min": min(v), "median": statistics.median(v), "max": max(v)}
-            for k, v in times.items()}
 
 
 # ------------------------------------------------------- torch drop-in
@@ -286,31 +238,10 @@ def dropin_case(torch: Any, shape: Any, fmt: Any, dtype: str, repeats: int,
     return {k: [s / inner for s in v] for k, v in t.items()}
 
 
-def interleaved(calls: Any, repeats: int,
-                clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
-    """Each contender once per round, back to back, ``repeats`` rounds after
-    one warm-up run each; returns every contender's samples by ``clock``."""
-    for fn in calls.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in calls}
-    for _ in range(repeats):
-        for k, fn in calls.items():
-            t0 = clock()
-            fn()
-            times[k].append(clock() - t0)
-    return times
-
-
-def _ratio_spread(ours: list[float], theirs: list[float]) -> tuple[float, float, float]:
-    # the ratio of the medians, and the min and max of the per-round ratios
-    per_round = [a / b for a, b in zip(ours, theirs)]
-    return statistics.median(ours) / statistics.median(theirs), min(per_round), max(per_round)
-
-
 def dropin_table(torch: Any, repeats: int, file: Any) -> list[dict[str, Any]]:
     """Print the drop-in against torch.nn.BatchNorm1d/2d, one line per case:
     every core in wall time (the targets) and one thread in thread CPU time."""
-    w = _printer(file)
+    w = printer(file)
     nt = torch.get_num_threads()
     w(f"cybatchnorm.torch.BatchNorm1d/2d against torch.nn's: training step (forward + "
       f"backward), interleaved, median of {repeats} rounds, [min-max] of the per-round ratios;"
@@ -325,8 +256,8 @@ def dropin_table(torch: Any, repeats: int, file: Any) -> list[dict[str, Any]]:
         target = dropin_target(shape, itemsize)
         full = dropin_case(torch, shape, fmt, dtype, repeats, None)
         one = dropin_case(torch, shape, fmt, dtype, repeats, 1)
-        ratio, lo, hi = _ratio_spread(full["ours"], full["torch"])
-        ratio1, lo1, hi1 = _ratio_spread(one["ours"], one["torch"])
+        ratio, lo, hi = ratio_spread(full["ours"], full["torch"])
+        ratio1, lo1, hi1 = ratio_spread(one["ours"], one["torch"])
         rows.append({"shape": shape, "format": fmt or "contiguous", "dtype": dtype,
                      "target": target, "threads": nt,
                      "ours": statistics.median(full["ours"]),
@@ -345,9 +276,6 @@ def dropin_table(torch: Any, repeats: int, file: Any) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------- per-sweep table
-
-SWEEP_COLUMNS = ("copy", "statistics", "normalize", "sums", "dx", "forward", "backward")
-
 
 def sweep_case(shape: Sequence[int], dtype: Any, repeats: int, torch: Any) -> dict[str, Any]:
     """Each sweep of the fused kernels alone (``_engine.sweep_calls``) on one
@@ -384,32 +312,15 @@ def sweep_case(shape: Sequence[int], dtype: Any, repeats: int, torch: Any) -> di
                          "mib": x.nbytes / 2**20}
     r.update({k: statistics.median(v) / inner for k, v in times.items()})
     if torch is not None:
-        ratio, lo, hi = _ratio_spread(times["forward"], times["torch_forward"])
+        ratio, lo, hi = ratio_spread(times["forward"], times["torch_forward"])
         r.update(forward_torch=ratio, forward_torch_min=lo, forward_torch_max=hi)
     return r
-
-
-def format_sweeps(rows: Sequence[dict[str, Any]]) -> str:
-    """The per-sweep table: each sweep's time in S, the time of one read of x."""
-    names = ("copy", "stats", "norm", "sums", "dx", "fwd", "bwd")
-    head = (f"  {'case':>11} {'dtype':>7} {'S us':>7} " + " ".join(f"{c:>5}" for c in names)
-            + f" {'torch':>5} {'f/torch':>7} {'[min-max]':>11}")
-    lines = [head]
-    for r in rows:
-        S = r["read"]
-        line = (f"  {_case(r):>11} {r['dtype']:>7} {S * 1e6:7.1f} "
-                + " ".join(f"{r[c] / S:5.2f}" for c in SWEEP_COLUMNS))
-        if "torch_forward" in r:
-            line += (f" {r['torch_forward'] / S:5.2f} {r['forward_torch']:7.2f}"
-                     f" [{r['forward_torch_min']:4.2f}-{r['forward_torch_max']:4.2f}]")
-        lines.append(line)
-    return "\n".join(lines)
 
 
 def sweep_table(shapes: Sequence[Sequence[int]], dtypes: Sequence[str], repeats: int,
                 torch: Any, file: Any) -> list[dict[str, Any]]:
     """Print the per-sweep table (``format_sweeps``) for every case."""
-    w = _printer(file)
+    w = printer(file)
     w(f"sweeps of the fused kernels, one thread, thread CPU time, in S = one read of x (S us: "
       f"its time), interleaved, median of {repeats} rounds: a copy of x; the forward's "
       f"statistics and normalize sweeps and the backward's sums and dx sweeps (minimal cache) "
@@ -421,17 +332,7 @@ def sweep_table(shapes: Sequence[Sequence[int]], dtypes: Sequence[str], repeats:
     return rows
 
 
-# ---------------------------------------------------------------- memory
-
-def peak_bytes(fn: Any) -> int:
-    """Peak bytes allocated (as tracemalloc sees numpy's allocations) while ``fn()`` runs."""
-    tracemalloc.start()
-    try:
-        fn()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
+# ---------------------------------------------------------------- runner
 
 def fused_peak(x: Any, gamma: Any, beta: Any, dout: Any, nt: int | None, passed: Any) -> int:
     """Peak memory of a minimal-cache forward plus fused backward, outputs
@@ -442,20 +343,6 @@ def fused_peak(x: Any, gamma: Any, beta: Any, dout: Any, nt: int | None, passed:
         _, cache = batchnorm_forward(x, gamma, beta, EPS, num_threads=nt, cache="minimal", out=out)
         batchnorm_backward_fused(dout, cache, num_threads=nt, dx=dx)
     return peak_bytes(both)
-
-
-# ---------------------------------------------------------------- runner
-
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo where there is one)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def bench_case(shape: Any, dtype: Any, threads: Any, repeats: int, torch: Any) -> dict[str, Any]:
@@ -524,161 +411,19 @@ def bench_case(shape: Any, dtype: Any, threads: Any, repeats: int, torch: Any) -
     return r
 
 
-def caches() -> dict[str, str]:
-    """The CPU caches as ``{"L1d": "48K", ...}`` (Linux sysfs; empty elsewhere)."""
-    out: dict[str, str] = {}
-    base = "/sys/devices/system/cpu/cpu0/cache"
-    try:
-        entries = sorted(os.listdir(base))
-    except OSError:
-        return out
-    for e in entries:
-        try:
-            def read(n: str, e: str = e) -> str:
-                with open(os.path.join(base, e, n)) as fh:
-                    return fh.read().strip()
-            kind = read("type")
-            name = f"L{read('level')}" + {"Data": "d", "Instruction": "i"}.get(kind, "")
-            out[name] = read("size")
-        except OSError:
-            continue
-    return out
-
-
 def environment(threads: Any, torch: Any) -> dict[str, Any]:
-    """Where the numbers were taken: versions, SIMD level, OpenMP, CPU, caches."""
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = None
-    return {"cybatchnorm": __version__, "python": platform.python_version(),
-            "numpy": np.__version__, "torch": torch.__version__ if torch else None,
-            "simd": _engine.SIMD, "openmp": bool(_engine.openmp_enabled()),
-            "openmp_runtime": openmp_runtimes(), "threads": list(threads),
-            "cpu": cpu_model(), "cpus": os.cpu_count(), "affinity": affinity,
-            "caches": caches(), "platform": platform.platform()}
-
-
-def _ms(s: Any) -> str:
-    return f"{s * 1e3:8.2f}"
-
-
-def _ratio(a: Any, b: Any) -> str:
-    return f"{a / b:6.2f}x" if b else "     -"
-
-
-def _case(r: Any) -> str:
-    return "x".join(map(str, r["shape"]))
-
-
-# the columns of the default table; format_table(wide=True) shows every one of _columns
-_NARROW = ("case", "dtype", "thr", "out", "f+b", "layer", "staged", "torch", "8S", "/8S",
-           "lay/tm", "stg/fus")
-
-
-def _columns(r: Any, mode: str) -> list[tuple[str, int, Any]]:
-    # (header, width, value) of every column for result r in mode "alloc" or "passed"
-    tm = r.get("torch_module")
-    nan = float("nan")
-    total = r[mode + "_total"]
-    lo = r["spread"][mode + "_fwd"]["min"] + r["spread"][mode + "_bwd"]["min"]
-    hi = r["spread"][mode + "_fwd"]["max"] + r["spread"][mode + "_bwd"]["max"]
-    return [
-        ("case", 12, _case(r)), ("dtype", 7, r["dtype"]), ("thr", 3, r["threads"]),
-        ("out", 6, mode), ("MiB", 6, f"{r['mib']:.1f}"),
-        ("f+b", 7, f"{total * 1e3:.2f}"), ("min-max", 13, f"{lo * 1e3:.2f}-{hi * 1e3:.2f}"),
-        ("layer", 7, f"{r['layer'] * 1e3:.2f}"), ("staged", 7, f"{r['staged_bwd'] * 1e3:.2f}"),
-        ("torch", 7, f"{tm * 1e3 if tm else nan:.2f}"),
-        ("5S", 6, f"{r['bound5'] * 1e3:.2f}"), ("8S", 6, f"{r['bound'] * 1e3:.2f}"),
-        ("/5S", 5, f"{total / r['bound5']:.2f}"), ("/8S", 5, f"{total / r['bound']:.2f}"),
-        ("lay/tm", 6, f"{r['layer'] / tm if tm else nan:.2f}"),
-        ("stg/fus", 7, f"{r['staged_bwd'] / r['alloc_bwd']:.2f}"),
-    ]
-
-
-def format_table(results: Any, have_torch: bool = True, wide: bool = False) -> str:
-    """The summary table: medians in ms and the ratios the targets are about.
-    At most 100 columns; ``wide=True`` adds the size, the fused path's
-    min-max, the 5S bound and the ratio to it."""
-    lines: list[str] = []
-    for r in results:
-        for mode in ("alloc", "passed"):
-            cols = [c for c in _columns(r, mode) if wide or c[0] in _NARROW]
-            if not lines:
-                head = " ".join(f"{name:>{w}}" for name, w, _ in cols)
-                lines += [head, "-" * len(head)]
-            lines.append(" ".join(f"{str(v):>{w}}" for _, w, v in cols))
-    return "\n".join(lines)
-
-
-TARGETS = (("layer f+b / torch.nn module f+b", 0.7), ("allocating / passed-in f+b", 1.2),
-           ("staged bwd / fused bwd (>= 16 MiB)", 2.0), ("channels-last / (N, C) layout", 1.1),
-           ("passed-in f+b / 8S bound (>= 16 MiB)", 0.9),
-           ("1 thr: fwd / torch fwd (resident f32)", 1.1),
-           ("1 thr: fwd / torch fwd (resident f64)", 0.8))
-# the cache-resident cases of the forward targets, read from the per-sweep
-# table (one thread, thread CPU time: the kernels against torch.batch_norm)
-RESIDENT = ([256, 1024], [4096, 1024])
-
-
-def target_rows(results: Any, sweeps: Sequence[dict[str, Any]] = ()
-                ) -> list[tuple[str, float, list[tuple[float, str]]]]:
-    """Every target's measured ratios, on the runs with the most threads
-    (the forward targets: on ``sweeps``, the per-sweep table's one-thread
-    rows): ``[(name, limit, [(ratio, case), ...]), ...]``. The benchmark's
-    summary and the performance page both read this."""
-    top = max(r["threads"] for r in results)
-    rows: dict[str, list[tuple[float, str]]] = {name: [] for name, _ in TARGETS}
-    for r in results:
-        if r["threads"] != top:
-            continue
-        case = f"{_case(r)} {r['dtype']}"
-        if "torch_module" in r:
-            rows[TARGETS[0][0]].append((r["layer"] / r["torch_module"], case))
-        rows[TARGETS[1][0]].append((r["alloc_total"] / r["passed_total"], case))
-        if r["mib"] >= 16:
-            rows[TARGETS[2][0]].append((r["staged_bwd"] / r["alloc_bwd"], case))
-            rows[TARGETS[4][0]].append((r["passed_total"] / r["bound"], case))
-        if "channels_last" in r:
-            rows[TARGETS[3][0]].append((r["channels_last"] / r["alloc_total"], case))
-    for r in sweeps:
-        if "forward_torch" in r and list(r["shape"]) in RESIDENT:
-            row = TARGETS[5 if r["dtype"] == "float32" else 6][0]
-            rows[row].append((r["forward_torch"], f"{_case(r)} {r['dtype']}"))
-    return [(name, limit, rows[name]) for name, limit in TARGETS]
-
-
-def format_targets(results: Any, have_torch: bool = True,
-                   sweeps: Sequence[dict[str, Any]] = ()) -> str:
-    """One line per target: the worst case's ratio, how many cases meet it,
-    and which miss."""
-    lines = ["targets (all threads unless marked '1 thr'; every case must meet its target):"]
-    for name, target, rows in target_rows(results, sweeps):
-        if not rows:
-            lines.append(f"  {name:38s} <= {target:.2f}x: no case measured")
-            continue
-        worst, case = max(rows)
-        ok = sum(v <= target for v, _ in rows)
-        miss = ", ".join(f"{c} {v:.2f}x" for v, c in rows if v > target)
-        lines.append(f"  {name:38s} <= {target:.2f}x: {ok} of {len(rows)} meet it; worst "
-                     f"{worst:5.2f}x ({case})" + (f"; misses: {miss}" if miss else ""))
-    return "\n".join(lines)
-
-
-WIDTH = 100   # the report fits a 100-column terminal (the --wide table excepted)
-
-
-def _printer(file: Any) -> Callable[..., None]:
-    # one report line, wrapped at WIDTH with its continuation indented; the
-    # table is printed whole (its rows are WIDTH or less unless --wide)
-    def w(text: str, wrap: bool = True) -> None:
-        for line in text.split("\n"):
-            if wrap and len(line) > WIDTH:
-                indent = " " * (len(line) - len(line.lstrip()) + 4)
-                line = textwrap.fill(line, WIDTH, subsequent_indent=indent,
-                                     break_on_hyphens=False)
-            print(line, file=file, flush=True)
-    return w
+    """Where the numbers were taken, from ``show_config``'s facts
+    (:func:`cybatchnorm._config.config`): versions, SIMD level, OpenMP, CPU,
+    caches; and the thread counts measured and torch's version."""
+    c = config()
+    run = c["Runtime"]
+    return {"cybatchnorm": c["cybatchnorm"]["version"], "python": c["Python"]["version"],
+            "numpy": c["numpy"]["version"], "torch": torch.__version__ if torch else None,
+            "simd": run["simd"], "openmp": c["Build"]["openmp"].startswith("enabled"),
+            "openmp_runtime": run["openmp runtimes loaded"], "threads": list(threads),
+            "cpu": c["Machine"]["cpu"], "cpus": c["Machine"]["cpus"],
+            "usable_cpus": run["usable cpus"], "caches": c["Machine"]["caches"],
+            "platform": c["Machine"]["platform"]}
 
 
 def check_output_path(path: Any, name: str = "json_path") -> str | None:
@@ -715,8 +460,9 @@ def run(cases: Sequence[str] | None = None, dtypes: Sequence[str] = ("float32", 
     all_threads = check_num_threads(None)
     thread_list = threads or sorted({1, all_threads})
     torch = _torch()
-    w = _printer(file)
-    w(f"cybatchnorm {__version__} bench: {cpu_model()}, "
+    cpu = config()["Machine"]["cpu"]
+    w = printer(file)
+    w(f"cybatchnorm {__version__} bench: {cpu}, "
       f"{os.cpu_count()} cpus, numpy {np.__version__}, "
       + (f"torch {torch.__version__}" if torch else "torch not importable: no torch columns")
       + f"; {_engine.SIMD} kernels; {repeats} runs of each after a warm-up")
@@ -729,7 +475,7 @@ def run(cases: Sequence[str] | None = None, dtypes: Sequence[str] = ("float32", 
             r = bench_case(shape, np.dtype(dt), nt, repeats, torch)
             results.append(r)
             t = f", torch module {r['torch_module'] * 1e3:.2f} ms" if torch else ""
-            w(f"  {_case(r)} {dt} {nt} thr: fwd+bwd {r['alloc_total'] * 1e3:.2f} ms"
+            w(f"  {case_name(r)} {dt} {nt} thr: fwd+bwd {r['alloc_total'] * 1e3:.2f} ms"
               f" (outputs passed in {r['passed_total'] * 1e3:.2f} ms), layer"
               f" {r['layer'] * 1e3:.2f} ms, staged bwd {r['staged_bwd'] * 1e3:.2f} ms{t};"
               f" 5S {r['bound5'] * 1e3:.2f} ms, 8S {r['bound'] * 1e3:.2f} ms; tracemalloc peak"
@@ -748,7 +494,7 @@ def run(cases: Sequence[str] | None = None, dtypes: Sequence[str] = ("float32", 
         w(f"interrupted: {len(results)} of {len(todo)} cases measured; reporting those")
     if results:
         w("")
-        w(format_table(results, torch is not None, wide=wide), wrap=False)
+        w(format_table(results, wide=wide), wrap=False)
         w("")
         w("f+b: functional forward (minimal cache) + fused backward, median of the runs;"
           " layer: BatchNorm training step; staged: staged backward (full cache); torch:"
@@ -760,7 +506,7 @@ def run(cases: Sequence[str] | None = None, dtypes: Sequence[str] = ("float32", 
         w(format_targets(results, sweeps=sweeps))
     if json_path:
         meta = {"version": __version__, "machine": platform.machine(),
-                "description": f"{cpu_model()}, {platform.system()} {platform.machine()}",
+                "description": f"{cpu}, {platform.system()} {platform.machine()}",
                 "cpus": os.cpu_count(), "numpy": np.__version__,
                 "torch": torch.__version__ if torch else None, "repeats": repeats,
                 "interrupted": interrupted,
