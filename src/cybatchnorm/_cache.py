@@ -1,7 +1,7 @@
 """The Cache: what a forward pass keeps for the backward.
 
 Made by :func:`cybatchnorm.batchnorm_forward` (and the layer), read by the
-backward passes; ``_validation.check_cache`` refuses a forged or damaged one
+backward passes; :meth:`Cache.check_readable` refuses a forged or damaged one
 before a kernel reads it.
 """
 from __future__ import annotations
@@ -143,6 +143,26 @@ class Cache:
         fields and arrays. Its arrays need no flag check: they cannot be made
         writable again (their bases are read-only too)."""
         return self._sealed is not None and self._sealed == self._fingerprint()
+
+    def check_readable(self) -> None:
+        """Raise ValueError unless a backward may read this cache: as the
+        forward made it (sealed, no field or array replaced since: its arrays
+        agree by construction and cannot be made writable), or, made by hand
+        or unpickled, with fields and arrays that agree
+        (:meth:`check_structure`)."""
+        if self._intact():
+            return
+        self.check_structure()
+        if self._sealed is not None:
+            raise ValueError("cache: changed since the forward that made it (a field or an "
+                             "array replaced); use the Cache the forward returned")
+
+    def held_arrays(self) -> list[AnyArray]:
+        """Every array this cache holds (the per-channel values, x for a
+        minimal cache, xmu and xhat once made): what an output buffer must
+        not overlap."""
+        return [a for a in [getattr(self, n) for n in CHANNEL + ("x",)] + [self._xmu, self._xhat]
+                if a is not None]
 
     def check_structure(self) -> None:
         """Raise ValueError unless the fields and arrays agree with each other

@@ -17,7 +17,7 @@ from typing import IO, Any, NamedTuple, cast
 
 import numpy as np
 
-from ._cache import CHANNEL, KINDS, Cache
+from ._cache import KINDS, Cache
 from ._threads import default_num_threads, thread_cap
 from ._typing import AnyArray, F64Array
 
@@ -289,20 +289,14 @@ def forward_args(x: Any, gamma: Any, beta: Any, eps: Any, *, axis: Any = 1, num_
 
 
 def check_cache(cache: Any) -> None:
-    """Make sure ``cache`` is a Cache whose arrays agree with each other and,
-    when a forward made it, that none of its fields or arrays was replaced
-    since (its arrays cannot be made writable: their bases are read-only),
-    so a forged or damaged one is refused before a kernel reads it."""
+    """Make sure ``cache`` is a Cache a backward may read
+    (:meth:`Cache.check_readable`), so a forged or damaged one is refused
+    before a kernel reads it."""
     if not isinstance(cache, Cache):
         raise TypeError(
             f"cache: expected the Cache returned by batchnorm_forward, got {type(cache).__name__}"
         )
-    if cache._intact():
-        return          # made by a forward, untouched: its arrays agree by construction
-    cache.check_structure()
-    if cache._sealed is not None:
-        raise ValueError("cache: changed since the forward that made it (a field or an array "
-                         "replaced); use the Cache the forward returned")
+    cache.check_readable()
 
 
 def backward_args(dout: Any, cache: Any, num_threads: Any,
@@ -320,8 +314,8 @@ def backward_args(dout: Any, cache: Any, num_threads: Any,
     nt = check_num_threads(num_threads, g3.size)
     dx3 = None
     if dx is not None:
-        held = [getattr(cache, n) for n in CHANNEL + ("x",)] + [cache._xmu, cache._xhat]
-        dx3 = check_out("dx", dx, cache.x_shape, cache.dtype, [dout, arr, g3] + held)
+        dx3 = check_out("dx", dx, cache.x_shape, cache.dtype,
+                        [dout, arr, g3] + cache.held_arrays())
         dx3 = dx3.reshape(g3.shape)
     return g3, nt, dx3
 

@@ -4,14 +4,18 @@ In data-parallel training every process holds a shard of the batch. Batch
 norm's statistics must be those of the whole batch, or the output and the
 gradient are wrong. Only the graph's reductions cross the process boundary:
 
-* forward: each process computes its shard's ``(count, mean, m2)``
-  (:func:`cybatchnorm.batch_stats`), one ``Allgather`` shares them, and every
-  process merges the same list in rank order by Chan's formula
-  (:func:`cybatchnorm.merge_stats`), so the global mean and variance, and the
-  running statistics, are bitwise identical on every rank;
+* forward: each process computes its shard's ``(count, mean, m2)`` (the
+  kernel of :func:`cybatchnorm.batch_stats`), one ``Allgather`` shares them,
+  and every process merges the same list in rank order by Chan's formula (the
+  kernel of :func:`cybatchnorm.merge_stats`), so the global mean and variance,
+  and the running statistics, are bitwise identical on every rank;
 * backward: each process computes its shard's ``sum(dout)`` and
-  ``sum(dout * xmu)`` (:func:`cybatchnorm.backward_reduce`), one ``Allreduce``
-  sums them, and :func:`cybatchnorm.backward_elementwise` gives the shard's ``dx``.
+  ``sum(dout * xmu)`` (the kernel of :func:`cybatchnorm.backward_reduce`), one
+  ``Allreduce`` sums them, and the kernel of
+  :func:`cybatchnorm.backward_elementwise` gives the shard's ``dx``.
+
+The layer validates its input once per call and runs those kernels through
+the engine, as the split API's functions do after validating theirs.
 
 Communication goes through an mpi4py communicator (``pip install
 cybatchnorm[mpi]``). mpi4py is imported only when a :class:`SyncBatchNorm` is
@@ -25,16 +29,9 @@ import numpy as np
 
 from . import _engine
 from ._typing import AnyArray, ArrayLike
-from ._validation import DEFAULT_EPS, full, layer_state
+from ._validation import DEFAULT_EPS, check_num_threads, full, layer_state
 from .layer import BatchNorm
-from .split import (
-    backward_elementwise,
-    backward_reduce,
-    batch_stats,
-    inverse_std,
-    merge_m2,
-    normalize,
-)
+from .split import inverse_std
 
 __all__ = ["SyncBatchNorm"]
 
@@ -105,7 +102,10 @@ class SyncBatchNorm(BatchNorm):
         dx = layer.backward(np.ones_like(out))  # and layer.dgamma, layer.dbeta
     """
 
-    _sync: tuple[AnyArray, np.dtype[Any], AnyArray, AnyArray, AnyArray, int | None] | None
+    # what the backward reads: x's (N, C, S) view (a copy when it views the
+    # caller's x), x's shape and dtype, the mean, ivar and gamma used, the count
+    _sync: tuple[AnyArray, tuple[int, ...], np.dtype[Any], AnyArray, AnyArray, AnyArray,
+                 int | None] | None
 
     def __init__(self, num_features: int, eps: float = DEFAULT_EPS, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, dtype: Any = np.float64,
@@ -136,8 +136,8 @@ class SyncBatchNorm(BatchNorm):
             raise ValueError(
                 f"x: expected {self.num_features} channels on axis 1, got shape {shape}"
             )
-        C = shape[1]
-        xs = x3.reshape(shape)
+        N, C, S = x3.shape
+        nt = check_num_threads(self.num_threads, x3.size)
         total: int | None
         if (not self.training and self.running_mean is not None
                 and self.running_var is not None):
@@ -145,13 +145,15 @@ class SyncBatchNorm(BatchNorm):
             gmean = self.running_mean.astype(np.float64)
             gvar = self.running_var.astype(np.float64)
         else:
-            count, mean, m2 = batch_stats(xs, num_threads=self.num_threads)
+            mean, m2 = _engine.batch_stats(x3, nt)
             # one message: [count, mean (C), m2 (C)] from every rank, in rank order
-            send = np.concatenate(([float(count)], mean, m2))
+            send = np.concatenate(([float(N * S)], mean, m2))
             gathered = np.empty((self.comm.Get_size(), 2 * C + 1))
             self.comm.Allgather(send, gathered)
-            total, gmean, gm2 = merge_m2(gathered[:, 0], gathered[:, 1:C + 1],
-                                         gathered[:, C + 1:], num_threads=self.num_threads)
+            total = int(gathered[:, 0].sum())   # whole numbers, exact in float64
+            gmean, gm2 = _engine.merge(np.ascontiguousarray(gathered[:, 0]),
+                                       np.ascontiguousarray(gathered[:, 1:C + 1]),
+                                       np.ascontiguousarray(gathered[:, C + 1:]), nt)
             gvar = gm2 / total
             if total < 2:
                 raise ValueError(
@@ -159,16 +161,17 @@ class SyncBatchNorm(BatchNorm):
                 )
         ivar = inverse_std(gvar, self.eps)
         gamma, beta = self._params(dt)
-        out = normalize(xs, gmean, ivar, gamma, beta, num_threads=self.num_threads)
+        out3 = _engine.empty(x3.shape, dt)
+        _engine.normalize(x3, gmean, ivar, gamma, beta, out3, nt)
         if self.training and self.track_running_stats and total is not None:
             self.num_batches_tracked += 1
             f = 1.0 / self.num_batches_tracked if momentum is None else momentum
             _engine.update_running_stats(self.running_mean, self.running_var,
                                          gmean.astype(dt), gm2, total, f)
-        if np.may_share_memory(xs, x):   # keep what the backward reads, as a cache would
-            xs = xs.copy()
-        self._sync = (xs, dt, gmean, ivar, np.array(gamma, dt), total)
-        return out
+        if np.may_share_memory(x3, x):   # keep what the backward reads, as a cache would
+            x3 = x3.copy()
+        self._sync = (x3, shape, dt, gmean, ivar, np.array(gamma, dt), total)
+        return out3.reshape(shape)
 
     __call__ = forward
 
@@ -184,18 +187,21 @@ class SyncBatchNorm(BatchNorm):
         """
         if self._sync is None:
             raise RuntimeError("backward: call forward first")
-        xs, dt, mean, ivar, gamma, total = self._sync
-        g = full("dout", dout, dt, xs.shape)[0].reshape(xs.shape)
-        sums = np.stack(backward_reduce(g, xs, mean, ivar, num_threads=self.num_threads))
+        x3, shape, dt, mean, ivar, gamma, total = self._sync
+        g3 = full("dout", dout, dt, shape)[0]
+        nt = check_num_threads(self.num_threads, x3.size)
+        sums = np.stack(_engine.backward_reduce(g3, x3, mean, nt))
         MPI = _mpi()
         self.comm.Allreduce(MPI.IN_PLACE, sums, op=MPI.SUM)
+        dx3 = _engine.empty(x3.shape, dt)
         if total is None:   # eval mode: no gradient through the statistics
             zeros = np.zeros_like(sums)
-            dx = backward_elementwise(g, xs, mean, ivar, gamma, zeros[0], zeros[1], 1,
-                                      num_threads=self.num_threads)
+            _engine.backward_elementwise(g3, x3, mean, ivar, gamma, zeros[0], zeros[1], 1.0, dx3,
+                                         nt)
         else:
-            dx = backward_elementwise(g, xs, mean, ivar, gamma, sums[0], sums[1], total,
-                                      num_threads=self.num_threads)
+            _engine.backward_elementwise(g3, x3, mean, ivar, gamma, sums[0], sums[1], total, dx3,
+                                         nt)
+        dx = dx3.reshape(shape)
         if self.affine:
             self.dgamma = (sums[1] * ivar).astype(dt)
             self.dbeta = sums[0].astype(dt)
