@@ -32,10 +32,6 @@ def pool():
     bn.release_pool()
 
 
-SHAPES = [(16, 5), (7, 3, 4, 5), (9, 4, 6), (2, 1), (33, 65)]
-DTYPES = [np.float64, np.float32]
-
-
 def pytest_report_header(config):
     import cybatchnorm
     from cybatchnorm import _openmp

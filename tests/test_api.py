@@ -1,5 +1,5 @@
 """The functional API against the numpy reference."""
-from conftest import DTYPES, SHAPES
+from cases import DTYPES, SHAPES
 import numpy as np
 import pytest
 import reference as ref

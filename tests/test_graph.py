@@ -1,5 +1,5 @@
 """The graph as data, every node kernel against its numpy one-liner, and the walks."""
-from conftest import DTYPES
+from cases import DTYPES
 import numpy as np
 import pytest
 import reference as ref

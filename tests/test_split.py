@@ -2,7 +2,7 @@
 single-process forward and backward; validation and thread-count independence."""
 import math
 
-from conftest import DTYPES
+from cases import DTYPES
 import numpy as np
 import pytest
 

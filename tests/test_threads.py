@@ -3,7 +3,7 @@ import os
 import subprocess
 import sys
 
-from conftest import DTYPES
+from cases import DTYPES
 import numpy as np
 import pytest
 

@@ -13,7 +13,7 @@ first cell is the doctest setup of the site (``conf.py``), so the notebook
 runs on its own; a page that reads results the build computed
 (``GENERATED``) carries those files inside its first cell.
 
-``tests/notebook_check.py`` (``tox -e notebooks``) executes every notebook.
+``tests/drivers/notebook_check.py`` (``tox -e notebooks``) executes every notebook.
 """
 import json
 import os

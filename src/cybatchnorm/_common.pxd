@@ -1,5 +1,5 @@
-# Small inline helpers shared by the node kernels (_nodes.pyx) and the fused
-# kernels (_fused.pyx). Everything works on the (N, C, S) view of the data: S is
+# Small inline helpers shared by the node kernels (_nodes.pyx), the fused
+# kernels (_fused.pyx) and the split kernels (_split.pyx), each written once. Everything works on the (N, C, S) view of the data: S is
 # 1 for (N, D) input and the product of the spatial sizes otherwise, so one
 # channel's values in one row are a contiguous run of S elements.
 #

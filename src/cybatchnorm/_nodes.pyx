@@ -3,8 +3,9 @@
 Every kernel works on the (N, C, S) view of C-contiguous data (S = 1 for
 (N, D) input), writes into outputs the caller allocated, and runs without the
 GIL with OpenMP over blocks of channels. The kernels trust their caller:
-shapes, dtypes and contiguity are checked once, in Python, by
-``cybatchnorm.graph`` before any kernel runs.
+shapes, dtypes and contiguity are checked once, in Python, by the public
+node functions (``cybatchnorm.nodes``) or the functional API before any
+kernel runs; ``cybatchnorm._node_ops`` calls them.
 
 Naming: ``<node>_forward`` computes the node's value from its inputs,
 ``<node>_backward`` maps the gradient of the node (``d<node>``) to the

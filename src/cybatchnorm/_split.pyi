@@ -6,7 +6,6 @@ from cybatchnorm._typing import AnyArray, F64Array
 SIMD: str
 BUILD_CFLAGS: str
 
-def row_chunks(N: int, C: int, S: int, itemsize: int) -> int: ...
 
 def batch_stats(
     x: AnyArray,

@@ -25,7 +25,7 @@ float64; the statistics and sums are returned in float64.
 from cython cimport floating
 from cython.parallel cimport prange
 
-from cybatchnorm._common cimport (row_chunks as _row_chunks, fblock as _fblock,
+from cybatchnorm._common cimport (fblock as _fblock,
                                   Task, task_bounds, n_tasks, chunk_sums, Moments, f64_out,
                                   chan_merge, merge_chunks, MERGE_BLOCK, run_sum, run_dot_centred,
                                   stats_pass,
@@ -35,12 +35,6 @@ from cybatchnorm._openmp cimport CYBN_SIMD, CYBN_BUILD_CFLAGS
 
 SIMD = CYBN_SIMD.decode()   # which instruction set this module was compiled for
 BUILD_CFLAGS = CYBN_BUILD_CFLAGS.decode()   # and with which flags
-
-
-def row_chunks(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t itemsize):
-    """Number of row chunks of the work grid for an (N, C, S) array of
-    ``itemsize``-byte values (the fused kernels' grid, see _common.pxd)."""
-    return _row_chunks(N, C, S, itemsize)
 
 
 # ------------------------------------------------------------ forward side

@@ -1,4 +1,11 @@
-"""BatchNorm: a layer with parameters, running statistics and train/eval modes."""
+"""BatchNorm: a layer with parameters, running statistics and train/eval modes.
+
+Its forward validates once (``_validation.forward_args``) and runs the
+functional API's engine call (``api.run_forward_m2``), keeping a minimal
+cache (its own copy of x, written by the forward's normalize sweep) for the
+fused backward, or the full cache for the staged one (``backward="staged"``);
+the running statistics follow PyTorch's rule (``_engine.update_running_stats``).
+"""
 
 from __future__ import annotations
 

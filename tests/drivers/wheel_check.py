@@ -15,7 +15,7 @@ import sys
 import venv
 import zipfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MAX_BYTES = int(2.5 * 2**20)
 COMPILERS = ("cc", "gcc", "clang", "c++", "g++", "x86_64-linux-gnu-gcc")
 TEST_DEPS = ["pytest>=7", "hypothesis>=6", "threadpoolctl>=3"]

@@ -1,6 +1,6 @@
 """Run part of the test suite under valgrind memcheck; run by `tox -e memcheck`.
 
-    python tests/memcheck.py OUTDIR
+    python tests/drivers/memcheck.py OUTDIR
 
 valgrind reports a handful of errors inside CPython and glibc on any Python
 program (the dynamic loader's strncmp, AVX2 memcmp over-reads, values CPython
@@ -20,7 +20,9 @@ import xml.etree.ElementTree as ET
 
 from external import missing
 
-TESTS = ["tests/test_api.py", "tests/test_graph.py", "tests/test_validation.py",
+TESTS = ["tests/test_api.py", "tests/test_graph.py", "tests/test_validation_api.py",
+         "tests/test_validation_layer.py", "tests/test_validation_nodes.py",
+         "tests/test_validation_walks.py",
          "tests/test_layer.py", "tests/test_gradcheck.py", "tests/test_threads.py",
          "tests/test_kernels.py", "tests/test_config.py"]
 

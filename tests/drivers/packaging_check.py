@@ -11,12 +11,12 @@ import subprocess
 import sys
 import tarfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SOURCES = ["_nodes.pyx", "_fused.pyx", "_split.pyx", "_pool.pyx", "_openmp.pyx", "_openmp.pxd",
            "_common.pxd"]
 SDIST_PATHS = ["docs/conf.py", "docs/index.md", "docs/scripts/perf_report.py", "docs/data/bench.json",
                "tox.ini", "src/cybatchnorm/py.typed", "src/cybatchnorm/_fused.pyi",
-               "tests/typing_user.py", "tests/wheel_check.py", "LICENSE"]
+               "tests/typing_user.py", "tests/drivers/wheel_check.py", "LICENSE"]
 
 
 def main(tmp):
