@@ -1,4 +1,4 @@
-"""The eager fast path (``_ops._Fast``: one compiled call per direction over
+"""The eager fast path (``_fast._Fast``: one compiled call per direction over
 the tensors' memory, a plan per input geometry) gives the registered
 operators' bits, takes the right decisions when the geometry changes, and
 the pooled outputs it returns behave as ordinary tensors."""
@@ -294,7 +294,7 @@ def test_two_threads_never_share_an_output(pool):
 
 def test_the_small_step_takes_the_fast_path(monkeypatch):
     calls = _count_fast(monkeypatch)
-    with mock.patch.object(_ops._Eager, "apply", side_effect=AssertionError("slow path")):
+    with mock.patch.object(_ops.EagerBatchNorm, "apply", side_effect=AssertionError("slow path")):
         x = torch.randn(32, 16, requires_grad=True)
         cbt.BatchNorm1d(16)(x).sum().backward()
         cbt.batch_norm(x, None, None, training=True).sum().backward()

@@ -156,3 +156,27 @@ def check_not_tracing() -> None:
     record the running statistics' update as constants (or fail halfway)."""
     if not torch.compiler.is_compiling() and torch._C._is_tracing():
         raise NotImplementedError(TORCHSCRIPT.format("torch.jit.trace"))
+
+
+#: the tensor types the eager paths read through numpy (no subclass)
+PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def dispatcher_visible(*tensors: Any) -> bool:
+    """Whether the registered operators must run instead of the eager path:
+    while compiling, under a torch.func transform, under a torch dispatch
+    or function mode (TorchDispatchMode, FakeTensorMode, FlopCounterMode,
+    ...), while the profiler records, or when a tensor is a subclass
+    (FakeTensor, DTensor, ...) or has no CPU memory (device "meta"). The
+    eager path reads the tensors' memory through numpy, which none of these
+    have or would see."""
+    if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None:
+        return True
+    if (torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled()
+            or torch._C._autograd._profiler_enabled()):
+        return True
+    for t in tensors:
+        # is_cpu is false for meta and every other device (a cheap attribute)
+        if t is not None and (type(t) not in PLAIN or not t.is_cpu):
+            return True
+    return False

@@ -5,8 +5,8 @@ import torch
 from torch import Tensor
 
 from .._validation import check_num_threads
+from ._call import run_batch_norm
 from ._checks import check_not_tracing, check_transforms
-from ._ops import run_batch_norm
 
 __all__ = ["batch_norm"]
 

@@ -6,8 +6,8 @@ from typing import Any
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ._call import run_batch_norm
 from ._checks import TORCHSCRIPT
-from ._ops import run_batch_norm
 from .functional import threads_arg
 
 __all__ = ["BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
