@@ -245,8 +245,9 @@ def main():
             # so objects left in build/ by another configuration must not be reused
             self.force = True
             if not self.parallel:   # pip and build call it without -j: use every core
-                self.parallel = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                    else (os.cpu_count() or 1))
+                cpus = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                        else (os.cpu_count() or 1))
+                self.parallel = max(1, cpus)
 
         def _flag_works(self, flag):
             with tempfile.TemporaryDirectory() as tmp:

@@ -33,7 +33,8 @@ def errors(x, g, b, dout):
         res[f"{name} dgamma"] = ref.rel(dg, rd["dgamma"])
         res[f"{name} dbeta"] = ref.rel(db, rd["dbeta"])
     s, f = grads["staged"], grads["fused"]
-    res["staged vs fused dx"] = ref.dx_error(f[0], s[0], dout, {"gamma": cache.gamma, "ivar": cache.ivar})
+    res["staged vs fused dx"] = ref.dx_error(f[0], s[0], dout,
+                                             {"gamma": cache.gamma, "ivar": cache.ivar})
     res["staged vs fused dgamma"] = ref.rel(f[1], s[1])
     return res
 
@@ -59,7 +60,8 @@ def main():
     r = ref.forward(x, np.ones(8), np.zeros(8), dtype=np.longdouble)
     naive = (x ** 2).mean(0) - x.mean(0) ** 2
     print("mean 1e6, std 1, float64, (4000, 8):")
-    print(f"  var relative error        {ref.rel(cache.var, r['var']):.2e}   (E[x^2]-E[x]^2 in numpy: {ref.rel(naive, r['var']):.2e})")
+    print(f"  var relative error        {ref.rel(cache.var, r['var']):.2e}   "
+          f"(E[x^2]-E[x]^2 in numpy: {ref.rel(naive, r['var']):.2e})")
     print(f"  mu relative error         {ref.rel(cache.mu, r['mu']):.2e}")
     print(f"  out error (to scale)      {ref.rel(out, r['out']):.2e}")
 

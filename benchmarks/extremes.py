@@ -125,6 +125,6 @@ if __name__ == "__main__":
     print(f"{'backward (float32 input)':44}" + "".join(f"{f'std {s:g}':>12}" for s in rows))
     for n in names:
         print(f"{n:44}" + "".join(f"{'(n/r)':>12}" if rows[s][n] is None
-                                   else f"{rows[s][n]:12.1e}" for s in rows))
+                                  else f"{rows[s][n]:12.1e}" for s in rows))
     print("(n/r): the float64 values lie outside float32's normal range, so no float32 "
           "result can hold them")

@@ -218,14 +218,17 @@ def test_load_state_dict_checks_everything_before_loading(bad, err, needle):
 # ----------------------------------------------------------- all or nothing
 
 def _bad_states():
-    yield "running_var ints", lambda layer: setattr(layer, "running_var", np.ones(3, np.int64)), TypeError
-    yield "running_mean short", lambda layer: setattr(layer, "running_mean", np.zeros(2)), ValueError
+    yield ("running_var ints", lambda layer: setattr(layer, "running_var", np.ones(3, np.int64)),
+           TypeError)
+    yield ("running_mean short", lambda layer: setattr(layer, "running_mean", np.zeros(2)),
+           ValueError)
     yield "running_mean list", lambda layer: setattr(layer, "running_mean", [0.0] * 3), TypeError
     yield "running_var read-only", lambda layer: layer.running_var.setflags(write=False), ValueError
     yield "momentum string", lambda layer: setattr(layer, "momentum", "0.1"), TypeError
     yield "momentum 2", lambda layer: setattr(layer, "momentum", 2.0), ValueError
     yield "gamma short", lambda layer: setattr(layer, "gamma", np.ones(2)), ValueError
-    yield "num_batches_tracked -1", lambda layer: setattr(layer, "num_batches_tracked", -1), ValueError
+    yield ("num_batches_tracked -1", lambda layer: setattr(layer, "num_batches_tracked", -1),
+           ValueError)
     yield "eps 0", lambda layer: setattr(layer, "eps", 0.0), ValueError
 
 

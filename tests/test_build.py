@@ -112,14 +112,15 @@ def test_apple_clang_takes_its_spelling(build):
 
 def test_msvc(build):
     cc = FakeCompiler("msvc", accepts="/openmp")
-    assert build.openmp_decision(cc, "win32", {}, run=lambda *a, **k: Ran())[:2] == (["/openmp"], [])
+    decided = build.openmp_decision(cc, "win32", {}, run=lambda *a, **k: Ran())
+    assert decided[:2] == (["/openmp"], [])
 
 
 def test_failed_probe_warns_and_builds_serially(build):
     said = []
     cc = FakeCompiler(accepts=None)
     c, link, status = build.openmp_decision(cc, "linux", {}, run=lambda *a, **k: Ran(),
-                                         warn=said.append)
+                                            warn=said.append)
     assert (c, link) == ([], []) and status.startswith("disabled")
     assert len(cc.tried) == 3                    # every flag set was tried
     assert len(said) == 1 and "CYBATCHNORM_REQUIRE_OPENMP=1" in said[0]
@@ -152,7 +153,7 @@ def test_cross_build_probe_links_but_cannot_run(build):
 def test_no_openmp_switch_skips_the_probe(build):
     cc = FakeCompiler(accepts="-fopenmp")
     c, link, status = build.openmp_decision(cc, "linux", {"CYBATCHNORM_NO_OPENMP": "1"},
-                                         warn=pytest.fail)
+                                            warn=pytest.fail)
     assert (c, link) == ([], []) and "CYBATCHNORM_NO_OPENMP" in status and cc.tried == []
 
 

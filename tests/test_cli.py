@@ -26,7 +26,8 @@ def test_demo_default():
 
 
 def test_demo_options(capsys):
-    assert main(["--n", "12", "--d", "5", "--dtype", "float32", "--seed", "3", "--threads", "1"]) == 0
+    assert main(["--n", "12", "--d", "5", "--dtype", "float32", "--seed", "3",
+                 "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "(12, 5) float32" in out and "1 thread" in out
 

@@ -68,7 +68,8 @@ def _simd(value):
 
 def test_unknown_simd_value_warns():
     r = _simd("avx3")
-    assert "RuntimeWarning: CYBATCHNORM_SIMD='avx3' is not one of baseline, avx2, avx512" in r.stderr
+    assert ("RuntimeWarning: CYBATCHNORM_SIMD='avx3' is not one of baseline, avx2, avx512"
+            in r.stderr)
     # ignored: the same choice as without it (asked of a process like this one:
     # under valgrind, this process sees no AVX-512 while its children do)
     assert r.stdout.split("\n")[0] == _simd("").stdout.split("\n")[0]

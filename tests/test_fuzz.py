@@ -210,7 +210,8 @@ def test_finite_input_matches_extended_reference(data, kind):
     assert out.dtype == cdt and out.shape == x.shape
     for fn in (bn.batchnorm_backward, bn.batchnorm_backward_fused):
         dx, dg, db = fn(dout, cache)
-        for name, e in zip(("out", "dx", "dgamma", "dbeta"), errors(xc, dout, out, dx, dg, db, r, rd)):
+        errs = errors(xc, dout, out, dx, dg, db, r, rd)
+        for name, e in zip(("out", "dx", "dgamma", "dbeta"), errs):
             bad = ~(e <= tol)
             assert not bad.any(), (fn.__name__, name, e[bad], tol[bad],
                                    [data["families"][c] for c in np.flatnonzero(bad)])
@@ -230,7 +231,8 @@ def test_staged_equals_fused(data, kind):
     f = bn.batchnorm_backward_fused(dout, cache)
     # the fused results measured against the staged ones as if they were the
     # reference: both are within tol of the truth, so within 2 tol of each other
-    rd = dict(dx=s[0], dgamma=np.asarray(s[1], np.longdouble), dbeta=np.asarray(s[2], np.longdouble))
+    rd = dict(dx=s[0], dgamma=np.asarray(s[1], np.longdouble),
+              dbeta=np.asarray(s[2], np.longdouble))
     _, e_dx, e_dg, e_db = errors(xc, dout, r["out"], f[0], f[1], f[2], r, rd)
     for e in (e_dx, e_dg, e_db):
         assert (e <= 2 * tol).all(), (e, tol)
@@ -241,7 +243,8 @@ def _run_all(x, gamma, beta, dout, num_threads=None, kind="full"):
     res = {"out": out}
     for fn in (bn.batchnorm_backward, bn.batchnorm_backward_fused):
         dx, dg, db = fn(dout, cache, num_threads=num_threads)
-        res.update({f"{fn.__name__} dx": dx, f"{fn.__name__} dgamma": dg, f"{fn.__name__} dbeta": db})
+        name = fn.__name__
+        res.update({f"{name} dx": dx, f"{name} dgamma": dg, f"{name} dbeta": db})
     return res
 
 
@@ -265,7 +268,8 @@ def test_nan_or_inf_in_one_feature_leaves_the_others_exact(data, where, bad, d):
     if where == "gamma":
         arr[c] = bad
     else:
-        pos = tuple(int(d.draw(st.integers(0, s - 1))) if i != 1 else c for i, s in enumerate(arr.shape))
+        pos = tuple(int(d.draw(st.integers(0, s - 1))) if i != 1 else c
+                    for i, s in enumerate(arr.shape))
         arr[pos] = bad
     before = snapshot((x, gamma, beta, dout))
     dirty = _run_all(x, gamma, beta, dout, kind=kind)
@@ -299,8 +303,9 @@ def big_batches(draw):
         x = np.asarray(data["x"])
         reps = -(-(1 << 17) // x.size)
         rng = np.random.default_rng(x.size)
-        data["x"] = (np.repeat(x, reps, axis=0) + (rng.standard_normal((x.shape[0] * reps,) + x.shape[1:])
-                                                   if x.dtype.kind == "f" else 0)).astype(x.dtype)
+        noise = (rng.standard_normal((x.shape[0] * reps,) + x.shape[1:])
+                 if x.dtype.kind == "f" else 0)
+        data["x"] = (np.repeat(x, reps, axis=0) + noise).astype(x.dtype)
         data["dout"] = np.repeat(np.asarray(data["dout"]), reps, axis=0)
     return data
 
@@ -335,7 +340,8 @@ def test_never_crashes_never_writes_to_inputs(data, kind, nt):
     x, gamma, beta, dout = data["x"], data["gamma"], data["beta"], data["dout"]
     before = snapshot(data["bases"])
     res = _run_all(x, gamma, beta, dout, num_threads=nt, kind=kind)
-    values = SimpleNamespace(shape=x.shape, **bn.graph.forward(x, gamma, beta, BN_EPS, num_threads=nt))
+    values = SimpleNamespace(shape=x.shape,
+                             **bn.graph.forward(x, gamma, beta, BN_EPS, num_threads=nt))
     walk = bn.graph.backward(dout, values, num_threads=nt)
     assert snapshot(data["bases"]) == before
     C = x.shape[1]

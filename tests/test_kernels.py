@@ -24,8 +24,8 @@ def test_dispatch_follows_the_cpu():
     else:
         expected = "baseline"
     assert _engine.SIMD == expected
-    assert _engine.fused.__name__ == "cybatchnorm._fused" + ("" if expected == "baseline"
-                                                               else "_" + expected)
+    suffix = "" if expected == "baseline" else "_" + expected
+    assert _engine.fused.__name__ == "cybatchnorm._fused" + suffix
     assert _fused.SIMD == "baseline" and _nodes.SIMD == "baseline"
 
 

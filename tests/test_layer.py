@@ -30,7 +30,8 @@ def test_cumulative_average_with_momentum_none(rng):
     for x in xs:
         layer.forward(x)
     np.testing.assert_allclose(layer.running_mean, np.mean([x.mean(0) for x in xs], 0), rtol=1e-13)
-    np.testing.assert_allclose(layer.running_var, np.mean([x.var(0, ddof=1) for x in xs], 0), rtol=1e-13)
+    np.testing.assert_allclose(layer.running_var, np.mean([x.var(0, ddof=1) for x in xs], 0),
+                               rtol=1e-13)
 
 
 def test_spatial_running_stats(rng):
@@ -53,12 +54,14 @@ def test_eval_uses_running_stats_and_its_gradient(rng):
     assert not layer.training
     x = rng.normal(size=(5, 3))
     out = layer.forward(x)
-    np.testing.assert_allclose(out, layer.gamma * (x - rm) / np.sqrt(rv + 1e-5) + layer.beta, rtol=1e-13)
+    np.testing.assert_allclose(out, layer.gamma * (x - rm) / np.sqrt(rv + 1e-5) + layer.beta,
+                               rtol=1e-13)
     np.testing.assert_array_equal(layer.running_mean, rm)    # eval does not update
     dout = rng.normal(size=x.shape)
     dx = layer.backward(dout)
     np.testing.assert_allclose(dx, dout * layer.gamma / np.sqrt(rv + 1e-5), rtol=1e-13)
-    np.testing.assert_allclose(layer.dgamma, (dout * (x - rm) / np.sqrt(rv + 1e-5)).sum(0), rtol=1e-12)
+    np.testing.assert_allclose(layer.dgamma, (dout * (x - rm) / np.sqrt(rv + 1e-5)).sum(0),
+                               rtol=1e-12)
     np.testing.assert_allclose(layer.dbeta, dout.sum(0), rtol=1e-13)
     # the fused path gives the same eval gradient
     fused = bn.batchnorm_backward_fused(dout, layer._cache)
@@ -79,7 +82,8 @@ def test_eval_gradient_matches_finite_differences(rng):
     for i in np.ndindex(x.shape):
         e = np.zeros_like(x)
         e[i] = h
-        num[i] = (np.sum(layer.forward(x + e) * dout) - np.sum(layer.forward(x - e) * dout)) / (2 * h)
+        up, down = layer.forward(x + e), layer.forward(x - e)
+        num[i] = (np.sum(up * dout) - np.sum(down * dout)) / (2 * h)
     assert ref.rel(dx, num) < 1e-8
 
 
@@ -149,8 +153,8 @@ def test_forward_validates_channels_and_backward_needs_forward(rng):
 def test_fused_default_equals_staged(rng, shape, dtype, training):
     x = rng.normal(2.0, 3.0, shape).astype(dtype)
     dout = rng.normal(size=shape).astype(dtype)
-    fused, staged = BatchNorm(shape[1], dtype=dtype), BatchNorm(shape[1], dtype=dtype,
-                                                                  backward="staged")
+    fused = BatchNorm(shape[1], dtype=dtype)
+    staged = BatchNorm(shape[1], dtype=dtype, backward="staged")
     assert fused.backward_kind == "fused" and "staged" in repr(staged)
     for layer in (fused, staged):
         layer.gamma[:] = np.linspace(0.5, 2.0, shape[1])

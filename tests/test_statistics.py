@@ -89,7 +89,7 @@ def test_the_exact_redo_gives_the_same_bits_everywhere(monkeypatch, rng, shape, 
     for level, has in (("avx2", _openmp.cpu_has_avx2), ("avx512", _openmp.cpu_has_avx512)):
         if has():
             levels.append((level,) + tuple(importlib.import_module(f"cybatchnorm.{m}_{level}")
-                                            for m in ("_fused", "_nodes")))
+                                           for m in ("_fused", "_nodes")))
     runs = []
     for _level, fused, nodes in levels:
         monkeypatch.setattr(_engine, "fused", fused)

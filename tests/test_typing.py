@@ -35,8 +35,8 @@ def test_stubs_match_the_compiled_modules():
     # names something the module lacks
     for mod in ("_nodes", "_fused", "_split", "_pool", "_openmp"):
         m = importlib.import_module(f"cybatchnorm.{mod}")
-        have = {n for n in vars(m) if not n.startswith("_") and not isinstance(getattr(m, n),
-                                                                                 type(os))}
+        have = {n for n in vars(m)
+                if not n.startswith("_") and not isinstance(getattr(m, n), type(os))}
         have -= {"np", "cython"}
         assert have == _stub_names(mod), mod
 

@@ -28,18 +28,24 @@ MORE_CASES = [
     ("layer num_threads 0", _layer_forward(X, num_threads=0), ValueError, "num_threads"),
     ("layer dout wrong shape", _layer_backward(np.ones((4, 2))), ValueError, "dout"),
     ("layer dout None", _layer_backward(None), TypeError, "dout"),
-    ("check_gradients x complex", lambda: bn.check_gradients(X.astype(complex), G, B), TypeError, "x"),
-    ("check_gradients gamma shape", lambda: bn.check_gradients(X, np.ones(2), B), ValueError, "gamma"),
-    ("check_gradients dout shape", lambda: bn.check_gradients(X, G, B, np.ones((2, 3))), ValueError, "dout"),
+    ("check_gradients x complex",
+     lambda: bn.check_gradients(X.astype(complex), G, B), TypeError, "x"),
+    ("check_gradients gamma shape",
+     lambda: bn.check_gradients(X, np.ones(2), B), ValueError, "gamma"),
+    ("check_gradients dout shape",
+     lambda: bn.check_gradients(X, G, B, np.ones((2, 3))), ValueError, "dout"),
     ("check_gradients eps", lambda: bn.check_gradients(X, G, B, eps=0.0), ValueError, "eps"),
     ("graph.forward x 1-d", lambda: bn.graph.forward(np.ones(4), G, B), ValueError, "x"),
     ("graph.forward beta", lambda: bn.graph.forward(X, G, np.ones(5)), ValueError, "beta"),
-    ("graph.forward num_threads", lambda: bn.graph.forward(X, G, B, num_threads=-1), ValueError, "num_threads"),
-    ("graph.backward dout strings", lambda: bn.graph.backward(np.array([["a"] * 3] * 4), CACHE), TypeError, "dout"),
+    ("graph.forward num_threads",
+     lambda: bn.graph.forward(X, G, B, num_threads=-1), ValueError, "num_threads"),
+    ("graph.backward dout strings",
+     lambda: bn.graph.backward(np.array([["a"] * 3] * 4), CACHE), TypeError, "dout"),
 ]
 
 
-@pytest.mark.parametrize("call, exc, name", [c[1:] for c in MORE_CASES], ids=[c[0] for c in MORE_CASES])
+@pytest.mark.parametrize("call, exc, name", [c[1:] for c in MORE_CASES],
+                         ids=[c[0] for c in MORE_CASES])
 def test_bad_input_to_layer_gradcheck_and_graph(call, exc, name):
     snapshot = [a.copy() for a in (X, G, B, DOUT)]
     with pytest.raises(exc, match=rf"^{name}\b"):

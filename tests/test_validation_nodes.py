@@ -18,7 +18,8 @@ from cybatchnorm import graph, nodes
 
 _V = {k: np.array(v, copy=True) if isinstance(v, np.ndarray) else v
       for k, v in graph.forward(X, G + 0.5, B + 1.0).items()}
-_GR = {k: np.array(v, copy=True) for k, v in graph.backward(DOUT * np.arange(1, 4), CACHE, keep=True).items()}
+_GR = {k: np.array(v, copy=True)
+       for k, v in graph.backward(DOUT * np.arange(1, 4), CACHE, keep=True).items()}
 
 VALID = {
     "mu_forward": dict(x=X),
@@ -72,7 +73,8 @@ _VEC_BAD = [
     ("2-d", np.ones((1, 3)), ValueError),
     ("0-d", 1.0, ValueError),
 ]
-_CHANNEL_BAD = _VEC_BAD + [("wrong length", np.ones(4), ValueError), ("empty", np.ones(0), ValueError)]
+_CHANNEL_BAD = _VEC_BAD + [("wrong length", np.ones(4), ValueError),
+                           ("empty", np.ones(0), ValueError)]
 _SHAPE_BAD = [
     ("None", None, TypeError),
     ("strings", ("a", "b"), TypeError),
@@ -83,9 +85,9 @@ _SHAPE_BAD = [
     ("spatial size 0", (4, 3, 0), ValueError),
     ("channels differ from the gradient", (4, 2), ValueError),
 ]
-_EPS_BAD = [("0", 0.0, ValueError), ("negative", -1e-5, ValueError), ("nan", float("nan"), ValueError),
-            ("inf", float("inf"), ValueError), ("string", "1e-5", TypeError), ("None", None, TypeError),
-            ("bool", True, TypeError)]
+_EPS_BAD = [("0", 0.0, ValueError), ("negative", -1e-5, ValueError),
+            ("nan", float("nan"), ValueError), ("inf", float("inf"), ValueError),
+            ("string", "1e-5", TypeError), ("None", None, TypeError), ("bool", True, TypeError)]
 _THREADS_BAD = [("0", 0, ValueError), ("negative", -1, ValueError), ("float", 1.5, TypeError),
                 ("string", "2", TypeError), ("bool", True, TypeError)]
 

@@ -51,8 +51,10 @@ WALK_CASES = [
     ("graph.backward dx aliasing dout", _alias_dout(), ValueError, "dx"),
     ("graph.forward x None", lambda: graph.forward(None, G, B), TypeError, "x"),
     ("graph.forward x N == 0", lambda: graph.forward(np.ones((0, 3)), G, B), ValueError, "x"),
-    ("graph.forward one value per feature", lambda: graph.forward(np.ones((1, 3)), G, B), ValueError, "x"),
-    ("graph.forward gamma complex", lambda: graph.forward(X, G.astype(complex), B), TypeError, "gamma"),
+    ("graph.forward one value per feature",
+     lambda: graph.forward(np.ones((1, 3)), G, B), ValueError, "x"),
+    ("graph.forward gamma complex",
+     lambda: graph.forward(X, G.astype(complex), B), TypeError, "gamma"),
     ("graph.forward eps inf", lambda: graph.forward(X, G, B, float("inf")), ValueError, "eps"),
     ("BatchNorm num_features 0", lambda: bn.BatchNorm(0), ValueError, "num_features"),
     ("BatchNorm num_features str", lambda: bn.BatchNorm("3"), TypeError, "num_features"),
@@ -62,17 +64,24 @@ WALK_CASES = [
     ("BatchNorm momentum 2", lambda: bn.BatchNorm(3, momentum=2), ValueError, "momentum"),
     ("BatchNorm momentum str", lambda: bn.BatchNorm(3, momentum="0.1"), TypeError, "momentum"),
     ("BatchNorm dtype complex", lambda: bn.BatchNorm(3, dtype=complex), TypeError, "dtype"),
-    ("BatchNorm num_threads negative", lambda: bn.BatchNorm(3, num_threads=-1), ValueError, "num_threads"),
-    ("BatchNorm num_threads float", lambda: bn.BatchNorm(3, num_threads=1.5), TypeError, "num_threads"),
+    ("BatchNorm num_threads negative",
+     lambda: bn.BatchNorm(3, num_threads=-1), ValueError, "num_threads"),
+    ("BatchNorm num_threads float",
+     lambda: bn.BatchNorm(3, num_threads=1.5), TypeError, "num_threads"),
     ("BatchNorm eval x None", lambda: bn.BatchNorm(3).eval().forward(None), TypeError, "x"),
-    ("BatchNorm eval x wrong channels", lambda: bn.BatchNorm(3).eval().forward(np.ones((2, 4))), ValueError, "x"),
+    ("BatchNorm eval x wrong channels",
+     lambda: bn.BatchNorm(3).eval().forward(np.ones((2, 4))), ValueError, "x"),
     ("check_gradients h 0", lambda: bn.check_gradients(X, G, B, h=0.0), ValueError, "h"),
-    ("check_gradients num_threads 0", lambda: bn.check_gradients(X, G, B, num_threads=0), ValueError, "num_threads"),
-    ("check_gradients one value per feature", lambda: bn.check_gradients(np.ones((1, 3)), G, B), ValueError, "x"),
-    ("batchnorm_backward dx read-only", bwd(bn.batchnorm_backward, dx=np.broadcast_to(G, (4, 3))), ValueError, "dx"),
+    ("check_gradients num_threads 0",
+     lambda: bn.check_gradients(X, G, B, num_threads=0), ValueError, "num_threads"),
+    ("check_gradients one value per feature",
+     lambda: bn.check_gradients(np.ones((1, 3)), G, B), ValueError, "x"),
+    ("batchnorm_backward dx read-only",
+     bwd(bn.batchnorm_backward, dx=np.broadcast_to(G, (4, 3))), ValueError, "dx"),
     ("batchnorm_backward_fused dx not contiguous",
      bwd(bn.batchnorm_backward_fused, dx=np.empty((3, 4)).T), ValueError, "dx"),
-    ("batchnorm_backward num_threads negative", bwd(bn.batchnorm_backward, num_threads=-1), ValueError, "num_threads"),
+    ("batchnorm_backward num_threads negative",
+     bwd(bn.batchnorm_backward, num_threads=-1), ValueError, "num_threads"),
     ("batchnorm_backward_fused num_threads float",
      bwd(bn.batchnorm_backward_fused, num_threads=1.0), TypeError, "num_threads"),
     ("batchnorm_forward x None minimal", fwd(x=None, cache="minimal"), TypeError, "x"),
@@ -83,7 +92,8 @@ WALK_CASES = [
 ]
 
 
-@pytest.mark.parametrize("call, exc, name", [c[1:] for c in WALK_CASES], ids=[c[0] for c in WALK_CASES])
+@pytest.mark.parametrize("call, exc, name", [c[1:] for c in WALK_CASES],
+                         ids=[c[0] for c in WALK_CASES])
 def test_walks_layer_and_the_rest_refuse_bad_input_by_name(call, exc, name):
     held = (X, G, B, DOUT, CACHE.xhat, CACHE.xmu, CACHE.mu, CACHE.ivar, _OTHER.xhat, _FORGED.xmu)
     snapshot = [a.copy() for a in held]

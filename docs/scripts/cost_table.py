@@ -103,7 +103,8 @@ def costs():
 
 
 def table():
-    lines = ["| path | compiled calls over x-sized data | x-sized reads (r) and writes (w) per call "
+    lines = ["| path | compiled calls over x-sized data "
+             "| x-sized reads (r) and writes (w) per call "
              "| traversals of (N, D) data | x-sized temporaries |",
              "|---|---|---|---|---|"]
     for name, ncalls, per, total, temps in costs():

@@ -215,7 +215,8 @@ def plot(results, path):
     for ax in (ax_loss, ax_acc):
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"digits, 64-64-64-64-10 MLP, SGD lr={results['lr']}, batch {results['batch_size']}",
+    fig.suptitle(f"digits, 64-64-64-64-10 MLP, SGD lr={results['lr']}, "
+                 f"batch {results['batch_size']}",
                  fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -172,7 +172,8 @@ def draw(ax, values=None, grads=None, highlight=None, fontsize=FONT):
         elif abs(q[1] - p[1]) > 1e-9:                 # diagonal: both on the outer side
             side = -1 if q[1] > p[1] else 1           # rising wire: labels to its left
             ha = "left" if side > 0 else "right"
-            gap = side * (0.2 + 0.1 * max(map(len, (top if side > 0 else bot).split("\n"))))                          # value and gradient side by side
+            # value and gradient side by side
+            gap = side * (0.2 + 0.1 * max(map(len, (top if side > 0 else bot).split("\n"))))
             near, far = (top, bot) if side > 0 else (bot, top)
             ax.text(mx + side * 0.25, my + 0.1, near, ha=ha, va="center",
                     color=VALUE if near is top else GRAD, **kw)

@@ -104,10 +104,13 @@ def machine(meta):
     """One Markdown paragraph describing where the numbers were measured."""
     env = meta.get("environment", {})
     torch = meta.get("torch") or "not installed"
-    omp = ", ".join(os.path.basename(o.get("filepath") or o.get("path") or "?") for o in env.get("openmp_runtime", []))
+    omp = ", ".join(os.path.basename(o.get("filepath") or o.get("path") or "?")
+                    for o in env.get("openmp_runtime", []))
     caches = ", ".join(f"{k} {v}" for k, v in env.get("caches", {}).items())
-    return (f"Measured with cybatchnorm {meta['version']} on {meta.get('description') or meta['machine']}"
-            f" ({meta['cpus']} CPUs; caches {caches or 'unknown'}), Python {env.get('python', '?')},"
+    where = meta.get('description') or meta['machine']
+    return (f"Measured with cybatchnorm {meta['version']} on {where}"
+            f" ({meta['cpus']} CPUs; caches {caches or 'unknown'}),"
+            f" Python {env.get('python', '?')},"
             f" numpy {meta['numpy']}, torch {torch}, {env.get('simd', '?')} kernels, OpenMP runtime"
             f" {omp or 'unknown'}; {meta['repeats']} runs of every contender after a warm-up,"
             f" taken in turns; the table gives medians (and the fused path's min-max).\n")
@@ -138,7 +141,9 @@ def plot(results, path):
         ax.set_xticklabels(labels, fontsize=7, rotation=45, ha="right")
         ax.set_ylabel("training step / torch.nn's" if what == "torch"
                       else "fwd+bwd time / 8S bound")
-        ax.set_title(f"{top} threads: {'layer against torch.nn.BatchNorm1d/2d' if what == 'torch' else 'fused path against the 8S bound'}"
+        against = ('layer against torch.nn.BatchNorm1d/2d' if what == 'torch'
+                   else 'fused path against the 8S bound')
+        ax.set_title(f"{top} threads: {against}"
                      " (lower is better)", fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()

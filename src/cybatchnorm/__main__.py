@@ -131,7 +131,8 @@ def _bench(args: argparse.Namespace) -> int:
             try:
                 threads.append(check_num_threads(int(t)))
             except ValueError:
-                raise ValueError(f"--threads: expected positive integers or 'all', got {t!r}") from None
+                raise ValueError(
+                    f"--threads: expected positive integers or 'all', got {t!r}") from None
     # run_bench parses every case before it prints or times anything; the
     # file is checked here too, so that an error names the option
     cases = _items(args.bench_cases, "--cases", "comma-separated shapes like 256x1024")

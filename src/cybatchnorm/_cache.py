@@ -225,8 +225,8 @@ class Cache:
         x3 = self.x.reshape(self.shape[0], self.shape[1], math.prod(self.shape[2:]))
         stats = (self.mu.copy(), self.var.copy()) if self.mode == "eval" else None
         values = _engine.fused_forward(x3, self.gamma, self.beta, self.eps,
-                                 _engine.empty(x3.shape, self.dtype), True, stats,
-                                 default_num_threads(x3.size))
+                                       _engine.empty(x3.shape, self.dtype), True, stats,
+                                       default_num_threads(x3.size))
         for name in FULL:
             arr = values[name].reshape(self.shape)
             _freeze(arr)        # with its bases: it cannot be made writable again

@@ -1,7 +1,8 @@
 # Small inline helpers shared by the node kernels (_nodes.pyx), the fused
-# kernels (_fused.pyx) and the split kernels (_split.pyx), each written once. Everything works on the (N, C, S) view of the data: S is
-# 1 for (N, D) input and the product of the spatial sizes otherwise, so one
-# channel's values in one row are a contiguous run of S elements.
+# kernels (_fused.pyx) and the split kernels (_split.pyx), each written once.
+# Everything works on the (N, C, S) view of the data: S is 1 for (N, D) input
+# and the product of the spatial sizes otherwise, so one channel's values in
+# one row are a contiguous run of S elements.
 #
 # Determinism: a channel is always reduced by one thread, in one fixed order
 # (rows in order; inside a run, sixteen interleaved partial sums combined by one
@@ -74,7 +75,9 @@ cdef extern from *:
     }
     static inline void cybn_store_fence(void) { _mm_sfence(); }
     #else
-    static inline void cybn_stream_copy(void *dst, const void *src, size_t n) { memcpy(dst, src, n); }
+    static inline void cybn_stream_copy(void *dst, const void *src, size_t n) {
+        memcpy(dst, src, n);
+    }
     static inline void cybn_store_fence(void) {}
     #endif
     """
@@ -295,7 +298,7 @@ cdef enum:
     STRIP_BYTES = 2 << 20   # bytes of one array's strip: L2 and a little L3
     MIN_RUN = 1024          # bytes per row of a strip: long runs the prefetchers follow
     MIN_STRIPS = 8          # strips per array, so that threads balance
-    STREAM_BYTES = 16 << 20 # outputs larger than this are streamed past the cache
+    STREAM_BYTES = 16 << 20  # outputs larger than this are streamed past the cache
 
 
 cdef inline Py_ssize_t strip_block(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,

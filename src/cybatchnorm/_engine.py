@@ -71,7 +71,8 @@ def _pick() -> tuple[tuple[ModuleType, ...], str]:
     elif not any(cpu[lv] for lv in LEVELS[1:cap + 1]):
         why = f"the CPU has neither AVX2 nor AVX-512{capped}"
     else:
-        why = "this build has no AVX2/AVX-512 modules (a non-x86 target or a compiler without the flags)"
+        why = ("this build has no AVX2/AVX-512 modules (a non-x86 target or a compiler "
+               "without the flags)")
     return (_fused, _nodes, _split), why
 
 

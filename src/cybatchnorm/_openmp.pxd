@@ -11,7 +11,8 @@ cdef extern from *:
     static int omp_get_max_threads(void) { return 1; }
     static int omp_get_thread_num(void) { return 0; }
     #endif
-    #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
+    #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && \
+        defined(__AVX512VL__)
     #define CYBN_SIMD "avx512"
     #elif defined(__AVX2__)
     #define CYBN_SIMD "avx2"
@@ -19,7 +20,10 @@ cdef extern from *:
     #define CYBN_SIMD "baseline"
     #endif
     #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-    static inline int cybn_cpu_has_avx2(void) { __builtin_cpu_init(); return __builtin_cpu_supports("avx2"); }
+    static inline int cybn_cpu_has_avx2(void) {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2");
+    }
     static inline int cybn_cpu_has_avx512(void) {
         __builtin_cpu_init();
         return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avx512f")

@@ -1,4 +1,5 @@
-"""Stub of ``cybatchnorm._split``, compiled: the split API's kernels for batches spread over processes.
+"""Stub of ``cybatchnorm._split``, compiled: the split API's kernels for batches spread
+over processes.
 Arrays as ``cybatchnorm._typing`` describes them. Keep in step with ``_split.pyx``.
 """
 from cybatchnorm._typing import AnyArray, F64Array

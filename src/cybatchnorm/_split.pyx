@@ -110,10 +110,10 @@ def normalize(const floating[:, :, ::1] x, const double[::1] mean,
 # ----------------------------------------------------------- backward side
 
 cdef inline void _shard_sums_rows(const floating[:, :, ::1] dout,
-                                 const floating[:, :, ::1] x,
-                                 const double[::1] m, Py_ssize_t r0,
-                                 Py_ssize_t r1, Py_ssize_t c0, Py_ssize_t c1,
-                                 f64_out sd, f64_out sdx) noexcept nogil:
+                                  const floating[:, :, ::1] x,
+                                  const double[::1] m, Py_ssize_t r0,
+                                  Py_ssize_t r1, Py_ssize_t c0, Py_ssize_t c1,
+                                  f64_out sd, f64_out sdx) noexcept nogil:
     # sd = sum(dout), sdx = sum(dout * (x - mean)) over rows [r0, r1) (the
     # accumulators restrict-qualified, as the fused sums')
     cdef Py_ssize_t S = dout.shape[2], n, c, k

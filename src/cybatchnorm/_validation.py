@@ -104,7 +104,8 @@ def shape_arg(name: str, value: Any) -> tuple[int, ...]:
     except TypeError:
         raise TypeError(f"{name}: expected a tuple of ints, got {value!r:.80}") from None
     if len(shape) < 2 or shape[0] < 1 or shape[1] < 0 or min(shape[2:], default=1) < 1:
-        raise ValueError(f"{name}: expected (N, C, *spatial) with N and spatial sizes > 0, got {shape}")
+        raise ValueError(
+            f"{name}: expected (N, C, *spatial) with N and spatial sizes > 0, got {shape}")
     return shape
 
 
@@ -510,7 +511,8 @@ def check_step(h: Any) -> float:
 def check_file(file: Any) -> IO[str] | None:
     """A file-like object with write(), or None."""
     if file is not None and not callable(getattr(file, "write", None)):
-        raise TypeError(f"file: expected a file-like object with write(), got {type(file).__name__}")
+        raise TypeError(
+            f"file: expected a file-like object with write(), got {type(file).__name__}")
     return cast("IO[str] | None", file)
 
 

@@ -36,7 +36,7 @@ def run_forward_m2(a: ForwardArgs) -> tuple[AnyArray, Cache, F64Array]:
     keep = a.kind == "full"
     out3 = a.out3 if a.out3 is not None else _engine.empty(a.x3.shape, a.dtype)
     values = _engine.fused_forward(a.x3, a.gamma, a.beta, a.eps, out3, keep, a.stats, a.nt,
-                             frozen=True, copy_x=a.copy_x)
+                                   frozen=True, copy_x=a.copy_x)
     if keep:
         values["xmu"] = values["xmu"].reshape(a.shape)
         values["xhat"] = values["xhat"].reshape(a.shape)

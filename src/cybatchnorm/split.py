@@ -212,7 +212,8 @@ def normalize(x: ArrayLike, mean: ArrayLike, ivar: ArrayLike, gamma: ArrayLike, 
     return out.reshape(shape)
 
 
-def backward_reduce(dout: ArrayLike, x: ArrayLike, mean: ArrayLike, ivar: ArrayLike | None = None, *,
+def backward_reduce(dout: ArrayLike, x: ArrayLike, mean: ArrayLike,
+                    ivar: ArrayLike | None = None, *,
                     num_threads: int | None = None) -> tuple[F64Array, F64Array]:
     """The backward's local reduction: per-channel ``sum(dout)`` and ``sum(dout * (x - mean))``.
 

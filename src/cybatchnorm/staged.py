@@ -26,9 +26,10 @@ def plan(
     nodes: tuple[Node, ...],
     constants: frozenset[str],
 ) -> tuple[tuple[Any, ...], tuple[Any, Any, Any], int]:
-    """The staged walk over ``nodes`` (:data:`NODES`) with ``constants`` (a
-    frozenset of node names), worked out once for the fixed graph: the nodes :func:`cybatchnorm.graph.backward` visits, in its
-    order, with its branch sums and its reuse of dead buffers.
+    """The staged walk over ``nodes`` (:data:`cybatchnorm.graph.NODES`) with
+    ``constants`` (a frozenset of node names), worked out once for the fixed
+    graph: the nodes :func:`cybatchnorm.graph.backward` visits, in its order,
+    with its branch sums and its reuse of dead buffers.
 
     Each gradient is named by where it lives: ``"dout"`` (the caller's,
     read-only), an int (a walk buffer the size of x) or its own name (a (C,)

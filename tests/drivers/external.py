@@ -15,6 +15,7 @@ def missing(env, what, install):
     if in_ci():
         print(f"{msg}; CI is set, so this is a failure", flush=True)
         return 1
-    print(f"{BAR}\n{msg}\nSKIPPED: nothing was checked; install it and run tox -e {env} again\n{BAR}",
+    print(f"{BAR}\n{msg}\nSKIPPED: nothing was checked; install it and run tox -e {env} "
+          f"again\n{BAR}",
           flush=True)
     return 0

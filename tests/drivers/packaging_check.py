@@ -14,7 +14,8 @@ import tarfile
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SOURCES = ["_nodes.pyx", "_fused.pyx", "_split.pyx", "_pool.pyx", "_openmp.pyx", "_openmp.pxd",
            "_common.pxd"]
-SDIST_PATHS = ["docs/conf.py", "docs/index.md", "docs/scripts/perf_report.py", "docs/data/bench.json",
+SDIST_PATHS = ["docs/conf.py", "docs/index.md", "docs/scripts/perf_report.py",
+               "docs/data/bench.json",
                "tox.ini", "src/cybatchnorm/py.typed", "src/cybatchnorm/_fused.pyi",
                "tests/typing_user.py", "tests/drivers/wheel_check.py", "LICENSE"]
 
@@ -32,7 +33,8 @@ def main(tmp):
     missing += [p for p in SDIST_PATHS if p not in paths]
     stray = [p for p in paths if p.endswith((".so", ".c", ".pyc")) or p.startswith("docs/_build/")]
     if missing or stray:
-        sys.exit(f"sdist lacks {missing}" + (f", and holds build output {stray[:5]}" if stray else ""))
+        sys.exit(f"sdist lacks {missing}"
+                 + (f", and holds build output {stray[:5]}" if stray else ""))
     print("sdist carries", ", ".join(SOURCES + SDIST_PATHS))
 
 

@@ -87,7 +87,8 @@ def run_installed(fixed, tmp):
                            env=env, cwd=work, capture_output=True, text=True, check=True)
     if not where.stdout.startswith(env_dir):
         sys.exit(f"wheel: imported {where.stdout.strip()}, not the installed wheel")
-    sh(py, "-c", "import importlib.util, sys; sys.exit(importlib.util.find_spec('Cython') is not None)",
+    sh(py, "-c",
+       "import importlib.util, sys; sys.exit(importlib.util.find_spec('Cython') is not None)",
        env=env, cwd=work)                  # nothing to compile with, nothing compiled
     sh(py, "-c", "import cybatchnorm as bn, sys;"
                  "rt = bn.show_config(mode='dicts')['Runtime']['openmp runtimes loaded'];"

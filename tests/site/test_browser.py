@@ -197,7 +197,8 @@ def test_no_literal_backslash_or_dollar(seen):
 
 
 def test_every_code_block_has_a_copy_button(seen):
-    assert seen.uncopyable == 0, f"{seen.uncopyable} code blocks without a copy button on {seen.url}"
+    assert seen.uncopyable == 0, \
+        f"{seen.uncopyable} code blocks without a copy button on {seen.url}"
 
 
 def test_nothing_fetched_from_the_network(seen):

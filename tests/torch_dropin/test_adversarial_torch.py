@@ -157,9 +157,12 @@ def test_reduced_precision_at_least_as_close_as_torch_nn(dtype, training):
 
 
 def _spoilers():
-    yield "running_var of ints", lambda m: setattr(m, "running_var", torch.ones(3, dtype=torch.int64)), None
+    yield ("running_var of ints",
+           lambda m: setattr(m, "running_var", torch.ones(3, dtype=torch.int64)), None)
     yield "running_mean too long", lambda m: setattr(m, "running_mean", torch.zeros(4)), None
-    yield "weight float64", lambda m: setattr(m, "weight", torch.nn.Parameter(torch.ones(3, dtype=torch.float64))), None
+    yield ("weight float64",
+           lambda m: setattr(m, "weight", torch.nn.Parameter(torch.ones(3, dtype=torch.float64))),
+           None)
     yield "one value per channel", None, torch.randn(1, 3)
     yield "wrong channels", None, torch.randn(4, 2)
     yield "1-D input", None, torch.randn(3)

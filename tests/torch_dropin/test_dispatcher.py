@@ -26,7 +26,8 @@ class _Log(TorchDispatchMode):
 def test_a_dispatch_mode_sees_the_operators_and_the_result_is_the_same(training):
     torch.manual_seed(0)
     x = torch.randn(4, 3, 5, 5, dtype=torch.float64)
-    plain, watched = cbt.BatchNorm2d(3, dtype=torch.float64), cbt.BatchNorm2d(3, dtype=torch.float64)
+    plain = cbt.BatchNorm2d(3, dtype=torch.float64)
+    watched = cbt.BatchNorm2d(3, dtype=torch.float64)
     results = []
     for m, mode in ((plain, None), (watched, _Log())):
         m.train(training)

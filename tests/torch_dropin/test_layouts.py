@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip(
-    "torch", reason="PyTorch not installed: pip install cybatchnorm[torch] (tox -e torch runs these)")
+    "torch",
+    reason="PyTorch not installed: pip install cybatchnorm[torch] (tox -e torch runs these)")
 
 from raised import raised  # noqa: E402
 
@@ -25,7 +26,8 @@ def test_channels_last_is_read_in_place_and_kept(shape):
     assert view.shape == (x.numel() // shape[1], shape[1], 1)
     assert np.shares_memory(view, x.numpy())
     ours = cbt.BatchNorm(shape[1], dtype=F64)
-    theirs = (torch.nn.BatchNorm2d if len(shape) == 4 else torch.nn.BatchNorm3d)(shape[1], dtype=F64)
+    cls = torch.nn.BatchNorm2d if len(shape) == 4 else torch.nn.BatchNorm3d
+    theirs = cls(shape[1], dtype=F64)
     for dout_fmt in (fmt, torch.contiguous_format):
         xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
         out, ref = ours(xa), theirs(xb)
@@ -131,7 +133,8 @@ def test_refused_input_changes_nothing():
     m = cbt.BatchNorm2d(3)
     m(torch.randn(4, 3, 2, 2))
     before = {k: v.clone() for k, v in m.state_dict().items()}
-    for bad in (torch.randn(1, 3, 1, 1), torch.randn(2, 4, 2, 2), torch.randn(2, 3, 2, 2, dtype=F64)):
+    for bad in (torch.randn(1, 3, 1, 1), torch.randn(2, 4, 2, 2),
+                torch.randn(2, 3, 2, 2, dtype=F64)):
         with pytest.raises((ValueError, RuntimeError)):
             m(bad)
     for k, v in m.state_dict().items():
@@ -139,15 +142,22 @@ def test_refused_input_changes_nothing():
 
 
 FUNCTIONAL = {
-    "weight size": lambda f: f(torch.randn(4, 3), torch.zeros(3), torch.ones(3), torch.ones(4), training=True),
-    "bias size": lambda f: f(torch.randn(4, 3), torch.zeros(3), torch.ones(3), None, torch.ones(4), training=True),
-    "running_mean size": lambda f: f(torch.randn(4, 3), torch.zeros(4), torch.ones(3), training=True),
-    "running_var size": lambda f: f(torch.randn(4, 3), torch.zeros(3), torch.ones(4), training=True),
+    "weight size":
+        lambda f: f(torch.randn(4, 3), torch.zeros(3), torch.ones(3), torch.ones(4), training=True),
+    "bias size":
+        lambda f: f(torch.randn(4, 3), torch.zeros(3), torch.ones(3), None, torch.ones(4),
+                    training=True),
+    "running_mean size":
+        lambda f: f(torch.randn(4, 3), torch.zeros(4), torch.ones(3), training=True),
+    "running_var size":
+        lambda f: f(torch.randn(4, 3), torch.zeros(3), torch.ones(4), training=True),
     "no running_mean in eval": lambda f: f(torch.randn(4, 3), None, None, training=False),
     "no running_var in eval": lambda f: f(torch.randn(4, 3), torch.zeros(3), None),
     "rank 1": lambda f: f(torch.randn(4), None, None, training=True),
-    "momentum None": lambda f: f(torch.randn(4, 3), torch.zeros(3), torch.ones(3), training=True, momentum=None),
-    "half stats": lambda f: f(torch.randn(4, 3).half(), torch.zeros(3).half(), torch.ones(3), training=True),
+    "momentum None":
+        lambda f: f(torch.randn(4, 3), torch.zeros(3), torch.ones(3), training=True, momentum=None),
+    "half stats":
+        lambda f: f(torch.randn(4, 3).half(), torch.zeros(3).half(), torch.ones(3), training=True),
     "eps eval": lambda f: f(torch.randn(4, 3), torch.zeros(3), torch.ones(3), eps=-1e-3),
 }
 
@@ -194,7 +204,8 @@ def test_state_dicts_old_and_without_bias():
     assert int(fresh.num_batches_tracked) == 0
     fresh.reset_parameters()
     fresh.reset_running_stats()
-    assert torch.equal(fresh.weight, torch.ones(3)) and torch.equal(fresh.running_var, torch.ones(3))
+    assert torch.equal(fresh.weight, torch.ones(3))
+    assert torch.equal(fresh.running_var, torch.ones(3))
 
 
 def test_convert_sync_batchnorm_sees_a_batchnorm():

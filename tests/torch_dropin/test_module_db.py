@@ -17,7 +17,8 @@ import pickle
 import pytest
 
 torch = pytest.importorskip(
-    "torch", reason="PyTorch not installed: pip install cybatchnorm[torch] (tox -e torch runs these)")
+    "torch",
+    reason="PyTorch not installed: pip install cybatchnorm[torch] (tox -e torch runs these)")
 pytest.importorskip("expecttest", reason="torch's test utilities need expecttest")
 from raised import raised  # noqa: E402
 from torch.testing._internal import common_modules  # noqa: E402
@@ -33,8 +34,8 @@ TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=2e-
 
 
 def test_module_db_has_the_three_classes():
-    assert sorted(m.module_cls.__name__ for m in INFOS) == ["BatchNorm1d", "BatchNorm2d",
-                                                           "BatchNorm3d"]
+    assert sorted(m.module_cls.__name__ for m in INFOS) == [
+        "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
 
 def samples(info, dtype, training, requires_grad=True):
@@ -63,8 +64,8 @@ def assert_same_state(ours, theirs, dtype):
     sd_o, sd_t = ours.state_dict(), theirs.state_dict()
     assert list(sd_o) == list(sd_t)
     for k in sd_t:
-        torch.testing.assert_close(sd_o[k], sd_t[k], **(TOL[dtype] if sd_t[k].is_floating_point()
-                                                      else {}), msg=k)
+        tol = TOL[dtype] if sd_t[k].is_floating_point() else {}
+        torch.testing.assert_close(sd_o[k], sd_t[k], **tol, msg=k)
 
 
 def run(module, x, dout):
@@ -74,7 +75,8 @@ def run(module, x, dout):
         params = [p for p in module.parameters()]
         inputs = ([x] if x.requires_grad else []) + params
         g = torch.autograd.grad(out, inputs, dout, allow_unused=True)
-        grads = dict(zip(["x"] * bool(x.requires_grad) + [n for n, _ in module.named_parameters()], g))
+        names = ["x"] * bool(x.requires_grad) + [n for n, _ in module.named_parameters()]
+        grads = dict(zip(names, g))
     return out, grads
 
 

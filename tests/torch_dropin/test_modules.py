@@ -4,7 +4,8 @@ float64."""
 import pytest
 
 torch = pytest.importorskip(
-    "torch", reason="PyTorch not installed: pip install cybatchnorm[torch] (tox -e torch runs these)")
+    "torch",
+    reason="PyTorch not installed: pip install cybatchnorm[torch] (tox -e torch runs these)")
 
 from cybatchnorm.torch import BatchNorm, batch_norm  # noqa: E402
 
@@ -99,7 +100,8 @@ def test_gradcheck_float64(shape):
     b = torch.randn(shape[1], dtype=torch.float64, generator=gen, requires_grad=True)
     train = lambda x, w, b: batch_norm(x, None, None, w, b, training=True)  # noqa: E731
     assert torch.autograd.gradcheck(train, (x, w, b), eps=1e-6, atol=1e-7)
-    rm, rv = torch.randn(shape[1], dtype=torch.float64), torch.rand(shape[1], dtype=torch.float64) + 0.5
+    rm = torch.randn(shape[1], dtype=torch.float64)
+    rv = torch.rand(shape[1], dtype=torch.float64) + 0.5
     evalf = lambda x, w, b: batch_norm(x, rm, rv, w, b, training=False)  # noqa: E731
     assert torch.autograd.gradcheck(evalf, (x, w, b), eps=1e-6, atol=1e-7)
     layer = BatchNorm(shape[1], dtype=torch.float64)

@@ -4,7 +4,8 @@ on three backends, and what torch.func and forward-mode AD do."""
 import pytest
 
 torch = pytest.importorskip(
-    "torch", reason="PyTorch not installed: pip install cybatchnorm[torch] (tox -e torch runs these)")
+    "torch",
+    reason="PyTorch not installed: pip install cybatchnorm[torch] (tox -e torch runs these)")
 
 import cybatchnorm.torch as cbt  # noqa: E402
 

@@ -3,7 +3,8 @@ process (torch.nn.BatchNorm2d) on the concatenated batch."""
 import pytest
 
 torch = pytest.importorskip(
-    "torch", reason="PyTorch not installed: pip install cybatchnorm[torch] (tox -e torch runs these)")
+    "torch",
+    reason="PyTorch not installed: pip install cybatchnorm[torch] (tox -e torch runs these)")
 import torch.distributed as dist  # noqa: E402
 
 if not dist.is_available() or not dist.is_gloo_available():

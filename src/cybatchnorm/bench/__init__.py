@@ -150,7 +150,8 @@ def torch_calls(
     xd, wd, bd = xt.detach(), w.detach(), b.detach()
     o = torch.empty_like(xd)
     sm, si = torch.empty(C, dtype=xd.dtype), torch.empty(C, dtype=xd.dtype)
-    gi, gw, gb = torch.empty_like(xd), torch.empty(C, dtype=xd.dtype), torch.empty(C, dtype=xd.dtype)
+    gi = torch.empty_like(xd)
+    gw, gb = torch.empty(C, dtype=xd.dtype), torch.empty(C, dtype=xd.dtype)
 
     def fwd_passed() -> Any:
         with torch.no_grad():
@@ -500,8 +501,9 @@ def run(cases: Sequence[str] | None = None, dtypes: Sequence[str] = ("float32", 
           " layer: BatchNorm training step; staged: staged backward (full cache); torch:"
           " torch.nn.BatchNorm1d/2d training step; 8S: 8 x bytes of x at the copy"
           " bandwidth measured with the same threads; lay/tm: layer / torch module;"
-          " stg/fus: staged / fused backward" + ("; 5S: the 5-pass floor; min-max: the"
-          " spread of f+b" if wide else " (--wide: more columns)"))
+          " stg/fus: staged / fused backward"
+          + ("; 5S: the 5-pass floor; min-max: the spread of f+b" if wide
+             else " (--wide: more columns)"))
         w("")
         w(format_targets(results, sweeps=sweeps))
     if json_path:

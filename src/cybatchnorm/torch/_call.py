@@ -68,15 +68,15 @@ def run_batch_norm(
             # no functorch transform is active here (dispatcher_visible): what
             # Function.apply would add is unwrapping tensors left by a dead one
             res = fast_apply(unwrap_if_dead(x),
-                              None if weight is None else unwrap_if_dead(weight),
-                              None if bias is None else unwrap_if_dead(bias),
-                              (plan, running_mean, running_var, training, momentum, eps,
-                               counter.data_ptr() if count else 0))
+                             None if weight is None else unwrap_if_dead(weight),
+                             None if bias is None else unwrap_if_dead(bias),
+                             (plan, running_mean, running_var, training, momentum, eps,
+                              counter.data_ptr() if count else 0))
             if count:
                 return res
         else:
-            res = EagerBatchNorm.apply(x, weight, bias, running_mean,  # type: ignore[no-untyped-call]
-                               running_var, training, momentum, eps, num_threads)
+            res = EagerBatchNorm.apply(  # type: ignore[no-untyped-call]
+                x, weight, bias, running_mean, running_var, training, momentum, eps, num_threads)
     if counter is not None:
         counter.add_(1)
     return res

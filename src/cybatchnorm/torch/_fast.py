@@ -63,7 +63,7 @@ def _param_key(t: Any) -> Any:
 
 
 def plan_for(x: Tensor, weight: Any, bias: Any, running_mean: Any, running_var: Any,
-          training: bool, eps: float, num_threads: int) -> _Plan:
+             training: bool, eps: float, num_threads: int) -> _Plan:
     """The plan for these arguments, made (after ``check_batch_norm``, which
     raises torch's errors) when their geometry is new. The key holds what
     the check and the plan read: x's dtype, shape and strides, and each

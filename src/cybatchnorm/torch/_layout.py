@@ -97,8 +97,8 @@ def out_like(x: Any) -> Tensor:
 
 
 #: the numpy dtype of each dtype the kernels compute in
-NUMPY_DTYPE: dict[torch.dtype, np.dtype[Any]] = {torch.float32: np.dtype(np.float32),
-                                           torch.float64: np.dtype(np.float64)}
+NUMPY_DTYPE: dict[torch.dtype, np.dtype[Any]] = {
+    torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
 
 def channel_array(t: Any, C: Any, dtype: Any, fill: Any) -> Any:

@@ -49,9 +49,9 @@ from ._layout import (
 # ------------------------------------------------------------------ forward
 
 def _forward_impl(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-                       running_mean: Optional[Tensor], running_var: Optional[Tensor],
-                       training: bool, eps: float,
-                       num_threads: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                  running_mean: Optional[Tensor], running_var: Optional[Tensor],
+                  training: bool, eps: float,
+                  num_threads: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Batch norm of ``x`` (N, C, *spatial); returns ``(out, mean, invstd, m2)``.
 
     ``training`` normalizes with the batch statistics, otherwise the running
@@ -76,7 +76,8 @@ def _forward_impl(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
     gamma, beta = channel_array(weight, C, cdt, 1.0), channel_array(bias, C, cdt, 0.0)
     stats = None if training else (channel_array(running_mean, C, cdt, 0.0),
                                    channel_array(running_var, C, cdt, 1.0))
-    v = _engine.fused_forward(x3, gamma, beta, eps, o3, False, stats, kernel_threads(num_threads, x3.size))
+    v = _engine.fused_forward(x3, gamma, beta, eps, o3, False, stats,
+                              kernel_threads(num_threads, x3.size))
     if out.dtype != x.dtype:
         out = out.to(x.dtype)
     return (out, torch.from_numpy(v["mu64"]), torch.from_numpy(v["ivar64"]),
@@ -188,8 +189,8 @@ def _forward_grad(ctx: Any, dout: Any, _dmean: Any, _dinvstd: Any, _dm2: Any) ->
 # ----------------------------------------------------------------- backward
 
 def _backward_impl(dout: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tensor,
-                        invstd: Tensor, training: bool,
-                        num_threads: int) -> tuple[Tensor, Tensor, Tensor]:
+                   invstd: Tensor, training: bool,
+                   num_threads: int) -> tuple[Tensor, Tensor, Tensor]:
     """Closed-form gradients ``(dx, dweight, dbias)`` of ``batch_norm_forward``.
 
     ``mean`` and ``invstd`` are the forward's; ``training`` false gives the
@@ -207,8 +208,8 @@ def _backward_impl(dout: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tens
         g = in_layout(g if g.dtype == cdt else g.to(cdt), layout)
         g3, x3, dx3 = view3(g, layout), view3(xc, layout), view3(dx, layout)
         dgamma, dbeta = _engine.fused_backward(g3, x3, True, mean.numpy(), invstd.numpy(),
-                                         channel_array(weight, C, cdt, 1.0), dx3, training,
-                                         kernel_threads(num_threads, x3.size))
+                                               channel_array(weight, C, cdt, 1.0), dx3, training,
+                                               kernel_threads(num_threads, x3.size))
     if dx.dtype != x.dtype:
         dx = dx.to(x.dtype)
     return dx, torch.from_numpy(dgamma), torch.from_numpy(dbeta)

@@ -80,5 +80,5 @@ def batch_norm(
         raise TypeError("batch_norm(): argument 'training' (position 6) must be bool, "
                         f"not {type(training).__name__}")
     momentum = _momentum(momentum)
-    return run_batch_norm(input, weight, bias, running_mean, running_var, bool(training), momentum,
-                   float(eps), threads_arg(num_threads))
+    return run_batch_norm(input, weight, bias, running_mean, running_var, bool(training),
+                          momentum, float(eps), threads_arg(num_threads))

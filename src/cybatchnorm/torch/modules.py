@@ -120,7 +120,8 @@ _DOC = """Drop-in for ``torch.nn.{name}`` backed by cybatchnorm's compiled kerne
 
 
 class BatchNorm(_CyBatchNorm):
-    __doc__ = _DOC.format(name="BatchNorm1d/2d/3d", shapes="(N, C, *spatial) of any rank >= 2") + """
+    __doc__ = _DOC.format(name="BatchNorm1d/2d/3d",
+                          shapes="(N, C, *spatial) of any rank >= 2") + """
     Examples
     --------
     >>> import torch

@@ -96,7 +96,8 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         if x.numel():
             x3, o3 = view3(xc, layout), view3(out, layout)
             _engine.normalize(x3, mean, invstd, channel_array(weight, C, cdt, 1.0),
-                              channel_array(bias, C, cdt, 0.0), o3, kernel_threads(num_threads, x3.size))
+                              channel_array(bias, C, cdt, 0.0), o3,
+                              kernel_threads(num_threads, x3.size))
         update_running_stats(running_mean, running_var, torch.from_numpy(mean),
                              torch.from_numpy(m2), int(count), momentum)
         ctx.save_for_backward(x, weight)
@@ -128,7 +129,8 @@ class _SyncBatchNormFunction(torch.autograd.Function):
             s = sums.numpy()
             _engine.backward_elementwise(g3, x3, mean.numpy(), invstd.numpy(),
                                          channel_array(weight, C, cdt, 1.0), s[0], s[1], count,
-                                         view3(dx, layout), kernel_threads(ctx.num_threads, x3.size))
+                                         view3(dx, layout),
+                                         kernel_threads(ctx.num_threads, x3.size))
         need = ctx.needs_input_grad
         dweight = dbias = None
         if weight is not None and need[1]:
