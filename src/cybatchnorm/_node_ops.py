@@ -39,6 +39,7 @@ def _gvec(like: AnyArray) -> F64Array:
 
 
 def mu_fwd(x3: AnyArray, nt: int) -> AnyArray:
+    """mu = mean(x3) per channel, in x's dtype (summed in float64)."""
     mu = _vec(x3)
     _engine.nodes.mu_forward(x3, mu, nt)
     return mu
@@ -53,6 +54,8 @@ def _broadcast_op(kernel: str) -> Callable[..., AnyArray]:
         getattr(_engine.nodes, kernel)(a3, p, res, nt)
         return res
     op.__name__ = op.__qualname__ = kernel.replace("_forward", "_fwd").replace("_backward", "_bwd")
+    op.__doc__ = (f"The node kernel ``{kernel}``: ``op(a3, p, nt, out=None)``, a3 full, "
+                  "p a (C,) vector broadcast over the batch.")
     return op
 
 
@@ -64,6 +67,8 @@ def _channel_op(kernel: str, grad: bool = False) -> Callable[..., AnyArray]:
         getattr(_engine.nodes, kernel)(v, *rest[:-1], res, rest[-1])
         return res
     op.__name__ = op.__qualname__ = kernel.replace("_forward", "_fwd").replace("_backward", "_bwd")
+    op.__doc__ = (f"The node kernel ``{kernel}`` between (C,) vectors: ``op(v, *others, nt)``, "
+                  "the result shaped like v" + (" (a gradient: float64)." if grad else "."))
     return op
 
 
@@ -78,18 +83,21 @@ sqrtvar_bwd = _channel_op("sqrtvar_backward", True)  # (dsqrtvar, sqrtvar, nt)
 
 
 def sq_fwd(xmu3: AnyArray, nt: int, out: AnyArray | None = None) -> AnyArray:
+    """sq = xmu3 ** 2, into ``out`` when given."""
     res = _new(xmu3, out)
     _engine.nodes.sq_forward(xmu3, res, nt)
     return res
 
 
 def var_fwd(sq3: AnyArray, nt: int) -> AnyArray:
+    """var = mean(sq3) per channel, in sq's dtype (summed in float64)."""
     var = _vec(sq3)
     _engine.nodes.var_forward(sq3, var, nt)
     return var
 
 
 def out_bwd(dout3: AnyArray, nt: int) -> tuple[AnyArray, AnyArray]:
+    """(dbeta, dgammax): dbeta = sum(dout3) per channel (float64); dgammax is dout3."""
     dbeta = _gvec(dout3)
     _engine.nodes.out_backward(dout3, dbeta, nt)
     return dbeta, dout3
@@ -102,6 +110,7 @@ def gammax_bwd(
     nt: int,
     out: AnyArray | None = None,
 ) -> tuple[AnyArray, AnyArray]:
+    """(dgamma, dxhat): dgamma = sum(dgammax3 * xhat3) (float64), dxhat = dgammax3 * gamma."""
     dgamma, dxhat = _gvec(dgammax3), _new(dgammax3, out)
     _engine.nodes.gammax_backward(dgammax3, xhat3, gamma, dgamma, dxhat, nt)
     return dgamma, dxhat
@@ -114,12 +123,14 @@ def xhat_bwd(
     nt: int,
     out: AnyArray | None = None,
 ) -> tuple[AnyArray, AnyArray]:
+    """(divar, dxmu1): divar = sum(dxhat3 * xmu3) (float64), dxmu1 = dxhat3 * ivar."""
     divar, dxmu1 = _gvec(dxhat3), _new(dxhat3, out)
     _engine.nodes.xhat_backward(dxhat3, xmu3, ivar, divar, dxmu1, nt)
     return divar, dxmu1
 
 
 def var_bwd(dvar: AnyArray, shape3: Sequence[int], nt: int) -> AnyArray:
+    """dsq as its (C,) float64 vector: dvar / M, M = N * S values per channel."""
     dsq = np.empty(dvar.shape)
     _engine.nodes.var_backward(dvar, float(shape3[0] * shape3[2]), dsq, nt)
     return dsq
@@ -132,6 +143,7 @@ def sq_bwd(
     out: AnyArray | None = None,
     add_to: AnyArray | None = None,
 ) -> AnyArray:
+    """dxmu2 = 2 * xmu3 * dsq (dsq full, or its (C,) vector); with ``add_to``, added into it."""
     # dsq: a full (N, C, S) gradient, or the (C,) vector of a broadcast one
     res = add_to if add_to is not None else _new(xmu3, out)
     if dsq.ndim == 1:
@@ -142,18 +154,21 @@ def sq_bwd(
 
 
 def xmu_bwd(dxmu3: AnyArray, nt: int) -> tuple[AnyArray, AnyArray]:
+    """(dx1, dmu): dx1 is dxmu3, dmu = -sum(dxmu3) per channel (float64)."""
     dmu = _gvec(dxmu3)
     _engine.nodes.xmu_backward(dxmu3, dmu, nt)
     return dxmu3, dmu
 
 
 def mu_bwd(dmu: AnyArray, shape3: Sequence[int], nt: int) -> AnyArray:
+    """dx2 as its (C,) float64 vector: dmu / M, M = N * S values per channel."""
     dx2 = np.empty(dmu.shape)
     _engine.nodes.mu_backward(dmu, float(shape3[0] * shape3[2]), dx2, nt)
     return dx2
 
 
 def branch_add(a3: AnyArray, b: AnyArray, nt: int, out: AnyArray | None = None) -> AnyArray:
+    """a3 + b, two gradients of one value (b full, or the (C,) vector of a broadcast one)."""
     # b: a full gradient, or the (C,) vector of a broadcast one
     res = _new(a3, out)
     if b.ndim == 1:

@@ -38,7 +38,9 @@ def verify_batch_size(shape: Any) -> None:
             f"Expected more than 1 value per channel when training, got input size {shape}")
 
 
-def check_eps(eps: Any, training: Any) -> None:
+def check_torch_eps(eps: Any, training: Any) -> None:
+    """torch's rule for ``eps``: positive in training, non-negative in eval
+    (``_validation.check_eps`` is the numpy side's, positive always)."""
     if training and not eps > 0.0:
         raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
     if not eps >= 0.0:
@@ -68,7 +70,7 @@ def check_batch_norm(
                         f"not {type(x).__name__}")
     if training and not shard:
         verify_batch_size(x.size())
-    check_eps(eps, training)
+    check_torch_eps(eps, training)
     params = (("weight", weight), ("bias", bias), ("running_mean", running_mean),
               ("running_var", running_var))
     for name, t in params:
