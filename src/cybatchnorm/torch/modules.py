@@ -26,10 +26,11 @@ def _momentum_of(training: bool, track_running_stats: bool, seen: Any,
     return bool(track), float(factor)
 
 
-class _CyBatchNorm(_BatchNorm):
+class DropInBatchNorm(_BatchNorm):
     """What the four classes share: torch's constructor, parameters, buffers,
     ``reset_parameters``, ``reset_running_stats``, ``extra_repr`` and
-    ``_load_from_state_dict`` (inherited), and a forward through the ops."""
+    ``_load_from_state_dict`` (inherited), and a forward through
+    ``_call.run_batch_norm``."""
 
     def __init__(
         self,
@@ -119,7 +120,7 @@ _DOC = """Drop-in for ``torch.nn.{name}`` backed by cybatchnorm's compiled kerne
     """
 
 
-class BatchNorm(_CyBatchNorm):
+class BatchNorm(DropInBatchNorm):
     __doc__ = _DOC.format(name="BatchNorm1d/2d/3d",
                           shapes="(N, C, *spatial) of any rank >= 2") + """
     Examples
@@ -138,7 +139,7 @@ class BatchNorm(_CyBatchNorm):
             raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
 
 
-class BatchNorm1d(_CyBatchNorm):
+class BatchNorm1d(DropInBatchNorm):
     __doc__ = _DOC.format(name="BatchNorm1d", shapes="(N, C) or (N, C, L)")
 
     def _check_input_dim(self, input: Any) -> None:
@@ -146,7 +147,7 @@ class BatchNorm1d(_CyBatchNorm):
             raise ValueError(f"expected 2D or 3D input (got {input.dim()}D input)")
 
 
-class BatchNorm2d(_CyBatchNorm):
+class BatchNorm2d(DropInBatchNorm):
     __doc__ = _DOC.format(name="BatchNorm2d", shapes="(N, C, H, W)")
 
     def _check_input_dim(self, input: Any) -> None:
@@ -154,7 +155,7 @@ class BatchNorm2d(_CyBatchNorm):
             raise ValueError(f"expected 4D input (got {input.dim()}D input)")
 
 
-class BatchNorm3d(_CyBatchNorm):
+class BatchNorm3d(DropInBatchNorm):
     __doc__ = _DOC.format(name="BatchNorm3d", shapes="(N, C, D, H, W)")
 
     def _check_input_dim(self, input: Any) -> None:

@@ -40,7 +40,7 @@ from ._layout import (
 )
 from ._ops import update_running_stats
 from .functional import threads_arg
-from .modules import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, _CyBatchNorm
+from .modules import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, DropInBatchNorm
 
 __all__ = ["SyncBatchNorm"]
 
@@ -141,7 +141,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
                 None, None, None, None, None, None, None)
 
 
-class SyncBatchNorm(_CyBatchNorm):
+class SyncBatchNorm(DropInBatchNorm):
     """Drop-in for ``torch.nn.SyncBatchNorm`` that runs on CPU tensors.
 
     Every rank of ``process_group`` (default: the whole world) calls it with
