@@ -41,7 +41,7 @@ import textwrap
 
 X86 = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
 SIMD_TWINS = ("avx2", "avx512")
-KERNELS = ("_nodes", "_fused", "_split")
+KERNELS = ("_nodes", "_fused", "_split", "_norms")
 # the AVX-512 subset every AVX-512 x86 CPU since Skylake-SP has; 512-bit
 # vectors asked for explicitly (GCC prefers 256 bits otherwise)
 AVX512_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mprefer-vector-width=512"]

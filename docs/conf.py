@@ -69,7 +69,8 @@ nitpick_ignore_regex = [
     (r"py:class", r"(array_like|ndarray|array|optional|callable|file-like|"
                   r"int|float|str|bool|dict|tuple|object|None|default.*|"
                   r"shape.*|float32|float64|numpy\..*|keyword-only|iterable.*|"
-                  r"of|or|in|x|C|N|D|spatial.*|float in.*|\(C,\)|\(N, .*|\d.*|\[0|1\])"),
+                  r"of|or|in|x|C|N|D|R|M|P|G|spatial.*|float in.*|\(C,\)|\(N, .*|\(R.*|\(P,\)|"
+                  r"batch.*|normalized_shape.*|\d.*|\[0|1\])"),
 ]
 
 # every doctest on the site and in the docstrings starts from these names

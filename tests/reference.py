@@ -94,3 +94,42 @@ def dx_error(dx, dx_ref, dout, vals):
     scale = np.abs(g * _b(np.asarray(vals["gamma"] * vals["ivar"], np.longdouble))).max(initial=0)
     err = np.abs(np.asarray(dx, np.longdouble) - np.asarray(dx_ref, np.longdouble)).max(initial=0)
     return float(err / scale) if scale else float(err)
+
+
+def _norm(x, gamma, beta, dout, eps, rows, bshape, dtype):
+    # per-row statistics of x seen as ``rows`` (R, M); gamma and beta
+    # reshaped to ``bshape`` broadcast against x; returns out and the
+    # closed-form dx, dgamma, dbeta (summed over every axis gamma is not on)
+    shape = np.shape(x)
+    x2 = np.asarray(x, dtype).reshape(rows)
+    mu = x2.mean(axis=1, keepdims=True)
+    var = ((x2 - mu) ** 2).mean(axis=1, keepdims=True)
+    ivar = 1 / np.sqrt(var + dtype(eps))
+    xhat = ((x2 - mu) * ivar).reshape(shape)
+    g = np.asarray(gamma, dtype).reshape(bshape)
+    out = g * xhat + np.asarray(beta, dtype).reshape(bshape)
+    d = np.asarray(dout, dtype)
+    dxhat = (d * g).reshape(rows)
+    xh2 = xhat.reshape(rows)
+    dx = ivar * (dxhat - dxhat.mean(axis=1, keepdims=True)
+                 - xh2 * (dxhat * xh2).mean(axis=1, keepdims=True))
+    over = tuple(i for i, n in enumerate(bshape) if n == 1)
+    dgamma = (d * xhat).sum(axis=over).reshape(np.shape(gamma))
+    dbeta = d.sum(axis=over).reshape(np.shape(gamma))
+    return out, dx.reshape(shape), dgamma, dbeta
+
+
+def layernorm(x, gamma, beta, dout, eps=1e-5, dtype=np.float64):
+    """Layer norm over x's trailing gamma.ndim axes: ``(out, dx, dgamma, dbeta)``."""
+    k = np.ndim(gamma)
+    shape = np.shape(x)
+    return _norm(x, gamma, beta, dout, eps, (-1, int(np.prod(shape[len(shape) - k:]))),
+                 (1,) * (len(shape) - k) + tuple(np.shape(gamma)), dtype)
+
+
+def groupnorm(x, gamma, beta, num_groups, dout, eps=1e-5, dtype=np.float64):
+    """Group norm of x (N, C, *spatial) in num_groups groups of channels:
+    ``(out, dx, dgamma, dbeta)``."""
+    shape = np.shape(x)
+    return _norm(x, gamma, beta, dout, eps, (shape[0] * num_groups, -1),
+                 (1, shape[1]) + (1,) * (len(shape) - 2), dtype)

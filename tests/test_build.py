@@ -50,7 +50,7 @@ def test_target_arch(build, tag, archflags, arch):
 def test_simd_twins_only_where_they_can_run(build, arch, ctype, twins):
     assert build.simd_twins(arch, ctype) == twins
     names = build.module_names(twins)
-    assert {"_openmp", "_pool", "_nodes", "_fused", "_split"} <= set(names)
+    assert {"_openmp", "_pool", "_nodes", "_fused", "_split", "_norms"} <= set(names)
     assert any(n.endswith("_avx2") for n in names) == bool(twins)
 
 

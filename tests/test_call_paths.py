@@ -33,8 +33,12 @@ def _fused():
     (lambda: bn.nodes.xhat_forward(X, G), ("nodes", "xhat_forward"),
      ["nodes.py", "_node_ops.py"]),
     (lambda: bn.batch_stats(X), ("split", "batch_stats"), ["split.py", "_engine.py"]),
+    (lambda: bn.layernorm_forward(X, G, B), ("norms", "forward"), ["norms.py", "_engine.py"]),
+    (lambda: bn.groupnorm_backward_fused(X, bn.groupnorm_forward(X, G, B, 4)[1]),
+     ("norms", "backward"), ["norms.py", "_engine.py"]),
 ], ids=["batchnorm_forward", "batchnorm_backward_fused", "batchnorm_backward",
-        "BatchNorm.forward", "BatchNorm.backward", "nodes.xhat_forward", "batch_stats"])
+        "BatchNorm.forward", "BatchNorm.backward", "nodes.xhat_forward", "batch_stats",
+        "layernorm_forward", "groupnorm_backward_fused"])
 def test_a_call_reaches_its_kernel_through_at_most_four_files(monkeypatch, call, kernels, want):
     module, name = kernels
     files = kernel_path(monkeypatch, getattr(_engine, module), name, call)

@@ -13,7 +13,7 @@ PKG = os.path.dirname(cybatchnorm.__file__)
 
 def test_py_typed_and_stubs_ship_with_the_package():
     assert os.path.exists(os.path.join(PKG, "py.typed"))
-    for mod in ("_nodes", "_fused", "_split", "_pool", "_openmp"):
+    for mod in ("_nodes", "_fused", "_split", "_norms", "_pool", "_openmp"):
         assert os.path.exists(os.path.join(PKG, mod + ".pyi")), mod
 
 
@@ -33,7 +33,7 @@ def _stub_names(mod):
 def test_stubs_match_the_compiled_modules():
     # every public name a compiled module has is in its stub, and no stub
     # names something the module lacks
-    for mod in ("_nodes", "_fused", "_split", "_pool", "_openmp"):
+    for mod in ("_nodes", "_fused", "_split", "_norms", "_pool", "_openmp"):
         m = importlib.import_module(f"cybatchnorm.{mod}")
         have = {n for n in vars(m)
                 if not n.startswith("_") and not isinstance(getattr(m, n), type(os))}
@@ -44,7 +44,7 @@ def test_stubs_match_the_compiled_modules():
 def test_stub_signatures_match_the_compiled_functions():
     import ast
     import inspect
-    for mod in ("_nodes", "_fused", "_split"):
+    for mod in ("_nodes", "_fused", "_split", "_norms"):
         m = importlib.import_module(f"cybatchnorm.{mod}")
         with open(os.path.join(PKG, mod + ".pyi")) as fh:
             tree = ast.parse(fh.read())

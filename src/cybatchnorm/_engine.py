@@ -26,11 +26,11 @@ import warnings
 
 import numpy as np
 
-from . import _fused, _nodes, _openmp, _pool, _split
+from . import _fused, _nodes, _norms, _openmp, _pool, _split
 from ._typing import AnyArray, F64Array
 
 LEVELS = ("baseline", "avx2", "avx512")
-KERNEL_MODULES = ("_fused", "_nodes", "_split")
+KERNEL_MODULES = ("_fused", "_nodes", "_split", "_norms")
 _FEATURES = {"avx2": "AVX2", "avx512": "AVX-512 F, BW, DQ and VL"}
 
 
@@ -38,7 +38,7 @@ def _load(level: str) -> tuple[ModuleType, ...] | None:
     # the three kernel modules of one instruction-set level, or None when
     # they were not built for it (a compiler without the flags)
     if level == "baseline":
-        return _fused, _nodes, _split
+        return _fused, _nodes, _split, _norms
     try:
         mods = tuple(importlib.import_module(f"{__package__}.{m}_{level}")
                      for m in KERNEL_MODULES)
@@ -73,10 +73,10 @@ def _pick() -> tuple[tuple[ModuleType, ...], str]:
     else:
         why = ("this build has no AVX2/AVX-512 modules (a non-x86 target or a compiler "
                "without the flags)")
-    return (_fused, _nodes, _split), why
+    return (_fused, _nodes, _split, _norms), why
 
 
-(fused, nodes, split), SIMD_REASON = _pick()
+(fused, nodes, split, norms), SIMD_REASON = _pick()
 SIMD = fused.SIMD
 if _openmp.openmp_status().startswith("disabled (the build's OpenMP probe failed"):
     warnings.warn("cybatchnorm was built without OpenMP because the build's OpenMP probe "
@@ -300,6 +300,30 @@ def backward_elementwise(g3: AnyArray, x3: AnyArray, mean: F64Array, ivar: F64Ar
     C = g3.shape[1]
     split.backward_elementwise(g3, x3, mean, ivar, gamma, sd, sdx, float(count), dx3,
                                np.empty((3, C)), _chunks(x3.shape, x3.dtype), nt)
+
+# ------------------------------------------ per-sample normalizations
+
+def norm_forward(x2: AnyArray, gamma: AnyArray, beta: AnyArray, eps: float, G: int, S: int,
+                 out2: AnyArray, nt: int) -> tuple[F64Array, F64Array]:
+    """Layer, group or instance norm of the rows of ``x2`` (R, M) into ``out2``;
+    returns the rows' float64 mean and ivar (see ``_norms.forward``)."""
+    R = x2.shape[0]
+    mean, ivar = np.empty(R), np.empty(R)
+    norms.forward(x2, gamma, beta, eps, G, S, out2, mean, ivar, nt)
+    return mean, ivar
+
+
+def norm_backward(g2: AnyArray, x2: AnyArray, mean: F64Array, ivar: F64Array, gamma: AnyArray,
+                  G: int, S: int, dx2: AnyArray, nt: int) -> tuple[F64Array, F64Array]:
+    """The closed-form backward of :func:`norm_forward` into ``dx2``; returns
+    the float64 ``(dgamma, dbeta)``."""
+    P = gamma.shape[0]
+    K = int(norms.row_chunks(x2.shape[0], P))
+    dgamma, dbeta = np.empty(P), np.empty(P)
+    norms.backward(g2, x2, mean, ivar, gamma, G, S, dx2, dgamma, dbeta, np.empty((K, P)),
+                   np.empty((K, P)), nt)
+    return dgamma, dbeta
+
 
 # ------------------------------------------------------- running statistics
 

@@ -18,6 +18,7 @@ from typing import IO, Any, NamedTuple, cast
 import numpy as np
 
 from ._cache import KINDS, Cache
+from ._norm_cache import NormCache
 from ._threads import default_num_threads, thread_cap
 from ._typing import AnyArray, F64Array
 
@@ -519,3 +520,103 @@ def check_file(file: Any) -> IO[str] | None:
 def positive_count(value: Any) -> int:
     """``count``: a positive int (values per channel over all shards)."""
     return int_arg("count", value, 1, "a positive int (values per channel)")
+
+
+# ------------------------------------------- per-sample normalizations
+
+class NormArgs(NamedTuple):
+    """A validated layer-norm or group-norm forward call: x as (R, M) rows."""
+    x2: AnyArray
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    gamma: AnyArray
+    beta: AnyArray
+    param_shape: tuple[int, ...]
+    groups: int
+    S: int
+    eps: float
+    nt: int
+    out: AnyArray | None
+    out2: AnyArray | None
+    copy_x: bool
+
+
+def _norm_out(out: Any, x: Any, arr: AnyArray, x2: AnyArray, params: tuple[Any, ...],
+              dt: np.dtype[Any]) -> AnyArray | None:
+    # the caller's out checked (x's shape, computation dtype, sharing no
+    # memory with an input) as (R, M) rows; None when not given
+    if out is None:
+        return None
+    return check_out("out", out, arr.shape, dt, (x, arr, x2) + params).reshape(x2.shape)
+
+
+def layernorm_args(x: Any, gamma: Any, beta: Any, eps: Any, num_threads: Any,
+                   out: Any) -> NormArgs:
+    """Validate a layer-norm forward call once: gamma's shape is the normalized
+    trailing shape of x (torch's ``normalized_shape``), beta's the same."""
+    arr = as_array("x", x)
+    dt = computation_dtype("x", arr)
+    g = as_array("gamma", gamma)
+    check_dtype("gamma", g)
+    k = g.ndim
+    if k == 0 or k > arr.ndim or arr.shape[arr.ndim - k:] != g.shape:
+        raise ValueError(f"gamma: expected the normalized trailing shape of x (x's shape "
+                         f"{arr.shape} ends with gamma's), got {g.shape}")
+    pshape = tuple(g.shape)
+    M = math.prod(pshape)
+    if M == 0:
+        raise ValueError(f"gamma: the normalized shape {pshape} holds no values")
+    b = as_array("beta", beta)
+    check_dtype("beta", b)
+    if b.shape != pshape:
+        raise ValueError(f"beta: expected gamma's shape {pshape}, got {b.shape}")
+    x2 = np.ascontiguousarray(arr, dtype=dt).reshape(-1, M)
+    eps = check_eps(eps)
+    nt = check_num_threads(num_threads, x2.size)
+    gamma = np.ascontiguousarray(g, dtype=dt).reshape(M)
+    beta = np.ascontiguousarray(b, dtype=dt).reshape(M)
+    out2 = _norm_out(out, x, arr, x2, (gamma, beta), dt)
+    return NormArgs(x2, tuple(arr.shape), dt, gamma, beta, pshape, 1, 1, eps, nt, out, out2,
+                    bool(np.may_share_memory(x2, arr)))
+
+
+def groupnorm_args(x: Any, gamma: Any, beta: Any, num_groups: Any, eps: Any, num_threads: Any,
+                   out: Any) -> NormArgs:
+    """Validate a group-norm forward call once: x (N, C, *spatial), gamma and
+    beta (C,), ``num_groups`` a divisor of C."""
+    arr = as_array("x", x)
+    x3, shape, dt = full("x", arr)
+    N, C, S = x3.shape
+    G = int_arg("num_groups", num_groups, 1, "a positive int")
+    if C % G:
+        raise ValueError(f"num_groups: expected a divisor of the {C} channels, got {G}")
+    gamma = feature("gamma", gamma, C, dt)
+    beta = feature("beta", beta, C, dt)
+    eps = check_eps(eps)
+    nt = check_num_threads(num_threads, x3.size)
+    x2 = x3.reshape(N * G, (C // G) * S)
+    out2 = _norm_out(out, x, arr, x2, (gamma, beta), dt)
+    return NormArgs(x2, tuple(shape), dt, gamma, beta, (C,), G, S, eps, nt, out, out2,
+                    bool(np.may_share_memory(x2, arr)))
+
+
+def norm_backward_args(kind: str, dout: Any, cache: Any, num_threads: Any,
+                       dx: Any) -> tuple[AnyArray, int, AnyArray | None]:
+    """Validate a layer-norm or group-norm backward call once: the cache of
+    that normalization, dout of x's shape (cast to the cache's dtype), dx;
+    return ``(g2, nt, dx2)`` as (R, M) rows (dx2 None when dx is None)."""
+    if not isinstance(cache, NormCache):
+        raise TypeError(f"cache: expected the NormCache returned by {kind}norm_forward, "
+                        f"got {type(cache).__name__}")
+    if cache.kind != kind:
+        raise ValueError(f"cache: expected a {kind} norm's cache, got a {cache.kind} norm's")
+    arr = as_array("dout", dout)
+    check_dtype("dout", arr)
+    if arr.shape != cache.shape:
+        raise ValueError(f"dout: expected shape {cache.shape}, got {arr.shape}")
+    g2 = np.ascontiguousarray(arr, dtype=cache.dtype).reshape(cache.x.shape)
+    nt = check_num_threads(num_threads, g2.size)
+    if dx is None:
+        return g2, nt, None
+    dx2 = check_out("dx", dx, cache.shape, cache.dtype, (dout, arr, g2, cache.x))
+    return g2, nt, dx2.reshape(cache.x.shape)

@@ -12,7 +12,8 @@ import sys
 import tarfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SOURCES = ["_nodes.pyx", "_fused.pyx", "_split.pyx", "_pool.pyx", "_openmp.pyx", "_openmp.pxd",
+SOURCES = ["_nodes.pyx", "_fused.pyx", "_split.pyx", "_norms.pyx", "_pool.pyx", "_openmp.pyx",
+           "_openmp.pxd",
            "_common.pxd"]
 SDIST_PATHS = ["docs/conf.py", "docs/index.md", "docs/scripts/perf_report.py",
                "docs/data/bench.json",

@@ -1,0 +1,189 @@
+"""Per-sample normalizations: layer norm, group norm and instance norm, fused.
+
+The same graph as batch norm with the reductions moved: ``mu`` and ``var``
+are taken per row of x seen as (R, M), a row being the M = Cg * S values of
+one group of one sample (R = N * G rows; layer norm: G = 1, Cg = M, S = 1;
+instance norm: G = C, Cg = 1). Each value's scale and shift are
+``gamma[p]``/``beta[p]``, p = g * Cg + (its index in the row) // S for a row
+of group g: per feature for layer norm, per channel for group norm.
+
+Rows are independent, so the forward runs one row per task and is bitwise
+the same for any thread count; the backward's parameter gradients sum over
+rows: each of K chunks of rows (K a function of the shape alone) sums its
+rows in order into its own partial, and the partials are added in chunk
+order. Every sum runs in float64 over the fixed lanes of ``_common.pxd``'s
+run reductions, so every SIMD build gives the same bits.
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport sqrt
+
+from cybatchnorm._common cimport (LANES, lanes_total, run_sum, run_dot_centred, run_reduce,
+                                  RUN_SQDEV, rstart)
+cimport cybatchnorm._openmp
+from cybatchnorm._openmp cimport CYBN_SIMD, CYBN_BUILD_CFLAGS
+
+SIMD = CYBN_SIMD.decode()                   # the instruction set this module was compiled for
+BUILD_CFLAGS = CYBN_BUILD_CFLAGS.decode()   # the flags this module was compiled with
+
+cdef enum:
+    # the backward's parameter partials hold at most this many float64 values
+    PARTIAL_VALUES = 1 << 18
+    MAX_CHUNKS = 64
+
+
+def row_chunks(Py_ssize_t R, Py_ssize_t P):
+    """Chunks of rows of the backward's parameter sums for R rows and P
+    parameters: at most 64, at most 2**18 partial values, at least 1; a
+    function of the shape alone, never of the thread count."""
+    cdef Py_ssize_t k = min(R, <Py_ssize_t>MAX_CHUNKS, PARTIAL_VALUES // max(P, 1))
+    return max(k, 1)
+
+
+# ---------------------------------------------------------------- forward
+
+cdef inline void _forward_row(const floating* x, Py_ssize_t Cg, Py_ssize_t S,
+                              const floating* gamma, const floating* beta, double eps,
+                              floating* out, double* mean, double* ivar) noexcept nogil:
+    # IN: one row of M = Cg * S values, gamma/beta from the row's first
+    # parameter. OUT: the row's mean and 1/sqrt(var + eps) (two passes: the
+    # sum, then the squared deviations from the mean, both exact in float64),
+    # and out = ((x - mean) * ivar) * gamma + beta in float64, rounded once
+    cdef Py_ssize_t M = Cg * S, c, s, j
+    cdef double m, iv, w, b
+    m = run_sum(x, M) / M
+    iv = 1.0 / sqrt(run_reduce(RUN_SQDEV, x, x, m, 0.0, M) / M + eps)
+    mean[0] = m
+    ivar[0] = iv
+    if S == 1:
+        for j in range(M):
+            out[j] = <floating>(((x[j] - m) * iv) * gamma[j] + beta[j])
+        return
+    for c in range(Cg):
+        w = gamma[c]
+        b = beta[c]
+        for s in range(c * S, (c + 1) * S):
+            out[s] = <floating>(((x[s] - m) * iv) * w + b)
+
+
+def forward(const floating[:, ::1] x, const floating[::1] gamma, const floating[::1] beta,
+            double eps, Py_ssize_t G, Py_ssize_t S, floating[:, ::1] out, double[::1] mean,
+            double[::1] ivar, int n_threads):
+    """Normalize every row of ``x`` (R, M) on its own statistics.
+
+    Row r is group ``r % G`` of a sample: M = Cg * S values, Cg parameters
+    of S values each. ``gamma``/``beta`` (G * Cg,) scale and shift them;
+    ``mean``/``ivar`` (R,) receive each row's float64 mean and
+    ``1 / sqrt(var + eps)`` (biased variance); ``out`` (x's shape) the
+    normalized rows. One row per task: bitwise the same for any thread count.
+    """
+    cdef Py_ssize_t R = x.shape[0], M = x.shape[1], Cg, r, g
+    if R == 0 or M == 0:
+        return
+    Cg = M // S
+    for r in prange(R, schedule='static', num_threads=n_threads, nogil=True):
+        g = r % G
+        _forward_row(&x[r, 0], Cg, S, &gamma[g * Cg], &beta[g * Cg], eps, &out[r, 0],
+                     &mean[r], &ivar[r])
+
+
+# ---------------------------------------------------------------- backward
+
+cdef inline double _weighted(const floating* d, const floating* w, Py_ssize_t n) noexcept nogil:
+    # sum of d[k] * w[k] in float64, over the fixed lanes
+    cdef double acc[LANES]
+    cdef Py_ssize_t k = 0
+    cdef int j
+    for j in range(LANES):
+        acc[j] = 0.0
+    while k + LANES <= n:
+        for j in range(LANES):
+            acc[j] += <double>d[k + j] * w[k + j]
+        k += LANES
+    while k < n:
+        acc[0] += <double>d[k] * w[k]
+        k += 1
+    return lanes_total(acc)
+
+
+cdef inline double _weighted_centred(const floating* d, const floating* w, const floating* x,
+                                     double m, Py_ssize_t n) noexcept nogil:
+    # sum of d[k] * w[k] * (x[k] - m) in float64, over the fixed lanes
+    cdef double acc[LANES]
+    cdef Py_ssize_t k = 0
+    cdef int j
+    for j in range(LANES):
+        acc[j] = 0.0
+    while k + LANES <= n:
+        for j in range(LANES):
+            acc[j] += (<double>d[k + j] * w[k + j]) * (x[k + j] - m)
+        k += LANES
+    while k < n:
+        acc[0] += (<double>d[k] * w[k]) * (x[k] - m)
+        k += 1
+    return lanes_total(acc)
+
+
+cdef inline void _backward_row(const floating* d, const floating* x, double m, double iv,
+                               Py_ssize_t Cg, Py_ssize_t S, const floating* gamma,
+                               floating* dx, double* pdg, double* pdb) noexcept nogil:
+    # IN: one row of dout and x, its mean and ivar, gamma from the row's first
+    # parameter. OUT: the row's dx (the closed form, with dxhat = dout * gamma:
+    # dx = ivar * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))), and its
+    # share of dgamma/dbeta added into the chunk's partials pdg/pdb
+    cdef Py_ssize_t M = Cg * S, c, s, j
+    cdef double s1 = 0.0, s2 = 0.0, a, b, w
+    if S == 1:
+        s1 = _weighted(d, gamma, M)
+        s2 = _weighted_centred(d, gamma, x, m, M)
+    else:
+        for c in range(Cg):
+            s1 += gamma[c] * run_sum(d + c * S, S)
+            s2 += gamma[c] * run_dot_centred(d + c * S, x + c * S, m, S)
+    a = s1 / M
+    b = iv * iv * s2 / M          # mean(dxhat * xhat) / ivar, times ivar once per value below
+    if S == 1:
+        for j in range(M):
+            dx[j] = <floating>(iv * (d[j] * <double>gamma[j] - a - (x[j] - m) * b))
+            pdg[j] += d[j] * ((x[j] - m) * iv)
+            pdb[j] += d[j]
+        return
+    for c in range(Cg):
+        w = gamma[c]
+        for s in range(c * S, (c + 1) * S):
+            dx[s] = <floating>(iv * (d[s] * w - a - (x[s] - m) * b))
+        pdg[c] += iv * run_dot_centred(d + c * S, x + c * S, m, S)
+        pdb[c] += run_sum(d + c * S, S)
+
+
+def backward(const floating[:, ::1] dout, const floating[:, ::1] x, const double[::1] mean,
+             const double[::1] ivar, const floating[::1] gamma, Py_ssize_t G, Py_ssize_t S,
+             floating[:, ::1] dx, double[::1] dgamma, double[::1] dbeta,
+             double[:, ::1] pdg, double[:, ::1] pdb, int n_threads):
+    """Closed-form gradients of :func:`forward` given ``dout`` (x's shape).
+
+    ``dx`` receives the input's gradient; ``dgamma``/``dbeta`` (G * Cg,)
+    the float64 parameter gradients. ``pdg``/``pdb`` (K, G * Cg) are the
+    chunks' partials (K from :func:`row_chunks`), added in chunk order.
+    """
+    cdef Py_ssize_t R = x.shape[0], M = x.shape[1], K = pdg.shape[0], P = pdg.shape[1]
+    cdef Py_ssize_t Cg, k, r, g, p
+    pdg[:, :] = 0.0
+    pdb[:, :] = 0.0
+    if R == 0 or M == 0:
+        dgamma[:] = 0.0
+        dbeta[:] = 0.0
+        return
+    Cg = M // S
+    for k in prange(K, schedule='static', num_threads=n_threads, nogil=True):
+        for r in range(rstart(k, K, R), rstart(k + 1, K, R)):
+            g = r % G
+            _backward_row(&dout[r, 0], &x[r, 0], mean[r], ivar[r], Cg, S, &gamma[g * Cg],
+                          &dx[r, 0], &pdg[k, g * Cg], &pdb[k, g * Cg])
+    for p in range(P):
+        dgamma[p] = pdg[0, p]
+        dbeta[p] = pdb[0, p]
+    for k in range(1, K):
+        for p in range(P):
+            dgamma[p] += pdg[k, p]
+            dbeta[p] += pdb[k, p]

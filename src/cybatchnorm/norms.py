@@ -1,0 +1,166 @@
+"""Layer norm and group norm (instance norm: one channel per group): the
+batch-norm graph with the reductions moved.
+
+The nodes are batch norm's, ``mu -> xmu -> sq -> var -> sqrtvar -> ivar ->
+xhat -> gammax -> out``; only the values ``mu`` and ``var`` reduce over
+change. Batch norm reduces each channel over the batch (and the spatial
+axes); layer norm reduces each sample over its normalized trailing axes;
+group norm reduces each group of channels of each sample (with the spatial
+axes). gamma and beta scale and shift per feature (layer norm: of the
+normalized shape; group norm: per channel). Per-sample statistics need no
+other sample, so results are the same whatever the batch holds.
+
+Each function validates its arguments once (``_validation``) and runs the
+compiled kernels of ``_norms.pyx`` through the engine: one task per row for
+the forward, the closed-form backward with the parameter gradients summed
+over fixed chunks of rows in order, float64 sums throughout, bitwise the
+same for any thread count and SIMD build.
+"""
+from __future__ import annotations
+
+from . import _engine
+from ._norm_cache import NormCache
+from ._typing import AnyArray, ArrayLike
+from ._validation import DEFAULT_EPS, NormArgs, groupnorm_args, layernorm_args, norm_backward_args
+
+__all__ = ["NormCache", "layernorm_forward", "layernorm_backward_fused", "groupnorm_forward",
+           "groupnorm_backward_fused"]
+
+
+def _forward(kind: str, a: NormArgs) -> tuple[AnyArray, NormCache]:
+    out2 = a.out2 if a.out2 is not None else _engine.empty(a.x2.shape, a.dtype)
+    mean, ivar = _engine.norm_forward(a.x2, a.gamma, a.beta, a.eps, a.groups, a.S, out2, a.nt)
+    cache = NormCache(kind=kind, shape=a.shape, param_shape=a.param_shape, groups=a.groups,
+                      S=a.S, dtype=a.dtype, eps=a.eps, x=a.x2, copy_x=a.copy_x, gamma=a.gamma,
+                      beta=a.beta, mu=mean, ivar=ivar)
+    return (a.out if a.out is not None else out2.reshape(a.shape)), cache
+
+
+def _backward(kind: str, dout: ArrayLike, cache: NormCache, num_threads: int | None,
+              dx: AnyArray | None) -> tuple[AnyArray, AnyArray, AnyArray]:
+    g2, nt, dx2 = norm_backward_args(kind, dout, cache, num_threads, dx)
+    if dx2 is None:
+        dx2 = _engine.empty(g2.shape, cache.dtype)
+    dgamma, dbeta = _engine.norm_backward(g2, cache.x, cache.mu, cache.ivar, cache.gamma,
+                                          cache.groups, cache.S, dx2, nt)
+    shape = cache.param_shape
+    return ((dx if dx is not None else dx2.reshape(cache.shape)),
+            dgamma.astype(cache.dtype).reshape(shape), dbeta.astype(cache.dtype).reshape(shape))
+
+
+def layernorm_forward(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, eps: float = DEFAULT_EPS,
+                      *, num_threads: int | None = None,
+                      out: AnyArray | None = None) -> tuple[AnyArray, NormCache]:
+    """Layer normalization: normalize each sample over its trailing axes.
+
+    Parameters
+    ----------
+    x : array_like, shape (batch..., normalized_shape...)
+        float32 and float64 are computed in their own precision (sums in
+        float64), float16 in float32, integers and bools in float64.
+    gamma, beta : array_like, shape normalized_shape
+        Scale and shift per normalized feature; their shape is what
+        ``torch.nn.LayerNorm``'s ``normalized_shape`` says: x's trailing axes.
+    eps : float, default 1e-5
+        Added to the variance; finite and > 0.
+    num_threads : int or None, keyword-only
+        OpenMP threads; None uses all cores. Bitwise the same for any value.
+    out : ndarray, optional, keyword-only
+        Where to write the output: C-contiguous, writable, x's shape and
+        computation dtype, sharing no memory with the inputs.
+
+    Returns
+    -------
+    out : ndarray, x's shape
+        ``gamma * (x - mu) / sqrt(var + eps) + beta``, mu and var (biased)
+        of each sample's normalized values, each value computed in float64
+        and rounded once.
+    cache : NormCache
+        What :func:`layernorm_backward_fused` needs.
+
+    Examples
+    --------
+    >>> import numpy as np, cybatchnorm as bn
+    >>> x = np.array([[1.0, 2.0, 3.0], [10.0, 10.0, 40.0]])
+    >>> out, cache = bn.layernorm_forward(x, np.ones(3), np.zeros(3))
+    >>> out.round(4)
+    array([[-1.2247,  0.    ,  1.2247],
+           [-0.7071, -0.7071,  1.4142]])
+    """
+    return _forward("layer", layernorm_args(x, gamma, beta, eps, num_threads, out))
+
+
+def layernorm_backward_fused(dout: ArrayLike, cache: NormCache, *,
+                             num_threads: int | None = None,
+                             dx: AnyArray | None = None) -> tuple[AnyArray, AnyArray, AnyArray]:
+    """Layer norm's backward in closed form: ``(dx, dgamma, dbeta)``.
+
+    With dxhat = dout * gamma and M values per sample,
+    ``dx = ivar * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))``, the
+    means over the sample's normalized values; ``dgamma = sum(dout * xhat)``
+    and ``dbeta = sum(dout)`` over the samples. ``dx`` (optional) receives
+    the input's gradient as ``out`` does the forward's output; dgamma and
+    dbeta come in gamma's shape and the computation dtype.
+
+    Examples
+    --------
+    >>> import numpy as np, cybatchnorm as bn
+    >>> x = np.array([[1.0, 2.0, 3.0], [10.0, 10.0, 40.0]])
+    >>> out, cache = bn.layernorm_forward(x, np.ones(3), np.zeros(3))
+    >>> dx, dgamma, dbeta = bn.layernorm_backward_fused(np.ones_like(x), cache)
+    >>> bool(np.abs(dx).max() < 1e-12), dbeta
+    (True, array([2., 2., 2.]))
+    """
+    return _backward("layer", dout, cache, num_threads, dx)
+
+
+def groupnorm_forward(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, num_groups: int,
+                      eps: float = DEFAULT_EPS, *, num_threads: int | None = None,
+                      out: AnyArray | None = None) -> tuple[AnyArray, NormCache]:
+    """Group normalization: normalize each group of channels of each sample.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, spatial...)
+        Computed as :func:`layernorm_forward` computes.
+    gamma, beta : array_like, shape (C,)
+        Scale and shift per channel.
+    num_groups : int
+        G, a divisor of C: each sample's channels are cut into G groups of
+        C / G consecutive channels, each normalized over its channels and the
+        spatial axes. ``num_groups=C`` is instance norm, ``1`` normalizes
+        each sample as a whole (layer norm over (C, spatial...) with per-channel
+        gamma and beta).
+    eps, num_threads, out
+        As for :func:`layernorm_forward`.
+
+    Returns
+    -------
+    out : ndarray, x's shape
+    cache : NormCache
+        What :func:`groupnorm_backward_fused` needs.
+
+    Examples
+    --------
+    >>> import numpy as np, cybatchnorm as bn
+    >>> x = np.arange(8.0).reshape(1, 4, 2)          # one sample, 4 channels, 2 positions
+    >>> out, cache = bn.groupnorm_forward(x, np.ones(4), np.zeros(4), num_groups=2)
+    >>> out.round(4)[0]
+    array([[-1.3416, -0.4472],
+           [ 0.4472,  1.3416],
+           [-1.3416, -0.4472],
+           [ 0.4472,  1.3416]])
+    """
+    return _forward("group", groupnorm_args(x, gamma, beta, num_groups, eps, num_threads, out))
+
+
+def groupnorm_backward_fused(dout: ArrayLike, cache: NormCache, *,
+                             num_threads: int | None = None,
+                             dx: AnyArray | None = None) -> tuple[AnyArray, AnyArray, AnyArray]:
+    """Group norm's backward in closed form: ``(dx, dgamma, dbeta)``.
+
+    As :func:`layernorm_backward_fused`, the means taken over each group's
+    values (its C / G channels and the spatial axes) and dgamma, dbeta (C,)
+    summed over the samples and the spatial axes.
+    """
+    return _backward("group", dout, cache, num_threads, dx)

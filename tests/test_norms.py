@@ -1,0 +1,183 @@
+"""Layer norm and group norm (cybatchnorm.norms): against the numpy reference
+and centred differences, bitwise the same for any thread count and SIMD build,
+float32 accurate at large offsets, bad input refused by name."""
+import copy
+import importlib
+import pickle
+
+import numpy as np
+import pytest
+import reference as ref
+
+import cybatchnorm as bn
+from cybatchnorm import _engine
+
+LAYER = [((8, 12), (12,)), ((4, 5, 16), (16,)), ((3, 4, 5), (4, 5)), ((1, 7), (7,)),
+         ((300, 1000), (1000,)), ((2, 3), (2, 3))]
+GROUP = [((4, 6, 5, 5), 3), ((2, 8, 7), 4), ((3, 6), 2), ((2, 6, 3, 3), 6), ((2, 6, 4), 1),
+         ((16, 64, 20, 20), 32)]
+
+
+def _data(shape, pshape, dtype, rng, offset=0.0):
+    x = (rng.normal(size=shape) * 3 + offset + 1).astype(dtype)
+    g = rng.uniform(0.5, 2.0, pshape).astype(dtype)
+    b = rng.normal(size=pshape).astype(dtype)
+    d = rng.normal(size=shape).astype(dtype)
+    return x, g, b, d
+
+
+def _layer(x, g, b, d, nt=None):
+    out, cache = bn.layernorm_forward(x, g, b, num_threads=nt)
+    return (out,) + bn.layernorm_backward_fused(d, cache, num_threads=nt)
+
+
+def _group(G):
+    def run(x, g, b, d, nt=None):
+        out, cache = bn.groupnorm_forward(x, g, b, G, num_threads=nt)
+        return (out,) + bn.groupnorm_backward_fused(d, cache, num_threads=nt)
+    return run
+
+
+CASES = ([(f"layer {s}", s, p, _layer, lambda x, g, b, d: ref.layernorm(x, g, b, d))
+          for s, p in LAYER]
+         + [(f"group {s} G={G}", s, (s[1],), _group(G),
+             lambda x, g, b, d, G=G: ref.groupnorm(x, g, b, G, d)) for s, G in GROUP])
+IDS = [c[0] for c in CASES]
+
+
+@pytest.mark.parametrize("name, shape, pshape, ours, theirs", CASES, ids=IDS)
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 2e-6)])
+def test_forward_and_backward_match_the_reference(rng, name, shape, pshape, ours, theirs,
+                                                  dtype, tol):
+    x, g, b, d = _data(shape, pshape, dtype, rng)
+    got = ours(x, g, b, d)
+    want = theirs(x.astype(np.float64), g, b, d)
+    for label, a, w in zip(("out", "dx", "dgamma", "dbeta"), got, want):
+        assert a.dtype == dtype and a.shape == w.shape, label
+        scale = max(1.0, np.abs(w).max())
+        assert np.abs(a - w).max() <= tol * scale * (10 if label != "out" else 1), label
+
+
+@pytest.mark.parametrize("name, shape, pshape, ours, theirs", CASES[:4] + CASES[6:10],
+                         ids=IDS[:4] + IDS[6:10])
+def test_gradients_match_centred_differences(rng, name, shape, pshape, ours, theirs):
+    x, g, b, d = _data(shape, pshape, np.float64, rng)
+    _, dx, dg, db = ours(x, g, b, d)
+    h = 1e-6
+
+    def loss(xv, gv, bv):
+        return float(np.sum(ours(xv, gv, bv, d)[0] * d))
+    for arr, grad, which in ((x, dx, 0), (g, dg, 1), (b, db, 2)):
+        flat = arr.reshape(-1)
+        for i in rng.choice(flat.size, min(flat.size, 12), replace=False):
+            args = [x.copy(), g.copy(), b.copy()]
+            args[which].reshape(-1)[i] += h
+            up = loss(*args)
+            args[which].reshape(-1)[i] -= 2 * h
+            num = (up - loss(*args)) / (2 * h)
+            assert abs(num - grad.reshape(-1)[i]) <= 1e-6 * max(1.0, abs(num)), (which, i)
+
+
+@pytest.mark.parametrize("name, shape, pshape, ours, theirs", CASES, ids=IDS)
+def test_bitwise_the_same_for_any_thread_count(rng, name, shape, pshape, ours, theirs):
+    x, g, b, d = _data(shape, pshape, np.float32, rng)
+    runs = [ours(x, g, b, d, nt) for nt in (1, 2, 3, 5)]
+    for other in runs[1:]:
+        for a, c in zip(runs[0], other):
+            assert a.tobytes() == c.tobytes()
+
+
+def test_bitwise_the_same_for_every_simd_build(monkeypatch, rng):
+    levels = [lv for lv in _engine.SIMD_BUILT if lv != "baseline"]
+    mods = [importlib.import_module("cybatchnorm._norms")] + [
+        importlib.import_module(f"cybatchnorm._norms_{lv}") for lv in levels
+        if _engine.LEVELS.index(lv) <= _engine.LEVELS.index(_engine.SIMD)]
+    for name, shape, pshape, ours, _ in CASES:
+        x, g, b, d = _data(shape, pshape, np.float32, rng)
+        runs = []
+        for mod in mods:
+            monkeypatch.setattr(_engine, "norms", mod)
+            runs.append(ours(x, g, b, d, 2))
+        for other in runs[1:]:
+            for a, c in zip(runs[0], other):
+                assert a.tobytes() == c.tobytes(), name
+
+
+@pytest.mark.parametrize("offset", [1e3, 1e6])
+def test_float32_keeps_its_precision_far_from_zero(rng, offset):
+    # the statistics are exact two-pass float64 sums and each value is
+    # computed in float64: the float32 error is the output's own rounding
+    x, g, b, d = _data((64, 256), (256,), np.float32, rng, offset)
+    out, dx, dg, db = _layer(x, g, b, d)
+    w = ref.layernorm(x.astype(np.float64), g, b, d)
+    assert np.abs(out - w[0]).max() <= 4 * np.finfo(np.float32).eps * np.abs(w[0]).max()
+    assert np.abs(dx - w[1]).max() <= 1e-4 * np.abs(w[1]).max()
+
+
+def test_out_and_dx_are_written_in_place_and_the_cache_is_its_own(rng):
+    x, g, b, d = _data((6, 4, 5), (4,), np.float64, rng)
+    out, dx = np.empty_like(x), np.empty_like(x)
+    res, cache = bn.groupnorm_forward(x, g, b, 2, out=out)
+    assert res is out
+    x[...] = 0.0                                   # the cache holds its own copy
+    assert bn.groupnorm_backward_fused(d, cache, dx=dx)[0] is dx
+    x2, g2, b2, d2 = _data((6, 4, 5), (4,), np.float64, np.random.default_rng(12345))
+    want = ref.groupnorm(x2, g2, b2, 2, d2)
+    np.testing.assert_allclose(dx, want[1], rtol=1e-10, atol=1e-12)
+    for name in ("x", "gamma", "beta", "mu", "ivar"):
+        assert not getattr(cache, name).flags.writeable, name
+    with pytest.raises(AttributeError):
+        cache.eps = 1.0
+    for clone in (copy.deepcopy(cache), pickle.loads(pickle.dumps(cache))):
+        again = bn.groupnorm_backward_fused(d, clone)
+        for a, c in zip(again, bn.groupnorm_backward_fused(d, cache)):
+            assert a.tobytes() == c.tobytes()
+
+
+_X, _G = np.ones((4, 6)) * np.arange(6), np.ones(6)
+_, _LC = bn.layernorm_forward(_X, _G, _G)
+_, _GC = bn.groupnorm_forward(_X.reshape(4, 6, 1), _G, _G, 3)
+
+BAD = [
+    ("layer gamma not trailing", lambda: bn.layernorm_forward(_X, np.ones(4), np.ones(4)),
+     ValueError, "gamma"),
+    ("layer gamma scalar", lambda: bn.layernorm_forward(_X, 1.0, 1.0), ValueError, "gamma"),
+    ("layer gamma empty shape", lambda: bn.layernorm_forward(np.ones((2, 0)), np.ones(0),
+                                                             np.ones(0)), ValueError, "gamma"),
+    ("layer beta shape", lambda: bn.layernorm_forward(_X, _G, np.ones(5)), ValueError, "beta"),
+    ("layer x strings", lambda: bn.layernorm_forward([["a"] * 6], _G, _G), TypeError, "x"),
+    ("layer gamma complex", lambda: bn.layernorm_forward(_X, _G + 1j, _G), TypeError, "gamma"),
+    ("layer eps 0", lambda: bn.layernorm_forward(_X, _G, _G, 0.0), ValueError, "eps"),
+    ("layer num_threads 0", lambda: bn.layernorm_forward(_X, _G, _G, num_threads=0),
+     ValueError, "num_threads"),
+    ("layer out aliasing x", lambda: bn.layernorm_forward(_X, _G, _G, out=_X), ValueError,
+     "out"),
+    ("layer out wrong dtype", lambda: bn.layernorm_forward(_X, _G, _G,
+                                                           out=np.empty((4, 6), np.float32)),
+     ValueError, "out"),
+    ("group num_groups 4 of 6", lambda: bn.groupnorm_forward(_X, _G, _G, 4), ValueError,
+     "num_groups"),
+    ("group num_groups 0", lambda: bn.groupnorm_forward(_X, _G, _G, 0), ValueError,
+     "num_groups"),
+    ("group num_groups float", lambda: bn.groupnorm_forward(_X, _G, _G, 2.0), TypeError,
+     "num_groups"),
+    ("group gamma shape", lambda: bn.groupnorm_forward(_X, np.ones(3), _G, 3), ValueError,
+     "gamma"),
+    ("group x 1-d", lambda: bn.groupnorm_forward(np.ones(6), _G, _G, 3), ValueError, "x"),
+    ("backward cache of the other norm", lambda: bn.layernorm_backward_fused(_X, _GC),
+     ValueError, "cache"),
+    ("backward batch norm cache", lambda: bn.groupnorm_backward_fused(
+        _X, bn.batchnorm_forward(_X, _G, _G)[1]), TypeError, "cache"),
+    ("backward dout shape", lambda: bn.layernorm_backward_fused(np.ones((4, 5)), _LC),
+     ValueError, "dout"),
+    ("backward dx read-only", lambda: bn.layernorm_backward_fused(
+        _X, _LC, dx=np.broadcast_to(_G, (4, 6))), ValueError, "dx"),
+]
+
+
+@pytest.mark.parametrize("call, exc, name", [c[1:] for c in BAD], ids=[c[0] for c in BAD])
+def test_bad_input_is_refused_by_name(call, exc, name):
+    before = _X.copy()
+    with pytest.raises(exc, match=rf"^{name}\b"):
+        call()
+    np.testing.assert_array_equal(_X, before)

@@ -1,0 +1,47 @@
+"""cybatchnorm's layer norm and group norm against torch.nn.functional's, with
+autograd for the gradients (float64, so the comparison is of the formulas)."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip(
+    "torch",
+    reason="PyTorch not installed: pip install cybatchnorm[torch] (tox -e torch runs these)")
+
+import cybatchnorm as bn  # noqa: E402
+
+F64 = torch.float64
+
+
+def _torch_grads(fn, x, g, b, d):
+    xt, gt, bt = (torch.tensor(a, dtype=F64, requires_grad=True) for a in (x, g, b))
+    out = fn(xt, gt, bt)
+    out.backward(torch.tensor(d, dtype=F64))
+    return [t.detach().numpy() for t in (out, xt.grad, gt.grad, bt.grad)]
+
+
+@pytest.mark.parametrize("shape, k", [((8, 12), 1), ((4, 5, 16), 1), ((3, 4, 5), 2),
+                                      ((64, 197, 32), 1)])
+def test_layer_norm_matches_torch(shape, k):
+    rng = np.random.default_rng(1)
+    x, d = rng.normal(2, 3, shape), rng.normal(size=shape)
+    g, b = rng.uniform(0.5, 2, shape[-k:]), rng.normal(size=shape[-k:])
+    out, cache = bn.layernorm_forward(x, g, b)
+    ours = (out,) + bn.layernorm_backward_fused(d, cache)
+    theirs = _torch_grads(lambda xt, gt, bt: torch.nn.functional.layer_norm(
+        xt, shape[-k:], gt, bt, 1e-5), x, g, b, d)
+    for label, a, w in zip(("out", "dx", "dgamma", "dbeta"), ours, theirs):
+        np.testing.assert_allclose(a, w, rtol=1e-10, atol=1e-11, err_msg=label)
+
+
+@pytest.mark.parametrize("shape, G", [((4, 6, 5, 5), 3), ((2, 8, 7), 4), ((2, 6, 3, 3), 6),
+                                      ((8, 32, 8, 8), 32), ((3, 6), 2)])
+def test_group_norm_matches_torch(shape, G):
+    rng = np.random.default_rng(2)
+    x, d = rng.normal(2, 3, shape), rng.normal(size=shape)
+    g, b = rng.uniform(0.5, 2, shape[1]), rng.normal(size=shape[1])
+    out, cache = bn.groupnorm_forward(x, g, b, G)
+    ours = (out,) + bn.groupnorm_backward_fused(d, cache)
+    theirs = _torch_grads(lambda xt, gt, bt: torch.nn.functional.group_norm(
+        xt, G, gt, bt, 1e-5), x, g, b, d)
+    for label, a, w in zip(("out", "dx", "dgamma", "dbeta"), ours, theirs):
+        np.testing.assert_allclose(a, w, rtol=1e-10, atol=1e-11, err_msg=label)
