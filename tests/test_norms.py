@@ -26,15 +26,17 @@ def _data(shape, pshape, dtype, rng, offset=0.0):
     return x, g, b, d
 
 
-def _layer(x, g, b, d, nt=None):
-    out, cache = bn.layernorm_forward(x, g, b, num_threads=nt)
-    return (out,) + bn.layernorm_backward_fused(d, cache, num_threads=nt)
+def _layer(x, g, b, d, nt=None, staged=False, kind="full"):
+    out, cache = bn.layernorm_forward(x, g, b, num_threads=nt, cache=kind)
+    backward = bn.layernorm_backward if staged else bn.layernorm_backward_fused
+    return (out,) + backward(d, cache, num_threads=nt)
 
 
 def _group(G):
-    def run(x, g, b, d, nt=None):
-        out, cache = bn.groupnorm_forward(x, g, b, G, num_threads=nt)
-        return (out,) + bn.groupnorm_backward_fused(d, cache, num_threads=nt)
+    def run(x, g, b, d, nt=None, staged=False, kind="full"):
+        out, cache = bn.groupnorm_forward(x, g, b, G, num_threads=nt, cache=kind)
+        backward = bn.groupnorm_backward if staged else bn.groupnorm_backward_fused
+        return (out,) + backward(d, cache, num_threads=nt)
     return run
 
 
@@ -47,10 +49,11 @@ IDS = [c[0] for c in CASES]
 
 @pytest.mark.parametrize("name, shape, pshape, ours, theirs", CASES, ids=IDS)
 @pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 2e-6)])
+@pytest.mark.parametrize("staged", [False, True], ids=["fused", "staged"])
 def test_forward_and_backward_match_the_reference(rng, name, shape, pshape, ours, theirs,
-                                                  dtype, tol):
+                                                  dtype, tol, staged):
     x, g, b, d = _data(shape, pshape, dtype, rng)
-    got = ours(x, g, b, d)
+    got = ours(x, g, b, d, staged=staged)
     want = theirs(x.astype(np.float64), g, b, d)
     for label, a, w in zip(("out", "dx", "dgamma", "dbeta"), got, want):
         assert a.dtype == dtype and a.shape == w.shape, label
@@ -79,9 +82,10 @@ def test_gradients_match_centred_differences(rng, name, shape, pshape, ours, the
 
 
 @pytest.mark.parametrize("name, shape, pshape, ours, theirs", CASES, ids=IDS)
-def test_bitwise_the_same_for_any_thread_count(rng, name, shape, pshape, ours, theirs):
+@pytest.mark.parametrize("staged", [False, True], ids=["fused", "staged"])
+def test_bitwise_the_same_for_any_thread_count(rng, name, shape, pshape, ours, theirs, staged):
     x, g, b, d = _data(shape, pshape, np.float32, rng)
-    runs = [ours(x, g, b, d, nt) for nt in (1, 2, 3, 5)]
+    runs = [ours(x, g, b, d, nt, staged) for nt in (1, 2, 3, 5)]
     for other in runs[1:]:
         for a, c in zip(runs[0], other):
             assert a.tobytes() == c.tobytes()
@@ -101,6 +105,39 @@ def test_bitwise_the_same_for_every_simd_build(monkeypatch, rng):
         for other in runs[1:]:
             for a, c in zip(runs[0], other):
                 assert a.tobytes() == c.tobytes(), name
+
+
+@pytest.mark.parametrize("name, shape, pshape, ours, theirs", CASES, ids=IDS)
+def test_staged_and_fused_agree_and_a_minimal_cache_gives_the_same_bits(
+        rng, name, shape, pshape, ours, theirs):
+    for dtype, tol in ((np.float64, 1e-12), (np.float32, 1e-5)):
+        x, g, b, d = _data(shape, pshape, dtype, rng)
+        staged, fused = ours(x, g, b, d, staged=True), ours(x, g, b, d)
+        for s, f in zip(staged[1:], fused[1:]):
+            assert np.abs(s - f).max() <= tol * max(1.0, np.abs(f).max())
+        minimal = ours(x, g, b, d, staged=True, kind="minimal")
+        for s, m in zip(staged, minimal):
+            assert s.tobytes() == m.tobytes()
+
+
+def test_the_staged_backward_walks_the_node_kernels(monkeypatch, rng):
+    # layernorm_backward runs batch norm's NODES in their views: a broken
+    # node breaks it, and leaves the fused backward alone
+    from cybatchnorm import graph
+    x, g, b, d = _data((6, 8), (8,), np.float64, rng)
+    good = _layer(x, g, b, d, staged=True)
+    i = [n.name for n in graph.NODES].index("sq")
+    orig = graph.NODES[i]
+
+    def wrong_op(dsq, xmu3, nt, out):      # 3 instead of 2, dsq the (C,) vector
+        return np.multiply(3 * xmu3, dsq[None, :, None], out=out)
+    broken = orig.__class__(**{**orig.__dict__, "adds": False, "backward_op": wrong_op})
+    monkeypatch.setattr(graph, "NODES", graph.NODES[:i] + (broken,) + graph.NODES[i + 1:])
+    bad = _layer(x, g, b, d, staged=True)
+    assert np.abs(bad[1] - good[1]).max() > 1e-3
+    assert bad[3].tobytes() == good[3].tobytes()      # dbeta does not pass through sq
+    assert all(a.tobytes() == c.tobytes() for a, c in zip(_layer(x, g, b, d), (
+        good[0],) + bn.layernorm_backward_fused(d, bn.layernorm_forward(x, g, b)[1])))
 
 
 @pytest.mark.parametrize("offset", [1e3, 1e6])
@@ -124,7 +161,7 @@ def test_out_and_dx_are_written_in_place_and_the_cache_is_its_own(rng):
     x2, g2, b2, d2 = _data((6, 4, 5), (4,), np.float64, np.random.default_rng(12345))
     want = ref.groupnorm(x2, g2, b2, 2, d2)
     np.testing.assert_allclose(dx, want[1], rtol=1e-10, atol=1e-12)
-    for name in ("x", "gamma", "beta", "mu", "ivar"):
+    for name in ("x", "gamma", "beta", "mu", "ivar", "xmu", "xhat", "mu64", "ivar64"):
         assert not getattr(cache, name).flags.writeable, name
     with pytest.raises(AttributeError):
         cache.eps = 1.0
@@ -170,6 +207,14 @@ BAD = [
         _X, bn.batchnorm_forward(_X, _G, _G)[1]), TypeError, "cache"),
     ("backward dout shape", lambda: bn.layernorm_backward_fused(np.ones((4, 5)), _LC),
      ValueError, "dout"),
+    ("staged dout shape", lambda: bn.layernorm_backward(np.ones((4, 5)), _LC), ValueError,
+     "dout"),
+    ("staged cache of the other norm", lambda: bn.groupnorm_backward(_X, _LC), ValueError,
+     "cache"),
+    ("layer cache kind", lambda: bn.layernorm_forward(_X, _G, _G, cache="all"), ValueError,
+     "cache"),
+    ("group cache kind list", lambda: bn.groupnorm_forward(_X, _G, _G, 2, cache=["full"]),
+     ValueError, "cache"),
     ("backward dx read-only", lambda: bn.layernorm_backward_fused(
         _X, _LC, dx=np.broadcast_to(_G, (4, 6))), ValueError, "dx"),
 ]

@@ -13,7 +13,8 @@ for batches spread over processes (:func:`batch_stats`, :func:`merge_stats`,
 from :mod:`cybatchnorm.split`); the pool of output buffers
 (:func:`set_pool_limit`, :func:`release_pool`, :func:`pool_info`, from
 :mod:`cybatchnorm.memory`); layer norm and group norm (:func:`layernorm_forward`,
-:func:`layernorm_backward_fused`, :func:`groupnorm_forward`,
+:func:`layernorm_backward` (staged), :func:`layernorm_backward_fused`,
+:func:`groupnorm_forward`, :func:`groupnorm_backward`,
 :func:`groupnorm_backward_fused`, from :mod:`cybatchnorm.norms`).
 :mod:`cybatchnorm.distributed` (MPI) and :mod:`cybatchnorm.torch` (PyTorch) are
 imported on demand only.
@@ -28,8 +29,10 @@ from .layer import BatchNorm
 from .memory import pool_info, release_pool, set_pool_limit
 from .norms import (
                     NormCache,
+                    groupnorm_backward,
                     groupnorm_backward_fused,
                     groupnorm_forward,
+                    layernorm_backward,
                     layernorm_backward_fused,
                     layernorm_forward,
 )
@@ -40,6 +43,6 @@ __all__ = [
     "batchnorm_backward_fused", "BatchNorm", "check_gradients", "check_node", "show_config",
     "batch_stats", "merge_stats", "normalize", "backward_reduce", "backward_elementwise",
     "set_pool_limit", "release_pool", "pool_info",
-    "layernorm_forward", "layernorm_backward_fused", "groupnorm_forward",
-    "groupnorm_backward_fused", "NormCache",
+    "layernorm_forward", "layernorm_backward", "layernorm_backward_fused", "groupnorm_forward",
+    "groupnorm_backward", "groupnorm_backward_fused", "NormCache",
 ]

@@ -304,13 +304,13 @@ def backward_elementwise(g3: AnyArray, x3: AnyArray, mean: F64Array, ivar: F64Ar
 # ------------------------------------------ per-sample normalizations
 
 def norm_forward(x2: AnyArray, gamma: AnyArray, beta: AnyArray, eps: float, G: int, S: int,
-                 out2: AnyArray, nt: int) -> tuple[F64Array, F64Array]:
+                 out2: AnyArray, nt: int) -> tuple[F64Array, F64Array, F64Array]:
     """Layer, group or instance norm of the rows of ``x2`` (R, M) into ``out2``;
-    returns the rows' float64 mean and ivar (see ``_norms.forward``)."""
+    returns the rows' float64 mean, variance and ivar (see ``_norms.forward``)."""
     R = x2.shape[0]
-    mean, ivar = np.empty(R), np.empty(R)
-    norms.forward(x2, gamma, beta, eps, G, S, out2, mean, ivar, nt)
-    return mean, ivar
+    mean, var, ivar = np.empty(R), np.empty(R), np.empty(R)
+    norms.forward(x2, gamma, beta, eps, G, S, out2, mean, var, ivar, nt)
+    return mean, var, ivar
 
 
 def norm_backward(g2: AnyArray, x2: AnyArray, mean: F64Array, ivar: F64Array, gamma: AnyArray,

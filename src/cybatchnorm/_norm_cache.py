@@ -35,71 +35,129 @@ class NormCache:
     """What a per-sample normalization's forward keeps for the backward.
 
     The normalization runs over rows: x seen as (R, M), a row the M values of
-    one sample (layer norm) or of one group of one sample (group norm).
+    one sample (layer norm) or of one group of one sample (group norm). The
+    attributes named after the graph's nodes are those of batch norm's
+    :class:`cybatchnorm.Cache`, their per-channel values now one per row.
 
     Attributes
     ----------
     kind : str
-        ``"layer"`` or ``"group"``.
+        ``"layer"`` or ``"group"``; ``cache_kind``: ``"full"`` (xmu and xhat
+        kept) or ``"minimal"`` (computed again when read).
     shape : tuple of int
         x's shape.
     param_shape : tuple of int
         gamma's and beta's shape (layer norm: the normalized trailing shape;
         group norm: ``(C,)``).
+    reduction : cybatchnorm.graph.Reduction
+        What the statistics reduce over (the views the staged walk reads).
     groups, S : int
         Groups per sample (1 for layer norm) and values per parameter in a
         row (1 for layer norm; the spatial size for group norm).
     dtype : numpy.dtype
         The computation dtype (float32 or float64).
     eps : float
-    x : ndarray, shape (R, M)
-        The input's rows, a read-only copy in the computation dtype.
+    mode : str
+        ``"train"``: the statistics are the batch's own (always, here).
+    x, xmu, xhat : ndarray, shape (R, M)
+        The input's rows (a read-only copy in the computation dtype),
+        ``x - mu`` and ``xmu * ivar``.
     gamma, beta : ndarray, shape (P,)
         Read-only copies of the scale and shift, flattened.
-    mu, ivar : ndarray of float64, shape (R,)
-        Each row's mean and ``1 / sqrt(var + eps)``.
+    mu, var, sqrtvar, ivar : ndarray, shape (R,)
+        Each row's statistics in the computation dtype.
+    mu64, var64, ivar64 : ndarray of float64, shape (R,)
+        The mean, variance and ``1 / sqrt(var + eps)`` as the fused kernel
+        computed them (the fused backward reads mu64 and ivar64).
     """
 
-    __slots__ = ("kind", "shape", "param_shape", "groups", "S", "dtype", "eps", "x", "gamma",
-                 "beta", "mu", "ivar")
+    __slots__ = ("kind", "cache_kind", "shape", "param_shape", "reduction", "groups", "S",
+                 "dtype", "eps", "mode", "x", "gamma", "beta", "mu", "var", "sqrtvar", "ivar",
+                 "mu64", "var64", "ivar64", "_xmu", "_xhat")
 
     kind: str
+    cache_kind: str
     shape: tuple[int, ...]
     param_shape: tuple[int, ...]
+    reduction: Any
     groups: int
     S: int
     dtype: np.dtype[Any]
     eps: float
+    mode: str
     x: AnyArray
     gamma: AnyArray
     beta: AnyArray
-    mu: F64Array
-    ivar: F64Array
+    mu: AnyArray
+    var: AnyArray
+    sqrtvar: AnyArray
+    ivar: AnyArray
+    mu64: F64Array
+    var64: F64Array
+    ivar64: F64Array
+    _xmu: AnyArray | None
+    _xhat: AnyArray | None
 
-    def __init__(self, *, kind: str, shape: tuple[int, ...], param_shape: tuple[int, ...],
-                 groups: int, S: int, dtype: Any, eps: float, x: AnyArray, copy_x: bool,
-                 gamma: AnyArray, beta: AnyArray, mu: F64Array, ivar: F64Array) -> None:
-        values = dict(kind=kind, shape=tuple(shape), param_shape=tuple(param_shape),
-                      groups=int(groups), S=int(S), dtype=np.dtype(dtype), eps=float(eps),
-                      x=_owned(x, copy_x), gamma=_owned(gamma, True), beta=_owned(beta, True),
-                      mu=_owned(mu, False), ivar=_owned(ivar, False))
+    def __init__(self, *, kind: str, cache_kind: str, shape: tuple[int, ...],
+                 param_shape: tuple[int, ...], reduction: Any, groups: int, S: int, dtype: Any,
+                 eps: float, x: AnyArray, copy_x: bool, gamma: AnyArray, beta: AnyArray,
+                 mu64: F64Array, var64: F64Array, ivar64: F64Array) -> None:
+        dt = np.dtype(dtype)
+        values: dict[str, Any] = dict(
+            kind=kind, cache_kind=cache_kind, shape=tuple(shape),
+            param_shape=tuple(param_shape), reduction=reduction, groups=int(groups), S=int(S),
+            dtype=dt, eps=float(eps), mode="train", x=_owned(x, copy_x),
+            gamma=_owned(gamma, True), beta=_owned(beta, True),
+            mu=_owned(mu64.astype(dt), False), var=_owned(var64.astype(dt), False),
+            sqrtvar=_owned(np.sqrt(var64 + eps).astype(dt), False),
+            ivar=_owned(ivar64.astype(dt), False),
+            mu64=_owned(mu64, False), var64=_owned(var64, False), ivar64=_owned(ivar64, False),
+            _xmu=None, _xhat=None)
         for name, value in values.items():
             object.__setattr__(self, name, value)
+        if cache_kind == "full":
+            xmu, xhat = self._nodes()
+            object.__setattr__(self, "_xmu", _owned(xmu, False))
+            object.__setattr__(self, "_xhat", _owned(xhat, False))
+
+    def _nodes(self) -> tuple[AnyArray, AnyArray]:
+        # xmu = x - mu and xhat = xmu * ivar by the node kernels, in the
+        # "stats" view (a channel per row), as the staged walk's graph has them
+        from . import _node_ops
+        from ._threads import default_num_threads
+        R, M = self.x.shape
+        x3 = self.x.reshape(1, R, M)
+        nt = default_num_threads(self.x.size)
+        xmu = _node_ops.xmu_fwd(x3, self.mu, nt)
+        return xmu.reshape(R, M), _node_ops.xhat_fwd(xmu, self.ivar, nt).reshape(R, M)
+
+    @property
+    def xmu(self) -> AnyArray:
+        """``x - mu`` per row, (R, M): kept by a full cache, else computed now."""
+        return self._xmu if self._xmu is not None else self._nodes()[0]
+
+    @property
+    def xhat(self) -> AnyArray:
+        """``xmu * ivar`` per row, (R, M): kept by a full cache, else computed now."""
+        return self._xhat if self._xhat is not None else self._nodes()[1]
 
     def __setattr__(self, name: str, value: Any) -> None:  # noqa: D105
         raise AttributeError(f"NormCache is read-only: {name} cannot be set")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # pickle and deepcopy: the fields and fresh copies of the arrays
-        state = {name: getattr(self, name) for name in self.__slots__}
+        # pickle and deepcopy: what the constructor takes, the arrays copied
+        state = {name: getattr(self, name) for name in (
+            "kind", "cache_kind", "shape", "param_shape", "reduction", "groups", "S", "dtype",
+            "eps", "x", "gamma", "beta", "mu64", "var64", "ivar64")}
         return (_restore, (state,))
 
     def __repr__(self) -> str:
         return (f"NormCache(kind={self.kind!r}, shape={self.shape}, groups={self.groups}, "
-                f"dtype={self.dtype}, eps={self.eps})")
+                f"dtype={self.dtype}, eps={self.eps}, cache_kind={self.cache_kind!r})")
 
 
 def _restore(state: dict[str, Any]) -> NormCache:
     # a pickled or copied NormCache: its arrays copied and frozen again
-    state = dict(state, mu=np.array(state["mu"]), ivar=np.array(state["ivar"]))
+    for name in ("mu64", "var64", "ivar64"):
+        state[name] = np.array(state[name])
     return NormCache(copy_x=True, **state)

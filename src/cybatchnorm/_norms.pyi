@@ -19,6 +19,7 @@ def forward(
     S: int,
     out: AnyArray,
     mean: F64Array,
+    var: F64Array,
     ivar: F64Array,
     n_threads: int,
 ) -> None: ...

@@ -44,16 +44,19 @@ def row_chunks(Py_ssize_t R, Py_ssize_t P):
 
 cdef inline void _forward_row(const floating* x, Py_ssize_t Cg, Py_ssize_t S,
                               const floating* gamma, const floating* beta, double eps,
-                              floating* out, double* mean, double* ivar) noexcept nogil:
+                              floating* out, double* mean, double* var,
+                              double* ivar) noexcept nogil:
     # IN: one row of M = Cg * S values, gamma/beta from the row's first
     # parameter. OUT: the row's mean and 1/sqrt(var + eps) (two passes: the
     # sum, then the squared deviations from the mean, both exact in float64),
     # and out = ((x - mean) * ivar) * gamma + beta in float64, rounded once
     cdef Py_ssize_t M = Cg * S, c, s, j
-    cdef double m, iv, w, b
+    cdef double m, v, iv, w, b
     m = run_sum(x, M) / M
-    iv = 1.0 / sqrt(run_reduce(RUN_SQDEV, x, x, m, 0.0, M) / M + eps)
+    v = run_reduce(RUN_SQDEV, x, x, m, 0.0, M) / M
+    iv = 1.0 / sqrt(v + eps)
     mean[0] = m
+    var[0] = v
     ivar[0] = iv
     if S == 1:
         for j in range(M):
@@ -68,13 +71,13 @@ cdef inline void _forward_row(const floating* x, Py_ssize_t Cg, Py_ssize_t S,
 
 def forward(const floating[:, ::1] x, const floating[::1] gamma, const floating[::1] beta,
             double eps, Py_ssize_t G, Py_ssize_t S, floating[:, ::1] out, double[::1] mean,
-            double[::1] ivar, int n_threads):
+            double[::1] var, double[::1] ivar, int n_threads):
     """Normalize every row of ``x`` (R, M) on its own statistics.
 
     Row r is group ``r % G`` of a sample: M = Cg * S values, Cg parameters
     of S values each. ``gamma``/``beta`` (G * Cg,) scale and shift them;
-    ``mean``/``ivar`` (R,) receive each row's float64 mean and
-    ``1 / sqrt(var + eps)`` (biased variance); ``out`` (x's shape) the
+    ``mean``/``var``/``ivar`` (R,) receive each row's float64 mean, biased
+    variance and ``1 / sqrt(var + eps)``; ``out`` (x's shape) the
     normalized rows. One row per task: bitwise the same for any thread count.
     """
     cdef Py_ssize_t R = x.shape[0], M = x.shape[1], Cg, r, g
@@ -84,7 +87,7 @@ def forward(const floating[:, ::1] x, const floating[::1] gamma, const floating[
     for r in prange(R, schedule='static', num_threads=n_threads, nogil=True):
         g = r % G
         _forward_row(&x[r, 0], Cg, S, &gamma[g * Cg], &beta[g * Cg], eps, &out[r, 0],
-                     &mean[r], &ivar[r])
+                     &mean[r], &var[r], &ivar[r])
 
 
 # ---------------------------------------------------------------- backward

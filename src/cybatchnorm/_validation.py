@@ -155,6 +155,13 @@ def int_arg(name: str, value: Any, minimum: int, expected: str) -> int:
     return v
 
 
+def cache_kind(cache: Any) -> str:
+    """Validate a forward's ``cache``: ``"full"`` or ``"minimal"``."""
+    if not isinstance(cache, str) or cache not in KINDS:
+        raise ValueError(f"cache: expected 'full' or 'minimal', got {cache!r}")
+    return cache
+
+
 def check_num_threads(num_threads: Any, size: int | None = None) -> int:
     """Validate ``num_threads``: None (the default count for ``size`` values,
     see ``_threads.default_num_threads``) or a positive int, used as given up
@@ -275,8 +282,7 @@ def forward_args(x: Any, gamma: Any, beta: Any, eps: Any, *, axis: Any = 1, num_
     gamma = feature("gamma", gamma, C, dt)      # the engine copies what a cache keeps
     beta = feature("beta", beta, C, dt)
     eps = check_eps(eps)
-    if cache not in KINDS:
-        raise ValueError(f"cache: expected 'full' or 'minimal', got {cache!r}")
+    cache = cache_kind(cache)
     if stats is not None:
         stats = (feature("running_mean", stats[0], C, dt),
                  feature("running_var", stats[1], C, dt))

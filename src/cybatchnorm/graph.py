@@ -35,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 import functools
+import math
 import re
 from typing import Any
 
@@ -73,7 +74,7 @@ from .nodes import (
     xmu_forward,
 )
 
-__all__ = ["Node", "NODES", "node", "forward", "backward"]
+__all__ = ["Node", "NODES", "Reduction", "BATCH", "node", "forward", "backward"]
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,12 @@ class Node:
         read (``op(*values, nt, ...)``): what ``batchnorm_backward`` runs. A
         gradient that is one value per channel broadcast over the batch is
         passed and returned as its (C,) vector.
+    view : str
+        Which view of x the node's kernels read (:class:`Reduction`):
+        ``"stats"`` for the nodes of the statistics and the normalization
+        (their "channels" are what ``mu`` and ``var`` reduce over),
+        ``"affine"`` for ``gammax`` and ``out`` (their channels are gamma's
+        and beta's). For batch norm the two are one.
     """
 
     name: str
@@ -124,6 +131,7 @@ class Node:
     adds: bool = False
     forward_op: Callable[..., Any] | None = None
     backward_op: Callable[..., Any] | None = None
+    view: str = "stats"
 
     def targets(self) -> tuple[str, ...]:
         """The input each returned gradient belongs to (``dxmu1`` -> ``xmu``)."""
@@ -160,12 +168,56 @@ NODES = (
          forward_op=ops.xhat_fwd, backward_op=ops.xhat_bwd),
     Node("gammax", ("xhat", "gamma"), "full", "gamma * xhat", gammax_forward,
          ("xhat", "gamma"), ("dgamma", "dxhat"), gammax_backward, True,
-         forward_op=ops.gammax_fwd, backward_op=ops.gammax_bwd),
+         forward_op=ops.gammax_fwd, backward_op=ops.gammax_bwd, view="affine"),
     Node("out", ("gammax", "beta"), "full", "gammax + beta", out_forward,
          (), ("dbeta", "dgammax"), out_backward,
-         forward_op=ops.out_fwd, backward_op=ops.out_bwd),
+         forward_op=ops.out_fwd, backward_op=ops.out_bwd, view="affine"),
 )
 """The graph's nodes in forward (topological) order."""
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """What ``mu`` and ``var`` reduce over, and what gamma and beta scale: the
+    one thing that tells batch norm, layer norm and group norm apart.
+
+    The kernels read x as an (N, C, S) array and reduce each of its C
+    "channels" over N and S. :meth:`views` gives each normalization's two
+    views of the same contiguous x: ``"stats"``, whose channels are what the
+    statistics are taken per (batch norm: the channels; layer norm: the
+    samples, as (1, R, M); group norm: the groups of each sample, as
+    (1, N * G, C / G * S)), and ``"affine"``, whose channels are gamma's and
+    beta's (batch and group norm: the channels, (N, C, S); layer norm: the
+    normalized features, (R, M, 1)). Each :class:`Node` runs in one of them.
+
+    Attributes
+    ----------
+    kind : str
+        ``"batch"``, ``"layer"`` or ``"group"``.
+    k : int
+        Layer norm: how many trailing axes are normalized.
+    groups : int
+        Group norm: the number of groups G (instance norm: G = C).
+    """
+
+    kind: str
+    k: int = 0
+    groups: int = 1
+
+    def views(self, shape: tuple[int, ...]) -> dict[str, tuple[int, int, int]]:
+        """The ``"stats"`` and ``"affine"`` (N, C, S) views of an x of ``shape``."""
+        if self.kind == "layer":
+            M = math.prod(shape[len(shape) - self.k:])
+            R = math.prod(shape[:len(shape) - self.k])
+            return {"stats": (1, R, M), "affine": (R, M, 1)}
+        N, C, S = shape[0], shape[1], math.prod(shape[2:])
+        if self.kind == "group":
+            return {"stats": (1, N * self.groups, C // self.groups * S), "affine": (N, C, S)}
+        return {"stats": (N, C, S), "affine": (N, C, S)}
+
+
+BATCH = Reduction("batch")
+"""Batch norm's reduction: per channel, over the batch and the spatial axes."""
 
 
 def node(name: str) -> Node:

@@ -18,22 +18,51 @@ same for any thread count and SIMD build.
 """
 from __future__ import annotations
 
-from . import _engine
+from typing import Literal
+
+from . import _engine, staged
 from ._norm_cache import NormCache
 from ._typing import AnyArray, ArrayLike
-from ._validation import DEFAULT_EPS, NormArgs, groupnorm_args, layernorm_args, norm_backward_args
+from ._validation import (
+    DEFAULT_EPS,
+    NormArgs,
+    cache_kind,
+    groupnorm_args,
+    layernorm_args,
+    norm_backward_args,
+)
+from .graph import Reduction
 
-__all__ = ["NormCache", "layernorm_forward", "layernorm_backward_fused", "groupnorm_forward",
-           "groupnorm_backward_fused"]
+__all__ = ["NormCache", "layernorm_forward", "layernorm_backward", "layernorm_backward_fused",
+           "groupnorm_forward", "groupnorm_backward", "groupnorm_backward_fused"]
+
+#: what a forward keeps: ``"full"`` (xmu and xhat too) or ``"minimal"``
+CacheKind = Literal["full", "minimal"]
 
 
-def _forward(kind: str, a: NormArgs) -> tuple[AnyArray, NormCache]:
+def _forward(kind: str, a: NormArgs, cache: str) -> tuple[AnyArray, NormCache]:
     out2 = a.out2 if a.out2 is not None else _engine.empty(a.x2.shape, a.dtype)
-    mean, ivar = _engine.norm_forward(a.x2, a.gamma, a.beta, a.eps, a.groups, a.S, out2, a.nt)
-    cache = NormCache(kind=kind, shape=a.shape, param_shape=a.param_shape, groups=a.groups,
-                      S=a.S, dtype=a.dtype, eps=a.eps, x=a.x2, copy_x=a.copy_x, gamma=a.gamma,
-                      beta=a.beta, mu=mean, ivar=ivar)
-    return (a.out if a.out is not None else out2.reshape(a.shape)), cache
+    mean, var, ivar = _engine.norm_forward(a.x2, a.gamma, a.beta, a.eps, a.groups, a.S, out2,
+                                           a.nt)
+    reduction = (Reduction("layer", k=len(a.param_shape)) if kind == "layer"
+                 else Reduction("group", groups=a.groups))
+    nc = NormCache(kind=kind, cache_kind=cache, shape=a.shape, param_shape=a.param_shape,
+                   reduction=reduction, groups=a.groups, S=a.S, dtype=a.dtype, eps=a.eps,
+                   x=a.x2, copy_x=a.copy_x, gamma=a.gamma, beta=a.beta, mu64=mean, var64=var,
+                   ivar64=ivar)
+    return (a.out if a.out is not None else out2.reshape(a.shape)), nc
+
+
+def _staged(kind: str, dout: ArrayLike, cache: NormCache, num_threads: int | None,
+            dx: AnyArray | None) -> tuple[AnyArray, AnyArray, AnyArray]:
+    g2, nt, dx2 = norm_backward_args(kind, dout, cache, num_threads, dx)
+    views = cache.reduction.views(cache.shape)
+    stats = views["stats"]
+    dx3, dgamma, dbeta = staged.walk(g2.reshape(stats), cache, nt,
+                                     None if dx2 is None else dx2.reshape(stats), views)
+    shape = cache.param_shape
+    return ((dx if dx is not None else dx3.reshape(cache.shape)), dgamma.reshape(shape),
+            dbeta.reshape(shape))
 
 
 def _backward(kind: str, dout: ArrayLike, cache: NormCache, num_threads: int | None,
@@ -41,7 +70,7 @@ def _backward(kind: str, dout: ArrayLike, cache: NormCache, num_threads: int | N
     g2, nt, dx2 = norm_backward_args(kind, dout, cache, num_threads, dx)
     if dx2 is None:
         dx2 = _engine.empty(g2.shape, cache.dtype)
-    dgamma, dbeta = _engine.norm_backward(g2, cache.x, cache.mu, cache.ivar, cache.gamma,
+    dgamma, dbeta = _engine.norm_backward(g2, cache.x, cache.mu64, cache.ivar64, cache.gamma,
                                           cache.groups, cache.S, dx2, nt)
     shape = cache.param_shape
     return ((dx if dx is not None else dx2.reshape(cache.shape)),
@@ -49,7 +78,7 @@ def _backward(kind: str, dout: ArrayLike, cache: NormCache, num_threads: int | N
 
 
 def layernorm_forward(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, eps: float = DEFAULT_EPS,
-                      *, num_threads: int | None = None,
+                      *, num_threads: int | None = None, cache: CacheKind = "full",
                       out: AnyArray | None = None) -> tuple[AnyArray, NormCache]:
     """Layer normalization: normalize each sample over its trailing axes.
 
@@ -65,6 +94,10 @@ def layernorm_forward(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, eps: floa
         Added to the variance; finite and > 0.
     num_threads : int or None, keyword-only
         OpenMP threads; None uses all cores. Bitwise the same for any value.
+    cache : {"full", "minimal"}, keyword-only
+        ``"full"`` (the default) also keeps xmu and xhat, what the staged
+        backward reads; ``"minimal"`` keeps x and the statistics, enough for
+        the fused backward (the staged one then computes xmu and xhat again).
     out : ndarray, optional, keyword-only
         Where to write the output: C-contiguous, writable, x's shape and
         computation dtype, sharing no memory with the inputs.
@@ -76,7 +109,7 @@ def layernorm_forward(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, eps: floa
         of each sample's normalized values, each value computed in float64
         and rounded once.
     cache : NormCache
-        What :func:`layernorm_backward_fused` needs.
+        What :func:`layernorm_backward` and :func:`layernorm_backward_fused` need.
 
     Examples
     --------
@@ -87,7 +120,32 @@ def layernorm_forward(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, eps: floa
     array([[-1.2247,  0.    ,  1.2247],
            [-0.7071, -0.7071,  1.4142]])
     """
-    return _forward("layer", layernorm_args(x, gamma, beta, eps, num_threads, out))
+    return _forward("layer", layernorm_args(x, gamma, beta, eps, num_threads, out),
+                    cache_kind(cache))
+
+
+def layernorm_backward(dout: ArrayLike, cache: NormCache, *, num_threads: int | None = None,
+                       dx: AnyArray | None = None) -> tuple[AnyArray, AnyArray, AnyArray]:
+    """Layer norm's staged backward: ``(dx, dgamma, dbeta)``, node by node.
+
+    Batch norm's graph walked in reverse with its own node kernels: the nodes
+    of the statistics and the normalization read x as one "channel" per
+    sample, ``gammax`` and ``out`` read it with a channel per normalized
+    feature (:class:`cybatchnorm.graph.Reduction`). Equal to
+    :func:`layernorm_backward_fused` to rounding; arguments as there.
+
+    Examples
+    --------
+    >>> import numpy as np, cybatchnorm as bn
+    >>> x = np.array([[1.0, 2.0, 3.0], [10.0, 10.0, 40.0]])
+    >>> out, cache = bn.layernorm_forward(x, np.ones(3), np.zeros(3))
+    >>> dout = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    >>> staged = bn.layernorm_backward(dout, cache)
+    >>> fused = bn.layernorm_backward_fused(dout, cache)
+    >>> all(np.allclose(s, f, rtol=1e-12, atol=1e-14) for s, f in zip(staged, fused))
+    True
+    """
+    return _staged("layer", dout, cache, num_threads, dx)
 
 
 def layernorm_backward_fused(dout: ArrayLike, cache: NormCache, *,
@@ -116,6 +174,7 @@ def layernorm_backward_fused(dout: ArrayLike, cache: NormCache, *,
 
 def groupnorm_forward(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, num_groups: int,
                       eps: float = DEFAULT_EPS, *, num_threads: int | None = None,
+                      cache: CacheKind = "full",
                       out: AnyArray | None = None) -> tuple[AnyArray, NormCache]:
     """Group normalization: normalize each group of channels of each sample.
 
@@ -131,14 +190,14 @@ def groupnorm_forward(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, num_group
         spatial axes. ``num_groups=C`` is instance norm, ``1`` normalizes
         each sample as a whole (layer norm over (C, spatial...) with per-channel
         gamma and beta).
-    eps, num_threads, out
+    eps, num_threads, cache, out
         As for :func:`layernorm_forward`.
 
     Returns
     -------
     out : ndarray, x's shape
     cache : NormCache
-        What :func:`groupnorm_backward_fused` needs.
+        What :func:`groupnorm_backward` and :func:`groupnorm_backward_fused` need.
 
     Examples
     --------
@@ -151,7 +210,19 @@ def groupnorm_forward(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, num_group
            [-1.3416, -0.4472],
            [ 0.4472,  1.3416]])
     """
-    return _forward("group", groupnorm_args(x, gamma, beta, num_groups, eps, num_threads, out))
+    return _forward("group", groupnorm_args(x, gamma, beta, num_groups, eps, num_threads, out),
+                    cache_kind(cache))
+
+
+def groupnorm_backward(dout: ArrayLike, cache: NormCache, *, num_threads: int | None = None,
+                       dx: AnyArray | None = None) -> tuple[AnyArray, AnyArray, AnyArray]:
+    """Group norm's staged backward: ``(dx, dgamma, dbeta)``, node by node.
+
+    As :func:`layernorm_backward`, the statistics' nodes reading x with one
+    "channel" per group of each sample, ``gammax`` and ``out`` with gamma's
+    channels. Equal to :func:`groupnorm_backward_fused` to rounding.
+    """
+    return _staged("group", dout, cache, num_threads, dx)
 
 
 def groupnorm_backward_fused(dout: ArrayLike, cache: NormCache, *,

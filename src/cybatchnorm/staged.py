@@ -96,6 +96,7 @@ def walk(
     cache: Any,
     nt: int,
     dx3: AnyArray | None = None,
+    views: dict[str, tuple[int, int, int]] | None = None,
 ) -> tuple[AnyArray, AnyArray, AnyArray]:
     """The staged backward of validated arguments, by :func:`plan`: every
     node's unchecked operation (its compiled kernel) in the order and with
@@ -104,6 +105,12 @@ def walk(
     ``g3`` is dout's (N, C, S) view of the cache's shape, ``dx3`` None or the
     view to write dx into. Returns ``(dx3, dgamma, dbeta)``. The walk's one
     buffer the size of x becomes dx.
+
+    ``views`` (layer and group norm, :meth:`cybatchnorm.graph.Reduction.views`):
+    the (N, C, S) view each node's kernel reads, by the node's ``view``
+    (``"stats"``: rows reduced per "channel"; ``"affine"``: gamma and beta
+    per channel); ``g3`` and ``dx3`` then come in the ``"stats"`` view. None:
+    batch norm, one view for every node.
     """
     steps, (dx_loc, dgamma_loc, dbeta_loc), nbuf = plan(
         graph.NODES, frozenset(("mu", "ivar")) if cache.mode == "eval" else frozenset())
@@ -115,18 +122,23 @@ def walk(
     def at(loc: int | str) -> AnyArray:
         return bufs[loc] if isinstance(loc, int) else vals[loc]
 
-    def saved(name: str) -> Any:
+    def saved(name: str, view: tuple[int, int, int]) -> Any:
         if name == "shape":
-            return shape3
+            return view
         v = getattr(cache, name)
-        return v.reshape(shape3) if v.ndim > 1 else v
+        return v.reshape(view) if v.ndim > 1 else v
+
+    def seen(v: AnyArray, view: tuple[int, int, int]) -> AnyArray:
+        # a full-size value in the node's view (a free reshape: all contiguous)
+        return v.reshape(view) if v.ndim == 3 else v
 
     for n, a, b, c in steps:
+        view = shape3 if views is None else views["stats" if n is None else n.view]
         if n is None:
-            branch_add(at(a), at(b), nt, bufs[c])
+            branch_add(seen(at(a), view), seen(at(b), view), nt, bufs[c].reshape(view))
             continue
-        kw = {k: bufs[v] for k, v in b.items()}
-        res = n.backward_op(at(a), *(saved(s) for s in n.saved), nt, **kw)
+        kw = {k: bufs[v].reshape(view) for k, v in b.items()}
+        res = n.backward_op(seen(at(a), view), *(saved(s, view) for s in n.saved), nt, **kw)
         for loc, value in zip(c, res if len(n.grads) > 1 else (res,)):
             if not isinstance(loc, int) and loc != "dout":
                 vals[loc] = value
