@@ -240,7 +240,8 @@ def test_public_names_have_docstrings():
         obj = getattr(bn, name)
         if name != "__version__":
             assert obj.__doc__ and obj.__doc__.strip(), name
-    for module in (bn.graph, bn.nodes, bn.staged, bn.split, bn.memory):
+    for module in (bn.graph, bn.nodes, bn.staged, bn.split, bn.memory, bn.norms,
+                   bn.norm_layers):
         for name in module.__all__:
             assert getattr(module, name).__doc__, f"{module.__name__}.{name}"
 

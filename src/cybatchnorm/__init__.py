@@ -15,7 +15,8 @@ from :mod:`cybatchnorm.split`); the pool of output buffers
 :mod:`cybatchnorm.memory`); layer norm and group norm (:func:`layernorm_forward`,
 :func:`layernorm_backward` (staged), :func:`layernorm_backward_fused`,
 :func:`groupnorm_forward`, :func:`groupnorm_backward`,
-:func:`groupnorm_backward_fused`, from :mod:`cybatchnorm.norms`).
+:func:`groupnorm_backward_fused`, from :mod:`cybatchnorm.norms`) and their
+layers :class:`LayerNorm` and :class:`GroupNorm`.
 :mod:`cybatchnorm.distributed` (MPI) and :mod:`cybatchnorm.torch` (PyTorch) are
 imported on demand only.
 """
@@ -27,6 +28,7 @@ from .exercises import check_node
 from .gradcheck import check_gradients
 from .layer import BatchNorm
 from .memory import pool_info, release_pool, set_pool_limit
+from .norm_layers import GroupNorm, LayerNorm
 from .norms import (
                     NormCache,
                     groupnorm_backward,
@@ -44,5 +46,5 @@ __all__ = [
     "batch_stats", "merge_stats", "normalize", "backward_reduce", "backward_elementwise",
     "set_pool_limit", "release_pool", "pool_info",
     "layernorm_forward", "layernorm_backward", "layernorm_backward_fused", "groupnorm_forward",
-    "groupnorm_backward", "groupnorm_backward_fused", "NormCache",
+    "groupnorm_backward", "groupnorm_backward_fused", "NormCache", "LayerNorm", "GroupNorm",
 ]

@@ -336,19 +336,45 @@ def layer_args(num_features: Any, eps: Any, momentum: Any, dtype: Any, num_threa
     num_features = int_arg("num_features", num_features, 1, "a positive int")
     eps = check_eps(eps)
     momentum = check_momentum(momentum)
-    try:
-        dtype = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"dtype: expected float32 or float64, got {dtype!r}") from None
-    if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
+    dtype = layer_dtype(dtype)
     check_num_threads(num_threads)    # validated now, not at the first forward
     channel_axis(axis, 3)               # an int (TypeError otherwise) ...
     if axis not in (1, -1):             # ... that is 1 or -1 itself, for any rank
         raise ValueError(f"axis: expected 1 (channels first) or -1 (channels last), got {axis}")
-    if backward not in ("fused", "staged"):
-        raise ValueError(f"backward: expected 'fused' or 'staged', got {backward!r}")
+    backward_kind(backward)
     return num_features, eps, momentum, dtype
+
+
+def layer_dtype(dtype: Any) -> np.dtype[Any]:
+    """Validate a layer's ``dtype``: float32 or float64."""
+    try:
+        dt: np.dtype[Any] = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype: expected float32 or float64, got {dtype!r}") from None
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"dtype: expected float32 or float64, got {dt}")
+    return dt
+
+
+def backward_kind(backward: Any) -> str:
+    """Validate a layer's ``backward``: ``"fused"`` or ``"staged"``."""
+    if not isinstance(backward, str) or backward not in ("fused", "staged"):
+        raise ValueError(f"backward: expected 'fused' or 'staged', got {backward!r}")
+    return backward
+
+
+def normalized_shape_arg(value: Any) -> tuple[int, ...]:
+    """Validate ``LayerNorm``'s ``normalized_shape``: an int or a sequence of
+    positive ints (torch's convention); return it as a tuple."""
+    items = (value,) if isinstance(value, numbers.Integral) else value
+    try:
+        shape = tuple(items)
+    except TypeError:
+        raise TypeError("normalized_shape: expected an int or a sequence of ints, got "
+                        f"{type(value).__name__}") from None
+    if not shape:
+        raise ValueError("normalized_shape: expected at least one axis, got ()")
+    return tuple(int_arg("normalized_shape", n, 1, "positive ints") for n in shape)
 
 
 def _state_vector(name: str, value: Any, C: int, dtype: np.dtype[Any]) -> None:

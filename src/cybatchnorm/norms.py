@@ -94,7 +94,7 @@ def layernorm_forward(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, eps: floa
         Added to the variance; finite and > 0.
     num_threads : int or None, keyword-only
         OpenMP threads; None uses all cores. Bitwise the same for any value.
-    cache : {"full", "minimal"}, keyword-only
+    cache : str, keyword-only
         ``"full"`` (the default) also keeps xmu and xhat, what the staged
         backward reads; ``"minimal"`` keeps x and the statistics, enough for
         the fused backward (the staged one then computes xmu and xhat again).

@@ -45,3 +45,19 @@ def test_group_norm_matches_torch(shape, G):
         xt, G, gt, bt, 1e-5), x, g, b, d)
     for label, a, w in zip(("out", "dx", "dgamma", "dbeta"), ours, theirs):
         np.testing.assert_allclose(a, w, rtol=1e-10, atol=1e-11, err_msg=label)
+
+
+def test_layer_checkpoints_move_to_torch_modules_and_back():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(4, 6, 5))
+    ours = bn.LayerNorm((6, 5))
+    ours.load_state_dict({"weight": rng.uniform(0.5, 2, (6, 5)), "bias": rng.normal(size=(6, 5))})
+    theirs = torch.nn.LayerNorm((6, 5), dtype=F64)
+    theirs.load_state_dict({k: torch.as_tensor(v) for k, v in ours.state_dict().items()})
+    np.testing.assert_allclose(ours.forward(x), theirs(torch.as_tensor(x)).detach().numpy(),
+                               rtol=1e-12, atol=1e-12)
+    group = torch.nn.GroupNorm(3, 6, dtype=F64)
+    mine = bn.GroupNorm(3, 6)
+    mine.load_state_dict(group.state_dict())
+    np.testing.assert_allclose(mine.forward(x), group(torch.as_tensor(x)).detach().numpy(),
+                               rtol=1e-12, atol=1e-12)
