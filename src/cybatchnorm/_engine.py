@@ -304,12 +304,14 @@ def backward_elementwise(g3: AnyArray, x3: AnyArray, mean: F64Array, ivar: F64Ar
 # ------------------------------------------ per-sample normalizations
 
 def norm_forward(x2: AnyArray, gamma: AnyArray, beta: AnyArray, eps: float, G: int, S: int,
-                 out2: AnyArray, nt: int) -> tuple[F64Array, F64Array, F64Array]:
+                 out2: AnyArray, nt: int, xcopy: AnyArray | None = None
+                 ) -> tuple[F64Array, F64Array, F64Array]:
     """Layer, group or instance norm of the rows of ``x2`` (R, M) into ``out2``;
-    returns the rows' float64 mean, variance and ivar (see ``_norms.forward``)."""
+    returns the rows' float64 mean, variance and ivar (see ``_norms.forward``).
+    ``xcopy`` (x2's shape) receives a copy of x2, written as each row is read."""
     R = x2.shape[0]
     mean, var, ivar = np.empty(R), np.empty(R), np.empty(R)
-    norms.forward(x2, gamma, beta, eps, G, S, out2, mean, var, ivar, nt)
+    norms.forward(x2, gamma, beta, eps, G, S, out2, mean, var, ivar, nt, xcopy)
     return mean, var, ivar
 
 

@@ -22,6 +22,7 @@ def forward(
     var: F64Array,
     ivar: F64Array,
     n_threads: int,
+    xcopy: AnyArray | None = ...,
 ) -> None: ...
 
 def backward(

@@ -17,6 +17,7 @@ run reductions, so every SIMD build gives the same bits.
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt
+from libc.string cimport memcpy
 
 from cybatchnorm._common cimport (LANES, lanes_total, run_sum, run_dot_centred, run_reduce,
                                   RUN_SQDEV, rstart)
@@ -45,7 +46,7 @@ def row_chunks(Py_ssize_t R, Py_ssize_t P):
 cdef inline void _forward_row(const floating* x, Py_ssize_t Cg, Py_ssize_t S,
                               const floating* gamma, const floating* beta, double eps,
                               floating* out, double* mean, double* var,
-                              double* ivar) noexcept nogil:
+                              double* ivar, floating* xc) noexcept nogil:
     # IN: one row of M = Cg * S values, gamma/beta from the row's first
     # parameter. OUT: the row's mean and 1/sqrt(var + eps) (two passes: the
     # sum, then the squared deviations from the mean, both exact in float64),
@@ -58,6 +59,10 @@ cdef inline void _forward_row(const floating* x, Py_ssize_t Cg, Py_ssize_t S,
     mean[0] = m
     var[0] = v
     ivar[0] = iv
+    if xc != NULL:
+        # the caller's copy of x, from the row in cache (a separate copy
+        # reads x from memory again)
+        memcpy(xc, x, M * sizeof(floating))
     if S == 1:
         for j in range(M):
             out[j] = <floating>(((x[j] - m) * iv) * gamma[j] + beta[j])
@@ -71,7 +76,8 @@ cdef inline void _forward_row(const floating* x, Py_ssize_t Cg, Py_ssize_t S,
 
 def forward(const floating[:, ::1] x, const floating[::1] gamma, const floating[::1] beta,
             double eps, Py_ssize_t G, Py_ssize_t S, floating[:, ::1] out, double[::1] mean,
-            double[::1] var, double[::1] ivar, int n_threads):
+            double[::1] var, double[::1] ivar, int n_threads,
+            floating[:, ::1] xcopy=None):
     """Normalize every row of ``x`` (R, M) on its own statistics.
 
     Row r is group ``r % G`` of a sample: M = Cg * S values, Cg parameters
@@ -79,15 +85,22 @@ def forward(const floating[:, ::1] x, const floating[::1] gamma, const floating[
     ``mean``/``var``/``ivar`` (R,) receive each row's float64 mean, biased
     variance and ``1 / sqrt(var + eps)``; ``out`` (x's shape) the
     normalized rows. One row per task: bitwise the same for any thread count.
+    ``xcopy`` (x's shape, or None) receives a copy of x, written as each row
+    is read.
     """
     cdef Py_ssize_t R = x.shape[0], M = x.shape[1], Cg, r, g
+    cdef floating* xc = NULL
     if R == 0 or M == 0:
         return
+    if xcopy is not None:
+        if xcopy.shape[0] != R or xcopy.shape[1] != M:
+            raise ValueError("forward: xcopy must have x's shape")
+        xc = &xcopy[0, 0]
     Cg = M // S
     for r in prange(R, schedule='static', num_threads=n_threads, nogil=True):
         g = r % G
         _forward_row(&x[r, 0], Cg, S, &gamma[g * Cg], &beta[g * Cg], eps, &out[r, 0],
-                     &mean[r], &var[r], &ivar[r])
+                     &mean[r], &var[r], &ivar[r], NULL if xc == NULL else xc + r * M)
 
 
 # ---------------------------------------------------------------- backward
@@ -135,14 +148,21 @@ cdef inline void _backward_row(const floating* d, const floating* x, double m, d
     # dx = ivar * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))), and its
     # share of dgamma/dbeta added into the chunk's partials pdg/pdb
     cdef Py_ssize_t M = Cg * S, c, s, j
-    cdef double s1 = 0.0, s2 = 0.0, a, b, w
+    cdef double s1 = 0.0, s2 = 0.0, a, b, w, sd, sdx
     if S == 1:
         s1 = _weighted(d, gamma, M)
         s2 = _weighted_centred(d, gamma, x, m, M)
     else:
+        # each channel's sum(dout) and sum(dout * (x - mean)) once: the row's
+        # sums weight them by gamma, the parameters' partials take them as
+        # they are (one read of the run fewer than summing again)
         for c in range(Cg):
-            s1 += gamma[c] * run_sum(d + c * S, S)
-            s2 += gamma[c] * run_dot_centred(d + c * S, x + c * S, m, S)
+            sd = run_sum(d + c * S, S)
+            sdx = run_dot_centred(d + c * S, x + c * S, m, S)
+            s1 += gamma[c] * sd
+            s2 += gamma[c] * sdx
+            pdg[c] += iv * sdx
+            pdb[c] += sd
     a = s1 / M
     b = iv * iv * s2 / M          # mean(dxhat * xhat) / ivar, times ivar once per value below
     if S == 1:
@@ -155,8 +175,6 @@ cdef inline void _backward_row(const floating* d, const floating* x, double m, d
         w = gamma[c]
         for s in range(c * S, (c + 1) * S):
             dx[s] = <floating>(iv * (d[s] * w - a - (x[s] - m) * b))
-        pdg[c] += iv * run_dot_centred(d + c * S, x + c * S, m, S)
-        pdb[c] += run_sum(d + c * S, S)
 
 
 def backward(const floating[:, ::1] dout, const floating[:, ::1] x, const double[::1] mean,

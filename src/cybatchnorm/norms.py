@@ -42,13 +42,17 @@ CacheKind = Literal["full", "minimal"]
 
 def _forward(kind: str, a: NormArgs, cache: str) -> tuple[AnyArray, NormCache]:
     out2 = a.out2 if a.out2 is not None else _engine.empty(a.x2.shape, a.dtype)
+    # the cache's own x: written by the kernel as it reads each row when x2
+    # is the caller's memory (a conversion already made one of its own)
+    xcopy = _engine.empty(a.x2.shape, a.dtype) if a.copy_x else None
     mean, var, ivar = _engine.norm_forward(a.x2, a.gamma, a.beta, a.eps, a.groups, a.S, out2,
-                                           a.nt)
+                                           a.nt, xcopy)
     reduction = (Reduction("layer", k=len(a.param_shape)) if kind == "layer"
                  else Reduction("group", groups=a.groups))
     nc = NormCache(kind=kind, cache_kind=cache, shape=a.shape, param_shape=a.param_shape,
                    reduction=reduction, groups=a.groups, S=a.S, dtype=a.dtype, eps=a.eps,
-                   x=a.x2, copy_x=a.copy_x, gamma=a.gamma, beta=a.beta, mu64=mean, var64=var,
+                   x=a.x2 if xcopy is None else xcopy, copy_x=False, gamma=a.gamma,
+                   beta=a.beta, mu64=mean, var64=var,
                    ivar64=ivar)
     return (a.out if a.out is not None else out2.reshape(a.shape)), nc
 
