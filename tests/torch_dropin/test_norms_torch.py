@@ -61,3 +61,21 @@ def test_layer_checkpoints_move_to_torch_modules_and_back():
     mine.load_state_dict(group.state_dict())
     np.testing.assert_allclose(mine.forward(x), group(torch.as_tensor(x)).detach().numpy(),
                                rtol=1e-12, atol=1e-12)
+
+
+def test_the_bench_norm_table_measures_and_reports(monkeypatch):
+    import io
+
+    from cybatchnorm import bench
+    monkeypatch.setattr(bench, "NORM_CASES", [("layer", (16, 8), None), ("group", (4, 6, 3), 3)])
+    out = io.StringIO()
+    rows = bench.norm_table(torch, 2, out)
+    text = out.getvalue()
+    assert len(rows) == 2 and "norm targets met:" in text
+    for r in rows:
+        assert r["ratio"] > 0 and r["ratio_1thread"] > 0
+        for off in ("1000.0", "1000000.0"):
+            errs = r["errors"][off]
+            assert set(errs) == {"out", "dx", "torch_out", "torch_dx"}
+            # ours is float32-rounded float64 arithmetic: a few ulps
+            assert errs["out"] < 1e-6 and errs["dx"] < 1e-5

@@ -41,12 +41,19 @@ from .._validation import DEFAULT_EPS, check_num_threads
 from .._version import __version__
 from ..api import batchnorm_backward, batchnorm_backward_fused, batchnorm_forward
 from ..layer import BatchNorm
+from ..norm_layers import GroupNorm, LayerNorm
+from ..norms import (
+    groupnorm_backward_fused,
+    groupnorm_forward,
+    layernorm_backward_fused,
+    layernorm_forward,
+)
 from .report import case_name, format_sweeps, format_table, format_targets, printer
 from .timing import interleaved, peak_bytes, ratio_spread, samples, spread
 
-__all__ = ["CASES", "DROPIN_CASES", "EPS", "Interrupted", "bench_case", "check_output_path",
-           "dropin_case", "dropin_table", "environment", "parse_case", "run", "sweep_case",
-           "sweep_table"]
+__all__ = ["CASES", "DROPIN_CASES", "EPS", "Interrupted", "NORM_CASES", "bench_case",
+           "check_output_path", "dropin_case", "dropin_table", "environment", "norm_accuracy",
+           "norm_case", "norm_table", "parse_case", "run", "sweep_case", "sweep_table"]
 
 
 CASES = ["32x16", "256x1024", "4096x1024", "65536x256", "512x16384", "32x64x56x56"]
@@ -276,6 +283,131 @@ def dropin_table(torch: Any, repeats: int, file: Any) -> list[dict[str, Any]]:
     return rows
 
 
+# ------------------------------------------- layer, group and instance norm
+
+#: (label, shape, groups): groups None is layer norm over the last axis
+NORM_CASES = [("layer", (8192, 768), None), ("layer", (64, 197, 768), None),
+              ("group", (32, 64, 56, 56), 32), ("group", (8, 256, 32, 32), 32),
+              ("instance", (32, 64, 56, 56), 64)]
+NORM_TARGET = 0.8
+
+
+def _norm_layers(torch: Any, shape: Sequence[int], groups: int | None, dtype: Any,
+                 threads: int | None) -> tuple[Any, Any]:
+    # ours (numpy layer) and torch.nn's module for one case
+    if groups is None:
+        return (LayerNorm(shape[-1], dtype=dtype, num_threads=threads),
+                torch.nn.LayerNorm(shape[-1], dtype=getattr(torch, np.dtype(dtype).name)))
+    return (GroupNorm(groups, shape[1], dtype=dtype, num_threads=threads),
+            torch.nn.GroupNorm(groups, shape[1], dtype=getattr(torch, np.dtype(dtype).name)))
+
+
+def norm_case(torch: Any, shape: Sequence[int], groups: int | None, dtype: Any, repeats: int,
+              threads: int | None) -> dict[str, list[float]]:
+    """Seconds of one training step (forward, then backward of a given dout)
+    of cybatchnorm's numpy LayerNorm/GroupNorm and of torch.nn's module,
+    interleaved; ``threads`` None: every core, wall time; 1: one thread each,
+    thread CPU time."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        ours, theirs = _norm_layers(torch, shape, groups, dtype, threads)
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=shape).astype(dtype)
+        dout = rng.normal(size=shape).astype(dtype)
+        xt = torch.from_numpy(x).requires_grad_(True)
+        gt = torch.from_numpy(dout)
+        inner = max(1, min(200, int(2e7 // x.size)))
+
+        def ours_step() -> None:
+            for _ in range(inner):
+                ours.forward(x)
+                ours.backward(dout)
+
+        def torch_step() -> None:
+            for _ in range(inner):
+                theirs(xt).backward(gt)
+        clock = time.perf_counter if threads is None else time.thread_time
+        t = interleaved({"ours": ours_step, "torch": torch_step}, repeats, clock)
+    finally:
+        torch.set_num_threads(before)
+    return {k: [s / inner for s in v] for k, v in t.items()}
+
+
+def norm_accuracy(torch: Any, shape: Sequence[int], groups: int | None,
+                  offset: float) -> dict[str, float]:
+    """float32 relative errors (max |error| / max |exact|) of out and dx,
+    ours and torch.nn's, against float64 on the same float32 data of std 1
+    shifted by ``offset``."""
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=shape) + offset).astype(np.float32)
+    dout = rng.normal(size=shape).astype(np.float32)
+    P = (shape[-1],) if groups is None else (shape[1],)
+    gamma, beta = rng.uniform(0.5, 2, P).astype(np.float32), rng.normal(size=P).astype(np.float32)
+    F = torch.nn.functional
+
+    def run(a: Any, d: Any, g: Any, b: Any) -> tuple[Any, Any]:
+        if groups is None:
+            out, cache = layernorm_forward(a, g, b)
+            return out, layernorm_backward_fused(d, cache)[0]
+        out, cache = groupnorm_forward(a, g, b, groups)
+        return out, groupnorm_backward_fused(d, cache)[0]
+
+    def torch_run(a: Any, d: Any) -> tuple[Any, Any]:
+        xt = torch.from_numpy(a).requires_grad_(True)
+        gt, bt = torch.from_numpy(gamma.astype(a.dtype)), torch.from_numpy(beta.astype(a.dtype))
+        out = (F.layer_norm(xt, P, gt, bt, EPS) if groups is None
+               else F.group_norm(xt, groups, gt, bt, EPS))
+        out.backward(torch.from_numpy(d))
+        return out.detach().numpy(), xt.grad.numpy()
+    exact = run(x.astype(np.float64), dout.astype(np.float64), gamma.astype(np.float64),
+                beta.astype(np.float64))
+    ours, theirs = run(x, dout, gamma, beta), torch_run(x, dout)
+
+    def err(a: Any, e: Any) -> float:
+        return float(np.abs(a - e).max() / max(np.abs(e).max(), 1e-300))
+    return {"out": err(ours[0], exact[0]), "dx": err(ours[1], exact[1]),
+            "torch_out": err(theirs[0], exact[0]), "torch_dx": err(theirs[1], exact[1])}
+
+
+def norm_table(torch: Any, repeats: int, file: Any) -> list[dict[str, Any]]:
+    """Print the numpy LayerNorm/GroupNorm training step against torch.nn's
+    module (every core in wall time, the target; one thread in thread CPU
+    time) and the float32 errors at offsets 1e3 and 1e6, ours and torch's."""
+    w = printer(file)
+    nt = torch.get_num_threads()
+    w(f"layer, group and instance norm: numpy LayerNorm/GroupNorm training step against "
+      f"torch.nn's module (float32, contiguous), interleaved, median of {repeats} rounds, "
+      f"[min-max] of the per-round ratios; 'all' = {nt} threads, wall time (the target, "
+      f"<= {NORM_TARGET}); '1 thr' = one thread, thread CPU time; float32 error (max |err| / "
+      f"max |exact|) of out and dx at offsets 1e3 and 1e6, ours / torch's")
+    w(f"  {'case':>9} {'shape':>14} {'G':>3} {'ours ms':>8} {'torch ms':>8} {'all':>5}"
+      f" {'[min-max]':>11} {'1 thr':>5}  {'dx err 1e3':>17}  {'dx err 1e6':>17}")
+    rows = []
+    for label, shape, groups in NORM_CASES:
+        full = norm_case(torch, shape, groups, np.float32, repeats, None)
+        one = norm_case(torch, shape, groups, np.float32, repeats, 1)
+        ratio, lo, hi = ratio_spread(full["ours"], full["torch"])
+        ratio1 = ratio_spread(one["ours"], one["torch"])[0]
+        acc = {off: norm_accuracy(torch, shape, groups, off) for off in (1e3, 1e6)}
+        rows.append({"kind": label, "shape": list(shape), "groups": groups, "threads": nt,
+                     "target": NORM_TARGET, "ours": statistics.median(full["ours"]),
+                     "torch": statistics.median(full["torch"]), "ratio": ratio,
+                     "ratio_min": lo, "ratio_max": hi, "ratio_1thread": ratio1,
+                     "errors": {str(k): v for k, v in acc.items()},
+                     "samples": full, "samples_1thread": one})
+        errs = "  ".join(f"{acc[o]['dx']:.1e}/{acc[o]['torch_dx']:.1e}" for o in (1e3, 1e6))
+        w(f"  {label:>9} {'x'.join(map(str, shape)):>14} {groups or '-':>3}"
+          f" {rows[-1]['ours'] * 1e3:8.3f} {rows[-1]['torch'] * 1e3:8.3f} {ratio:5.2f}"
+          f" [{lo:4.2f}-{hi:4.2f}] {ratio1:5.2f}  {errs}"
+          f" {'met' if ratio <= NORM_TARGET else 'NOT met'}")
+    met = sum(r["ratio"] <= r["target"] for r in rows)
+    w(f"  norm targets met: {met} of {len(rows)} (all threads); with one thread: "
+      f"{sum(r['ratio_1thread'] <= r['target'] for r in rows)} of {len(rows)}")
+    return rows
+
+
 # ------------------------------------------------------- per-sweep table
 
 def sweep_case(shape: Sequence[int], dtype: Any, repeats: int, torch: Any) -> dict[str, Any]:
@@ -469,6 +601,7 @@ def run(cases: Sequence[str] | None = None, dtypes: Sequence[str] = ("float32", 
       + f"; {_engine.SIMD} kernels; {repeats} runs of each after a warm-up")
     results = []
     dropin = None
+    norm_rows = None
     sweeps: list[dict[str, Any]] = []
     todo = [(shape, dt, nt) for shape in shapes for dt in dtypes for nt in thread_list]
     try:
@@ -488,6 +621,8 @@ def run(cases: Sequence[str] | None = None, dtypes: Sequence[str] = ("float32", 
         if torch is not None and (cases is None or list(cases) == CASES):
             w("")
             dropin = dropin_table(torch, repeats, file)
+            w("")
+            norm_rows = norm_table(torch, repeats, file)
         interrupted = False
     except KeyboardInterrupt:
         interrupted = True
@@ -514,7 +649,8 @@ def run(cases: Sequence[str] | None = None, dtypes: Sequence[str] = ("float32", 
                 "interrupted": interrupted,
                 "environment": environment(thread_list, torch)}
         with open(json_path, "w") as fh:
-            json.dump({"meta": meta, "results": results, "sweeps": sweeps, "dropin": dropin}, fh,
+            json.dump({"meta": meta, "results": results, "sweeps": sweeps, "dropin": dropin,
+                       "norms": norm_rows}, fh,
                       indent=1)
         w(f"results written to {json_path}")
     return Interrupted(results) if interrupted else results
