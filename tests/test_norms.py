@@ -226,3 +226,27 @@ def test_bad_input_is_refused_by_name(call, exc, name):
     with pytest.raises(exc, match=rf"^{name}\b"):
         call()
     np.testing.assert_array_equal(_X, before)
+
+
+@pytest.mark.parametrize("name, shape, pshape, ours, theirs", CASES[:4] + CASES[6:10],
+                         ids=IDS[:4] + IDS[6:10])
+def test_the_textbook_walks_serve_layer_and_group_norm(rng, name, shape, pshape, ours, theirs):
+    from cybatchnorm import graph
+    x, g, b, d = _data(shape, pshape, np.float64, rng)
+    if name.startswith("layer"):
+        red = graph.Reduction("layer", k=len(pshape))
+        out, cache = bn.layernorm_forward(x, g, b)
+        staged = bn.layernorm_backward(d, cache)
+    else:
+        G = int(name.split("G=")[1])
+        red = graph.Reduction("group", groups=G)
+        out, cache = bn.groupnorm_forward(x, g, b, G)
+        staged = bn.groupnorm_backward(d, cache)
+    values = graph.forward(x, g, b, reduction=red)
+    np.testing.assert_allclose(values["out"], out, rtol=1e-12, atol=1e-12)
+    R = x.size // int(np.prod(red.views(shape)["stats"][2]))
+    assert values["mu"].shape == values["ivar"].shape == (R,)
+    walk = graph.backward(d, cache, keep=True)
+    for k, s in zip(("dx", "dgamma", "dbeta"), staged):     # the staged walk, bit for bit
+        assert walk[k].tobytes() == s.tobytes(), k
+    assert walk["dxhat"].shape == shape and walk["dmu"].shape == (R,)

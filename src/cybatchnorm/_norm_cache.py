@@ -59,8 +59,9 @@ class NormCache:
     eps : float
     mode : str
         ``"train"``: the statistics are the batch's own (always, here).
-    x, xmu, xhat : ndarray, shape (R, M)
-        The input's rows (a read-only copy in the computation dtype),
+    x : ndarray, shape (R, M)
+        The input's rows (a read-only copy in the computation dtype).
+    xmu, xhat : ndarray, x's shape
         ``x - mu`` and ``xmu * ivar``.
     gamma, beta : ndarray, shape (P,)
         Read-only copies of the scale and shift, flattened.
@@ -122,23 +123,24 @@ class NormCache:
 
     def _nodes(self) -> tuple[AnyArray, AnyArray]:
         # xmu = x - mu and xhat = xmu * ivar by the node kernels, in the
-        # "stats" view (a channel per row), as the staged walk's graph has them
+        # "stats" view (a channel per row), as the staged walk's graph has
+        # them; returned in x's shape
         from . import _node_ops
         from ._threads import default_num_threads
         R, M = self.x.shape
         x3 = self.x.reshape(1, R, M)
         nt = default_num_threads(self.x.size)
         xmu = _node_ops.xmu_fwd(x3, self.mu, nt)
-        return xmu.reshape(R, M), _node_ops.xhat_fwd(xmu, self.ivar, nt).reshape(R, M)
+        return xmu.reshape(self.shape), _node_ops.xhat_fwd(xmu, self.ivar, nt).reshape(self.shape)
 
     @property
     def xmu(self) -> AnyArray:
-        """``x - mu`` per row, (R, M): kept by a full cache, else computed now."""
+        """``x - mu``, x's shape: kept by a full cache, else computed now."""
         return self._xmu if self._xmu is not None else self._nodes()[0]
 
     @property
     def xhat(self) -> AnyArray:
-        """``xmu * ivar`` per row, (R, M): kept by a full cache, else computed now."""
+        """``xmu * ivar``, x's shape: kept by a full cache, else computed now."""
         return self._xhat if self._xhat is not None else self._nodes()[1]
 
     def __setattr__(self, name: str, value: Any) -> None:  # noqa: D105

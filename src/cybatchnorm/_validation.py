@@ -98,6 +98,16 @@ def feature(name: str, value: Any, C: int, dtype: Any) -> AnyArray:
     return np.ascontiguousarray(arr, dtype=dtype)
 
 
+def param(name: str, value: Any, shape: tuple[int, ...], dtype: Any) -> AnyArray:
+    """Validate a parameter of ``shape`` (layer norm's gamma: the normalized
+    shape); return it flattened, contiguous in ``dtype``."""
+    arr = as_array(name, value)
+    check_dtype(name, arr)
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=dtype).reshape(-1)
+
+
 def shape_arg(name: str, value: Any) -> tuple[int, ...]:
     """Validate a shape tuple (N, C, *spatial) given as an argument."""
     try:

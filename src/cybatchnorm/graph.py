@@ -50,6 +50,7 @@ from ._validation import (
     check_num_threads,
     feature,
     full,
+    param,
     walk_args,
 )
 from .nodes import (
@@ -235,6 +236,7 @@ def forward(
     eps: float = DEFAULT_EPS,
     *,
     num_threads: int | None = None,
+    reduction: Reduction | None = None,
 ) -> dict[str, Any]:
     """Walk :data:`NODES` in order; return every value by name.
 
@@ -243,18 +245,39 @@ def forward(
     This is the textbook forward pass, one compiled kernel per node;
     :func:`cybatchnorm.batchnorm_forward` computes the same values in two
     fused passes.
+
+    ``reduction`` (default :data:`BATCH`): layer norm's or group norm's
+    :class:`Reduction` walks the same nodes, each in its view of x; gamma and
+    beta then have the shape that normalization gives them (layer norm: x's
+    trailing ``k`` axes; group norm: (C,)), full-size values come in x's
+    shape and the statistics one per row of the stats view.
     """
     x3, shape, dt = full("x", x)
-    check_batch_count(shape)
-    values = {
-        "x": x3.reshape(shape),
-        "gamma": feature("gamma", gamma, shape[1], dt),
-        "beta": feature("beta", beta, shape[1], dt),
-        "eps": check_eps(eps),
-    }
+    if reduction is None or reduction.kind == "batch":
+        check_batch_count(shape)
+        values = {
+            "x": x3.reshape(shape),
+            "gamma": feature("gamma", gamma, shape[1], dt),
+            "beta": feature("beta", beta, shape[1], dt),
+            "eps": check_eps(eps),
+        }
+        nt = check_num_threads(num_threads, x3.size)
+        for n in NODES:
+            values[n.name] = n.forward(*(values[i] for i in n.inputs), num_threads=nt)
+        return values
+    views = reduction.views(shape)
+    P = views["affine"][1]
+    pshape = tuple(shape[len(shape) - reduction.k:]) if reduction.kind == "layer" else (P,)
+    values = {"x": x3.reshape(shape), "gamma": param("gamma", gamma, pshape, dt),
+              "beta": param("beta", beta, pshape, dt), "eps": check_eps(eps)}
     nt = check_num_threads(num_threads, x3.size)
     for n in NODES:
-        values[n.name] = n.forward(*(values[i] for i in n.inputs), num_threads=nt)
+        view = views[n.view]
+        args = [v.reshape(view) if isinstance(v, np.ndarray) and v.size == x3.size and v.ndim > 1
+                else v.reshape(-1) if isinstance(v, np.ndarray) else v
+                for v in (values[i] for i in n.inputs)]
+        res = n.forward(*args, num_threads=nt)
+        values[n.name] = res.reshape(shape) if res.ndim > 1 else res
     return values
 
 
@@ -298,27 +321,39 @@ def backward(dout: ArrayLike, cache: Any, *, num_threads: int | None = None,
         ``dxmu = dxmu1 + dxmu2`` and ``dx = dx1 + dx2``.
     """
     dout, shape, nt, constants = walk_args(dout, cache, num_threads, constants, dx, NODES)
+    # layer and group norm (a NormCache): each node reads its view of x
+    reduction = getattr(cache, "reduction", None)
+    views = None if reduction is None or reduction.kind == "batch" else reduction.views(shape)
+
+    def fit(v: Any, n: Node | None) -> Any:
+        # a full-size value in node n's view (the stats view for a branch sum)
+        if views is None or not isinstance(v, np.ndarray) or v.ndim <= 1:
+            return v
+        view = views["stats" if n is None else n.view]
+        return v if v.shape == view else v.reshape(view)
+
     pending = {"out": dout}      # gradients waiting for their node, by node name
     produced: dict[str, AnyArray] = {}
     spare: list[AnyArray] = []                   # dead gradient buffers this walk made, for reuse
     for n in reversed(NODES):
         if n.name not in pending:   # nothing depends on this node via x
             continue
-        g = pending.pop(n.name)
-        saved = [getattr(cache, s) for s in n.saved]
+        g = fit(pending.pop(n.name), n)
+        saved = [fit(getattr(cache, s), n) if s != "shape" or views is None
+                 else views[n.view] for s in n.saved]
         kw: dict[str, Any] = {}
         other = pending.get(n.targets()[0]) if n.adds and not keep else None
         if other is not None and _walk_owned(other, dout):
             # the other branch's gradient is a buffer this walk made: the
             # node adds into it, and the branch sum costs no pass of its own
-            kw["add_to"] = pending.pop(n.targets()[0])
+            kw["add_to"] = fit(pending.pop(n.targets()[0]), n)
         elif n.writes_full:
             # the node's new gradient is elementwise in g: it may overwrite g
             # when g is a buffer this walk made and nobody else will read
             if not keep and _walk_owned(g, dout):
                 kw["out"] = g
             elif spare:
-                kw["out"] = spare.pop()
+                kw["out"] = fit(spare.pop(), n)
         res = n.backward(g, *saved, num_threads=nt, **kw)
         if len(n.grads) == 1:
             res = (res,)
@@ -340,7 +375,8 @@ def backward(dout: ArrayLike, cache: Any, *, num_threads: int | None = None,
                 dest = first if inplace else None
                 if target == "x" and dx is not None:
                     dest = dx
-                value = branch_sum(first, value, num_threads=nt, out=dest)
+                value = branch_sum(fit(first, None), fit(value, None), num_threads=nt,
+                                   out=fit(dest, None))
                 if keep:
                     produced["d" + target] = value
             pending[target] = value
@@ -348,6 +384,13 @@ def backward(dout: ArrayLike, cache: Any, *, num_threads: int | None = None,
     # the per-channel gradients were float64 along the walk; the results are in x's dtype
     for k in ("dgamma", "dbeta"):
         result[k] = result[k].astype(dout.dtype)
+    if views is not None:
+        # in x's shape and gamma's, as the walk received them
+        result["dx"] = result["dx"].reshape(shape)
+        for k in ("dgamma", "dbeta"):
+            result[k] = result[k].reshape(cache.param_shape)
+        produced = {k: (v.reshape(shape) if isinstance(v, np.ndarray) and v.ndim > 1 else v)
+                    for k, v in produced.items()}
     if dx is not None and result["dx"] is not dx:   # x had one path only (eval mode)
         np.copyto(dx, result["dx"])
         result["dx"] = dx
