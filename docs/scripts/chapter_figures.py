@@ -2,9 +2,10 @@
 
     python docs/scripts/chapter_figures.py OUTDIR
 
-Writes OUTDIR/fused_sums.svg, spatial_axes.svg, stability_offset.svg and
-running_stats.svg. Every number drawn is computed here by the package (the
-fused kernels, batchnorm_forward, BatchNorm); nothing is typed in.
+Writes OUTDIR/fused_sums.svg, spatial_axes.svg, stability_offset.svg,
+running_stats.svg and norm_axes.svg. Every number drawn is computed here by
+the package (the fused kernels, batchnorm_forward, BatchNorm, layernorm_forward,
+groupnorm_forward); nothing is typed in.
 """
 import os
 import sys
@@ -175,10 +176,63 @@ def running_stats(path):
     plt.close(fig)
 
 
+def norm_axes(path):
+    """Which values one mu averages: batch, layer, group and instance norm on
+    the same (N, C, S) = (2, 4, 4) batch."""
+    rng = np.random.default_rng(5)
+    N, C, S, G = 2, 4, 4, 2
+    x = np.round(rng.normal(size=(N, C, S)) + np.arange(C)[None, :, None], 1)
+    ones, zeros = np.ones(C), np.zeros(C)
+    _, bc = bn.batchnorm_forward(x, ones, zeros)
+    _, lc = bn.layernorm_forward(x, np.ones((C, S)), np.zeros((C, S)))
+    _, gc = bn.groupnorm_forward(x, ones, zeros, G)
+    _, ic = bn.groupnorm_forward(x, ones, zeros, C)
+    # (title, mask of the values one mu averages, that mu as the package computed it)
+    c1 = np.zeros((N, C, S), bool)
+    c1[:, 1] = True
+    s0 = np.zeros((N, C, S), bool)
+    s0[0] = True
+    g0 = np.zeros((N, C, S), bool)
+    g0[0, :C // G] = True
+    i0 = np.zeros((N, C, S), bool)
+    i0[0, 1] = True
+    panels = [("batch norm: mu of channel 1, over the batch and the spatial axes", c1,
+               float(bc.mu[1])),
+              ("layer norm: mu of sample 0, over its channels and spatial axes", s0,
+               float(lc.mu64[0])),
+              (f"group norm (G = {G}): mu of sample 0, group 0 (channels 0-1)", g0,
+               float(gc.mu64[0])),
+              ("instance norm (G = C): mu of sample 0, channel 1", i0, float(ic.mu64[1]))]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 6.4))
+    cw, gap_c, gap_n = 1.3, 0.4, 1.2          # cell width, gaps between channels and samples
+    span = C * (S * cw + gap_c) + gap_n
+    for ax, (title, mask, mu) in zip(axes, panels):
+        for n in range(N):
+            for c in range(C):
+                x0 = n * span + c * (S * cw + gap_c)
+                for k in range(S):
+                    ax.add_patch(Rectangle((x0 + k * cw, 0), cw, 1,
+                                           fc="#f2994a" if mask[n, c, k] else "#dbe9f6",
+                                           ec="#333333", lw=0.6))
+                    ax.text(x0 + (k + 0.5) * cw, 0.5, f"{x[n, c, k]:.1f}", ha="center",
+                            va="center", fontsize=8)
+                ax.text(x0 + S * cw / 2, 1.25, f"n={n} c={c}", ha="center", fontsize=9)
+        ax.set_title(f"{title}\nmu = mean of the {int(mask.sum())} orange values = {mu:.4f}"
+                     f" (numpy: {float(x[mask].mean()):.4f})", fontsize=11)
+        ax.set_xlim(-0.3, N * span)
+        ax.set_ylim(-0.2, 1.7)
+        ax.set_aspect("equal")
+        ax.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Date": None})   # same bytes at every build
+    plt.close(fig)
+
+
 def main(outdir):
     paths = []
     for name, draw in (("fused_sums", fused_sums), ("spatial_axes", spatial_axes),
-                       ("stability_offset", stability_offset), ("running_stats", running_stats)):
+                       ("stability_offset", stability_offset), ("running_stats", running_stats),
+                       ("norm_axes", norm_axes)):
         paths.append(os.path.join(outdir, name + ".svg"))
         draw(paths[-1])
     return paths

@@ -61,8 +61,8 @@ class NormCache:
         ``"train"``: the statistics are the batch's own (always, here).
     x : ndarray, shape (R, M)
         The input's rows (a read-only copy in the computation dtype).
-    xmu, xhat : ndarray, x's shape
-        ``x - mu`` and ``xmu * ivar``.
+    xmu, xhat : ndarray
+        ``x - mu`` and ``xmu * ivar``, in x's shape.
     gamma, beta : ndarray, shape (P,)
         Read-only copies of the scale and shift, flattened.
     mu, var, sqrtvar, ivar : ndarray, shape (R,)

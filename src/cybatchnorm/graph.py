@@ -246,7 +246,7 @@ def forward(
     :func:`cybatchnorm.batchnorm_forward` computes the same values in two
     fused passes.
 
-    ``reduction`` (default :data:`BATCH`): layer norm's or group norm's
+    ``reduction`` (default ``BATCH``, batch norm): layer norm's or group norm's
     :class:`Reduction` walks the same nodes, each in its view of x; gamma and
     beta then have the shape that normalization gives them (layer norm: x's
     trailing ``k`` axes; group norm: (C,)), full-size values come in x's

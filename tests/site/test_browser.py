@@ -270,7 +270,7 @@ FIGURES = {
     "forward.html": "graph", "why.html": "digits", "backward.html": "circuit",
     "walkthrough.html": "circuit", "fused.html": "fused", "spatial.html": "spatial",
     "stability.html": "stability", "train_eval.html": "running",
-    "performance.html": "perf",
+    "performance.html": "perf", "normalizations.html": "norm_axes",
 }
 
 
