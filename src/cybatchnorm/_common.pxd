@@ -453,10 +453,11 @@ cdef enum:
     RUN_CENTRED = 2     # p[k] * (q[k] - a)
     RUN_SHIFTED = 3     # p[k] - a
     RUN_SQDEV = 4       # (p[k] - a)**2
+    RUN_WCENTRED = 5    # (p[k] * q[k]) * (r[k] - a)
 
 
 cdef inline double run_term(int op, const floating* p, const floating* q, double a,
-                            double b, Py_ssize_t k) noexcept nogil:
+                            const floating* r, Py_ssize_t k) noexcept nogil:
     cdef double d
     if op == RUN_SUM:
         return p[k]
@@ -464,6 +465,8 @@ cdef inline double run_term(int op, const floating* p, const floating* q, double
         return <double>p[k] * q[k]
     if op == RUN_CENTRED:
         return p[k] * (q[k] - a)
+    if op == RUN_WCENTRED:
+        return (<double>p[k] * q[k]) * (r[k] - a)
     d = p[k] - a
     if op == RUN_SHIFTED:
         return d
@@ -471,9 +474,10 @@ cdef inline double run_term(int op, const floating* p, const floating* q, double
 
 
 cdef inline double run_reduce(int op, const floating* p, const floating* q, double a,
-                              double b, Py_ssize_t S) noexcept nogil:
+                              const floating* r, Py_ssize_t S) noexcept nogil:
     # the one lane loop of every run reduction; ``op`` is a constant at each
-    # call site, so the compiler keeps only its own term once inlined
+    # call site, so the compiler keeps only its own term once inlined (q and
+    # r are read only by the terms that name them)
     cdef double acc[LANES]
     cdef Py_ssize_t k = 0
     cdef int j
@@ -481,29 +485,41 @@ cdef inline double run_reduce(int op, const floating* p, const floating* q, doub
         acc[j] = 0.0
     while k + LANES <= S:
         for j in range(LANES):
-            acc[j] += run_term(op, p, q, a, b, k + j)
+            acc[j] += run_term(op, p, q, a, r, k + j)
         k += LANES
     while k < S:
-        acc[0] += run_term(op, p, q, a, b, k)
+        acc[0] += run_term(op, p, q, a, r, k)
         k += 1
     return lanes_total(acc)
 
 
 cdef inline double run_sum(const floating* p, Py_ssize_t S) noexcept nogil:
-    return run_reduce(RUN_SUM, p, p, 0.0, 0.0, S)
+    return run_reduce(RUN_SUM, p, p, 0.0, p, S)
 
 
 cdef inline double run_dot(const floating* p, const floating* q,
                            Py_ssize_t S) noexcept nogil:
     # sum of p * q in float64
-    return run_reduce(RUN_DOT, p, q, 0.0, 0.0, S)
+    return run_reduce(RUN_DOT, p, q, 0.0, p, S)
 
 
 cdef inline double run_dot_centred(const floating* g, const floating* x, double m,
                                    Py_ssize_t S) noexcept nogil:
     # sum of g * (x - m): dout against x - mu (the caller multiplies by ivar
     # once for dout against xhat)
-    return run_reduce(RUN_CENTRED, g, x, m, 0.0, S)
+    return run_reduce(RUN_CENTRED, g, x, m, g, S)
+
+
+cdef inline double run_weighted_centred(const floating* g, const floating* w, const floating* x,
+                                        double m, Py_ssize_t S) noexcept nogil:
+    # sum of (g * w) * (x - m): dout times a per-value gamma against x - mu
+    # (layer norm's dxhat against xmu)
+    return run_reduce(RUN_WCENTRED, g, w, m, x, S)
+
+
+cdef inline double run_sqdev(const floating* p, double m, Py_ssize_t S) noexcept nogil:
+    # sum of (p - m)**2
+    return run_reduce(RUN_SQDEV, p, p, m, p, S)
 
 
 # S == 1 reductions over rows [r0, r1) read four rows per step, a quarter of
@@ -529,8 +545,8 @@ cdef inline Sums2 run_moments(const floating* p, double h, Py_ssize_t S) noexcep
     # shuffled the lanes between vectors: the float64 run took 3.3 reads of
     # x instead of 1.4)
     cdef Sums2 r
-    r.s1 = run_reduce(RUN_SHIFTED, p, p, h, 0.0, S)
-    r.s2 = run_reduce(RUN_SQDEV, p, p, h, 0.0, S)
+    r.s1 = run_reduce(RUN_SHIFTED, p, p, h, p, S)
+    r.s2 = run_sqdev(p, h, S)
     return r
 
 

@@ -19,8 +19,8 @@ from cython.parallel cimport prange
 from libc.math cimport sqrt
 from libc.string cimport memcpy
 
-from cybatchnorm._common cimport (LANES, lanes_total, run_sum, run_dot_centred, run_reduce,
-                                  RUN_SQDEV, rstart)
+from cybatchnorm._common cimport (run_sum, run_dot, run_dot_centred, run_weighted_centred,
+                                  run_sqdev, rstart)
 cimport cybatchnorm._openmp
 from cybatchnorm._openmp cimport CYBN_SIMD, CYBN_BUILD_CFLAGS
 
@@ -54,7 +54,7 @@ cdef inline void _forward_row(const floating* x, Py_ssize_t Cg, Py_ssize_t S,
     cdef Py_ssize_t M = Cg * S, c, s, j
     cdef double m, v, iv, w, b
     m = run_sum(x, M) / M
-    v = run_reduce(RUN_SQDEV, x, x, m, 0.0, M) / M
+    v = run_sqdev(x, m, M) / M
     iv = 1.0 / sqrt(v + eps)
     mean[0] = m
     var[0] = v
@@ -105,41 +105,6 @@ def forward(const floating[:, ::1] x, const floating[::1] gamma, const floating[
 
 # ---------------------------------------------------------------- backward
 
-cdef inline double _weighted(const floating* d, const floating* w, Py_ssize_t n) noexcept nogil:
-    # sum of d[k] * w[k] in float64, over the fixed lanes
-    cdef double acc[LANES]
-    cdef Py_ssize_t k = 0
-    cdef int j
-    for j in range(LANES):
-        acc[j] = 0.0
-    while k + LANES <= n:
-        for j in range(LANES):
-            acc[j] += <double>d[k + j] * w[k + j]
-        k += LANES
-    while k < n:
-        acc[0] += <double>d[k] * w[k]
-        k += 1
-    return lanes_total(acc)
-
-
-cdef inline double _weighted_centred(const floating* d, const floating* w, const floating* x,
-                                     double m, Py_ssize_t n) noexcept nogil:
-    # sum of d[k] * w[k] * (x[k] - m) in float64, over the fixed lanes
-    cdef double acc[LANES]
-    cdef Py_ssize_t k = 0
-    cdef int j
-    for j in range(LANES):
-        acc[j] = 0.0
-    while k + LANES <= n:
-        for j in range(LANES):
-            acc[j] += (<double>d[k + j] * w[k + j]) * (x[k + j] - m)
-        k += LANES
-    while k < n:
-        acc[0] += (<double>d[k] * w[k]) * (x[k] - m)
-        k += 1
-    return lanes_total(acc)
-
-
 cdef inline void _backward_row(const floating* d, const floating* x, double m, double iv,
                                Py_ssize_t Cg, Py_ssize_t S, const floating* gamma,
                                floating* dx, double* pdg, double* pdb) noexcept nogil:
@@ -150,8 +115,8 @@ cdef inline void _backward_row(const floating* d, const floating* x, double m, d
     cdef Py_ssize_t M = Cg * S, c, s, j
     cdef double s1 = 0.0, s2 = 0.0, a, b, w, sd, sdx
     if S == 1:
-        s1 = _weighted(d, gamma, M)
-        s2 = _weighted_centred(d, gamma, x, m, M)
+        s1 = run_dot(d, gamma, M)
+        s2 = run_weighted_centred(d, gamma, x, m, M)
     else:
         # each channel's sum(dout) and sum(dout * (x - mean)) once: the row's
         # sums weight them by gamma, the parameters' partials take them as
