@@ -250,3 +250,19 @@ def test_the_textbook_walks_serve_layer_and_group_norm(rng, name, shape, pshape,
     for k, s in zip(("dx", "dgamma", "dbeta"), staged):     # the staged walk, bit for bit
         assert walk[k].tobytes() == s.tobytes(), k
     assert walk["dxhat"].shape == shape and walk["dmu"].shape == (R,)
+
+
+def test_a_minimal_cache_makes_xmu_and_xhat_once(monkeypatch, rng):
+    # the staged walk reads xhat (gammax), then xmu twice (xhat, sq): a
+    # minimal cache makes both on the first read and keeps them
+    from cybatchnorm import _node_ops
+    calls = []
+    real = _node_ops.xmu_fwd
+    monkeypatch.setattr(_node_ops, "xmu_fwd", lambda *a: calls.append(1) or real(*a))
+    x, g, b, d = _data((6, 8), (8,), np.float64, rng)
+    _, cache = bn.layernorm_forward(x, g, b, cache="minimal")
+    first = bn.layernorm_backward(d, cache)
+    again = bn.layernorm_backward(d, cache)
+    assert len(calls) == 1
+    assert all(a.tobytes() == c.tobytes() for a, c in zip(first, again))
+    assert not cache.xmu.flags.writeable and not cache.xhat.flags.writeable

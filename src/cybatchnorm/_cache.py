@@ -116,7 +116,7 @@ class Cache:
             if arr is not None:
                 if _owned and name != "x":
                     if name in FULL:
-                        _freeze(arr)      # the (C,) rows came read-only
+                        freeze(arr)      # the (C,) rows came read-only
                 else:
                     arr = arr.view()
                     arr.setflags(write=False)
@@ -229,7 +229,7 @@ class Cache:
                                        default_num_threads(x3.size))
         for name in FULL:
             arr = values[name].reshape(self.shape)
-            _freeze(arr)        # with its bases: it cannot be made writable again
+            freeze(arr)        # with its bases: it cannot be made writable again
             object.__setattr__(self, "_" + name, arr)
 
     def __repr__(self) -> str:
@@ -247,9 +247,9 @@ class Cache:
         return sum(a.nbytes for a in arrays)
 
 
-def _freeze(arr: AnyArray) -> None:
-    # read-only, and so is every array it is a view of (a reshape's too):
-    # then no view of it can be made writable again
+def freeze(arr: AnyArray) -> None:
+    """Make ``arr`` read-only, and every array it is a view of (a reshape's
+    too): then no view of it can be made writable again."""
     base: Any = arr
     while isinstance(base, np.ndarray):
         base.setflags(write=False)

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ._cache import freeze
 from ._typing import AnyArray, F64Array
 
 __all__ = ["NormCache"]
@@ -20,14 +21,11 @@ KINDS = ("layer", "group")
 
 
 def _owned(arr: AnyArray, copy: bool) -> AnyArray:
-    # read-only, and so is the array it views: no view can be made writable
+    # read-only with what it views (a copy first when asked): no view of it
+    # can be made writable again
     if copy:
         arr = np.array(arr, copy=True)
-    arr.setflags(write=False)
-    base: Any = arr.base
-    while isinstance(base, np.ndarray):
-        base.setflags(write=False)
-        base = base.base
+    freeze(arr)
     return arr
 
 
@@ -43,7 +41,7 @@ class NormCache:
     ----------
     kind : str
         ``"layer"`` or ``"group"``; ``cache_kind``: ``"full"`` (xmu and xhat
-        kept) or ``"minimal"`` (computed again when read).
+        made by the forward) or ``"minimal"`` (made when first read, then kept).
     shape : tuple of int
         x's shape.
     param_shape : tuple of int
@@ -117,31 +115,36 @@ class NormCache:
         for name, value in values.items():
             object.__setattr__(self, name, value)
         if cache_kind == "full":
-            xmu, xhat = self._nodes()
-            object.__setattr__(self, "_xmu", _owned(xmu, False))
-            object.__setattr__(self, "_xhat", _owned(xhat, False))
+            self._nodes()
 
-    def _nodes(self) -> tuple[AnyArray, AnyArray]:
+    def _nodes(self) -> None:
         # xmu = x - mu and xhat = xmu * ivar by the node kernels, in the
         # "stats" view (a channel per row), as the staged walk's graph has
-        # them; returned in x's shape
+        # them; kept, read-only, in x's shape
         from . import _node_ops
         from ._threads import default_num_threads
         R, M = self.x.shape
         x3 = self.x.reshape(1, R, M)
         nt = default_num_threads(self.x.size)
         xmu = _node_ops.xmu_fwd(x3, self.mu, nt)
-        return xmu.reshape(self.shape), _node_ops.xhat_fwd(xmu, self.ivar, nt).reshape(self.shape)
+        xhat = _node_ops.xhat_fwd(xmu, self.ivar, nt)
+        object.__setattr__(self, "_xmu", _owned(xmu.reshape(self.shape), False))
+        object.__setattr__(self, "_xhat", _owned(xhat.reshape(self.shape), False))
 
     @property
     def xmu(self) -> AnyArray:
-        """``x - mu``, x's shape: kept by a full cache, else computed now."""
-        return self._xmu if self._xmu is not None else self._nodes()[0]
+        """``x - mu``, x's shape: made by the forward of a full cache, by the
+        first access to ``xmu`` or ``xhat`` of a minimal one, then kept."""
+        if self._xmu is None:
+            self._nodes()
+        return self._xmu   # type: ignore[return-value]
 
     @property
     def xhat(self) -> AnyArray:
-        """``xmu * ivar``, x's shape: kept by a full cache, else computed now."""
-        return self._xhat if self._xhat is not None else self._nodes()[1]
+        """``xmu * ivar``, x's shape: made with :attr:`xmu`, then kept."""
+        if self._xhat is None:
+            self._nodes()
+        return self._xhat  # type: ignore[return-value]
 
     def __setattr__(self, name: str, value: Any) -> None:  # noqa: D105
         raise AttributeError(f"NormCache is read-only: {name} cannot be set")

@@ -75,7 +75,7 @@ from .nodes import (
     xmu_forward,
 )
 
-__all__ = ["Node", "NODES", "Reduction", "BATCH", "node", "forward", "backward"]
+__all__ = ["Node", "NODES", "Reduction", "BATCH", "in_view", "node", "forward", "backward"]
 
 
 @dataclass(frozen=True)
@@ -217,6 +217,15 @@ class Reduction:
         return {"stats": (N, C, S), "affine": (N, C, S)}
 
 
+def in_view(value: Any, view: tuple[int, int, int]) -> Any:
+    """A full-size value seen as ``view`` (one of :meth:`Reduction.views`'s):
+    a free reshape, every full-size value of the walks being contiguous, or
+    a zero-stride view already in that shape; vectors and scalars as they are."""
+    if not isinstance(value, np.ndarray) or value.ndim <= 1 or value.shape == view:
+        return value
+    return value.reshape(view)
+
+
 BATCH = Reduction("batch")
 """Batch norm's reduction: per channel, over the batch and the spatial axes."""
 
@@ -273,10 +282,7 @@ def forward(
     nt = check_num_threads(num_threads, x3.size)
     for n in NODES:
         view = views[n.view]
-        args = [v.reshape(view) if isinstance(v, np.ndarray) and v.size == x3.size and v.ndim > 1
-                else v.reshape(-1) if isinstance(v, np.ndarray) else v
-                for v in (values[i] for i in n.inputs)]
-        res = n.forward(*args, num_threads=nt)
+        res = n.forward(*(in_view(values[i], view) for i in n.inputs), num_threads=nt)
         values[n.name] = res.reshape(shape) if res.ndim > 1 else res
     return values
 
@@ -327,10 +333,7 @@ def backward(dout: ArrayLike, cache: Any, *, num_threads: int | None = None,
 
     def fit(v: Any, n: Node | None) -> Any:
         # a full-size value in node n's view (the stats view for a branch sum)
-        if views is None or not isinstance(v, np.ndarray) or v.ndim <= 1:
-            return v
-        view = views["stats" if n is None else n.view]
-        return v if v.shape == view else v.reshape(view)
+        return v if views is None else in_view(v, views["stats" if n is None else n.view])
 
     pending = {"out": dout}      # gradients waiting for their node, by node name
     produced: dict[str, AnyArray] = {}

@@ -101,7 +101,8 @@ def layernorm_forward(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, eps: floa
     cache : str, keyword-only
         ``"full"`` (the default) also keeps xmu and xhat, what the staged
         backward reads; ``"minimal"`` keeps x and the statistics, enough for
-        the fused backward (the staged one then computes xmu and xhat again).
+        the fused backward (the staged one then computes xmu and xhat, once,
+        and the cache keeps them).
     out : ndarray, optional, keyword-only
         Where to write the output: C-contiguous, writable, x's shape and
         computation dtype, sharing no memory with the inputs.

@@ -16,7 +16,7 @@ import numpy as np
 from . import _engine, graph
 from ._node_ops import branch_add
 from ._typing import AnyArray
-from .graph import Node
+from .graph import Node, in_view
 
 __all__ = ["plan", "walk"]
 
@@ -123,22 +123,15 @@ def walk(
         return bufs[loc] if isinstance(loc, int) else vals[loc]
 
     def saved(name: str, view: tuple[int, int, int]) -> Any:
-        if name == "shape":
-            return view
-        v = getattr(cache, name)
-        return v.reshape(view) if v.ndim > 1 else v
-
-    def seen(v: AnyArray, view: tuple[int, int, int]) -> AnyArray:
-        # a full-size value in the node's view (a free reshape: all contiguous)
-        return v.reshape(view) if v.ndim == 3 else v
+        return view if name == "shape" else in_view(getattr(cache, name), view)
 
     for n, a, b, c in steps:
         view = shape3 if views is None else views["stats" if n is None else n.view]
         if n is None:
-            branch_add(seen(at(a), view), seen(at(b), view), nt, bufs[c].reshape(view))
+            branch_add(in_view(at(a), view), in_view(at(b), view), nt, in_view(bufs[c], view))
             continue
-        kw = {k: bufs[v].reshape(view) for k, v in b.items()}
-        res = n.backward_op(seen(at(a), view), *(saved(s, view) for s in n.saved), nt, **kw)
+        kw = {k: in_view(bufs[v], view) for k, v in b.items()}
+        res = n.backward_op(in_view(at(a), view), *(saved(s, view) for s in n.saved), nt, **kw)
         for loc, value in zip(c, res if len(n.grads) > 1 else (res,)):
             if not isinstance(loc, int) and loc != "dout":
                 vals[loc] = value
