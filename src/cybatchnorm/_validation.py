@@ -608,15 +608,11 @@ def layernorm_args(x: Any, gamma: Any, beta: Any, eps: Any, num_threads: Any,
     M = math.prod(pshape)
     if M == 0:
         raise ValueError(f"gamma: the normalized shape {pshape} holds no values")
-    b = as_array("beta", beta)
-    check_dtype("beta", b)
-    if b.shape != pshape:
-        raise ValueError(f"beta: expected gamma's shape {pshape}, got {b.shape}")
+    gamma = param("gamma", g, pshape, dt)
+    beta = param("beta", beta, pshape, dt)
     x2 = np.ascontiguousarray(arr, dtype=dt).reshape(-1, M)
     eps = check_eps(eps)
     nt = check_num_threads(num_threads, x2.size)
-    gamma = np.ascontiguousarray(g, dtype=dt).reshape(M)
-    beta = np.ascontiguousarray(b, dtype=dt).reshape(M)
     out2 = _norm_out(out, x, arr, x2, (gamma, beta), dt)
     return NormArgs(x2, tuple(arr.shape), dt, gamma, beta, pshape, 1, 1, eps, nt, out, out2,
                     bool(np.may_share_memory(x2, arr)))

@@ -53,7 +53,8 @@ from .timing import interleaved, peak_bytes, ratio_spread, samples, spread
 
 __all__ = ["CASES", "DROPIN_CASES", "EPS", "Interrupted", "NORM_CASES", "bench_case",
            "check_output_path", "dropin_case", "dropin_table", "environment", "norm_accuracy",
-           "norm_case", "norm_table", "parse_case", "run", "sweep_case", "sweep_table"]
+           "norm_case", "norm_table", "parse_case", "run", "sweep_case", "sweep_table",
+           "training_steps"]
 
 
 CASES = ["32x16", "256x1024", "4096x1024", "65536x256", "512x16384", "32x64x56x56"]
@@ -207,6 +208,29 @@ def dropin_target(shape: Sequence[int], itemsize: int) -> float:
     return 0.6 if n * itemsize >= 16 << 20 else 1.0
 
 
+def training_steps(torch: Any, steps: dict[str, Callable[[], Any]], inner: int, repeats: int,
+                   threads: int | None) -> dict[str, list[float]]:
+    """Seconds per call of each step (``inner`` calls per sample), the steps
+    interleaved without pauses as a model alternating them runs; ``threads``
+    None: torch's threads as they are, wall time; else torch set to that many
+    threads (restored after), timed in thread CPU time (``time.thread_time``),
+    which a loaded machine disturbs least."""
+    def repeat(step: Callable[[], Any]) -> Callable[[], None]:
+        def run() -> None:
+            for _ in range(inner):
+                step()
+        return run
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        clock = time.perf_counter if threads is None else time.thread_time
+        t = interleaved({k: repeat(s) for k, s in steps.items()}, repeats, clock)
+    finally:
+        torch.set_num_threads(before)
+    return {k: [s / inner for s in v] for k, v in t.items()}
+
+
 def dropin_case(torch: Any, shape: Any, fmt: Any, dtype: str, repeats: int,
                 threads: int | None) -> dict[str, list[float]]:
     """Seconds of one training step (forward, then backward of a given dout)
@@ -218,32 +242,19 @@ def dropin_case(torch: Any, shape: Any, fmt: Any, dtype: str, repeats: int,
     import cybatchnorm.torch as cbt
     nn = torch.nn
     dt = getattr(torch, dtype)
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        ours = (cbt.BatchNorm1d if len(shape) < 4 else cbt.BatchNorm2d)(
-            shape[1], dtype=dt, num_threads=threads)
-        theirs = (nn.BatchNorm1d if len(shape) < 4 else nn.BatchNorm2d)(shape[1], dtype=dt)
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn(shape, generator=gen, dtype=dt)
-        dout = torch.randn(shape, generator=gen, dtype=dt)
-        if fmt:
-            x = x.to(memory_format=getattr(torch, fmt))
-            dout = dout.to(memory_format=getattr(torch, fmt))
-        x.requires_grad_(True)
-        inner = max(1, min(2000, int(2e7 // x.numel())))
-
-        def step(m: Any) -> Callable[[], Any]:
-            def run() -> Any:
-                for _ in range(inner):
-                    m(x).backward(dout)
-            return run
-        clock = time.perf_counter if threads is None else time.thread_time
-        t = interleaved({"ours": step(ours), "torch": step(theirs)}, repeats, clock)
-    finally:
-        torch.set_num_threads(before)
-    return {k: [s / inner for s in v] for k, v in t.items()}
+    ours = (cbt.BatchNorm1d if len(shape) < 4 else cbt.BatchNorm2d)(
+        shape[1], dtype=dt, num_threads=threads)
+    theirs = (nn.BatchNorm1d if len(shape) < 4 else nn.BatchNorm2d)(shape[1], dtype=dt)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen, dtype=dt)
+    dout = torch.randn(shape, generator=gen, dtype=dt)
+    if fmt:
+        x = x.to(memory_format=getattr(torch, fmt))
+        dout = dout.to(memory_format=getattr(torch, fmt))
+    x.requires_grad_(True)
+    steps = {"ours": lambda: ours(x).backward(dout), "torch": lambda: theirs(x).backward(dout)}
+    return training_steps(torch, steps, max(1, min(2000, int(2e7 // x.numel()))), repeats,
+                          threads)
 
 
 def dropin_table(torch: Any, repeats: int, file: Any) -> list[dict[str, Any]]:
@@ -308,31 +319,18 @@ def norm_case(torch: Any, shape: Sequence[int], groups: int | None, dtype: Any, 
     of cybatchnorm's numpy LayerNorm/GroupNorm and of torch.nn's module,
     interleaved; ``threads`` None: every core, wall time; 1: one thread each,
     thread CPU time."""
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        ours, theirs = _norm_layers(torch, shape, groups, dtype, threads)
-        rng = np.random.default_rng(0)
-        x = rng.normal(size=shape).astype(dtype)
-        dout = rng.normal(size=shape).astype(dtype)
-        xt = torch.from_numpy(x).requires_grad_(True)
-        gt = torch.from_numpy(dout)
-        inner = max(1, min(200, int(2e7 // x.size)))
+    ours, theirs = _norm_layers(torch, shape, groups, dtype, threads)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=shape).astype(dtype)
+    dout = rng.normal(size=shape).astype(dtype)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    gt = torch.from_numpy(dout)
 
-        def ours_step() -> None:
-            for _ in range(inner):
-                ours.forward(x)
-                ours.backward(dout)
-
-        def torch_step() -> None:
-            for _ in range(inner):
-                theirs(xt).backward(gt)
-        clock = time.perf_counter if threads is None else time.thread_time
-        t = interleaved({"ours": ours_step, "torch": torch_step}, repeats, clock)
-    finally:
-        torch.set_num_threads(before)
-    return {k: [s / inner for s in v] for k, v in t.items()}
+    def ours_step() -> None:
+        ours.forward(x)
+        ours.backward(dout)
+    steps = {"ours": ours_step, "torch": lambda: theirs(xt).backward(gt)}
+    return training_steps(torch, steps, max(1, min(200, int(2e7 // x.size))), repeats, threads)
 
 
 def norm_accuracy(torch: Any, shape: Sequence[int], groups: int | None,
