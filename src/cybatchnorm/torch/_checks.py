@@ -182,3 +182,128 @@ def dispatcher_visible(*tensors: Any) -> bool:
         if t is not None and (type(t) not in PLAIN or not t.is_cpu):
             return True
     return False
+
+
+# ------------------------------------------- layer, group and instance norm
+
+def _check_tensor(fn: str, name: str, position: int, t: Any, optional: bool = True) -> None:
+    if (t is None and optional) or isinstance(t, torch.Tensor):
+        return
+    raise TypeError(f"{fn}(): argument '{name}' (position {position}) must be Tensor, "
+                    f"not {type(t).__name__}")
+
+
+def _check_cpu(**tensors: Any) -> None:
+    for name, t in tensors.items():
+        if t is not None and t.device.type not in ("cpu", "meta"):
+            raise RuntimeError(f"cybatchnorm: {name} is on {t.device}; only CPU tensors are "
+                               f"supported (use torch.nn's module on other devices)")
+
+
+def _check_mixed(x: Any, params: Any) -> None:
+    # the CPU kernels' mixed-dtype rule (layer norm and group norm alike):
+    # float32 parameters may serve float16/bfloat16 input; otherwise every
+    # tensor has x's dtype
+    given = [t for t in params if t is not None]
+    if any(t.dtype != x.dtype for t in given):
+        if any(t.dtype != torch.float32 for t in given):
+            raise RuntimeError("mixed dtype (CPU): expect parameter to have scalar type of Float")
+        if x.dtype not in REDUCED:
+            raise RuntimeError("mixed dtype (CPU): all inputs must share same datatype.")
+
+
+def check_layer_norm(x: Any, normalized_shape: Any, weight: Any, bias: Any) -> tuple[int, ...]:
+    """Raise as ``torch.nn.functional.layer_norm`` would, in its order;
+    return ``normalized_shape`` as a tuple of ints."""
+    _check_tensor("layer_norm", "input", 1, x, optional=False)
+    if isinstance(normalized_shape, torch.Size):
+        shape = tuple(normalized_shape)
+    elif isinstance(normalized_shape, (list, tuple)) and all(
+            isinstance(s, int) and not isinstance(s, bool) for s in normalized_shape):
+        shape = tuple(normalized_shape)
+    else:
+        raise TypeError("layer_norm(): argument 'normalized_shape' (position 2) must be tuple "
+                        f"of ints, not {type(normalized_shape).__name__}")
+    _check_tensor("layer_norm", "weight", 3, weight)
+    _check_tensor("layer_norm", "bias", 4, bias)
+    if not shape:
+        raise RuntimeError("Expected normalized_shape to be at least 1-dimensional, i.e., "
+                           "containing at least one element, but got normalized_shape = []")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and tuple(t.shape) != shape:
+            raise RuntimeError(f"Expected {name} to be of same shape as normalized_shape, but "
+                               f"got {name} of shape {list(t.shape)} and normalized_shape = "
+                               f"{list(shape)}")
+    if x.dim() < len(shape) or tuple(x.shape[x.dim() - len(shape):]) != shape:
+        raise RuntimeError(f"Given normalized_shape={list(shape)}, expected input with shape "
+                           f"[*, {', '.join(map(str, shape))}], but got input of size"
+                           f"{list(x.shape)}")
+    _check_cpu(input=x, weight=weight, bias=bias)
+    _check_mixed(x, (weight, bias))
+    if x.dtype not in FLOATS + REDUCED:
+        raise NotImplementedError(
+            f'"LayerNormKernelImpl" not implemented for \'{scalar_name(x.dtype)}\'')
+    return shape
+
+
+def check_group_norm(x: Any, num_groups: Any, weight: Any, bias: Any) -> None:
+    """Raise as ``torch.nn.functional.group_norm`` would, in its order."""
+    _check_tensor("group_norm", "input", 1, x, optional=False)
+    if isinstance(num_groups, bool) or not isinstance(num_groups, int):
+        raise TypeError("group_norm(): argument 'num_groups' (position 2) must be int, "
+                        f"not {type(num_groups).__name__}")
+    _check_tensor("group_norm", "weight", 3, weight)
+    _check_tensor("group_norm", "bias", 4, bias)
+    if x.dim() < 2:
+        raise RuntimeError(
+            f"Expected at least 2 dimensions for input tensor but received {x.dim()}")
+    # torch's _verify_batch_size on [N * C // G, G, *spatial] (a zero G
+    # raises ZeroDivisionError there, as here)
+    verify_batch_size([x.shape[0] * x.shape[1] // num_groups, num_groups] + list(x.shape[2:]))
+    C = x.shape[1]
+    if num_groups <= 0 or C % num_groups:
+        raise RuntimeError("Expected number of channels in input to be divisible by num_groups, "
+                           f"but got input of shape {list(x.shape)} and num_groups={num_groups}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and (t.dim() != 1 or t.numel() != C):
+            raise RuntimeError(f"Expected {name} to be a vector of size equal to the number of "
+                               f"channels in input, but got {name} of shape {list(t.shape)} "
+                               f"and input of shape {list(x.shape)}")
+    _check_cpu(input=x, weight=weight, bias=bias)
+    _check_mixed(x, (weight, bias))
+    if x.dtype not in FLOATS + REDUCED:
+        raise NotImplementedError(
+            f'"GroupNormKernelImpl" not implemented for \'{scalar_name(x.dtype)}\'')
+
+
+def check_instance_norm(x: Any, running_mean: Any, running_var: Any, weight: Any, bias: Any,
+                        use_input_stats: Any) -> None:
+    """Raise as ``torch.nn.functional.instance_norm`` would, in its order
+    (torch runs it as batch norm of (1, N * C, *spatial) with each
+    per-channel tensor repeated N times: its messages count N * C)."""
+    _check_tensor("instance_norm", "input", 1, x, optional=False)
+    names = ("running_mean", "running_var", "weight", "bias")
+    for i, (name, t) in enumerate(zip(names, (running_mean, running_var, weight, bias))):
+        _check_tensor("instance_norm", name, i + 2, t)
+    if not isinstance(use_input_stats, bool):
+        raise TypeError("instance_norm(): argument 'use_input_stats' (position 6) must be bool, "
+                        f"not {type(use_input_stats).__name__}")
+    if use_input_stats:
+        S = 1
+        for s in x.shape[2:]:
+            S *= s
+        if S == 1:
+            raise ValueError("Expected more than 1 spatial element when training, got input "
+                             f"size {x.size()}")
+    elif running_mean is None or running_var is None:
+        raise RuntimeError("Expected running_mean and running_var to be defined when "
+                           "use_input_stats is false")
+    N, C = x.shape[0], x.shape[1]
+    for name, t in zip(names, (running_mean, running_var, weight, bias)):
+        if t is not None and t.numel() * N != N * C:
+            raise RuntimeError(f"{name} should contain {N * C} elements not {t.numel() * N}")
+    _check_cpu(input=x, running_mean=running_mean, running_var=running_var, weight=weight,
+               bias=bias)
+    if x.dtype not in FLOATS + REDUCED:
+        raise NotImplementedError(f'"batch_norm" not implemented for \'{scalar_name(x.dtype)}\'')
+    _check_mixed(x, (weight, bias, running_mean, running_var))

@@ -1,4 +1,6 @@
-"""``batch_norm``: ``torch.nn.functional.batch_norm`` computed by the compiled kernels."""
+"""``batch_norm``, ``layer_norm``, ``group_norm`` and ``instance_norm``:
+``torch.nn.functional``'s computed by the compiled kernels."""
+import math
 from typing import Any
 
 import torch
@@ -6,9 +8,16 @@ from torch import Tensor
 
 from .._validation import check_num_threads
 from ._call import run_batch_norm
-from ._checks import check_not_tracing, check_transforms
+from ._checks import (
+    check_group_norm,
+    check_instance_norm,
+    check_layer_norm,
+    check_not_tracing,
+    check_transforms,
+)
+from ._norm_ops import run_norm
 
-__all__ = ["batch_norm"]
+__all__ = ["batch_norm", "group_norm", "instance_norm", "layer_norm"]
 
 
 def threads_arg(num_threads: Any) -> int:
@@ -82,3 +91,222 @@ def batch_norm(
     momentum = _momentum(momentum)
     return run_batch_norm(input, weight, bias, running_mean, running_var, bool(training),
                           momentum, float(eps), threads_arg(num_threads))
+
+
+# ------------------------------------------- layer, group and instance norm
+
+def _in_compute_dtype(x: Tensor, *params: Any) -> tuple[Any, ...]:
+    # float16/bfloat16 computed in float32 (each value rounded once to
+    # float32 by the kernel, then to x's dtype); the casts are autograd's,
+    # so each gradient comes back in its tensor's dtype
+    if x.dtype in (torch.float32, torch.float64):
+        return (x,) + params
+    return (x.float(),) + tuple(None if p is None else p.float() for p in params)
+
+
+def layer_norm(
+    input: Any,
+    normalized_shape: Any,
+    weight: Any = None,
+    bias: Any = None,
+    eps: Any = 1e-5,
+    *,
+    num_threads: Any = None,
+) -> Tensor:
+    """``torch.nn.functional.layer_norm`` computed by cybatchnorm's kernels.
+
+    Same arguments, defaults, results and errors as PyTorch's: each sample
+    (the trailing ``normalized_shape`` axes) normalized on its own mean and
+    biased variance (float64, two passes), then scaled by ``weight`` and
+    shifted by ``bias`` (both of shape ``normalized_shape``). Differentiable
+    in input, weight and bias to any order.
+
+    Parameters
+    ----------
+    input : Tensor, shape (*, *normalized_shape)
+        CPU; float32 or float64, or float16/bfloat16 (computed in float32).
+        Any strides (non-contiguous input is copied); the output is contiguous, as torch's.
+    normalized_shape : list, tuple or torch.Size of ints
+    weight, bias : Tensor of shape normalized_shape, or None
+    eps : float
+    num_threads : int or None, keyword-only
+        OpenMP threads of the kernels (over samples); None uses all cores.
+
+    Returns
+    -------
+    Tensor, input's shape and dtype.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from cybatchnorm.torch import layer_norm
+    >>> x = torch.tensor([[1.0, 3.0], [10.0, 30.0]], dtype=torch.float64)
+    >>> layer_norm(x, [2]).round(decimals=4)
+    tensor([[-1.,  1.],
+            [-1.,  1.]], dtype=torch.float64)
+    """
+    check_not_tracing()
+    check_transforms(input)
+    shape = check_layer_norm(input, normalized_shape, weight, bias)
+    nt = threads_arg(num_threads)
+    M = math.prod(shape)
+    rows = input.numel() // M if M else 0
+    x, w, b = _in_compute_dtype(input, weight, bias)
+    if M == 0:
+        out: Tensor = input.clone(memory_format=torch.contiguous_format)
+        return out
+    out = run_norm(x, w, b, rows, M, 1, 1, float(eps), nt)[0]
+    return out if out.dtype == input.dtype else out.to(input.dtype)
+
+
+def group_norm(
+    input: Any,
+    num_groups: Any,
+    weight: Any = None,
+    bias: Any = None,
+    eps: Any = 1e-5,
+    *,
+    num_threads: Any = None,
+) -> Tensor:
+    """``torch.nn.functional.group_norm`` computed by cybatchnorm's kernels.
+
+    Same arguments, defaults, results and errors as PyTorch's: the C
+    channels of input (N, C, *spatial) split into ``num_groups`` groups, each
+    group of each sample normalized on its own mean and biased variance
+    (float64, two passes), then scaled by ``weight`` and shifted by ``bias``
+    per channel. Differentiable in input, weight and bias to any order.
+
+    Parameters
+    ----------
+    input : Tensor, shape (N, C, *spatial)
+        CPU; float32 or float64, or float16/bfloat16 (computed in float32).
+        A channels_last input gives a channels_last output, as torch's (the
+        kernels read a contiguous copy of it).
+    num_groups : int
+        G, dividing C.
+    weight, bias : Tensor of shape (C,), or None
+    eps : float
+    num_threads : int or None, keyword-only
+        OpenMP threads of the kernels (over (sample, group) rows); None uses all cores.
+
+    Returns
+    -------
+    Tensor, input's shape, dtype and memory format.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from cybatchnorm.torch import group_norm
+    >>> x = torch.tensor([[1.0, 3.0, 10.0, 30.0]], dtype=torch.float64)
+    >>> group_norm(x, 2).round(decimals=4)
+    tensor([[-1.,  1., -1.,  1.]], dtype=torch.float64)
+    """
+    check_not_tracing()
+    check_transforms(input)
+    check_group_norm(input, num_groups, weight, bias)
+    nt = threads_arg(num_threads)
+    fmt = _channels_last(input)
+    x, w, b = _in_compute_dtype(input, weight, bias)
+    if fmt is not None:
+        x = _Contiguous.apply(x, fmt)  # type: ignore[no-untyped-call]
+    N, C, S = input.shape[0], input.shape[1], math.prod(input.shape[2:])
+    out = run_norm(x, w, b, N * num_groups, C // num_groups * S, num_groups, S, float(eps),
+                   nt)[0]
+    if out.dtype != input.dtype:
+        out = out.to(input.dtype)
+    return out if fmt is None else out.contiguous(memory_format=fmt)
+
+
+def _channels_last(x: Tensor) -> Any:
+    # the channels_last format x is dense in (and not also contiguous), or None
+    for fmt, rank in ((torch.channels_last, 4), (torch.channels_last_3d, 5)):
+        if x.dim() == rank and not x.is_contiguous() and x.is_contiguous(memory_format=fmt):
+            return fmt
+    return None
+
+
+class _Contiguous(torch.autograd.Function):
+    """A contiguous copy of a channels_last x whose gradient comes back in
+    x's format, as torch's group norm gives it (the kernels read (sample,
+    group) rows, which a channels_last tensor does not hold contiguously)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, fmt: Any) -> Tensor:
+        ctx.fmt = fmt
+        return x.contiguous()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return grad.contiguous(memory_format=ctx.fmt), None
+
+
+def instance_norm(
+    input: Any,
+    running_mean: Any = None,
+    running_var: Any = None,
+    weight: Any = None,
+    bias: Any = None,
+    use_input_stats: Any = True,
+    momentum: Any = 0.1,
+    eps: Any = 1e-5,
+    *,
+    num_threads: Any = None,
+) -> Tensor:
+    """``torch.nn.functional.instance_norm`` computed by cybatchnorm's kernels.
+
+    Same arguments, defaults, results and errors as PyTorch's. With
+    ``use_input_stats`` each channel of each sample of input (N, C, *spatial)
+    is normalized on its own mean and biased variance (group norm with a
+    channel per group), and given running statistics are updated in place:
+    ``running = momentum * batch + (1 - momentum) * running`` with the batch
+    values averaged over the N samples (the unbiased variance, as torch).
+    Otherwise the running statistics normalize every sample (batch norm's
+    evaluation kernel). Differentiable in input, weight and bias.
+
+    Parameters
+    ----------
+    input : Tensor, shape (N, C, *spatial)
+        CPU; float32 or float64, or float16/bfloat16 (computed in float32).
+    running_mean, running_var : Tensor of shape (C,) or None
+    weight, bias : Tensor of shape (C,) or None
+    use_input_stats : bool
+    momentum : float
+    eps : float
+    num_threads : int or None, keyword-only
+        OpenMP threads of the kernels; None uses all cores.
+
+    Returns
+    -------
+    Tensor, input's shape and dtype (contiguous, as torch's).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from cybatchnorm.torch import instance_norm
+    >>> x = torch.tensor([[[1.0, 3.0], [10.0, 30.0]]], dtype=torch.float64)
+    >>> instance_norm(x).round(decimals=4)
+    tensor([[[-1.,  1.],
+             [-1.,  1.]]], dtype=torch.float64)
+    """
+    check_not_tracing()
+    check_transforms(input)
+    check_instance_norm(input, running_mean, running_var, weight, bias, use_input_stats)
+    momentum = _momentum(momentum)
+    nt = threads_arg(num_threads)
+    if not use_input_stats:
+        # every sample normalized by the running statistics: batch norm in eval mode
+        return run_batch_norm(input.contiguous(), weight, bias, running_mean, running_var,
+                              False, momentum, float(eps), nt)
+    N, C, S = input.shape[0], input.shape[1], math.prod(input.shape[2:])
+    x, w, b = _in_compute_dtype(input, weight, bias)
+    out, mean, _, var = run_norm(x, w, b, N * C, S, C, S, float(eps), nt)
+    if N * C and (running_mean is not None or running_var is not None):
+        with torch.no_grad():
+            keep = 1.0 - momentum
+            if running_mean is not None:
+                batch = mean.view(N, C).mean(dim=0)
+                running_mean.copy_(momentum * batch + keep * running_mean.to(torch.float64))
+            if running_var is not None:
+                batch = var.view(N, C).mean(dim=0) * (S / (S - 1))
+                running_var.copy_(momentum * batch + keep * running_var.to(torch.float64))
+    return out if out.dtype == input.dtype else out.to(input.dtype)

@@ -1,16 +1,20 @@
 """``BatchNorm1d``, ``BatchNorm2d``, ``BatchNorm3d`` and ``BatchNorm`` (any rank):
 ``torch.nn.modules.batchnorm._BatchNorm`` subclasses whose forward runs the
-compiled kernels through ``torch.ops.cybatchnorm``."""
+compiled kernels through ``torch.ops.cybatchnorm``; ``LayerNorm``,
+``GroupNorm`` and ``InstanceNorm1d/2d/3d``: subclasses of torch's modules
+whose forward runs the per-sample kernels (``_norm_ops``)."""
 from typing import Any
 
+import torch
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ._call import run_batch_norm
 from ._checks import TORCHSCRIPT
-from .functional import threads_arg
+from .functional import group_norm, instance_norm, layer_norm, threads_arg
 
-__all__ = ["BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+__all__ = ["BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GroupNorm",
+           "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "LayerNorm"]
 
 
 def _momentum_of(training: bool, track_running_stats: bool, seen: Any,
@@ -161,3 +165,197 @@ class BatchNorm3d(DropInBatchNorm):
     def _check_input_dim(self, input: Any) -> None:
         if input.dim() != 5:
             raise ValueError(f"expected 5D input (got {input.dim()}D input)")
+
+
+# ------------------------------------------- layer, group and instance norm
+
+def _extra(text: str, num_threads: int | None) -> str:
+    return text if num_threads is None else f"{text}, num_threads={num_threads}"
+
+
+class LayerNorm(torch.nn.LayerNorm):
+    """Drop-in for ``torch.nn.LayerNorm`` backed by cybatchnorm's compiled kernels.
+
+    A subclass of torch's module with its constructor, parameters
+    (``weight`` and ``bias`` of shape ``normalized_shape``), state dicts,
+    errors and results; the forward is :func:`~cybatchnorm.torch.layer_norm`
+    (float64 statistics per sample; float16/bfloat16 computed in float32),
+    differentiable to any order, traced by ``torch.compile`` as single operators.
+
+    Parameters
+    ----------
+    normalized_shape : int or sequence of ints
+        The trailing axes each sample is normalized over.
+    eps : float, default 1e-5
+    elementwise_affine : bool, default True
+    bias : bool, default True
+    device, dtype
+        As for any torch module.
+    num_threads : int or None, keyword-only
+        OpenMP threads of the kernels; None uses all cores.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from cybatchnorm.torch import LayerNorm
+    >>> layer = LayerNorm(8, dtype=torch.float64)
+    >>> x = torch.randn(4, 8, dtype=torch.float64, requires_grad=True)
+    >>> layer(x).pow(2).sum().backward()
+    >>> tuple(x.grad.shape), tuple(layer.weight.grad.shape)
+    ((4, 8), (8,))
+    """
+
+    def __init__(self, normalized_shape: Any, eps: float = 1e-5,
+                 elementwise_affine: bool = True, bias: bool = True, device: Any = None,
+                 dtype: Any = None, *, num_threads: int | None = None) -> None:
+        threads_arg(num_threads)
+        super().__init__(normalized_shape, eps, elementwise_affine, bias, device, dtype)
+        self.num_threads = num_threads
+
+    def __prepare_scriptable__(self) -> Any:
+        raise NotImplementedError(TORCHSCRIPT.format("torch.jit.script"))
+
+    def forward(self, input: Tensor) -> Tensor:
+        return layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps,
+                          num_threads=self.num_threads)
+
+    def extra_repr(self) -> str:
+        return _extra(super().extra_repr(), self.num_threads)
+
+
+class GroupNorm(torch.nn.GroupNorm):
+    """Drop-in for ``torch.nn.GroupNorm`` backed by cybatchnorm's compiled kernels.
+
+    A subclass of torch's module with its constructor (and its error for
+    channels not divisible by groups), parameters (``weight``, ``bias`` of
+    shape (C,)), state dicts, errors and results; the forward is
+    :func:`~cybatchnorm.torch.group_norm` (float64 statistics per sample and
+    group; float16/bfloat16 computed in float32; a channels_last input gives
+    a channels_last output), differentiable to any order.
+
+    Parameters
+    ----------
+    num_groups : int
+    num_channels : int
+    eps : float, default 1e-5
+    affine : bool, default True
+    device, dtype
+        As for any torch module.
+    bias : bool, keyword-only, default True
+    num_threads : int or None, keyword-only
+        OpenMP threads of the kernels; None uses all cores.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from cybatchnorm.torch import GroupNorm
+    >>> layer = GroupNorm(2, 4, dtype=torch.float64)
+    >>> layer(torch.randn(3, 4, 5, dtype=torch.float64)).shape
+    torch.Size([3, 4, 5])
+    """
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5,
+                 affine: bool = True, device: Any = None, dtype: Any = None, *,
+                 bias: bool = True, num_threads: int | None = None) -> None:
+        threads_arg(num_threads)
+        super().__init__(num_groups, num_channels, eps, affine, device, dtype, bias=bias)
+        self.num_threads = num_threads
+
+    def __prepare_scriptable__(self) -> Any:
+        raise NotImplementedError(TORCHSCRIPT.format("torch.jit.script"))
+
+    def forward(self, input: Tensor) -> Tensor:
+        return group_norm(input, self.num_groups, self.weight, self.bias, self.eps,
+                          num_threads=self.num_threads)
+
+    def extra_repr(self) -> str:
+        return _extra(super().extra_repr(), self.num_threads)
+
+
+class _DropInInstanceNorm:
+    """What InstanceNorm1d/2d/3d add to torch's ``_InstanceNorm``: the
+    thread count, and :func:`~cybatchnorm.torch.instance_norm` where torch's
+    module calls ``F.instance_norm`` (its forward keeps torch's input checks,
+    unbatched input and warnings)."""
+
+    num_threads: int | None
+
+    def __prepare_scriptable__(self) -> Any:
+        raise NotImplementedError(TORCHSCRIPT.format("torch.jit.script"))
+
+    def _apply_instance_norm(self, input: Tensor) -> Tensor:
+        m: Any = self
+        return instance_norm(input, m.running_mean, m.running_var, m.weight, m.bias,
+                             m.training or not m.track_running_stats,
+                             m.momentum if m.momentum is not None else 0.0, m.eps,
+                             num_threads=self.num_threads)
+
+    def extra_repr(self) -> str:
+        return _extra(super().extra_repr(), self.num_threads)  # type: ignore[misc]
+
+
+def _instance_init(self: Any, cls: Any, num_features: int, eps: float, momentum: float | None,
+                   affine: bool, track_running_stats: bool, device: Any, dtype: Any,
+                   bias: bool, num_threads: int | None) -> None:
+    threads_arg(num_threads)
+    super(cls, self).__init__(num_features, eps, momentum, affine, track_running_stats,
+                              device, dtype, bias=bias)
+    self.num_threads = num_threads
+
+
+_INSTANCE_DOC = """Drop-in for ``torch.nn.{name}`` backed by cybatchnorm's compiled kernels.
+
+    A subclass of torch's module with its constructor, parameters, buffers
+    (``running_mean``, ``running_var``, ``num_batches_tracked`` with
+    ``track_running_stats=True``), state dicts, errors and results; input
+    {shapes} (or without the batch axis); each channel of each sample
+    normalized on its own float64 statistics in training (or without
+    tracked statistics), by the running statistics in eval mode with
+    ``track_running_stats=True``. See :func:`~cybatchnorm.torch.instance_norm`.
+
+    Parameters
+    ----------
+    num_features : int
+    eps : float, default 1e-5
+    momentum : float or None, default 0.1
+    affine : bool, default False
+    track_running_stats : bool, default False
+    device, dtype
+        As for any torch module.
+    bias : bool, keyword-only, default True
+    num_threads : int or None, keyword-only
+        OpenMP threads of the kernels; None uses all cores.
+    """
+
+
+class InstanceNorm1d(_DropInInstanceNorm, torch.nn.InstanceNorm1d):
+    __doc__ = _INSTANCE_DOC.format(name="InstanceNorm1d", shapes="(N, C, L)")
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = False, track_running_stats: bool = False, device: Any = None,
+                 dtype: Any = None, *, bias: bool = True,
+                 num_threads: int | None = None) -> None:
+        _instance_init(self, InstanceNorm1d, num_features, eps, momentum, affine,
+                       track_running_stats, device, dtype, bias, num_threads)
+
+
+class InstanceNorm2d(_DropInInstanceNorm, torch.nn.InstanceNorm2d):
+    __doc__ = _INSTANCE_DOC.format(name="InstanceNorm2d", shapes="(N, C, H, W)")
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = False, track_running_stats: bool = False, device: Any = None,
+                 dtype: Any = None, *, bias: bool = True,
+                 num_threads: int | None = None) -> None:
+        _instance_init(self, InstanceNorm2d, num_features, eps, momentum, affine,
+                       track_running_stats, device, dtype, bias, num_threads)
+
+
+class InstanceNorm3d(_DropInInstanceNorm, torch.nn.InstanceNorm3d):
+    __doc__ = _INSTANCE_DOC.format(name="InstanceNorm3d", shapes="(N, C, D, H, W)")
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = False, track_running_stats: bool = False, device: Any = None,
+                 dtype: Any = None, *, bias: bool = True,
+                 num_threads: int | None = None) -> None:
+        _instance_init(self, InstanceNorm3d, num_features, eps, momentum, affine,
+                       track_running_stats, device, dtype, bias, num_threads)
