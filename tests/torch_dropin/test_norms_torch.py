@@ -79,3 +79,22 @@ def test_the_bench_norm_table_measures_and_reports(monkeypatch):
             assert set(errs) == {"out", "dx", "torch_out", "torch_dx"}
             # ours is float32-rounded float64 arithmetic: a few ulps
             assert errs["out"] < 1e-6 and errs["dx"] < 1e-5
+
+
+def test_the_bench_norm_dropin_table_measures_every_layout(monkeypatch):
+    import io
+
+    from cybatchnorm import bench
+    monkeypatch.setattr(bench, "NORM_CASES", [("layer", (16, 8), None),
+                                              ("group", (4, 6, 3, 3), 3),
+                                              ("instance", (2, 4, 3, 3), 4)])
+    out = io.StringIO()
+    rows = bench.norm_dropin_table(torch, 2, out)
+    text = out.getvalue()
+    # layer norm contiguous only; the 4-D cases contiguous and channels_last
+    assert [(r["kind"], r["format"]) for r in rows] == [
+        ("layer", "contiguous"), ("group", "contiguous"), ("group", "channels_last"),
+        ("instance", "contiguous"), ("instance", "channels_last")]
+    assert "norm drop-in targets met:" in text and text.count("NHWC") == 2
+    for r in rows:
+        assert r["ratio"] > 0 and r["ratio_1thread"] > 0 and r["target"] == 1.0

@@ -53,8 +53,8 @@ from .timing import interleaved, peak_bytes, ratio_spread, samples, spread
 
 __all__ = ["CASES", "DROPIN_CASES", "EPS", "Interrupted", "NORM_CASES", "bench_case",
            "check_output_path", "dropin_case", "dropin_table", "environment", "norm_accuracy",
-           "norm_case", "norm_table", "parse_case", "run", "sweep_case", "sweep_table",
-           "training_steps"]
+           "norm_case", "norm_dropin_case", "norm_dropin_table", "norm_table", "parse_case",
+           "run", "sweep_case", "sweep_table", "training_steps"]
 
 
 CASES = ["32x16", "256x1024", "4096x1024", "65536x256", "512x16384", "32x64x56x56"]
@@ -333,6 +333,43 @@ def norm_case(torch: Any, shape: Sequence[int], groups: int | None, dtype: Any, 
     return training_steps(torch, steps, max(1, min(200, int(2e7 // x.size))), repeats, threads)
 
 
+NORM_DROPIN_TARGET = 1.0
+
+
+def _norm_modules(torch: Any, kind: str, shape: Sequence[int], groups: int | None,
+                  threads: int | None) -> tuple[Any, Any]:
+    # the drop-in and torch.nn's module for one case (float32)
+    import cybatchnorm.torch as cbt
+    if kind == "layer":
+        return cbt.LayerNorm(shape[-1], num_threads=threads), torch.nn.LayerNorm(shape[-1])
+    if kind == "group":
+        return (cbt.GroupNorm(groups, shape[1], num_threads=threads),
+                torch.nn.GroupNorm(groups, shape[1]))
+    return (cbt.InstanceNorm2d(shape[1], affine=True, num_threads=threads),
+            torch.nn.InstanceNorm2d(shape[1], affine=True))
+
+
+def norm_dropin_case(torch: Any, kind: str, shape: Sequence[int], groups: int | None,
+                     fmt: str | None, repeats: int,
+                     threads: int | None) -> dict[str, list[float]]:
+    """Seconds of one training step (forward, then backward of a given
+    dout) of ``cybatchnorm.torch``'s LayerNorm/GroupNorm/InstanceNorm2d and of
+    torch.nn's, float32, contiguous or in ``fmt`` ("channels_last"),
+    interleaved; ``threads`` None: every core, wall time; 1: one thread
+    each, thread CPU time."""
+    ours, theirs = _norm_modules(torch, kind, shape, groups, threads)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(tuple(shape), generator=gen)
+    dout = torch.randn(tuple(shape), generator=gen)
+    if fmt:
+        x = x.to(memory_format=getattr(torch, fmt))
+        dout = dout.to(memory_format=getattr(torch, fmt))
+    x.requires_grad_(True)
+    steps = {"ours": lambda: ours(x).backward(dout), "torch": lambda: theirs(x).backward(dout)}
+    return training_steps(torch, steps, max(1, min(200, int(2e7 // x.numel()))), repeats,
+                          threads)
+
+
 def norm_accuracy(torch: Any, shape: Sequence[int], groups: int | None,
                   offset: float) -> dict[str, float]:
     """float32 relative errors (max |error| / max |exact|) of out and dx,
@@ -402,6 +439,44 @@ def norm_table(torch: Any, repeats: int, file: Any) -> list[dict[str, Any]]:
           f" {'met' if ratio <= NORM_TARGET else 'NOT met'}")
     met = sum(r["ratio"] <= r["target"] for r in rows)
     w(f"  norm targets met: {met} of {len(rows)} (all threads); with one thread: "
+      f"{sum(r['ratio_1thread'] <= r['target'] for r in rows)} of {len(rows)}")
+    return rows
+
+
+def norm_dropin_table(torch: Any, repeats: int, file: Any) -> list[dict[str, Any]]:
+    """Print cybatchnorm.torch's LayerNorm/GroupNorm/InstanceNorm2d training
+    step against torch.nn's (float32; contiguous, and channels_last for the
+    4-D cases): every core in wall time (the target, <= 1.0) and one thread
+    in thread CPU time."""
+    w = printer(file)
+    nt = torch.get_num_threads()
+    w(f"cybatchnorm.torch.LayerNorm/GroupNorm/InstanceNorm2d against torch.nn's: training step "
+      f"(float32), interleaved, median of {repeats} rounds, [min-max] of the per-round ratios;"
+      f" 'all' = {nt} threads, wall time (the target, <= {NORM_DROPIN_TARGET}); '1 thr' = one "
+      f"thread, thread CPU time")
+    w(f"  {'case':>9} {'shape':>14} {'G':>3} {'layout':>6} {'ours ms':>8} {'torch ms':>8}"
+      f" {'all':>5} {'[min-max]':>11} {'1 thr':>5} {'[min-max]':>11}")
+    rows = []
+    for label, shape, groups in NORM_CASES:
+        for fmt in (None, "channels_last") if len(shape) == 4 else (None,):
+            full = norm_dropin_case(torch, label, shape, groups, fmt, repeats, None)
+            one = norm_dropin_case(torch, label, shape, groups, fmt, repeats, 1)
+            ratio, lo, hi = ratio_spread(full["ours"], full["torch"])
+            ratio1, lo1, hi1 = ratio_spread(one["ours"], one["torch"])
+            rows.append({"kind": label, "shape": list(shape), "groups": groups,
+                         "format": fmt or "contiguous", "threads": nt,
+                         "target": NORM_DROPIN_TARGET, "ours": statistics.median(full["ours"]),
+                         "torch": statistics.median(full["torch"]), "ratio": ratio,
+                         "ratio_min": lo, "ratio_max": hi, "ratio_1thread": ratio1,
+                         "ratio_1thread_min": lo1, "ratio_1thread_max": hi1,
+                         "samples": full, "samples_1thread": one})
+            w(f"  {label:>9} {'x'.join(map(str, shape)):>14} {groups or '-':>3}"
+              f" {'NHWC' if fmt else 'NCHW':>6} {rows[-1]['ours'] * 1e3:8.3f}"
+              f" {rows[-1]['torch'] * 1e3:8.3f} {ratio:5.2f} [{lo:4.2f}-{hi:4.2f}]"
+              f" {ratio1:5.2f} [{lo1:4.2f}-{hi1:4.2f}]"
+              f" {'met' if ratio <= NORM_DROPIN_TARGET else 'NOT met'}")
+    met = sum(r["ratio"] <= r["target"] for r in rows)
+    w(f"  norm drop-in targets met: {met} of {len(rows)} (all threads); with one thread: "
       f"{sum(r['ratio_1thread'] <= r['target'] for r in rows)} of {len(rows)}")
     return rows
 
@@ -600,6 +675,7 @@ def run(cases: Sequence[str] | None = None, dtypes: Sequence[str] = ("float32", 
     results = []
     dropin = None
     norm_rows = None
+    norm_dropin_rows = None
     sweeps: list[dict[str, Any]] = []
     todo = [(shape, dt, nt) for shape in shapes for dt in dtypes for nt in thread_list]
     try:
@@ -621,6 +697,8 @@ def run(cases: Sequence[str] | None = None, dtypes: Sequence[str] = ("float32", 
             dropin = dropin_table(torch, repeats, file)
             w("")
             norm_rows = norm_table(torch, repeats, file)
+            w("")
+            norm_dropin_rows = norm_dropin_table(torch, repeats, file)
         interrupted = False
     except KeyboardInterrupt:
         interrupted = True
@@ -648,7 +726,7 @@ def run(cases: Sequence[str] | None = None, dtypes: Sequence[str] = ("float32", 
                 "environment": environment(thread_list, torch)}
         with open(json_path, "w") as fh:
             json.dump({"meta": meta, "results": results, "sweeps": sweeps, "dropin": dropin,
-                       "norms": norm_rows}, fh,
+                       "norms": norm_rows, "norm_dropins": norm_dropin_rows}, fh,
                       indent=1)
         w(f"results written to {json_path}")
     return Interrupted(results) if interrupted else results
