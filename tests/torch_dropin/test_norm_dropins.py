@@ -244,3 +244,24 @@ def test_module_repr_and_threads():
         cbt.GroupNorm(2, 4, num_threads=0)
     with pytest.raises(TypeError, match="num_threads"):
         cbt.InstanceNorm1d(4, num_threads=1.5)
+
+
+def test_signatures_are_torchs_with_keyword_only_threads():
+    import inspect
+    for ours, theirs in ((cbt.layer_norm, F.layer_norm), (cbt.group_norm, F.group_norm),
+                         (cbt.instance_norm, F.instance_norm)):
+        params = list(inspect.signature(ours).parameters.values())
+        ref = inspect.signature(theirs).parameters
+        assert [p.name for p in params[:-1]] == list(ref)
+        assert [p.default for p in params[:-1]] == [p.default for p in ref.values()]
+        assert params[-1].name == "num_threads"
+        assert params[-1].kind is inspect.Parameter.KEYWORD_ONLY
+    for ours, theirs in ((cbt.LayerNorm, torch.nn.LayerNorm), (cbt.GroupNorm, torch.nn.GroupNorm),
+                         (cbt.InstanceNorm1d, torch.nn.InstanceNorm1d),
+                         (cbt.InstanceNorm2d, torch.nn.InstanceNorm2d),
+                         (cbt.InstanceNorm3d, torch.nn.InstanceNorm3d)):
+        ps = list(inspect.signature(ours).parameters.values())
+        tp = list(inspect.signature(theirs).parameters.values())
+        assert [(p.name, p.default, p.kind) for p in ps[:len(tp)]] == \
+            [(p.name, p.default, p.kind) for p in tp]
+        assert ps[-1].name == "num_threads" and ps[-1].kind is inspect.Parameter.KEYWORD_ONLY
