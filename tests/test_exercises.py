@@ -85,3 +85,37 @@ def test_clear_errors():
         bn.check_node("xhat", lambda dxhat, xmu, ivar: dxhat, file=io.StringIO())
     with pytest.raises(ValueError, match=r"dbeta has shape \(1, 3\), expected \(3,\)"):
         bn.check_node("out", lambda d: (d.sum(axis=0, keepdims=True), d), file=io.StringIO())
+
+
+@pytest.mark.parametrize("name", [n.name for n in graph.NODES])
+def test_layer_norm_nodes_the_kernel_and_the_same_solutions_pass(name):
+    # the nodes are batch norm's, each in its view of x: a solution written
+    # for (N, C, S) arrays (reducing over every axis but 1) serves both
+    out = io.StringIO()
+    assert bn.check_node(name, graph.node(name).backward, file=out, reduction="layer")
+    rows = [line.split() for line in out.getvalue().splitlines()[2:-1]]
+    assert rows and all(r[-3] == "True" for r in rows), out.getvalue()
+    assert "(layer norm)" in out.getvalue().splitlines()[0]
+    assert bn.check_node(name, SOLUTIONS[name], file=io.StringIO(), reduction="layer")
+
+
+def test_layer_norm_nodes_come_in_their_views():
+    seen = []
+
+    def var_backward(dvar, shape):
+        seen.append((dvar.shape, shape))
+        return SOLUTIONS["var"](dvar, shape)
+    assert bn.check_node("var", var_backward, shapes=[(4, 3), (6, 3, 2, 2)],
+                         file=io.StringIO(), reduction="layer")
+    # the stats view (1, N, M): a "channel" per sample
+    assert seen == [((4,), (1, 4, 3)), ((6,), (1, 6, 12))]
+    # dividing by the number of samples (batch norm's count) is wrong for layer norm
+    wrong = lambda dvar, shape: np.broadcast_to(dvar[None, :, None] / shape[1], shape)  # noqa: E731
+    assert not bn.check_node("var", wrong, shapes=[(4, 3)], file=io.StringIO(),
+                             reduction="layer")
+
+
+def test_reduction_must_be_one_check_node_walks():
+    with pytest.raises(ValueError, match=r"reduction: expected one of \['batch', 'layer'\], "
+                                         r"got 'group'"):
+        bn.check_node("sq", SOLUTIONS["sq"], reduction="group")

@@ -26,19 +26,33 @@ SHAPES = ((4, 3), (16, 5), (6, 3, 2, 2))
 RTOL, ATOL = 1e-7, 1e-10
 
 
-def _inputs(node: graph.Node, shape: Sequence[int], seed: int) -> list[Any]:
+#: the normalizations check_node walks: batch norm, and layer norm over every axis but the first
+REDUCTIONS = ("batch", "layer")
+
+
+def _inputs(node: graph.Node, shape: Sequence[int], seed: int, reduction: str) -> list[Any]:
     # the arguments the node's backward takes on a seeded batch: its upstream
-    # gradient d<name>, then what it saved, computed by the compiled kernels
+    # gradient d<name>, then what it saved, computed by the compiled kernels;
+    # for layer norm each in the node's (N, C, S) view, as the walk passes them
     rng = np.random.default_rng(seed)
     x = rng.normal(1.0, 2.0, size=tuple(shape))
-    C = shape[1]
-    gamma, beta = rng.uniform(0.5, 2.0, C), rng.normal(size=C)
+    pshape = (shape[1],) if reduction == "batch" else tuple(shape[1:])
+    gamma, beta = rng.uniform(0.5, 2.0, pshape), rng.normal(size=pshape)
     dout = rng.normal(size=x.shape)
-    values = graph.forward(x, gamma, beta)
-    cache = SimpleNamespace(shape=x.shape, **values)
+    if reduction == "batch":
+        values = graph.forward(x, gamma, beta)
+        cache = SimpleNamespace(shape=x.shape, **values)
+        grads = graph.backward(dout, cache, keep=True)
+        upstream = dout if node.name == "out" else grads["d" + node.name]
+        return [upstream] + [getattr(cache, s) for s in node.saved]
+    red = graph.Reduction("layer", k=len(shape) - 1)
+    view = red.views(x.shape)[node.view]
+    values = graph.forward(x, gamma, beta, reduction=red)
+    cache = SimpleNamespace(shape=x.shape, reduction=red, param_shape=pshape, **values)
     grads = graph.backward(dout, cache, keep=True)
     upstream = dout if node.name == "out" else grads["d" + node.name]
-    return [upstream] + [getattr(cache, s) for s in node.saved]
+    return [graph.in_view(upstream, view)] + [
+        view if s == "shape" else graph.in_view(values[s], view) for s in node.saved]
 
 
 def _signature(node: graph.Node) -> str:
@@ -46,7 +60,8 @@ def _signature(node: graph.Node) -> str:
 
 
 def check_node(name: str, backward: Callable[..., Any], *, seed: int = 0,
-               shapes: Sequence[Sequence[int]] = SHAPES, file: TextIO | None = None) -> bool:
+               shapes: Sequence[Sequence[int]] = SHAPES, file: TextIO | None = None,
+               reduction: str = "batch") -> bool:
     """Check your backward of one node against the compiled kernel.
 
     Your function is called exactly as the compiled ``nodes.<name>_backward``
@@ -74,6 +89,16 @@ def check_node(name: str, backward: Callable[..., Any], *, seed: int = 0,
         x's shapes: (N, D) or (N, C, H, W, ...).
     file : file-like, optional
         Where the table goes (default: standard output).
+    reduction : {"batch", "layer"}, default "batch"
+        The normalization whose graph is walked: batch norm, or layer norm
+        over every axis of x but the first (gamma of x's trailing shape). The
+        nodes are the same; with ``"layer"`` every array comes in the view
+        of x the node runs in (see :class:`cybatchnorm.graph.Reduction`): a
+        3-D (N, C, S) array whose "channels" are the samples, as (1, N, M),
+        for ``mu`` ... ``xhat``, and the features, as (N, M, 1), for
+        ``gammax`` and ``out``; a ``shape`` argument is that view. A
+        backward written for (N, C, S) arrays, reducing over axes 0 and 2,
+        passes for both.
 
     Returns
     -------
@@ -83,8 +108,8 @@ def check_node(name: str, backward: Callable[..., Any], *, seed: int = 0,
     Raises
     ------
     ValueError
-        An unknown ``name``; a result of the wrong number of arrays or of the
-        wrong shape (the message says what was expected).
+        An unknown ``name`` or ``reduction``; a result of the wrong number of
+        arrays or of the wrong shape (the message says what was expected).
     TypeError
         ``backward`` is not callable, or does not take the node's arguments.
 
@@ -104,6 +129,8 @@ def check_node(name: str, backward: Callable[..., Any], *, seed: int = 0,
     if not isinstance(name, str) or name not in names:
         raise ValueError(f"name: expected one of {names}, got {name!r}")
     node = graph.node(name)
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {list(REDUCTIONS)}, got {reduction!r}")
     if not callable(backward):
         raise TypeError(f"backward: expected a function {_signature(node)}, "
                         f"got {type(backward).__name__}")
@@ -117,11 +144,12 @@ def check_node(name: str, backward: Callable[..., Any], *, seed: int = 0,
     except ValueError:
         pass        # no signature to read (a builtin): the call itself will tell
     out = file if file is not None else sys.stdout
-    print(f"{name}: {_signature(node)} -> {', '.join(node.grads)}", file=out)
+    print(f"{name}{'' if reduction == 'batch' else ' (layer norm)'}: {_signature(node)} -> "
+          f"{', '.join(node.grads)}", file=out)
     print(f"  {'x shape':13s} {'gradient':10s} {'exact':6s} {'close':6s} max abs diff", file=out)
     ok, count = True, 0
     for k, shape in enumerate(shapes):
-        args = _inputs(node, shape, seed + k)
+        args = _inputs(node, shape, seed + k, reduction)
         want = node.backward(*args)
         want = want if isinstance(want, tuple) else (want,)
         got = backward(*[np.array(a, copy=True) if isinstance(a, np.ndarray) else a
