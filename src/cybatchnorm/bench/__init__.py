@@ -343,6 +343,7 @@ def _norm_modules(torch: Any, kind: str, shape: Sequence[int], groups: int | Non
     if kind == "layer":
         return cbt.LayerNorm(shape[-1], num_threads=threads), torch.nn.LayerNorm(shape[-1])
     if kind == "group":
+        assert groups is not None       # NORM_CASES gives every group-norm case its G
         return (cbt.GroupNorm(groups, shape[1], num_threads=threads),
                 torch.nn.GroupNorm(groups, shape[1]))
     return (cbt.InstanceNorm2d(shape[1], affine=True, num_threads=threads),
