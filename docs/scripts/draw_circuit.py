@@ -6,7 +6,9 @@ Writes OUTDIR/circuit.svg (every wire carries its forward value, green, above
 or left of it, and its gradient, red, below or right of it; the figure says
 what the loss is in its title, L = sum(out * dout)) and one OUTDIR/circuit_<node>.svg per
 node: a close-up of that node alone, with the wires that enter and leave it
-and their values and gradients, drawn at the size of the text.
+and their values and gradients, drawn at the size of the text; and
+OUTDIR/circuit_layer.svg, the same circuit for layer norm (the four numbers as
+one sample of four features, a gamma and beta per feature).
 The batch is tiny (one feature, four rows: the third feature of the backward
 chapter's batch), and every number is computed when the site is built: the
 values by the compiled forward kernels of the nodes (graph.forward), the
@@ -55,6 +57,23 @@ def compute():
     values = graph.forward(X, GAMMA, BETA, eps=EPS)
     cache = SimpleNamespace(shape=X.shape, **values)
     grads = graph.backward(DOUT, cache, keep=True)
+    return values, grads
+
+
+# Layer norm's tiny batch: the same four numbers as one sample of four
+# features, with a gamma and a beta per feature (what layer norm gives them).
+LAYER_X, LAYER_DOUT = X.T, DOUT.T
+LAYER_GAMMA, LAYER_BETA = np.array([2.0, 1.0, 0.5, -1.0]), np.array([-1.0, 0.0, 1.0, 0.5])
+
+
+def compute_layer():
+    """Layer norm's values and gradients on the same nodes (graph.Reduction
+    "layer"), by the same compiled kernels, each in its view of x."""
+    red = graph.Reduction("layer", k=1)
+    values = graph.forward(LAYER_X, LAYER_GAMMA, LAYER_BETA, eps=EPS, reduction=red)
+    cache = SimpleNamespace(shape=LAYER_X.shape, reduction=red,
+                            param_shape=LAYER_GAMMA.shape, **values)
+    grads = graph.backward(LAYER_DOUT, cache, keep=True)
     return values, grads
 
 
@@ -108,7 +127,7 @@ def edges():
 def fmt(a):
     """A value or gradient as lines of numbers (one per row of the batch)."""
     a = np.ravel(a)
-    return "\n".join(f"{float(v):.3g}" for v in a)
+    return "\n".join(f"{float(v) + 0.0:.3g}" for v in a)   # + 0.0: no "-0"
 
 
 def _width(kind):
@@ -287,6 +306,10 @@ def main(outdir):
     for n in NODES:
         paths.append(closeup(os.path.join(outdir, f"circuit_{n.name}.svg"), values, grads,
                              n.name))
+    values, grads = compute_layer()
+    paths.append(save(os.path.join(outdir, "circuit_layer.svg"), values, grads,
+                      title="layer norm, one sample of four features: the same nodes, "
+                            "values (green) and gradients (red)"))
     return paths
 
 

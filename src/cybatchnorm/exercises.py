@@ -89,8 +89,8 @@ def check_node(name: str, backward: Callable[..., Any], *, seed: int = 0,
         x's shapes: (N, D) or (N, C, H, W, ...).
     file : file-like, optional
         Where the table goes (default: standard output).
-    reduction : {"batch", "layer"}, default "batch"
-        The normalization whose graph is walked: batch norm, or layer norm
+    reduction : str, default "batch"
+        ``"batch"`` or ``"layer"``: the graph walked is batch norm's, or layer norm's
         over every axis of x but the first (gamma of x's trailing shape). The
         nodes are the same; with ``"layer"`` every array comes in the view
         of x the node runs in (see :class:`cybatchnorm.graph.Reduction`): a
