@@ -266,3 +266,70 @@ def test_a_minimal_cache_makes_xmu_and_xhat_once(monkeypatch, rng):
     assert len(calls) == 1
     assert all(a.tobytes() == c.tobytes() for a, c in zip(first, again))
     assert not cache.xmu.flags.writeable and not cache.xhat.flags.writeable
+
+
+# ------------------------------------------- the channels-last kernels (NHWC)
+
+def _nhwc(x, g, b, d, G, nt=2):
+    # the channels-last kernels on x's (N, S, C) transpose, results in x's (N, C, ...) order
+    N, C = x.shape[:2]
+    x3 = np.ascontiguousarray(np.moveaxis(x, 1, -1)).reshape(N, -1, C)
+    d3 = np.ascontiguousarray(np.moveaxis(d, 1, -1)).reshape(x3.shape)
+    out3, dx3 = np.empty_like(x3), np.empty_like(x3)
+    mean, var, ivar = _engine.norm_forward_nhwc(x3, g, b, 1e-5, G, out3, nt)
+    dg, db = _engine.norm_backward_nhwc(d3, x3, mean, ivar, g, G, dx3, nt)
+
+    def back(a):
+        return np.moveaxis(a.reshape((N,) + x.shape[2:] + (C,)), -1, 1)
+    return back(out3), mean, var, ivar, back(dx3), dg, db
+
+
+NHWC = [((4, 6, 3, 5), 3), ((2, 64, 7, 7), 32), ((3, 5, 2, 2), 5), ((2, 8, 1, 1), 1),
+        ((5, 4, 9), 2), ((2, 6, 2, 3, 2), 3)]
+
+
+@pytest.mark.parametrize("shape, G", NHWC)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_channels_last_kernels_agree_with_the_row_kernels(rng, shape, G, dtype):
+    x, g, b, d = _data(shape, (shape[1],), dtype, rng)
+    x = (x * 3 + 50).astype(dtype)     # an offset: the statistics are two-pass in both
+    out, cache = bn.groupnorm_forward(x, g, b, G)
+    dx, dg, db = bn.groupnorm_backward_fused(d, cache)
+    o, mean, var, ivar, dx2, dg2, db2 = _nhwc(x, g, b, d, G)
+    tol = 1e-12 if dtype == np.float64 else 2e-6
+    np.testing.assert_allclose(mean, cache.mu64, rtol=1e-14)
+    np.testing.assert_allclose(var, cache.var64, rtol=1e-11)
+    for a, w in ((o, out), (dx2, dx), (dg2, dg), (db2, db)):
+        np.testing.assert_allclose(a, w, rtol=tol, atol=tol * np.abs(w).max())
+
+
+@pytest.mark.parametrize("shape, G", NHWC)
+def test_channels_last_kernels_are_bitwise_the_same_for_any_thread_count(rng, shape, G):
+    x, g, b, d = _data(shape, (shape[1],), np.float32, rng)
+    runs = [_nhwc(x, g, b, d, G, nt) for nt in (1, 2, 3, 5)]
+    for other in runs[1:]:
+        for a, c in zip(runs[0], other):
+            assert a.tobytes() == c.tobytes()
+
+
+def test_channels_last_kernels_are_bitwise_the_same_for_every_simd_build(monkeypatch, rng):
+    levels = [lv for lv in _engine.SIMD_BUILT if lv != "baseline"]
+    mods = [importlib.import_module("cybatchnorm._norms")] + [
+        importlib.import_module(f"cybatchnorm._norms_{lv}") for lv in levels
+        if _engine.LEVELS.index(lv) <= _engine.LEVELS.index(_engine.SIMD)]
+    for shape, G in NHWC:
+        x, g, b, d = _data(shape, (shape[1],), np.float32, rng)
+        runs = []
+        for mod in mods:
+            monkeypatch.setattr(_engine, "norms", mod)
+            runs.append(_nhwc(x, g, b, d, G))
+        for other in runs[1:]:
+            for a, c in zip(runs[0], other):
+                assert a.tobytes() == c.tobytes(), shape
+
+
+def test_channels_last_kernels_refuse_short_scratch():
+    x = np.zeros((2, 3, 4))
+    with pytest.raises(ValueError, match=r"work must be at least \(N, 3 \* C\)"):
+        _engine.norms.forward_nhwc(x, np.ones(4), np.zeros(4), 1e-5, 2, np.empty_like(x),
+                                   np.empty(4), np.empty(4), np.empty(4), np.empty((2, 11)), 1)

@@ -327,6 +327,30 @@ def norm_backward(g2: AnyArray, x2: AnyArray, mean: F64Array, ivar: F64Array, ga
     return dgamma, dbeta
 
 
+def norm_forward_nhwc(x3: AnyArray, gamma: AnyArray, beta: AnyArray, eps: float, G: int,
+                      out3: AnyArray, nt: int) -> tuple[F64Array, F64Array, F64Array]:
+    """Group norm of ``x3`` read as (N, S, C) (channels last) into ``out3``;
+    returns the (N * G,) float64 mean, variance and ivar, group by group of
+    each sample (see ``_norms.forward_nhwc``)."""
+    N, C = x3.shape[0], x3.shape[2]
+    mean, var, ivar = np.empty(N * G), np.empty(N * G), np.empty(N * G)
+    norms.forward_nhwc(x3, gamma, beta, eps, G, out3, mean, var, ivar, np.empty((N, 3 * C)),
+                       nt)
+    return mean, var, ivar
+
+
+def norm_backward_nhwc(g3: AnyArray, x3: AnyArray, mean: F64Array, ivar: F64Array,
+                       gamma: AnyArray, G: int, dx3: AnyArray,
+                       nt: int) -> tuple[F64Array, F64Array]:
+    """The closed-form backward of :func:`norm_forward_nhwc` into ``dx3``;
+    returns the float64 ``(dgamma, dbeta)``."""
+    N, C = x3.shape[0], x3.shape[2]
+    dgamma, dbeta = np.empty(C), np.empty(C)
+    norms.backward_nhwc(g3, x3, mean, ivar, gamma, G, dx3, dgamma, dbeta,
+                        np.empty((N, 6 * C)), nt)
+    return dgamma, dbeta
+
+
 # ------------------------------------------------------- running statistics
 
 def update_running_stats(running_mean: AnyArray | None, running_var: AnyArray | None,

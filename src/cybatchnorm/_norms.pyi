@@ -40,3 +40,31 @@ def backward(
     pdb: F64Array,
     n_threads: int,
 ) -> None: ...
+
+def forward_nhwc(
+    x: AnyArray,
+    gamma: AnyArray,
+    beta: AnyArray,
+    eps: float,
+    G: int,
+    out: AnyArray,
+    mean: F64Array,
+    var: F64Array,
+    ivar: F64Array,
+    work: F64Array,
+    n_threads: int,
+) -> None: ...
+
+def backward_nhwc(
+    dout: AnyArray,
+    x: AnyArray,
+    mean: F64Array,
+    ivar: F64Array,
+    gamma: AnyArray,
+    G: int,
+    dx: AnyArray,
+    dgamma: F64Array,
+    dbeta: F64Array,
+    work: F64Array,
+    n_threads: int,
+) -> None: ...

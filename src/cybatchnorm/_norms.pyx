@@ -20,7 +20,7 @@ from libc.math cimport sqrt
 from libc.string cimport memcpy
 
 from cybatchnorm._common cimport (run_sum, run_dot, run_dot_centred, run_weighted_centred,
-                                  run_sqdev, rstart)
+                                  run_sqdev, rstart, f64_out)
 cimport cybatchnorm._openmp
 from cybatchnorm._openmp cimport CYBN_SIMD, CYBN_BUILD_CFLAGS
 
@@ -173,3 +173,155 @@ def backward(const floating[:, ::1] dout, const floating[:, ::1] x, const double
         for p in range(P):
             dgamma[p] += pdg[k, p]
             dbeta[p] += pdb[k, p]
+
+
+# ------------------------------------------------------ channels last (NHWC)
+#
+# Group norm (instance norm: G = C) of x read in place as (N, S, C): one
+# sample per task. A group's values are Cg channels of every position, so a
+# task sums each channel over the positions (one pass, the channels inner:
+# the loop vectorizes across channels, and each channel's sum runs over s in
+# order whatever the vector width), then the group's channels in order. Two
+# passes for the statistics (the sums, then the squared deviations from the
+# group's mean, exact in float64), one for the output; the sample's values
+# are read from cache by the second and third when they fit. Bitwise the same
+# for any thread count and SIMD level (not the same bits as the contiguous
+# kernels: the sums run in another order).
+
+cdef inline void _group_of(const double* per_group, Py_ssize_t G, Py_ssize_t Cg,
+                           f64_out per_channel) noexcept nogil:
+    # spread a value per group to each of its channels
+    cdef Py_ssize_t g, c
+    for g in range(G):
+        for c in range(g * Cg, (g + 1) * Cg):
+            per_channel[c] = per_group[g]
+
+
+cdef inline double _group_sum(const double* acc, Py_ssize_t c0, Py_ssize_t Cg,
+                              const floating* w) noexcept nogil:
+    # the group's channels added in order, each weighted by w[c] (or not: w NULL)
+    cdef double t = 0.0
+    cdef Py_ssize_t c
+    for c in range(c0, c0 + Cg):
+        t += acc[c] if w == NULL else w[c] * acc[c]
+    return t
+
+
+cdef void _forward_nhwc(const floating* x, Py_ssize_t S, Py_ssize_t C, Py_ssize_t G,
+                        const floating* gamma, const floating* beta, double eps,
+                        floating* out, double* mean, double* var, double* ivar,
+                        f64_out acc, f64_out mc, f64_out ic) noexcept nogil:
+    # IN: one sample, S positions of C channels. OUT: its G groups' mean,
+    # var and ivar, and out = ((x - mean) * ivar) * gamma + beta in float64.
+    # acc, mc, ic: C float64 values of scratch each
+    cdef Py_ssize_t Cg = C // G, M = Cg * S, s, c, g
+    cdef const floating* row
+    cdef double dv
+    for c in range(C):
+        acc[c] = 0.0
+    for s in range(S):
+        row = x + s * C
+        for c in range(C):
+            acc[c] += row[c]
+    for g in range(G):
+        mean[g] = _group_sum(acc, g * Cg, Cg, <const floating*>NULL) / M
+    _group_of(mean, G, Cg, mc)
+    for c in range(C):
+        acc[c] = 0.0
+    for s in range(S):
+        row = x + s * C
+        for c in range(C):
+            dv = row[c] - mc[c]
+            acc[c] += dv * dv
+    for g in range(G):
+        var[g] = _group_sum(acc, g * Cg, Cg, <const floating*>NULL) / M
+        ivar[g] = 1.0 / sqrt(var[g] + eps)
+    _group_of(ivar, G, Cg, ic)
+    for s in range(S):
+        row = x + s * C
+        for c in range(C):
+            out[s * C + c] = <floating>(((row[c] - mc[c]) * ic[c]) * gamma[c] + beta[c])
+
+
+def forward_nhwc(const floating[:, :, ::1] x, const floating[::1] gamma,
+                 const floating[::1] beta, double eps, Py_ssize_t G, floating[:, :, ::1] out,
+                 double[::1] mean, double[::1] var, double[::1] ivar, double[:, ::1] work,
+                 int n_threads):
+    """Group norm of ``x`` read as (N, S, C) (channels last): each sample's
+    ``G`` groups of C / G channels normalized on their own float64
+    statistics; ``mean``/``var``/``ivar`` (N * G,) receive them, group by
+    group of each sample (the rows of :func:`forward`); ``out`` (x's shape)
+    the output. ``work`` (N, 3 * C) is scratch. One sample per task: bitwise
+    the same for any thread count."""
+    cdef Py_ssize_t N = x.shape[0], S = x.shape[1], C = x.shape[2], n
+    if N == 0 or S == 0 or C == 0:
+        return
+    if work.shape[0] < N or work.shape[1] < 3 * C:
+        raise ValueError("forward_nhwc: work must be at least (N, 3 * C)")
+    for n in prange(N, schedule='static', num_threads=n_threads, nogil=True):
+        _forward_nhwc(&x[n, 0, 0], S, C, G, &gamma[0], &beta[0], eps, &out[n, 0, 0],
+                      &mean[n * G], &var[n * G], &ivar[n * G], &work[n, 0], &work[n, C],
+                      &work[n, 2 * C])
+
+
+cdef void _backward_nhwc(const floating* d, const floating* x, Py_ssize_t S, Py_ssize_t C,
+                         Py_ssize_t G, const double* mean, const double* ivar,
+                         const floating* gamma, floating* dx, f64_out pdg, f64_out pdb,
+                         f64_out mc, f64_out ac, f64_out bc, f64_out ic) noexcept nogil:
+    # IN: one sample's dout and x (S positions of C channels), its groups'
+    # mean and ivar. OUT: its dx (the closed form, as _backward_row), and its
+    # per-channel sums pdb = sum(dout), pdg = ivar * sum(dout * (x - mean))
+    # (this sample's share of dgamma/dbeta). mc, ac, bc, ic: C float64 of scratch
+    cdef Py_ssize_t Cg = C // G, M = Cg * S, s, c, g
+    cdef const floating* dr
+    cdef const floating* xr
+    cdef double iv, s1, s2
+    _group_of(mean, G, Cg, mc)
+    for c in range(C):
+        pdb[c] = 0.0
+        pdg[c] = 0.0
+    for s in range(S):
+        dr = d + s * C
+        xr = x + s * C
+        for c in range(C):
+            pdb[c] += dr[c]
+            pdg[c] += dr[c] * (xr[c] - mc[c])
+    for g in range(G):
+        iv = ivar[g]
+        s1 = _group_sum(pdb, g * Cg, Cg, gamma)
+        s2 = _group_sum(pdg, g * Cg, Cg, gamma)
+        for c in range(g * Cg, (g + 1) * Cg):
+            ac[c] = s1 / M
+            bc[c] = iv * iv * s2 / M
+            ic[c] = iv
+            pdg[c] = iv * pdg[c]
+    for s in range(S):
+        dr = d + s * C
+        xr = x + s * C
+        for c in range(C):
+            dx[s * C + c] = <floating>(ic[c] * (dr[c] * <double>gamma[c] - ac[c]
+                                                - (xr[c] - mc[c]) * bc[c]))
+
+
+def backward_nhwc(const floating[:, :, ::1] dout, const floating[:, :, ::1] x,
+                  const double[::1] mean, const double[::1] ivar, const floating[::1] gamma,
+                  Py_ssize_t G, floating[:, :, ::1] dx, double[::1] dgamma, double[::1] dbeta,
+                  double[:, ::1] work, int n_threads):
+    """Closed-form gradients of :func:`forward_nhwc` given ``dout`` (x's
+    shape, (N, S, C)): ``dx``, and the float64 ``dgamma``/``dbeta`` (C,), the
+    samples' shares added in sample order. ``work`` (N, 6 * C) is scratch."""
+    cdef Py_ssize_t N = x.shape[0], S = x.shape[1], C = x.shape[2], n, c
+    dgamma[:] = 0.0
+    dbeta[:] = 0.0
+    if N == 0 or S == 0 or C == 0:
+        return
+    if work.shape[0] < N or work.shape[1] < 6 * C:
+        raise ValueError("backward_nhwc: work must be at least (N, 6 * C)")
+    for n in prange(N, schedule='static', num_threads=n_threads, nogil=True):
+        _backward_nhwc(&dout[n, 0, 0], &x[n, 0, 0], S, C, G, &mean[n * G], &ivar[n * G],
+                       &gamma[0], &dx[n, 0, 0], &work[n, 0], &work[n, C], &work[n, 2 * C],
+                       &work[n, 3 * C], &work[n, 4 * C], &work[n, 5 * C])
+    for n in range(N):
+        for c in range(C):
+            dgamma[c] += work[n, c]
+            dbeta[c] += work[n, C + c]

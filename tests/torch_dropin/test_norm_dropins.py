@@ -265,3 +265,35 @@ def test_signatures_are_torchs_with_keyword_only_threads():
         assert [(p.name, p.default, p.kind) for p in ps[:len(tp)]] == \
             [(p.name, p.default, p.kind) for p in tp]
         assert ps[-1].name == "num_threads" and ps[-1].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+@pytest.mark.parametrize("fmt", [torch.channels_last, torch.channels_last_3d], ids=str)
+def test_channels_last_group_norm_is_read_in_place(monkeypatch, fmt):
+    from cybatchnorm import _engine
+    shape = (2, 6, 3, 4) if fmt == torch.channels_last else (2, 6, 2, 3, 4)
+    x = _randn(*shape, dtype=F64).to(memory_format=fmt).requires_grad_()
+    seen = {}
+    for name in ("norm_forward_nhwc", "norm_backward_nhwc"):
+        kernel = getattr(_engine, name)
+
+        def spy(*args, _kernel=kernel, _name=name):
+            seen[_name] = args
+            return _kernel(*args)
+        monkeypatch.setattr(_engine, name, spy)
+    w = _randn(6, dtype=F64, seed=1).requires_grad_()
+    out = cbt.group_norm(x, 3, w, None)
+    dout = _randn(*shape, dtype=F64, seed=2).to(memory_format=fmt)
+    out.backward(dout)
+    # the forward kernel read x's own memory, as (N, S, C)
+    xa = seen["norm_forward_nhwc"][0]
+    S = 12 if fmt == torch.channels_last else 24
+    assert xa.__array_interface__["data"][0] == x.data_ptr() and xa.shape == (2, S, 6)
+    assert "norm_backward_nhwc" in seen
+    assert out.is_contiguous(memory_format=fmt) and x.grad.is_contiguous(memory_format=fmt)
+    ref_x = x.detach().contiguous().requires_grad_()
+    ref_w = w.detach().clone().requires_grad_()
+    ref = F.group_norm(ref_x, 3, ref_w, None)
+    ref.backward(dout.contiguous())
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(x.grad, ref_x.grad, rtol=1e-11, atol=1e-11)
+    torch.testing.assert_close(w.grad, ref_w.grad, rtol=1e-11, atol=1e-11)

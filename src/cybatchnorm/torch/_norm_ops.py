@@ -2,13 +2,16 @@
 
 One pair of operators serves the three normalizations, as one pair of
 kernels does (``_engine.norm_forward``/``norm_backward``): x is an (R, M)
-matrix, a row being one sample (layer norm) or one group of one sample
-(group norm; instance norm is group norm with a channel per group), and each
-row is normalized on its own float64 mean and variance. ``groups`` G and
+matrix, a row being one sample (layer norm) or one group of one sample (group
+norm; instance norm is group norm with a channel per group), and each row is
+normalized on its own float64 mean and variance. ``groups`` G and
 ``spatial`` S say which parameter scales each value: row r is group
 ``r % G``, and its M = Cg * S values are Cg parameters' runs of S values
 (layer norm: G = 1, S = 1, a parameter per value); weight and bias hold the
-G * Cg parameters.
+G * Cg parameters. Group norm of channels_last data passes x as the (N, S, C)
+array it is in memory instead, read in place by the channels-last kernels
+(``_engine.norm_forward_nhwc``/``norm_backward_nhwc``); its statistics come
+one per (sample, group), in the rows' order.
 
 - ``norm_forward``: output, and each row's float64 mean, ``rstd`` (1 /
   sqrt(var + eps), what the backward reads) and biased variance (what the
@@ -41,19 +44,31 @@ __all__ = ["EagerNorm", "closed_form_backward", "norm_backward", "norm_forward",
 def _check_op(x: Any, weight: Any, bias: Any, groups: int, spatial: int) -> int:
     # the operators are public: their own arguments' consistency, named;
     # returns P, the parameters per sample
-    if x.dtype not in (torch.float32, torch.float64) or x.dim() != 2:
-        raise TypeError(f"cybatchnorm.norm: x must be a 2-D float32 or float64 tensor, got "
-                        f"{x.dim()}-D {x.dtype}")
-    R, M = x.shape
-    if groups < 1 or spatial < 1 or R % groups or M % spatial:
-        raise ValueError(f"cybatchnorm.norm: groups ({groups}) must divide x's rows ({R}) "
-                         f"and spatial ({spatial}) its columns ({M})")
-    P = int(groups * (M // spatial))
+    if x.dtype not in (torch.float32, torch.float64) or x.dim() not in (2, 3):
+        raise TypeError(f"cybatchnorm.norm: x must be a 2-D (rows) or 3-D (N, S, C) float32 "
+                        f"or float64 tensor, got {x.dim()}-D {x.dtype}")
+    if x.dim() == 3:
+        N, S, C = x.shape
+        if groups < 1 or C % groups or spatial != S:
+            raise ValueError(f"cybatchnorm.norm: for x (N, S, C) = {tuple(x.shape)}, groups "
+                             f"({groups}) must divide C and spatial ({spatial}) be S")
+        P = int(C)
+    else:
+        R, M = x.shape
+        if groups < 1 or spatial < 1 or R % groups or M % spatial:
+            raise ValueError(f"cybatchnorm.norm: groups ({groups}) must divide x's rows ({R}) "
+                             f"and spatial ({spatial}) its columns ({M})")
+        P = int(groups * (M // spatial))
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and (tuple(t.shape) != (P,) or t.dtype != x.dtype):
             raise ValueError(f"cybatchnorm.norm: {name} must be ({P},) of x's dtype "
                              f"{x.dtype}, got {tuple(t.shape)} of {t.dtype}")
     return P
+
+
+def _rows(x: Any, groups: int) -> int:
+    # the statistics' count: x's rows, or (N, S, C): N * groups
+    return int(x.shape[0] * groups) if x.dim() == 3 else int(x.shape[0])
 
 
 def _param(t: Optional[Tensor], P: int, dtype: torch.dtype, fill: float) -> Any:
@@ -68,18 +83,24 @@ def _param(t: Optional[Tensor], P: int, dtype: torch.dtype, fill: float) -> Any:
 def _forward_impl(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], groups: int,
                   spatial: int, eps: float,
                   num_threads: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Normalize each row of x (R, M); returns ``(out, mean, rstd, var)``,
-    out contiguous in x's shape and dtype, the others (R,) float64."""
+    """Normalize each row of x (R, M), or each sample's groups of x (N, S,
+    C); returns ``(out, mean, rstd, var)``, out contiguous in x's shape and
+    dtype, the others (R,) or (N * groups,) float64."""
     P = _check_op(x, weight, bias, groups, spatial)
-    R = x.shape[0]
+    R = _rows(x, groups)
     out = torch.empty(x.shape, dtype=x.dtype)
     if x.numel() == 0:
         return out, torch.zeros(R, dtype=F64), torch.zeros(R, dtype=F64), \
             torch.zeros(R, dtype=F64)
-    mean, var, rstd = _engine.norm_forward(
-        x.detach().contiguous().numpy(), _param(weight, P, x.dtype, 1.0),
-        _param(bias, P, x.dtype, 0.0), eps, groups, spatial, out.numpy(),
-        kernel_threads(num_threads, x.numel()))
+    xa = x.detach().contiguous().numpy()
+    gamma, beta = _param(weight, P, x.dtype, 1.0), _param(bias, P, x.dtype, 0.0)
+    nt = kernel_threads(num_threads, x.numel())
+    if x.dim() == 3:
+        mean, var, rstd = _engine.norm_forward_nhwc(xa, gamma, beta, eps, groups, out.numpy(),
+                                                    nt)
+    else:
+        mean, var, rstd = _engine.norm_forward(xa, gamma, beta, eps, groups, spatial,
+                                               out.numpy(), nt)
     return out, torch.from_numpy(mean), torch.from_numpy(rstd), torch.from_numpy(var)
 
 
@@ -92,7 +113,7 @@ def _forward_fake(x: Any, weight: Any, bias: Any, groups: Any, spatial: Any, eps
                   num_threads: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     _check_op(x, weight, bias, groups, spatial)
     out = x.new_empty(x.shape)
-    return (out,) + tuple(x.new_empty((x.shape[0],), dtype=F64) for _ in range(3))
+    return (out,) + tuple(x.new_empty((_rows(x, groups),), dtype=F64) for _ in range(3))
 
 
 def _save(ctx: Any, x: Any, weight: Any, bias: Any, mean: Any, rstd: Any, groups: Any,
@@ -136,12 +157,16 @@ def _backward_impl(dout: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tens
     dx = torch.empty(x.shape, dtype=x.dtype)
     if x.numel() == 0:
         return dx, torch.zeros(P, dtype=F64), torch.zeros(P, dtype=F64)
-    g = dout.detach()
-    g = (g if g.dtype == x.dtype else g.to(x.dtype)).contiguous()
-    dgamma, dbeta = _engine.norm_backward(
-        g.numpy(), x.detach().contiguous().numpy(), mean.numpy(), rstd.numpy(),
-        _param(weight, P, x.dtype, 1.0), groups, spatial, dx.numpy(),
-        kernel_threads(num_threads, x.numel()))
+    gt = dout.detach()
+    g = (gt if gt.dtype == x.dtype else gt.to(x.dtype)).contiguous().numpy()
+    xa, gamma = x.detach().contiguous().numpy(), _param(weight, P, x.dtype, 1.0)
+    nt = kernel_threads(num_threads, x.numel())
+    if x.dim() == 3:
+        dgamma, dbeta = _engine.norm_backward_nhwc(g, xa, mean.numpy(), rstd.numpy(), gamma,
+                                                   groups, dx.numpy(), nt)
+    else:
+        dgamma, dbeta = _engine.norm_backward(g, xa, mean.numpy(), rstd.numpy(), gamma,
+                                              groups, spatial, dx.numpy(), nt)
     return dx, torch.from_numpy(dgamma), torch.from_numpy(dbeta)
 
 
@@ -162,16 +187,23 @@ def closed_form_backward(dout: Tensor, x: Tensor, weight: Optional[Tensor], grou
     (float64, the statistics recomputed from x): what the operator's own
     gradient differentiates. Returns dx (x's dtype) and float64 dweight, dbias (P,).
 
-    With x (R, M) as (R / G, G, Cg, S) and dxhat = dout * gamma:
+    With x (R, M) as (R / G, G, Cg, S) (or (N, S, C) as (N, G, Cg, S)) and
+    dxhat = dout * gamma:
     dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), the means
     over each row's Cg * S values; dgamma = sum(dout * xhat) and dbeta =
     sum(dout) over the R / G samples and S.
     """
     G, S = groups, spatial
-    R, M = x.shape
-    Cg = M // S
-    x4 = x.to(F64).reshape(R // G, G, Cg, S)
-    d4 = dout.to(F64).reshape(x4.shape)
+    nhwc = x.dim() == 3
+    if nhwc:                       # (N, S, C): the same formula on its (N, C, S) transpose
+        N, _, C = x.shape
+        x4 = x.to(F64).transpose(1, 2).reshape(N, G, C // G, S)
+        d4 = dout.to(F64).transpose(1, 2).reshape(x4.shape)
+    else:
+        R, M = x.shape
+        x4 = x.to(F64).reshape(R // G, G, M // S, S)
+        d4 = dout.to(F64).reshape(x4.shape)
+    Cg = x4.shape[2]
     mu = x4.mean(dim=(2, 3), keepdim=True)
     xmu = x4 - mu
     var = (xmu * xmu).mean(dim=(2, 3), keepdim=True)
@@ -184,6 +216,8 @@ def closed_form_backward(dout: Tensor, x: Tensor, weight: Optional[Tensor], grou
                  - xhat * (dxhat * xhat).mean(dim=(2, 3), keepdim=True))
     dgamma = (d4 * xhat).sum(dim=(0, 3)).reshape(G * Cg)
     dbeta = d4.sum(dim=(0, 3)).reshape(G * Cg)
+    if nhwc:
+        return dx.to(x.dtype).reshape(N, C, S).transpose(1, 2), dgamma, dbeta
     return dx.to(x.dtype).reshape(x.shape), dgamma, dbeta
 
 
@@ -238,15 +272,18 @@ class EagerNorm(torch.autograd.Function):
         return _input_grads(ctx, dout, backward) + (None,) * 4
 
 
-def run_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], rows: int,
-             row_size: int, groups: int, spatial: int, eps: float,
-             num_threads: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def run_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+             view: tuple[int, ...], groups: int, spatial: int, eps: float, num_threads: int,
+             nhwc: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(out, mean, rstd, var)`` of x (float32/float64, any shape and
-    layout) seen as ``rows`` rows of ``row_size`` values: out in x's shape
-    (contiguous), the others (rows,). Weight and bias (any shape) hold the G * Cg parameters. The
-    registered operator when something watches torch's dispatcher, else
-    :class:`EagerNorm`; a non-contiguous x is copied (differentiably) first."""
-    x2 = x.reshape(rows, row_size)
+    layout) seen as ``view``: (R, M) rows, or with ``nhwc`` (x a channels_last
+    (N, C, *spatial) tensor) the (N, S, C) samples it holds in memory, read in
+    place. out comes in x's shape (and, with ``nhwc``, its memory format), the
+    others one per row or (sample, group). Weight and bias (any shape) hold
+    the parameters. The registered operator when something watches torch's
+    dispatcher, else :class:`EagerNorm`; a non-contiguous x is copied
+    (differentiably) first."""
+    x2 = x.movedim(1, -1).reshape(view) if nhwc else x.reshape(view)
     w = None if weight is None else weight.reshape(-1)
     b = None if bias is None else bias.reshape(-1)
     if dispatcher_visible(x, weight, bias):
@@ -254,5 +291,5 @@ def run_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], rows: 
     else:
         res = EagerNorm.apply(x2, w, b, groups, spatial, eps,  # type: ignore[no-untyped-call]
                               num_threads)
-    return res[0].view(x.shape), res[1], res[2], res[3]
-
+    out = res[0].reshape(x.movedim(1, -1).shape).movedim(-1, 1) if nhwc else res[0].view(x.shape)
+    return out, res[1], res[2], res[3]

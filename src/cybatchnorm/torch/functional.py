@@ -155,7 +155,7 @@ def layer_norm(
     if M == 0:
         out: Tensor = input.clone(memory_format=torch.contiguous_format)
         return out
-    out = run_norm(x, w, b, rows, M, 1, 1, float(eps), nt)[0]
+    out = run_norm(x, w, b, (rows, M), 1, 1, float(eps), nt)[0]
     return out if out.dtype == input.dtype else out.to(input.dtype)
 
 
@@ -180,8 +180,8 @@ def group_norm(
     ----------
     input : Tensor, shape (N, C, *spatial)
         CPU; float32 or float64, or float16/bfloat16 (computed in float32).
-        A channels_last input gives a channels_last output, as torch's (the
-        kernels read a contiguous copy of it).
+        A channels_last input is read in place (channels-last kernels) and
+        gives a channels_last output and gradient, as torch's.
     num_groups : int
         G, dividing C.
     weight, bias : Tensor of shape (C,), or None
@@ -205,39 +205,24 @@ def group_norm(
     check_transforms(input)
     check_group_norm(input, num_groups, weight, bias)
     nt = threads_arg(num_threads)
-    fmt = _channels_last(input)
     x, w, b = _in_compute_dtype(input, weight, bias)
-    if fmt is not None:
-        x = _Contiguous.apply(x, fmt)  # type: ignore[no-untyped-call]
     N, C, S = input.shape[0], input.shape[1], math.prod(input.shape[2:])
-    out = run_norm(x, w, b, N * num_groups, C // num_groups * S, num_groups, S, float(eps),
-                   nt)[0]
-    if out.dtype != input.dtype:
-        out = out.to(input.dtype)
-    return out if fmt is None else out.contiguous(memory_format=fmt)
+    if _channels_last(input):
+        # read in place as (N, S, C) by the channels-last kernels; the output
+        # and the gradient come back channels_last, as torch's
+        out = run_norm(x, w, b, (N, S, C), num_groups, S, float(eps), nt, nhwc=True)[0]
+    else:
+        out = run_norm(x, w, b, (N * num_groups, C // num_groups * S), num_groups, S,
+                       float(eps), nt)[0]
+    return out if out.dtype == input.dtype else out.to(input.dtype)
 
 
-def _channels_last(x: Tensor) -> Any:
-    # the channels_last format x is dense in (and not also contiguous), or None
+def _channels_last(x: Tensor) -> bool:
+    # whether x is dense in a channels_last format (and not also contiguous)
     for fmt, rank in ((torch.channels_last, 4), (torch.channels_last_3d, 5)):
         if x.dim() == rank and not x.is_contiguous() and x.is_contiguous(memory_format=fmt):
-            return fmt
-    return None
-
-
-class _Contiguous(torch.autograd.Function):
-    """A contiguous copy of a channels_last x whose gradient comes back in
-    x's format, as torch's group norm gives it (the kernels read (sample,
-    group) rows, which a channels_last tensor does not hold contiguously)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, fmt: Any) -> Tensor:
-        ctx.fmt = fmt
-        return x.contiguous()
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        return grad.contiguous(memory_format=ctx.fmt), None
+            return True
+    return False
 
 
 def instance_norm(
@@ -299,7 +284,7 @@ def instance_norm(
                               False, momentum, float(eps), nt)
     N, C, S = input.shape[0], input.shape[1], math.prod(input.shape[2:])
     x, w, b = _in_compute_dtype(input, weight, bias)
-    out, mean, _, var = run_norm(x, w, b, N * C, S, C, S, float(eps), nt)
+    out, mean, _, var = run_norm(x, w, b, (N * C, S), C, S, float(eps), nt)
     if N * C and (running_mean is not None or running_var is not None):
         with torch.no_grad():
             keep = 1.0 - momentum
