@@ -2,15 +2,19 @@
 
     python docs/scripts/cost_table.py OUTDIR
 
-Writes OUTDIR/fused_costs.md. Both backward paths are run on one batch with
+Writes OUTDIR/fused_costs.md (batch norm) and OUTDIR/norm_costs.md (layer
+norm and group norm, for the normalizations chapter). Both backward paths are run on one batch with
 every compiled kernel call intercepted: for each call, which arguments are
 arrays the size of x, which of them the kernel read and which it wrote
 (a written array is one whose bytes changed; one passed in both as input and
 output, or added into, is read and written). A traversal is one read or one
 write of a whole (N, D) array. The fused backward is a single compiled call
 that sweeps its inputs twice (pass 1: the two sums per feature; pass 2: dx,
-see ``_fused.backward``), so its reads count twice. Temporaries are the
-distinct x-sized buffers a path wrote besides the dx it returns.
+see ``_fused.backward``), so its reads count twice; the per-sample norms'
+fused kernel (``_norms.backward``) reads each row from memory once and its
+later passes over the row from cache (a row is at most a few tens of KiB), so
+its reads count once. Temporaries are the distinct x-sized buffers a path
+wrote besides the dx it returns.
 """
 import os
 import sys
@@ -21,6 +25,7 @@ import cybatchnorm as bn
 from cybatchnorm import _engine
 
 FUSED_SWEEPS = 2   # _fused.backward: pass 1 reduces, pass 2 writes dx
+NORM_SWEEPS = 1    # _norms.backward: every pass over a row after the first reads it from cache
 
 
 class _Recorder:
@@ -35,8 +40,9 @@ class _Recorder:
             return fn
 
         def call(*args):
+            # x-sized data: (N, C, S) views, or the per-sample norms' (R, M) rows
             full = [(i, a) for i, a in enumerate(args)
-                    if isinstance(a, np.ndarray) and a.size == self._size and a.ndim == 3]
+                    if isinstance(a, np.ndarray) and a.size == self._size and a.ndim >= 2]
             before = {i: a.copy() for i, a in full}
             res = fn(*args)
             reads, writes = [], []
@@ -83,31 +89,56 @@ def _temporaries(calls, dx):
     return len(bufs)
 
 
+def _rows(name, staged_run, fused_run, fused_module, sweeps, size):
+    staged, sdx = _measure(staged_run, _engine, "nodes", size)
+    fused, fdx = _measure(fused_run, _engine, fused_module, size)
+    rows = []
+    for path, calls, dx, sw in (("staged", staged, sdx, 1), ("fused", fused, fdx, sweeps)):
+        per = [f"`{n}` {len(r) * sw}r+{len(w)}w" for n, r, w in calls if r or w]
+        total = sum(len(r) * sw + len(w) for _, r, w in calls)
+        rows.append((f"{path} (`{name}_backward{'' if path == 'staged' else '_fused'}`)",
+                     len(calls), ", ".join(per), total, _temporaries(calls, dx)))
+    return rows
+
+
 def costs():
+    """Batch norm's rows: the staged walk and the fused kernel on one (64, 32) batch."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 32))
     gamma, beta, dout = rng.uniform(0.5, 2, 32), rng.normal(size=32), rng.normal(size=x.shape)
     _, cache = bn.batchnorm_forward(x, gamma, beta)
-    staged, sdx = _measure(lambda: bn.batchnorm_backward(dout, cache)[0], _engine, "nodes",
-                           x.size)
-    fused, fdx = _measure(lambda: bn.batchnorm_backward_fused(dout, cache)[0], _engine, "fused",
-                          x.size)
-    rows = []
-    for name, calls, dx, sweeps in (("staged (`batchnorm_backward`)", staged, sdx, 1),
-                                    ("fused (`batchnorm_backward_fused`)", fused, fdx,
-                                     FUSED_SWEEPS)):
-        per = [f"`{n}` {len(r) * sweeps}r+{len(w)}w" for n, r, w in calls if r or w]
-        total = sum(len(r) * sweeps + len(w) for _, r, w in calls)
-        rows.append((name, len(calls), ", ".join(per), total, _temporaries(calls, dx)))
-    return rows
+    return _rows("batchnorm", lambda: bn.batchnorm_backward(dout, cache)[0],
+                 lambda: bn.batchnorm_backward_fused(dout, cache)[0], "fused", FUSED_SWEEPS,
+                 x.size)
 
 
-def table():
+def norm_costs():
+    """Layer norm's and group norm's rows: the same staged walk (batch norm's node
+    kernels in their views) and the per-sample fused kernel."""
+    rng = np.random.default_rng(0)
+    # 96 rows: the fused kernel's (64, 32) parameter partials are not x-sized
+    x = rng.normal(size=(96, 32))
+    g, b, dout = rng.uniform(0.5, 2, 32), rng.normal(size=32), rng.normal(size=x.shape)
+    _, lc = bn.layernorm_forward(x, g, b)
+    img = rng.normal(size=(8, 32, 4, 4))
+    dimg = rng.normal(size=img.shape)
+    _, gc = bn.groupnorm_forward(img, g, b, num_groups=4)
+    layer = _rows("layernorm", lambda: bn.layernorm_backward(dout, lc)[0],
+                  lambda: bn.layernorm_backward_fused(dout, lc)[0], "norms", NORM_SWEEPS,
+                  x.size)
+    group = _rows("groupnorm", lambda: bn.groupnorm_backward(dimg, gc)[0],
+                  lambda: bn.groupnorm_backward_fused(dimg, gc)[0], "norms", NORM_SWEEPS,
+                  img.size)
+    return [("layer norm, " + r[0],) + r[1:] for r in layer] + \
+        [("group norm, " + r[0],) + r[1:] for r in group]
+
+
+def table(rows=None):
     lines = ["| path | compiled calls over x-sized data "
              "| x-sized reads (r) and writes (w) per call "
              "| traversals of (N, D) data | x-sized temporaries |",
              "|---|---|---|---|---|"]
-    for name, ncalls, per, total, temps in costs():
+    for name, ncalls, per, total, temps in (costs() if rows is None else rows):
         lines.append(f"| {name} | {ncalls} | {per} | {total} | {temps} |")
     return "\n".join(lines) + "\n"
 
@@ -116,9 +147,13 @@ def main(outdir):
     path = os.path.join(outdir, "fused_costs.md")
     with open(path, "w") as f:
         f.write(table())
+    npath = os.path.join(outdir, "norm_costs.md")
+    with open(npath, "w") as f:
+        f.write(table(norm_costs()))
     return path
 
 
 if __name__ == "__main__":
     print(main(sys.argv[1] if len(sys.argv) > 1 else "."))
     print(table())
+    print(table(norm_costs()))
