@@ -333,3 +333,65 @@ def test_channels_last_kernels_refuse_short_scratch():
     with pytest.raises(ValueError, match=r"work must be at least \(N, 3 \* C\)"):
         _engine.norms.forward_nhwc(x, np.ones(4), np.zeros(4), 1e-5, 2, np.empty_like(x),
                                    np.empty(4), np.empty(4), np.empty(4), np.empty((2, 11)), 1)
+
+
+# ------------------------------------------- group norm of channels-last data (axis=-1)
+
+@pytest.mark.parametrize("shape, G", NHWC)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("kind", ["full", "minimal"])
+def test_channels_last_group_norm_matches_channels_first(rng, shape, G, dtype, kind):
+    x, g, b, d = _data(shape, (shape[1],), dtype, rng, offset=20.0)
+    out, cache = bn.groupnorm_forward(x, g, b, G)
+    fused, staged = bn.groupnorm_backward_fused(d, cache), bn.groupnorm_backward(d, cache)
+    xl, dl = np.moveaxis(x, 1, -1), np.moveaxis(d, 1, -1)
+    out2, cache2 = bn.groupnorm_forward(xl, g, b, G, axis=-1, cache=kind)
+    assert out2.shape == xl.shape and cache2.axis == -1 and cache2.shape == xl.shape
+    fused2 = bn.groupnorm_backward_fused(dl, cache2)
+    staged2 = bn.groupnorm_backward(dl, cache2)
+    tol = 1e-12 if dtype == np.float64 else 3e-6
+    first = lambda a: np.moveaxis(a, -1, 1)  # noqa: E731
+    for a, w in ((first(out2), out), (first(fused2[0]), fused[0]), (first(staged2[0]), staged[0]),
+                 (first(cache2.xhat), cache.xhat), (first(cache2.xmu), cache.xmu)):
+        np.testing.assert_allclose(a, w, rtol=tol, atol=tol * np.abs(w).max())
+    for a, w in zip(fused2[1:] + staged2[1:], fused[1:] + staged[1:]):
+        assert a.dtype == dtype
+        np.testing.assert_allclose(a, w, rtol=tol, atol=tol * np.abs(w).max())
+    np.testing.assert_allclose(cache2.mu64, cache.mu64, rtol=1e-13)
+
+
+def test_channels_last_group_norm_writes_out_and_dx_and_keeps_its_own_x(rng):
+    x, g, b, d = _data((2, 3, 4, 6), (6,), np.float64, rng)
+    out = np.empty_like(x)
+    res, cache = bn.groupnorm_forward(x, g, b, 2, axis=-1, out=out)
+    assert res is out
+    x[...] = 0.0                                    # the cache holds its own copy
+    dx = np.empty_like(x)
+    fused = bn.groupnorm_backward_fused(d, cache)[0]
+    for backward in (bn.groupnorm_backward_fused, bn.groupnorm_backward):
+        got = backward(d, cache, dx=dx)
+        assert got[0] is dx
+        np.testing.assert_allclose(dx, fused, rtol=1e-12, atol=1e-13)
+    again = pickle.loads(pickle.dumps(cache))
+    assert again.axis == -1 and repr(again).endswith("axis=-1)")
+    np.testing.assert_array_equal(bn.groupnorm_backward_fused(d, again)[0], fused)
+
+
+def test_channels_last_group_norm_refuses_bad_input(rng):
+    x = rng.normal(size=(2, 3, 4, 6))
+    with pytest.raises(ValueError, match="axis: expected 1 .* or -1"):
+        bn.groupnorm_forward(x, np.ones(4), np.zeros(4), 2, axis=2)
+    with pytest.raises(TypeError, match="axis: expected 1 or -1, got a bool"):
+        bn.groupnorm_forward(x, np.ones(3), np.zeros(3), 1, axis=True)
+    with pytest.raises(ValueError, match="num_groups: expected a divisor of the 6 channels"):
+        bn.groupnorm_forward(x, np.ones(6), np.zeros(6), 4, axis=-1)
+    with pytest.raises(ValueError, match=r"gamma: expected shape \(6,\)"):
+        bn.groupnorm_forward(x, np.ones(3), np.zeros(6), 2, axis=-1)
+    with pytest.raises(ValueError, match="an axis has size 0"):
+        bn.groupnorm_forward(np.zeros((2, 0, 4, 6)), np.ones(6), np.zeros(6), 2, axis=-1)
+    _, cache = bn.groupnorm_forward(x, np.ones(6), np.zeros(6), 2, axis=-1)
+    with pytest.raises(ValueError, match=r"dout: expected shape \(2, 3, 4, 6\)"):
+        bn.groupnorm_backward_fused(np.moveaxis(x, -1, 1), cache)
+    from cybatchnorm import graph
+    with pytest.raises(ValueError, match="channels-last group norm's cache"):
+        graph.backward(x, cache)

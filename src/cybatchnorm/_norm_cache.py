@@ -57,8 +57,12 @@ class NormCache:
     eps : float
     mode : str
         ``"train"``: the statistics are the batch's own (always, here).
-    x : ndarray, shape (R, M)
-        The input's rows (a read-only copy in the computation dtype).
+    x : ndarray
+        The input's rows, (R, M) (a read-only copy in the computation
+        dtype); for group norm of channels-last data (``axis`` -1) its
+        samples as the channels-last kernels read them, (N, S, C).
+    axis : int
+        The channel axis of x: 1, or -1 for channels last (group norm).
     xmu, xhat : ndarray
         ``x - mu`` and ``xmu * ivar``, in x's shape.
     gamma, beta : ndarray, shape (P,)
@@ -72,7 +76,7 @@ class NormCache:
 
     __slots__ = ("kind", "cache_kind", "shape", "param_shape", "reduction", "groups", "S",
                  "dtype", "eps", "mode", "x", "gamma", "beta", "mu", "var", "sqrtvar", "ivar",
-                 "mu64", "var64", "ivar64", "_xmu", "_xhat")
+                 "mu64", "var64", "ivar64", "axis", "_xmu", "_xhat")
 
     kind: str
     cache_kind: str
@@ -94,13 +98,14 @@ class NormCache:
     mu64: F64Array
     var64: F64Array
     ivar64: F64Array
+    axis: int
     _xmu: AnyArray | None
     _xhat: AnyArray | None
 
     def __init__(self, *, kind: str, cache_kind: str, shape: tuple[int, ...],
                  param_shape: tuple[int, ...], reduction: Any, groups: int, S: int, dtype: Any,
                  eps: float, x: AnyArray, copy_x: bool, gamma: AnyArray, beta: AnyArray,
-                 mu64: F64Array, var64: F64Array, ivar64: F64Array) -> None:
+                 mu64: F64Array, var64: F64Array, ivar64: F64Array, axis: int = 1) -> None:
         dt = np.dtype(dtype)
         values: dict[str, Any] = dict(
             kind=kind, cache_kind=cache_kind, shape=tuple(shape),
@@ -111,7 +116,7 @@ class NormCache:
             sqrtvar=_owned(np.sqrt(var64 + eps).astype(dt), False),
             ivar=_owned(ivar64.astype(dt), False),
             mu64=_owned(mu64, False), var64=_owned(var64, False), ivar64=_owned(ivar64, False),
-            _xmu=None, _xhat=None)
+            axis=int(axis), _xmu=None, _xhat=None)
         for name, value in values.items():
             object.__setattr__(self, name, value)
         if cache_kind == "full":
@@ -123,13 +128,29 @@ class NormCache:
         # them; kept, read-only, in x's shape
         from . import _node_ops
         from ._threads import default_num_threads
-        R, M = self.x.shape
-        x3 = self.x.reshape(1, R, M)
         nt = default_num_threads(self.x.size)
+        x3 = self.rows()
         xmu = _node_ops.xmu_fwd(x3, self.mu, nt)
         xhat = _node_ops.xhat_fwd(xmu, self.ivar, nt)
+        if self.axis == -1:
+            # back from the (sample, group) rows to x's channels-last shape
+            xmu, xhat = (np.ascontiguousarray(np.moveaxis(
+                a.reshape((self.shape[0], self.shape[-1]) + self.shape[1:-1]), 1, -1))
+                for a in (xmu, xhat))
         object.__setattr__(self, "_xmu", _owned(xmu.reshape(self.shape), False))
         object.__setattr__(self, "_xhat", _owned(xhat.reshape(self.shape), False))
+
+    def rows(self) -> AnyArray:
+        """x in the staged walk's "stats" view, (1, R, M): a row per sample
+        (layer norm) or per group of a sample (group norm). A view of
+        :attr:`x`, or for channels last a contiguous copy in channels-first
+        order (the walk's views are those of channels-first x)."""
+        if self.axis == 1:
+            R, M = self.x.shape
+            return self.x.reshape(1, R, M)
+        N, S, C = self.x.shape
+        return np.ascontiguousarray(np.swapaxes(self.x, 1, 2)).reshape(
+            1, N * self.groups, (C // self.groups) * S)
 
     @property
     def xmu(self) -> AnyArray:
@@ -153,12 +174,13 @@ class NormCache:
         # pickle and deepcopy: what the constructor takes, the arrays copied
         state = {name: getattr(self, name) for name in (
             "kind", "cache_kind", "shape", "param_shape", "reduction", "groups", "S", "dtype",
-            "eps", "x", "gamma", "beta", "mu64", "var64", "ivar64")}
+            "eps", "x", "gamma", "beta", "mu64", "var64", "ivar64", "axis")}
         return (_restore, (state,))
 
     def __repr__(self) -> str:
+        axis = "" if self.axis == 1 else ", axis=-1"
         return (f"NormCache(kind={self.kind!r}, shape={self.shape}, groups={self.groups}, "
-                f"dtype={self.dtype}, eps={self.eps}, cache_kind={self.cache_kind!r})")
+                f"dtype={self.dtype}, eps={self.eps}, cache_kind={self.cache_kind!r}{axis})")
 
 
 def _restore(state: dict[str, Any]) -> NormCache:

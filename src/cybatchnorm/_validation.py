@@ -567,7 +567,8 @@ def positive_count(value: Any) -> int:
 # ------------------------------------------- per-sample normalizations
 
 class NormArgs(NamedTuple):
-    """A validated layer-norm or group-norm forward call: x as (R, M) rows."""
+    """A validated layer-norm or group-norm forward call: x as (R, M) rows, or
+    (channels-last group norm, ``axis`` -1) as (N, S, C)."""
     x2: AnyArray
     shape: tuple[int, ...]
     dtype: np.dtype[Any]
@@ -581,6 +582,7 @@ class NormArgs(NamedTuple):
     out: AnyArray | None
     out2: AnyArray | None
     copy_x: bool
+    axis: int = 1
 
 
 def _norm_out(out: Any, x: Any, arr: AnyArray, x2: AnyArray, params: tuple[Any, ...],
@@ -619,11 +621,30 @@ def layernorm_args(x: Any, gamma: Any, beta: Any, eps: Any, num_threads: Any,
 
 
 def groupnorm_args(x: Any, gamma: Any, beta: Any, num_groups: Any, eps: Any, num_threads: Any,
-                   out: Any) -> NormArgs:
-    """Validate a group-norm forward call once: x (N, C, *spatial), gamma and
-    beta (C,), ``num_groups`` a divisor of C."""
+                   out: Any, axis: Any = 1) -> NormArgs:
+    """Validate a group-norm forward call once: x (N, C, *spatial) (``axis``
+    1) or (N, *spatial, C) (``axis`` -1, channels last), gamma and beta
+    (C,), ``num_groups`` a divisor of C."""
     arr = as_array("x", x)
+    last = not (type(axis) is int and axis == 1) and channel_axis(axis, max(arr.ndim, 2)) == -1
     x3, shape, dt = full("x", arr)
+    if last:
+        # (N, *spatial, C) as the channels-last kernels read it: (N, S, C)
+        N, C = shape[0], shape[-1]
+        if x3.size == 0:
+            raise ValueError(f"x: an axis has size 0 in shape {tuple(shape)}")
+        S = x3.size // (N * C)
+        G = int_arg("num_groups", num_groups, 1, "a positive int")
+        if C % G:
+            raise ValueError(f"num_groups: expected a divisor of the {C} channels, got {G}")
+        gamma = feature("gamma", gamma, C, dt)
+        beta = feature("beta", beta, C, dt)
+        eps = check_eps(eps)
+        nt = check_num_threads(num_threads, x3.size)
+        xl: AnyArray = x3.reshape(N, S, C)
+        out2 = _norm_out(out, x, arr, xl, (gamma, beta), dt)
+        return NormArgs(xl, tuple(shape), dt, gamma, beta, (C,), G, S, eps, nt, out, out2,
+                        bool(np.may_share_memory(xl, arr)), -1)
     N, C, S = x3.shape
     G = int_arg("num_groups", num_groups, 1, "a positive int")
     if C % G:

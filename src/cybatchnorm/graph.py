@@ -326,6 +326,10 @@ def backward(dout: ArrayLike, cache: Any, *, num_threads: int | None = None,
         by name in the order it was produced, including the branch sums
         ``dxmu = dxmu1 + dxmu2`` and ``dx = dx1 + dx2``.
     """
+    if getattr(cache, "axis", 1) == -1:
+        raise ValueError("cache: a channels-last group norm's cache (axis=-1); the textbook walk "
+                         "reads channels-first data: give groupnorm_forward np.moveaxis(x, -1, "
+                         "1), or use groupnorm_backward")
     dout, shape, nt, constants = walk_args(dout, cache, num_threads, constants, dx, NODES)
     # layer and group norm (a NormCache): each node reads its view of x
     reduction = getattr(cache, "reduction", None)

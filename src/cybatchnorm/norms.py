@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
+
 from . import _engine, staged
 from ._norm_cache import NormCache
 from ._typing import AnyArray, ArrayLike
@@ -42,29 +44,64 @@ CacheKind = Literal["full", "minimal"]
 
 def _forward(kind: str, a: NormArgs, cache: str) -> tuple[AnyArray, NormCache]:
     out2 = a.out2 if a.out2 is not None else _engine.empty(a.x2.shape, a.dtype)
-    # the cache's own x: written by the kernel as it reads each row when x2
-    # is the caller's memory (a conversion already made one of its own)
-    xcopy = _engine.empty(a.x2.shape, a.dtype) if a.copy_x else None
-    mean, var, ivar = _engine.norm_forward(a.x2, a.gamma, a.beta, a.eps, a.groups, a.S, out2,
-                                           a.nt, xcopy)
+    xcopy = None
+    if a.axis == -1:
+        # channels last: the (N, S, C) kernels; the cache copies x afterwards
+        mean, var, ivar = _engine.norm_forward_nhwc(a.x2, a.gamma, a.beta, a.eps, a.groups,
+                                                    out2, a.nt)
+    else:
+        # the cache's own x: written by the kernel as it reads each row when
+        # x2 is the caller's memory (a conversion already made one of its own)
+        xcopy = _engine.empty(a.x2.shape, a.dtype) if a.copy_x else None
+        mean, var, ivar = _engine.norm_forward(a.x2, a.gamma, a.beta, a.eps, a.groups, a.S,
+                                               out2, a.nt, xcopy)
     reduction = (Reduction("layer", k=len(a.param_shape)) if kind == "layer"
                  else Reduction("group", groups=a.groups))
     nc = NormCache(kind=kind, cache_kind=cache, shape=a.shape, param_shape=a.param_shape,
                    reduction=reduction, groups=a.groups, S=a.S, dtype=a.dtype, eps=a.eps,
-                   x=a.x2 if xcopy is None else xcopy, copy_x=False, gamma=a.gamma,
-                   beta=a.beta, mu64=mean, var64=var,
-                   ivar64=ivar)
+                   x=a.x2 if xcopy is None else xcopy,
+                   copy_x=a.axis == -1 and a.copy_x, gamma=a.gamma, beta=a.beta, mu64=mean,
+                   var64=var, ivar64=ivar, axis=a.axis)
     return (a.out if a.out is not None else out2.reshape(a.shape)), nc
+
+
+def channels_first(cache: NormCache) -> NormCache:
+    """The cache of a channels-last group norm (``axis=-1``) in channels-first
+    order: x transposed to (N, C, *spatial) (a copy), the same statistics.
+    What the staged walk reads (its views are those of channels-first x)."""
+    N, C = cache.shape[0], cache.shape[-1]
+    shape = (N, C) + tuple(cache.shape[1:-1])
+    rows = cache.rows()
+    return NormCache(kind=cache.kind, cache_kind="minimal", shape=shape,
+                     param_shape=cache.param_shape, reduction=cache.reduction,
+                     groups=cache.groups, S=cache.S, dtype=cache.dtype, eps=cache.eps,
+                     x=rows.reshape(rows.shape[1:]), copy_x=False, gamma=cache.gamma,
+                     beta=cache.beta, mu64=cache.mu64, var64=cache.var64,
+                     ivar64=cache.ivar64)
 
 
 def _staged(kind: str, dout: ArrayLike, cache: NormCache, num_threads: int | None,
             dx: AnyArray | None) -> tuple[AnyArray, AnyArray, AnyArray]:
     g2, nt, dx2 = norm_backward_args(kind, dout, cache, num_threads, dx)
-    views = cache.reduction.views(cache.shape)
+    last = cache.axis == -1
+    walked = channels_first(cache) if last else cache
+    views = walked.reduction.views(walked.shape)
     stats = views["stats"]
-    dx3, dgamma, dbeta = staged.walk(g2.reshape(stats), cache, nt,
-                                     None if dx2 is None else dx2.reshape(stats), views)
+    if last:
+        # channels last: the walk runs on channels-first copies of dout (and dx)
+        g2 = np.ascontiguousarray(np.swapaxes(g2, 1, 2))
+    dx3, dgamma, dbeta = staged.walk(g2.reshape(stats), walked, nt,
+                                     None if dx2 is None or last else dx2.reshape(stats),
+                                     views)
     shape = cache.param_shape
+    if last:
+        N, S, C = cache.x.shape
+        back = np.swapaxes(dx3.reshape(N, C, S), 1, 2)
+        if dx2 is None:
+            dx3 = np.ascontiguousarray(back)
+        else:
+            np.copyto(dx2, back)
+            dx3 = dx2
     return ((dx if dx is not None else dx3.reshape(cache.shape)), dgamma.reshape(shape),
             dbeta.reshape(shape))
 
@@ -74,8 +111,12 @@ def _backward(kind: str, dout: ArrayLike, cache: NormCache, num_threads: int | N
     g2, nt, dx2 = norm_backward_args(kind, dout, cache, num_threads, dx)
     if dx2 is None:
         dx2 = _engine.empty(g2.shape, cache.dtype)
-    dgamma, dbeta = _engine.norm_backward(g2, cache.x, cache.mu64, cache.ivar64, cache.gamma,
-                                          cache.groups, cache.S, dx2, nt)
+    if cache.axis == -1:
+        dgamma, dbeta = _engine.norm_backward_nhwc(g2, cache.x, cache.mu64, cache.ivar64,
+                                                   cache.gamma, cache.groups, dx2, nt)
+    else:
+        dgamma, dbeta = _engine.norm_backward(g2, cache.x, cache.mu64, cache.ivar64,
+                                              cache.gamma, cache.groups, cache.S, dx2, nt)
     shape = cache.param_shape
     return ((dx if dx is not None else dx2.reshape(cache.shape)),
             dgamma.astype(cache.dtype).reshape(shape), dbeta.astype(cache.dtype).reshape(shape))
@@ -178,14 +219,14 @@ def layernorm_backward_fused(dout: ArrayLike, cache: NormCache, *,
 
 
 def groupnorm_forward(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, num_groups: int,
-                      eps: float = DEFAULT_EPS, *, num_threads: int | None = None,
+                      eps: float = DEFAULT_EPS, *, axis: int = 1, num_threads: int | None = None,
                       cache: CacheKind = "full",
                       out: AnyArray | None = None) -> tuple[AnyArray, NormCache]:
     """Group normalization: normalize each group of channels of each sample.
 
     Parameters
     ----------
-    x : array_like, shape (N, C, spatial...)
+    x : array_like, shape (N, C, spatial...), or (N, spatial..., C) with ``axis=-1``
         Computed as :func:`layernorm_forward` computes.
     gamma, beta : array_like, shape (C,)
         Scale and shift per channel.
@@ -195,7 +236,14 @@ def groupnorm_forward(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, num_group
         spatial axes. ``num_groups=C`` is instance norm, ``1`` normalizes
         each sample as a whole (layer norm over (C, spatial...) with per-channel
         gamma and beta).
-    eps, num_threads, cache, out
+    eps : float, default 1e-5
+    axis : int, keyword-only, default 1
+        The channel axis: 1 for ``(N, C, *spatial)``, -1 (the last) for
+        channels-last ``(N, *spatial, C)`` data, read in place by kernels of
+        its own (one sample per task; the same statistics and results to
+        rounding, not the same bits). The staged backward of channels-last
+        data walks a channels-first copy.
+    num_threads, cache, out
         As for :func:`layernorm_forward`.
 
     Returns
@@ -215,8 +263,8 @@ def groupnorm_forward(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, num_group
            [-1.3416, -0.4472],
            [ 0.4472,  1.3416]])
     """
-    return _forward("group", groupnorm_args(x, gamma, beta, num_groups, eps, num_threads, out),
-                    cache_kind(cache))
+    return _forward("group", groupnorm_args(x, gamma, beta, num_groups, eps, num_threads, out,
+                                            axis), cache_kind(cache))
 
 
 def groupnorm_backward(dout: ArrayLike, cache: NormCache, *, num_threads: int | None = None,
