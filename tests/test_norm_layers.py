@@ -105,3 +105,28 @@ def test_a_refused_state_dict_leaves_the_layer_as_it_was():
         layer.load_state_dict({"weight": np.full(3, 2.0), "bias": np.ones(4)})
     for k, v in layer.state_dict().items():
         np.testing.assert_array_equal(v, before[k])
+
+
+def test_group_norm_layer_takes_channels_last_input():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(3, 4, 5, 6))                    # (N, H, W, C)
+    d = rng.normal(size=x.shape)
+    last = bn.GroupNorm(3, 6, axis=-1)
+    first = bn.GroupNorm(3, 6)
+    for layer in (last, first):
+        layer.gamma[:] = np.linspace(0.5, 2.0, 6)
+    out = last.forward(x)
+    ref = first.forward(np.moveaxis(x, -1, 1))
+    np.testing.assert_allclose(np.moveaxis(out, -1, 1), ref, rtol=1e-12, atol=1e-13)
+    dx, dref = last.backward(d), first.backward(np.moveaxis(d, -1, 1))
+    np.testing.assert_allclose(np.moveaxis(dx, -1, 1), dref, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(last.dgamma, first.dgamma, rtol=1e-12)
+    assert repr(last).endswith("axis=-1)") and "axis" not in repr(first)
+    with pytest.raises(ValueError, match="expected 6 channels on axis -1"):
+        last.forward(np.moveaxis(x, -1, 1))
+    with pytest.raises(ValueError, match="axis: expected 1"):
+        bn.GroupNorm(3, 6, axis=2)
+    import pickle
+    again = pickle.loads(pickle.dumps(last))
+    assert again.axis == -1
+    np.testing.assert_array_equal(again.forward(x), out)

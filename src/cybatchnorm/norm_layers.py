@@ -18,6 +18,7 @@ from ._validation import (
     DEFAULT_EPS,
     as_array,
     backward_kind,
+    channel_axis,
     check_eps,
     check_num_threads,
     int_arg,
@@ -199,11 +200,14 @@ class GroupNorm(_PerSampleNorm):
     num_groups : int
         A divisor of ``num_channels``.
     num_channels : int
-        C, axis 1 of the input.
+        C, axis 1 of the input (the last with ``axis=-1``).
     eps : float, default 1e-5
     affine : bool, default True
         Learn ``gamma`` (ones) and ``beta`` (zeros), one per channel.
     dtype : float32 or float64, default numpy.float64
+    axis : int, keyword-only, default 1
+        The channel axis: 1, or -1 for channels-last ``(N, *spatial, C)``
+        input (see :func:`cybatchnorm.groupnorm_forward`).
 
     Examples
     --------
@@ -218,7 +222,12 @@ class GroupNorm(_PerSampleNorm):
     def __init__(self, num_groups: int, num_channels: int, eps: float = DEFAULT_EPS,
                  affine: bool = True, dtype: Any = np.float64, *,
                  num_threads: int | None = None,
-                 backward: Literal["fused", "staged"] = "fused") -> None:
+                 backward: Literal["fused", "staged"] = "fused", axis: int = 1) -> None:
+        channel_axis(axis, 3)           # an int (TypeError otherwise) ...
+        if axis not in (1, -1):         # ... that is 1 or -1 itself, for any rank
+            raise ValueError(f"axis: expected 1 (channels first) or -1 (channels last), "
+                             f"got {axis}")
+        self.axis = int(axis)
         self.num_groups = int_arg("num_groups", num_groups, 1, "a positive int")
         self.num_channels = int_arg("num_channels", num_channels, 1, "a positive int")
         if self.num_channels % self.num_groups:
@@ -229,15 +238,16 @@ class GroupNorm(_PerSampleNorm):
                     backward)
 
     def forward(self, x: ArrayLike) -> AnyArray:
-        """Normalize each group of channels of each sample of ``x`` (N, C, ...);
-        remember what :meth:`backward` needs."""
+        """Normalize each group of channels of each sample of ``x`` (N, C, ...),
+        or (N, ..., C) with ``axis=-1``; remember what :meth:`backward` needs."""
         shape = np.shape(x)
-        if len(shape) < 2 or shape[1] != self.num_channels:
-            raise ValueError(f"x: expected {self.num_channels} channels on axis 1, got shape "
-                             f"{shape}")
+        if len(shape) < 2 or shape[self.axis] != self.num_channels:
+            raise ValueError(f"x: expected {self.num_channels} channels on axis {self.axis}, "
+                             f"got shape {shape}")
         gamma, beta = self._params()
         out, cache = groupnorm_forward(x, gamma, beta, self.num_groups, self.eps,
-                                       num_threads=self.num_threads, cache=self._cache_kind())
+                                       axis=self.axis, num_threads=self.num_threads,
+                                       cache=self._cache_kind())
         self._cache = cache
         return out
 
@@ -249,5 +259,6 @@ class GroupNorm(_PerSampleNorm):
         return self._backward(dout, groupnorm_backward, groupnorm_backward_fused)
 
     def __repr__(self) -> str:
+        axis = "" if self.axis == 1 else ", axis=-1"
         return (f"GroupNorm({self.num_groups}, {self.num_channels}, eps={self.eps}, "
-                f"affine={self.affine}, dtype={self.dtype.name})")
+                f"affine={self.affine}, dtype={self.dtype.name}{axis})")
