@@ -304,26 +304,29 @@ def backward_elementwise(g3: AnyArray, x3: AnyArray, mean: F64Array, ivar: F64Ar
 # ------------------------------------------ per-sample normalizations
 
 def norm_forward(x2: AnyArray, gamma: AnyArray, beta: AnyArray, eps: float, G: int, S: int,
-                 out2: AnyArray, nt: int, xcopy: AnyArray | None = None
+                 out2: AnyArray, nt: int, xcopy: AnyArray | None = None, fast: bool = False
                  ) -> tuple[F64Array, F64Array, F64Array]:
     """Layer, group or instance norm of the rows of ``x2`` (R, M) into ``out2``;
     returns the rows' float64 mean, variance and ivar (see ``_norms.forward``).
-    ``xcopy`` (x2's shape) receives a copy of x2, written as each row is read."""
+    ``xcopy`` (x2's shape) receives a copy of x2, written as each row is read;
+    ``fast``: float32 output computed in float32 where that is exact enough."""
     R = x2.shape[0]
     mean, var, ivar = np.empty(R), np.empty(R), np.empty(R)
-    norms.forward(x2, gamma, beta, eps, G, S, out2, mean, var, ivar, nt, xcopy)
+    norms.forward(x2, gamma, beta, eps, G, S, out2, mean, var, ivar, nt, xcopy, fast)
     return mean, var, ivar
 
 
 def norm_backward(g2: AnyArray, x2: AnyArray, mean: F64Array, ivar: F64Array, gamma: AnyArray,
-                  G: int, S: int, dx2: AnyArray, nt: int) -> tuple[F64Array, F64Array]:
+                  G: int, S: int, dx2: AnyArray, nt: int,
+                  fast: bool = False) -> tuple[F64Array, F64Array]:
     """The closed-form backward of :func:`norm_forward` into ``dx2``; returns
-    the float64 ``(dgamma, dbeta)``."""
+    the float64 ``(dgamma, dbeta)``. ``fast``: float32 dx computed in float32
+    where that is exact enough."""
     P = gamma.shape[0]
     K = int(norms.row_chunks(x2.shape[0], P))
     dgamma, dbeta = np.empty(P), np.empty(P)
     norms.backward(g2, x2, mean, ivar, gamma, G, S, dx2, dgamma, dbeta, np.empty((K, P)),
-                   np.empty((K, P)), nt)
+                   np.empty((K, P)), nt, fast)
     return dgamma, dbeta
 
 

@@ -23,6 +23,7 @@ def forward(
     ivar: F64Array,
     n_threads: int,
     xcopy: AnyArray | None = ...,
+    fast: bool = ...,
 ) -> None: ...
 
 def backward(
@@ -39,6 +40,7 @@ def backward(
     pdg: F64Array,
     pdb: F64Array,
     n_threads: int,
+    fast: bool = ...,
 ) -> None: ...
 
 def forward_nhwc(

@@ -16,7 +16,8 @@ run reductions, so every SIMD build gives the same bits.
 """
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport sqrt
+from libc.float cimport FLT_MAX, FLT_MIN
+from libc.math cimport fabs, sqrt
 from libc.string cimport memcpy
 
 from cybatchnorm._common cimport (run_sum, run_dot, run_dot_centred, run_weighted_centred,
@@ -43,16 +44,48 @@ def row_chunks(Py_ssize_t R, Py_ssize_t P):
 
 # ---------------------------------------------------------------- forward
 
+cdef void _gamma_range(const floating[::1] gamma, double* grange) noexcept:
+    # the smallest and largest nonzero |gamma| (both 0 when gamma is all zeros)
+    cdef Py_ssize_t p
+    cdef double ag
+    grange[0] = 0.0
+    grange[1] = 0.0
+    for p in range(gamma.shape[0]):
+        ag = fabs(<double>gamma[p])
+        if ag != 0.0:
+            if grange[0] == 0.0 or ag < grange[0]:
+                grange[0] = ag
+            if ag > grange[1]:
+                grange[1] = ag
+
+
+cdef inline bint _f32_row(double iv, const double* grange) noexcept nogil:
+    # whether float32 holds ivar and every gamma * ivar of the row to full
+    # relative precision (grange: the smallest and largest nonzero |gamma|;
+    # a row outside this is computed in float64, as the batch-norm kernels
+    # redo such channels)
+    if not (iv >= FLT_MIN and iv <= FLT_MAX):
+        return False
+    return grange[1] == 0.0 or (grange[0] * iv >= FLT_MIN and grange[1] * iv <= FLT_MAX)
+
+
 cdef inline void _forward_row(const floating* x, Py_ssize_t Cg, Py_ssize_t S,
                               const floating* gamma, const floating* beta, double eps,
                               floating* out, double* mean, double* var,
-                              double* ivar, floating* xc) noexcept nogil:
+                              double* ivar, floating* xc, const double* grange) noexcept nogil:
     # IN: one row of M = Cg * S values, gamma/beta from the row's first
-    # parameter. OUT: the row's mean and 1/sqrt(var + eps) (two passes: the
-    # sum, then the squared deviations from the mean, both exact in float64),
-    # and out = ((x - mean) * ivar) * gamma + beta in float64, rounded once
+    # parameter; grange NULL, or (float32 data) the nonzero |gamma| range.
+    # OUT: the row's mean and 1/sqrt(var + eps) (two passes: the sum, then
+    # the squared deviations from the mean, both exact in float64), and out =
+    # ((x - mean) * ivar) * gamma + beta in float64, rounded once; with
+    # grange (float32), (x - mh) * a + (beta - dm * a) in float32 with
+    # a = gamma * fl(ivar), mh = fl(mean), dm = fl(mean - mh): x - mh is exact
+    # for x near the mean, so nothing cancels however far the data sit from
+    # zero, and mh + dm carry the mean to about float32's epsilon squared (the
+    # scheme of the batch-norm kernels' float32 path; twice the SIMD width)
     cdef Py_ssize_t M = Cg * S, c, s, j
     cdef double m, v, iv, w, b
+    cdef float mh, dm, fiv, fa, fb
     m = run_sum(x, M) / M
     v = run_sqdev(x, m, M) / M
     iv = 1.0 / sqrt(v + eps)
@@ -63,6 +96,22 @@ cdef inline void _forward_row(const floating* x, Py_ssize_t Cg, Py_ssize_t S,
         # the caller's copy of x, from the row in cache (a separate copy
         # reads x from memory again)
         memcpy(xc, x, M * sizeof(floating))
+    if floating is float:
+        if grange != NULL and _f32_row(iv, grange):
+            mh = <float>m
+            dm = <float>(m - mh)
+            fiv = <float>iv
+            if S == 1:
+                for j in range(M):
+                    fa = gamma[j] * fiv
+                    out[j] = (x[j] - mh) * fa + (beta[j] - dm * fa)
+                return
+            for c in range(Cg):
+                fa = gamma[c] * fiv
+                fb = beta[c] - dm * fa
+                for s in range(c * S, (c + 1) * S):
+                    out[s] = (x[s] - mh) * fa + fb
+            return
     if S == 1:
         for j in range(M):
             out[j] = <floating>(((x[j] - m) * iv) * gamma[j] + beta[j])
@@ -77,7 +126,7 @@ cdef inline void _forward_row(const floating* x, Py_ssize_t Cg, Py_ssize_t S,
 def forward(const floating[:, ::1] x, const floating[::1] gamma, const floating[::1] beta,
             double eps, Py_ssize_t G, Py_ssize_t S, floating[:, ::1] out, double[::1] mean,
             double[::1] var, double[::1] ivar, int n_threads,
-            floating[:, ::1] xcopy=None):
+            floating[:, ::1] xcopy=None, bint fast=False):
     """Normalize every row of ``x`` (R, M) on its own statistics.
 
     Row r is group ``r % G`` of a sample: M = Cg * S values, Cg parameters
@@ -86,10 +135,14 @@ def forward(const floating[:, ::1] x, const floating[::1] gamma, const floating[
     variance and ``1 / sqrt(var + eps)``; ``out`` (x's shape) the
     normalized rows. One row per task: bitwise the same for any thread count.
     ``xcopy`` (x's shape, or None) receives a copy of x, written as each row
-    is read.
+    is read. ``fast`` (float32 data): the output computed in float32 where
+    that is exact enough (see ``_forward_row``; what a minimal cache and the
+    PyTorch drop-in take), else every value in float64.
     """
     cdef Py_ssize_t R = x.shape[0], M = x.shape[1], Cg, r, g
     cdef floating* xc = NULL
+    cdef double grange[2]
+    cdef double* gr = NULL
     if R == 0 or M == 0:
         return
     if xcopy is not None:
@@ -97,23 +150,38 @@ def forward(const floating[:, ::1] x, const floating[::1] gamma, const floating[
             raise ValueError("forward: xcopy must have x's shape")
         xc = &xcopy[0, 0]
     Cg = M // S
+    if fast and floating is float:
+        _gamma_range(gamma, grange)
+        gr = grange
     for r in prange(R, schedule='static', num_threads=n_threads, nogil=True):
         g = r % G
         _forward_row(&x[r, 0], Cg, S, &gamma[g * Cg], &beta[g * Cg], eps, &out[r, 0],
-                     &mean[r], &var[r], &ivar[r], NULL if xc == NULL else xc + r * M)
+                     &mean[r], &var[r], &ivar[r], NULL if xc == NULL else xc + r * M, gr)
 
 
 # ---------------------------------------------------------------- backward
 
+cdef inline bint _f32_scalar(double v) noexcept nogil:
+    # float32 holds v to full relative precision (0, or a normal float32)
+    return v == 0.0 or (fabs(v) >= FLT_MIN and fabs(v) <= FLT_MAX)
+
+
 cdef inline void _backward_row(const floating* d, const floating* x, double m, double iv,
                                Py_ssize_t Cg, Py_ssize_t S, const floating* gamma,
-                               floating* dx, double* pdg, double* pdb) noexcept nogil:
+                               floating* dx, double* pdg, double* pdb,
+                               const double* grange) noexcept nogil:
     # IN: one row of dout and x, its mean and ivar, gamma from the row's first
-    # parameter. OUT: the row's dx (the closed form, with dxhat = dout * gamma:
+    # parameter; grange NULL, or (float32 data) the nonzero |gamma| range.
+    # OUT: the row's dx (the closed form, with dxhat = dout * gamma:
     # dx = ivar * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))), and its
-    # share of dgamma/dbeta added into the chunk's partials pdg/pdb
+    # share of dgamma/dbeta added into the chunk's partials pdg/pdb. The sums
+    # are float64; with grange, dx = (A * dout + F * (x - mh)) + G in float32
+    # (A = gamma * fl(ivar), F = fl(-ivar * b), mh = fl(mean), G = fl(-ivar *
+    # a - F * (mean - mh))), as the batch-norm kernels' float32 dx, when
+    # float32 holds every factor; otherwise in float64, rounded once
     cdef Py_ssize_t M = Cg * S, c, s, j
-    cdef double s1 = 0.0, s2 = 0.0, a, b, w, sd, sdx
+    cdef double s1 = 0.0, s2 = 0.0, a, b, w, sd, sdx, F, G
+    cdef float mh, fiv, fF, fG, fA
     if S == 1:
         s1 = run_dot(d, gamma, M)
         s2 = run_weighted_centred(d, gamma, x, m, M)
@@ -130,11 +198,27 @@ cdef inline void _backward_row(const floating* d, const floating* x, double m, d
             pdb[c] += sd
     a = s1 / M
     b = iv * iv * s2 / M          # mean(dxhat * xhat) / ivar, times ivar once per value below
+    if floating is float:
+        if grange != NULL and _f32_row(iv, grange):
+            mh = <float>m
+            F = -iv * b
+            G = -iv * a - F * (m - <double>mh)
+            if _f32_scalar(F) and _f32_scalar(G):
+                fiv = <float>iv
+                fF = <float>F
+                fG = <float>G
+                if S == 1:
+                    for j in range(M):
+                        dx[j] = (gamma[j] * fiv) * d[j] + fF * (x[j] - mh) + fG
+                    return
+                for c in range(Cg):
+                    fA = gamma[c] * fiv
+                    for s in range(c * S, (c + 1) * S):
+                        dx[s] = fA * d[s] + fF * (x[s] - mh) + fG
+                return
     if S == 1:
         for j in range(M):
             dx[j] = <floating>(iv * (d[j] * <double>gamma[j] - a - (x[j] - m) * b))
-            pdg[j] += d[j] * ((x[j] - m) * iv)
-            pdb[j] += d[j]
         return
     for c in range(Cg):
         w = gamma[c]
@@ -142,18 +226,41 @@ cdef inline void _backward_row(const floating* d, const floating* x, double m, d
             dx[s] = <floating>(iv * (d[s] * w - a - (x[s] - m) * b))
 
 
+cdef inline void _param_rows(const floating* d0, const floating* x0, double m0, double iv0,
+                             const floating* d1, const floating* x1, double m1, double iv1,
+                             Py_ssize_t M, double* pdg, double* pdb) noexcept nogil:
+    # S == 1 (a parameter per value): two rows' shares of dgamma = sum(dout *
+    # xhat) and dbeta = sum(dout) added into the chunk's float64 partials at
+    # once, (row 0 + row 1) per value (d1 NULL: one row). Each partial is
+    # loaded and stored once per two rows: the stores were the backward's
+    # largest cost. The rows are still in L1 from their dx pass
+    cdef Py_ssize_t j
+    if d1 == NULL:
+        for j in range(M):
+            pdg[j] += d0[j] * ((x0[j] - m0) * iv0)
+            pdb[j] += d0[j]
+        return
+    for j in range(M):
+        pdg[j] += d0[j] * ((x0[j] - m0) * iv0) + d1[j] * ((x1[j] - m1) * iv1)
+        pdb[j] += <double>d0[j] + d1[j]
+
+
 def backward(const floating[:, ::1] dout, const floating[:, ::1] x, const double[::1] mean,
              const double[::1] ivar, const floating[::1] gamma, Py_ssize_t G, Py_ssize_t S,
              floating[:, ::1] dx, double[::1] dgamma, double[::1] dbeta,
-             double[:, ::1] pdg, double[:, ::1] pdb, int n_threads):
+             double[:, ::1] pdg, double[:, ::1] pdb, int n_threads, bint fast=False):
     """Closed-form gradients of :func:`forward` given ``dout`` (x's shape).
 
     ``dx`` receives the input's gradient; ``dgamma``/``dbeta`` (G * Cg,)
     the float64 parameter gradients. ``pdg``/``pdb`` (K, G * Cg) are the
     chunks' partials (K from :func:`row_chunks`), added in chunk order.
+    ``fast`` (float32 data): dx computed in float32 where that is exact
+    enough (see ``_backward_row``), else in float64.
     """
     cdef Py_ssize_t R = x.shape[0], M = x.shape[1], K = pdg.shape[0], P = pdg.shape[1]
     cdef Py_ssize_t Cg, k, r, g, p
+    cdef double grange[2]
+    cdef double* gr = NULL
     pdg[:, :] = 0.0
     pdb[:, :] = 0.0
     if R == 0 or M == 0:
@@ -161,11 +268,25 @@ def backward(const floating[:, ::1] dout, const floating[:, ::1] x, const double
         dbeta[:] = 0.0
         return
     Cg = M // S
+    if fast and floating is float:
+        _gamma_range(gamma, grange)
+        gr = grange
     for k in prange(K, schedule='static', num_threads=n_threads, nogil=True):
         for r in range(rstart(k, K, R), rstart(k + 1, K, R)):
             g = r % G
             _backward_row(&dout[r, 0], &x[r, 0], mean[r], ivar[r], Cg, S, &gamma[g * Cg],
-                          &dx[r, 0], &pdg[k, g * Cg], &pdb[k, g * Cg])
+                          &dx[r, 0], &pdg[k, g * Cg], &pdb[k, g * Cg], gr)
+            if S != 1:
+                continue        # _backward_row added the row's per-channel shares
+            if G == 1 and (r - rstart(k, K, R)) % 2 == 1:
+                # layer norm: the parameters' shares of this row and the one before
+                _param_rows(&dout[r - 1, 0], &x[r - 1, 0], mean[r - 1], ivar[r - 1],
+                            &dout[r, 0], &x[r, 0], mean[r], ivar[r], M, &pdg[k, 0],
+                            &pdb[k, 0])
+            elif G != 1 or r == rstart(k + 1, K, R) - 1:
+                # a row of its own group's parameters, or the chunk's last row, alone
+                _param_rows(&dout[r, 0], &x[r, 0], mean[r], ivar[r], NULL, NULL, 0.0, 0.0,
+                            M, &pdg[k, g * Cg], &pdb[k, g * Cg])
     for p in range(P):
         dgamma[p] = pdg[0, p]
         dbeta[p] = pdb[0, p]
