@@ -24,7 +24,8 @@ TESTS = ["tests/test_api.py", "tests/test_graph.py", "tests/test_validation_api.
          "tests/test_validation_layer.py", "tests/test_validation_nodes.py",
          "tests/test_validation_walks.py",
          "tests/test_layer.py", "tests/test_gradcheck.py", "tests/test_threads.py",
-         "tests/test_kernels.py", "tests/test_config.py"]
+         "tests/test_kernels.py", "tests/test_config.py", "tests/test_norms.py",
+         "tests/test_norm_layers.py"]
 
 
 def main(outdir):
