@@ -226,6 +226,24 @@ cdef inline void _backward_row(const floating* d, const floating* x, double m, d
             dx[s] = <floating>(iv * (d[s] * w - a - (x[s] - m) * b))
 
 
+cdef inline void _param_quad(const floating* d, const floating* x, const double* m,
+                             const double* iv, Py_ssize_t M, double* pdg,
+                             double* pdb) noexcept nogil:
+    # S == 1: four consecutive rows' shares of dgamma and dbeta added into
+    # the chunk's float64 partials at once, ((r0 + r1) + (r2 + r3)) per value
+    cdef Py_ssize_t j
+    cdef const floating* d1 = d + M
+    cdef const floating* d2 = d + 2 * M
+    cdef const floating* d3 = d + 3 * M
+    cdef const floating* x1 = x + M
+    cdef const floating* x2 = x + 2 * M
+    cdef const floating* x3 = x + 3 * M
+    for j in range(M):
+        pdg[j] += ((d[j] * ((x[j] - m[0]) * iv[0]) + d1[j] * ((x1[j] - m[1]) * iv[1]))
+                   + (d2[j] * ((x2[j] - m[2]) * iv[2]) + d3[j] * ((x3[j] - m[3]) * iv[3])))
+        pdb[j] += (<double>d[j] + d1[j]) + (<double>d2[j] + d3[j])
+
+
 cdef inline void _param_rows(const floating* d0, const floating* x0, double m0, double iv0,
                              const floating* d1, const floating* x1, double m1, double iv1,
                              Py_ssize_t M, double* pdg, double* pdb) noexcept nogil:
@@ -278,15 +296,19 @@ def backward(const floating[:, ::1] dout, const floating[:, ::1] x, const double
                           &dx[r, 0], &pdg[k, g * Cg], &pdb[k, g * Cg], gr)
             if S != 1:
                 continue        # _backward_row added the row's per-channel shares
-            if G == 1 and (r - rstart(k, K, R)) % 2 == 1:
-                # layer norm: the parameters' shares of this row and the one before
-                _param_rows(&dout[r - 1, 0], &x[r - 1, 0], mean[r - 1], ivar[r - 1],
-                            &dout[r, 0], &x[r, 0], mean[r], ivar[r], M, &pdg[k, 0],
-                            &pdb[k, 0])
-            elif G != 1 or r == rstart(k + 1, K, R) - 1:
-                # a row of its own group's parameters, or the chunk's last row, alone
+            if G == 1 and (r - rstart(k, K, R)) % 4 == 3:
+                # layer norm: the parameters' shares of this row and the three before
+                _param_quad(&dout[r - 3, 0], &x[r - 3, 0], &mean[r - 3], &ivar[r - 3], M,
+                            &pdg[k, 0], &pdb[k, 0])
+            elif G != 1:
+                # a row of its own group's parameters
                 _param_rows(&dout[r, 0], &x[r, 0], mean[r], ivar[r], NULL, NULL, 0.0, 0.0,
                             M, &pdg[k, g * Cg], &pdb[k, g * Cg])
+            elif r == rstart(k + 1, K, R) - 1:
+                # the chunk's last rows short of four, one by one
+                for p in range(r - (r - rstart(k, K, R)) % 4, r + 1):
+                    _param_rows(&dout[p, 0], &x[p, 0], mean[p], ivar[p], NULL, NULL, 0.0,
+                                0.0, M, &pdg[k, 0], &pdb[k, 0])
     for p in range(P):
         dgamma[p] = pdg[0, p]
         dbeta[p] = pdb[0, p]
