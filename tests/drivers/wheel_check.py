@@ -2,7 +2,7 @@
 
 1. ``python -m build`` makes the sdist and, from it, the wheel (build isolation);
 2. ``auditwheel repair --strip`` vendors libgomp and tags it manylinux into dist/;
-3. the tag, the size (<= 2.5 MiB) and the vendored OpenMP runtime are checked;
+3. the tag, the size (<= 3 MiB) and the vendored OpenMP runtime are checked;
 4. a fresh venv installs the wheel with a PATH that has no compiler, and runs
    the test suite and the demo there; show_config must name the vendored runtime.
 """
@@ -16,7 +16,11 @@ import venv
 import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MAX_BYTES = int(2.5 * 2**20)
+# a guard against accidental bloat (debug symbols, build output): the stripped
+# wheel was 2.53 MiB with the four kernel modules (batch norm's nodes, fused and
+# split kernels, the per-sample norms' row and channels-last kernels), each built
+# for three SIMD levels, and the vendored libgomp
+MAX_BYTES = 3 * 2**20
 COMPILERS = ("cc", "gcc", "clang", "c++", "g++", "x86_64-linux-gnu-gcc")
 TEST_DEPS = ["pytest>=7", "hypothesis>=6", "threadpoolctl>=3"]
 
