@@ -79,10 +79,7 @@ def check_batch_norm(
                             f"not {type(t).__name__}")
     if x.dtype not in FLOATS + REDUCED:
         raise NotImplementedError(f'"batch_norm" not implemented for \'{scalar_name(x.dtype)}\'')
-    for name, t in ((("input", x),) + params):
-        if t is not None and t.device.type not in ("cpu", "meta"):
-            raise RuntimeError(f"cybatchnorm: {name} is on {t.device}; only CPU tensors are "
-                               f"supported (use torch.nn.BatchNorm on other devices)")
+    check_cpu("BatchNorm", input=x, **dict(params))
     # torch counts no channels in 1-D input: its parameters are checked
     # against 0, an empty one is returned as it is, any other fails to index
     C = x.shape[1] if x.dim() > 1 else 0
@@ -193,11 +190,24 @@ def _check_tensor(fn: str, name: str, position: int, t: Any, optional: bool = Tr
                     f"not {type(t).__name__}")
 
 
-def _check_cpu(**tensors: Any) -> None:
+def check_cpu(module: str, **tensors: Any) -> None:
+    """Refuse a tensor on another device than the CPU (or "meta", whose
+    operators only say what shapes they would make), naming it and the
+    ``torch.nn.<module>`` to use there."""
     for name, t in tensors.items():
         if t is not None and t.device.type not in ("cpu", "meta"):
             raise RuntimeError(f"cybatchnorm: {name} is on {t.device}; only CPU tensors are "
-                               f"supported (use torch.nn's module on other devices)")
+                               f"supported (use torch.nn.{module} on other devices)")
+
+
+def _check_kernel_inputs(kernel: str, module: str, x: Any, weight: Any, bias: Any) -> None:
+    # what layer norm's and group norm's CPU kernels check last, in their
+    # order: the device, the mixed-dtype rule, then x's dtype
+    check_cpu(module, input=x, weight=weight, bias=bias)
+    _check_mixed(x, (weight, bias))
+    if x.dtype not in FLOATS + REDUCED:
+        raise NotImplementedError(
+            f'"{kernel}" not implemented for \'{scalar_name(x.dtype)}\'')
 
 
 def _check_mixed(x: Any, params: Any) -> None:
@@ -238,11 +248,7 @@ def check_layer_norm(x: Any, normalized_shape: Any, weight: Any, bias: Any) -> t
         raise RuntimeError(f"Given normalized_shape={list(shape)}, expected input with shape "
                            f"[*, {', '.join(map(str, shape))}], but got input of size"
                            f"{list(x.shape)}")
-    _check_cpu(input=x, weight=weight, bias=bias)
-    _check_mixed(x, (weight, bias))
-    if x.dtype not in FLOATS + REDUCED:
-        raise NotImplementedError(
-            f'"LayerNormKernelImpl" not implemented for \'{scalar_name(x.dtype)}\'')
+    _check_kernel_inputs("LayerNormKernelImpl", "LayerNorm", x, weight, bias)
     return shape
 
 
@@ -269,11 +275,7 @@ def check_group_norm(x: Any, num_groups: Any, weight: Any, bias: Any) -> None:
             raise RuntimeError(f"Expected {name} to be a vector of size equal to the number of "
                                f"channels in input, but got {name} of shape {list(t.shape)} "
                                f"and input of shape {list(x.shape)}")
-    _check_cpu(input=x, weight=weight, bias=bias)
-    _check_mixed(x, (weight, bias))
-    if x.dtype not in FLOATS + REDUCED:
-        raise NotImplementedError(
-            f'"GroupNormKernelImpl" not implemented for \'{scalar_name(x.dtype)}\'')
+    _check_kernel_inputs("GroupNormKernelImpl", "GroupNorm", x, weight, bias)
 
 
 def check_instance_norm(x: Any, running_mean: Any, running_var: Any, weight: Any, bias: Any,
@@ -302,8 +304,8 @@ def check_instance_norm(x: Any, running_mean: Any, running_var: Any, weight: Any
     for name, t in zip(names, (running_mean, running_var, weight, bias)):
         if t is not None and t.numel() * N != N * C:
             raise RuntimeError(f"{name} should contain {N * C} elements not {t.numel() * N}")
-    _check_cpu(input=x, running_mean=running_mean, running_var=running_var, weight=weight,
-               bias=bias)
+    check_cpu("InstanceNorm1d/2d/3d", input=x, running_mean=running_mean, running_var=running_var,
+              weight=weight, bias=bias)
     if x.dtype not in FLOATS + REDUCED:
         raise NotImplementedError(f'"batch_norm" not implemented for \'{scalar_name(x.dtype)}\'')
     _check_mixed(x, (weight, bias, running_mean, running_var))

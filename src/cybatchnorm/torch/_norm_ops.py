@@ -276,14 +276,22 @@ class EagerNorm(torch.autograd.Function):
 def run_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
              view: tuple[int, ...], groups: int, spatial: int, eps: float, num_threads: int,
              nhwc: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(out, mean, rstd, var)`` of x (float32/float64, any shape and
-    layout) seen as ``view``: (R, M) rows, or with ``nhwc`` (x a channels_last
-    (N, C, *spatial) tensor) the (N, S, C) samples it holds in memory, read in
-    place. out comes in x's shape (and, with ``nhwc``, its memory format), the
-    others one per row or (sample, group). Weight and bias (any shape) hold
-    the parameters. The registered operator when something watches torch's
+    """``(out, mean, rstd, var)`` of x (any shape and layout) seen as
+    ``view``: (R, M) rows, or with ``nhwc`` (x a channels_last (N, C,
+    *spatial) tensor) the (N, S, C) samples it holds in memory, read in place.
+    out comes in x's shape and dtype (and, with ``nhwc``, its memory format),
+    the others one per row or (sample, group). Weight and bias (any shape)
+    hold the parameters. float16/bfloat16 are computed in float32 (each
+    value rounded once to float32 by the kernels, then to x's dtype; the
+    casts are autograd's, so each gradient comes back in its tensor's
+    dtype). The registered operator when something watches torch's
     dispatcher, else :class:`EagerNorm`; a non-contiguous x is copied
     (differentiably) first."""
+    dtype = x.dtype
+    if dtype not in (torch.float32, torch.float64):
+        x = x.float()
+        weight = None if weight is None else weight.float()
+        bias = None if bias is None else bias.float()
     x2 = x.movedim(1, -1).reshape(view) if nhwc else x.reshape(view)
     w = None if weight is None else weight.reshape(-1)
     b = None if bias is None else bias.reshape(-1)
@@ -293,4 +301,4 @@ def run_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
         res = EagerNorm.apply(x2, w, b, groups, spatial, eps,  # type: ignore[no-untyped-call]
                               num_threads)
     out = res[0].reshape(x.movedim(1, -1).shape).movedim(-1, 1) if nhwc else res[0].view(x.shape)
-    return out, res[1], res[2], res[3]
+    return (out if out.dtype == dtype else out.to(dtype)), res[1], res[2], res[3]

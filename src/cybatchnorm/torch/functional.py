@@ -95,15 +95,6 @@ def batch_norm(
 
 # ------------------------------------------- layer, group and instance norm
 
-def _in_compute_dtype(x: Tensor, *params: Any) -> tuple[Any, ...]:
-    # float16/bfloat16 computed in float32 (each value rounded once to
-    # float32 by the kernel, then to x's dtype); the casts are autograd's,
-    # so each gradient comes back in its tensor's dtype
-    if x.dtype in (torch.float32, torch.float64):
-        return (x,) + params
-    return (x.float(),) + tuple(None if p is None else p.float() for p in params)
-
-
 def layer_norm(
     input: Any,
     normalized_shape: Any,
@@ -151,12 +142,10 @@ def layer_norm(
     nt = threads_arg(num_threads)
     M = math.prod(shape)
     rows = input.numel() // M if M else 0
-    x, w, b = _in_compute_dtype(input, weight, bias)
     if M == 0:
         out: Tensor = input.clone(memory_format=torch.contiguous_format)
         return out
-    out = run_norm(x, w, b, (rows, M), 1, 1, float(eps), nt)[0]
-    return out if out.dtype == input.dtype else out.to(input.dtype)
+    return run_norm(input, weight, bias, (rows, M), 1, 1, float(eps), nt)[0]
 
 
 def group_norm(
@@ -205,16 +194,14 @@ def group_norm(
     check_transforms(input)
     check_group_norm(input, num_groups, weight, bias)
     nt = threads_arg(num_threads)
-    x, w, b = _in_compute_dtype(input, weight, bias)
     N, C, S = input.shape[0], input.shape[1], math.prod(input.shape[2:])
     if _channels_last(input):
         # read in place as (N, S, C) by the channels-last kernels; the output
         # and the gradient come back channels_last, as torch's
-        out = run_norm(x, w, b, (N, S, C), num_groups, S, float(eps), nt, nhwc=True)[0]
-    else:
-        out = run_norm(x, w, b, (N * num_groups, C // num_groups * S), num_groups, S,
-                       float(eps), nt)[0]
-    return out if out.dtype == input.dtype else out.to(input.dtype)
+        return run_norm(input, weight, bias, (N, S, C), num_groups, S, float(eps), nt,
+                        nhwc=True)[0]
+    return run_norm(input, weight, bias, (N * num_groups, C // num_groups * S), num_groups, S,
+                    float(eps), nt)[0]
 
 
 def _channels_last(x: Tensor) -> bool:
@@ -283,8 +270,7 @@ def instance_norm(
         return run_batch_norm(input.contiguous(), weight, bias, running_mean, running_var,
                               False, momentum, float(eps), nt)
     N, C, S = input.shape[0], input.shape[1], math.prod(input.shape[2:])
-    x, w, b = _in_compute_dtype(input, weight, bias)
-    out, mean, _, var = run_norm(x, w, b, (N * C, S), C, S, float(eps), nt)
+    out, mean, _, var = run_norm(input, weight, bias, (N * C, S), C, S, float(eps), nt)
     if N * C and (running_mean is not None or running_var is not None):
         with torch.no_grad():
             keep = 1.0 - momentum
@@ -294,4 +280,4 @@ def instance_norm(
             if running_var is not None:
                 batch = var.view(N, C).mean(dim=0) * (S / (S - 1))
                 running_var.copy_(momentum * batch + keep * running_var.to(torch.float64))
-    return out if out.dtype == input.dtype else out.to(input.dtype)
+    return out

@@ -280,6 +280,16 @@ class _DropInInstanceNorm:
 
     num_threads: int | None
 
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = False, track_running_stats: bool = False, device: Any = None,
+                 dtype: Any = None, *, bias: bool = True,
+                 num_threads: int | None = None) -> None:
+        threads_arg(num_threads)
+        # the next class in the subclass's MRO: torch's InstanceNorm1d/2d/3d
+        super().__init__(num_features, eps, momentum, affine,  # type: ignore[call-arg]
+                         track_running_stats, device, dtype, bias=bias)
+        self.num_threads = num_threads
+
     def __prepare_scriptable__(self) -> Any:
         raise NotImplementedError(TORCHSCRIPT.format("torch.jit.script"))
 
@@ -292,15 +302,6 @@ class _DropInInstanceNorm:
 
     def extra_repr(self) -> str:
         return _extra(super().extra_repr(), self.num_threads)  # type: ignore[misc]
-
-
-def _instance_init(self: Any, cls: Any, num_features: int, eps: float, momentum: float | None,
-                   affine: bool, track_running_stats: bool, device: Any, dtype: Any,
-                   bias: bool, num_threads: int | None) -> None:
-    threads_arg(num_threads)
-    super(cls, self).__init__(num_features, eps, momentum, affine, track_running_stats,
-                              device, dtype, bias=bias)
-    self.num_threads = num_threads
 
 
 _INSTANCE_DOC = """Drop-in for ``torch.nn.{name}`` backed by cybatchnorm's compiled kernels.
@@ -331,31 +332,10 @@ _INSTANCE_DOC = """Drop-in for ``torch.nn.{name}`` backed by cybatchnorm's compi
 class InstanceNorm1d(_DropInInstanceNorm, torch.nn.InstanceNorm1d):
     __doc__ = _INSTANCE_DOC.format(name="InstanceNorm1d", shapes="(N, C, L)")
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
-                 affine: bool = False, track_running_stats: bool = False, device: Any = None,
-                 dtype: Any = None, *, bias: bool = True,
-                 num_threads: int | None = None) -> None:
-        _instance_init(self, InstanceNorm1d, num_features, eps, momentum, affine,
-                       track_running_stats, device, dtype, bias, num_threads)
-
 
 class InstanceNorm2d(_DropInInstanceNorm, torch.nn.InstanceNorm2d):
     __doc__ = _INSTANCE_DOC.format(name="InstanceNorm2d", shapes="(N, C, H, W)")
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
-                 affine: bool = False, track_running_stats: bool = False, device: Any = None,
-                 dtype: Any = None, *, bias: bool = True,
-                 num_threads: int | None = None) -> None:
-        _instance_init(self, InstanceNorm2d, num_features, eps, momentum, affine,
-                       track_running_stats, device, dtype, bias, num_threads)
-
 
 class InstanceNorm3d(_DropInInstanceNorm, torch.nn.InstanceNorm3d):
     __doc__ = _INSTANCE_DOC.format(name="InstanceNorm3d", shapes="(N, C, D, H, W)")
-
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
-                 affine: bool = False, track_running_stats: bool = False, device: Any = None,
-                 dtype: Any = None, *, bias: bool = True,
-                 num_threads: int | None = None) -> None:
-        _instance_init(self, InstanceNorm3d, num_features, eps, momentum, affine,
-                       track_running_stats, device, dtype, bias, num_threads)
