@@ -26,6 +26,14 @@ def _data(shape, pshape, dtype, rng, offset=0.0):
     return x, g, b, d
 
 
+def _simd_builds():
+    # the kernels' module of every SIMD level this machine runs
+    levels = [lv for lv in _engine.SIMD_BUILT if lv != "baseline"]
+    return [importlib.import_module("cybatchnorm._norms")] + [
+        importlib.import_module(f"cybatchnorm._norms_{lv}") for lv in levels
+        if _engine.LEVELS.index(lv) <= _engine.LEVELS.index(_engine.SIMD)]
+
+
 def _layer(x, g, b, d, nt=None, staged=False, kind="full"):
     out, cache = bn.layernorm_forward(x, g, b, num_threads=nt, cache=kind)
     backward = bn.layernorm_backward if staged else bn.layernorm_backward_fused
@@ -94,10 +102,7 @@ def test_bitwise_the_same_for_any_thread_count(rng, name, shape, pshape, ours, t
 
 
 def test_bitwise_the_same_for_every_simd_build(monkeypatch, rng):
-    levels = [lv for lv in _engine.SIMD_BUILT if lv != "baseline"]
-    mods = [importlib.import_module("cybatchnorm._norms")] + [
-        importlib.import_module(f"cybatchnorm._norms_{lv}") for lv in levels
-        if _engine.LEVELS.index(lv) <= _engine.LEVELS.index(_engine.SIMD)]
+    mods = _simd_builds()
     for name, shape, pshape, ours, _ in CASES:
         x, g, b, d = _data(shape, pshape, np.float32, rng)
         runs = []
@@ -321,10 +326,7 @@ def test_channels_last_kernels_are_bitwise_the_same_for_any_thread_count(rng, sh
 
 
 def test_channels_last_kernels_are_bitwise_the_same_for_every_simd_build(monkeypatch, rng):
-    levels = [lv for lv in _engine.SIMD_BUILT if lv != "baseline"]
-    mods = [importlib.import_module("cybatchnorm._norms")] + [
-        importlib.import_module(f"cybatchnorm._norms_{lv}") for lv in levels
-        if _engine.LEVELS.index(lv) <= _engine.LEVELS.index(_engine.SIMD)]
+    mods = _simd_builds()
     for shape, G in NHWC:
         x, g, b, d = _data(shape, (shape[1],), np.float32, rng)
         runs = []

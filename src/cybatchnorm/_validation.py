@@ -629,23 +629,13 @@ def groupnorm_args(x: Any, gamma: Any, beta: Any, num_groups: Any, eps: Any, num
     last = not (type(axis) is int and axis == 1) and channel_axis(axis, max(arr.ndim, 2)) == -1
     x3, shape, dt = full("x", arr)
     if last:
-        # (N, *spatial, C) as the channels-last kernels read it: (N, S, C)
+        # (N, *spatial, C), as the channels-last kernels read it: (N, S, C)
         N, C = shape[0], shape[-1]
         if x3.size == 0:
             raise ValueError(f"x: an axis has size 0 in shape {tuple(shape)}")
         S = x3.size // (N * C)
-        G = int_arg("num_groups", num_groups, 1, "a positive int")
-        if C % G:
-            raise ValueError(f"num_groups: expected a divisor of the {C} channels, got {G}")
-        gamma = feature("gamma", gamma, C, dt)
-        beta = feature("beta", beta, C, dt)
-        eps = check_eps(eps)
-        nt = check_num_threads(num_threads, x3.size)
-        xl: AnyArray = x3.reshape(N, S, C)
-        out2 = _norm_out(out, x, arr, xl, (gamma, beta), dt)
-        return NormArgs(xl, tuple(shape), dt, gamma, beta, (C,), G, S, eps, nt, out, out2,
-                        bool(np.may_share_memory(xl, arr)), -1)
-    N, C, S = x3.shape
+    else:
+        N, C, S = x3.shape
     G = int_arg("num_groups", num_groups, 1, "a positive int")
     if C % G:
         raise ValueError(f"num_groups: expected a divisor of the {C} channels, got {G}")
@@ -653,10 +643,11 @@ def groupnorm_args(x: Any, gamma: Any, beta: Any, num_groups: Any, eps: Any, num
     beta = feature("beta", beta, C, dt)
     eps = check_eps(eps)
     nt = check_num_threads(num_threads, x3.size)
-    x2 = x3.reshape(N * G, (C // G) * S)
-    out2 = _norm_out(out, x, arr, x2, (gamma, beta), dt)
-    return NormArgs(x2, tuple(shape), dt, gamma, beta, (C,), G, S, eps, nt, out, out2,
-                    bool(np.may_share_memory(x2, arr)))
+    # what the kernels read: (N, S, C) samples, or (N * G, C / G * S) rows
+    xk: AnyArray = x3.reshape(N, S, C) if last else x3.reshape(N * G, (C // G) * S)
+    out2 = _norm_out(out, x, arr, xk, (gamma, beta), dt)
+    return NormArgs(xk, tuple(shape), dt, gamma, beta, (C,), G, S, eps, nt, out, out2,
+                    bool(np.may_share_memory(xk, arr)), -1 if last else 1)
 
 
 def norm_backward_args(kind: str, dout: Any, cache: Any, num_threads: Any,

@@ -48,8 +48,15 @@ from ..norms import (
     layernorm_backward_fused,
     layernorm_forward,
 )
-from .report import case_name, format_sweeps, format_table, format_targets, printer
-from .timing import interleaved, peak_bytes, ratio_spread, samples, spread
+from .report import (
+    case_name,
+    format_sweeps,
+    format_table,
+    format_targets,
+    printer,
+    targets_met,
+)
+from .timing import interleaved, peak_bytes, ratio_record, ratio_spread, samples, spread
 
 __all__ = ["CASES", "DROPIN_CASES", "EPS", "Interrupted", "NORM_CASES", "bench_case",
            "check_output_path", "dropin_case", "dropin_table", "environment", "norm_accuracy",
@@ -273,24 +280,17 @@ def dropin_table(torch: Any, repeats: int, file: Any) -> list[dict[str, Any]]:
         shape = parse_case(case)
         itemsize = np.dtype(dtype).itemsize
         target = dropin_target(shape, itemsize)
-        full = dropin_case(torch, shape, fmt, dtype, repeats, None)
-        one = dropin_case(torch, shape, fmt, dtype, repeats, 1)
-        ratio, lo, hi = ratio_spread(full["ours"], full["torch"])
-        ratio1, lo1, hi1 = ratio_spread(one["ours"], one["torch"])
-        rows.append({"shape": shape, "format": fmt or "contiguous", "dtype": dtype,
-                     "target": target, "threads": nt,
-                     "ours": statistics.median(full["ours"]),
-                     "torch": statistics.median(full["torch"]), "ratio": ratio,
-                     "ratio_min": lo, "ratio_max": hi, "ratio_1thread": ratio1,
-                     "ratio_1thread_min": lo1, "ratio_1thread_max": hi1,
-                     "samples": full, "samples_1thread": one})
+        r = ratio_record(dropin_case(torch, shape, fmt, dtype, repeats, None),
+                         dropin_case(torch, shape, fmt, dtype, repeats, 1),
+                         shape=shape, format=fmt or "contiguous", dtype=dtype, target=target,
+                         threads=nt)
+        rows.append(r)
         w(f"  {case:>11} {'NHWC' if fmt else 'NCHW':>6} {dtype:>7}"
-          f" {rows[-1]['ours'] * 1e3:9.3f} {rows[-1]['torch'] * 1e3:9.3f} {ratio:5.2f}"
-          f" [{lo:4.2f}-{hi:4.2f}] {ratio1:5.2f} [{lo1:4.2f}-{hi1:4.2f}] {target:5.2f}x"
-          f" {'met' if ratio <= target else 'NOT met'}")
-    met = sum(r["ratio"] <= r["target"] for r in rows)
-    w(f"  drop-in targets met: {met} of {len(rows)} (all threads); with one thread: "
-      f"{sum(r['ratio_1thread'] <= r['target'] for r in rows)} of {len(rows)}")
+          f" {r['ours'] * 1e3:9.3f} {r['torch'] * 1e3:9.3f} {r['ratio']:5.2f}"
+          f" [{r['ratio_min']:4.2f}-{r['ratio_max']:4.2f}] {r['ratio_1thread']:5.2f}"
+          f" [{r['ratio_1thread_min']:4.2f}-{r['ratio_1thread_max']:4.2f}] {target:5.2f}x"
+          f" {'met' if r['ratio'] <= target else 'NOT met'}")
+    w(targets_met("drop-in", rows))
     return rows
 
 
@@ -423,25 +423,18 @@ def norm_table(torch: Any, repeats: int, file: Any) -> list[dict[str, Any]]:
       f" {'[min-max]':>11} {'1 thr':>5}  {'dx err 1e3':>17}  {'dx err 1e6':>17}")
     rows = []
     for label, shape, groups in NORM_CASES:
-        full = norm_case(torch, shape, groups, np.float32, repeats, None)
-        one = norm_case(torch, shape, groups, np.float32, repeats, 1)
-        ratio, lo, hi = ratio_spread(full["ours"], full["torch"])
-        ratio1 = ratio_spread(one["ours"], one["torch"])[0]
         acc = {off: norm_accuracy(torch, shape, groups, off) for off in (1e3, 1e6)}
-        rows.append({"kind": label, "shape": list(shape), "groups": groups, "threads": nt,
-                     "target": NORM_TARGET, "ours": statistics.median(full["ours"]),
-                     "torch": statistics.median(full["torch"]), "ratio": ratio,
-                     "ratio_min": lo, "ratio_max": hi, "ratio_1thread": ratio1,
-                     "errors": {str(k): v for k, v in acc.items()},
-                     "samples": full, "samples_1thread": one})
+        r = ratio_record(norm_case(torch, shape, groups, np.float32, repeats, None),
+                         norm_case(torch, shape, groups, np.float32, repeats, 1),
+                         kind=label, shape=list(shape), groups=groups, threads=nt,
+                         target=NORM_TARGET, errors={str(k): v for k, v in acc.items()})
+        rows.append(r)
         errs = "  ".join(f"{acc[o]['dx']:.1e}/{acc[o]['torch_dx']:.1e}" for o in (1e3, 1e6))
         w(f"  {label:>9} {'x'.join(map(str, shape)):>14} {groups or '-':>3}"
-          f" {rows[-1]['ours'] * 1e3:8.3f} {rows[-1]['torch'] * 1e3:8.3f} {ratio:5.2f}"
-          f" [{lo:4.2f}-{hi:4.2f}] {ratio1:5.2f}  {errs}"
-          f" {'met' if ratio <= NORM_TARGET else 'NOT met'}")
-    met = sum(r["ratio"] <= r["target"] for r in rows)
-    w(f"  norm targets met: {met} of {len(rows)} (all threads); with one thread: "
-      f"{sum(r['ratio_1thread'] <= r['target'] for r in rows)} of {len(rows)}")
+          f" {r['ours'] * 1e3:8.3f} {r['torch'] * 1e3:8.3f} {r['ratio']:5.2f}"
+          f" [{r['ratio_min']:4.2f}-{r['ratio_max']:4.2f}] {r['ratio_1thread']:5.2f}  {errs}"
+          f" {'met' if r['ratio'] <= NORM_TARGET else 'NOT met'}")
+    w(targets_met("norm", rows))
     return rows
 
 
@@ -461,25 +454,18 @@ def norm_dropin_table(torch: Any, repeats: int, file: Any) -> list[dict[str, Any
     rows = []
     for label, shape, groups in NORM_CASES:
         for fmt in (None, "channels_last") if len(shape) == 4 else (None,):
-            full = norm_dropin_case(torch, label, shape, groups, fmt, repeats, None)
-            one = norm_dropin_case(torch, label, shape, groups, fmt, repeats, 1)
-            ratio, lo, hi = ratio_spread(full["ours"], full["torch"])
-            ratio1, lo1, hi1 = ratio_spread(one["ours"], one["torch"])
-            rows.append({"kind": label, "shape": list(shape), "groups": groups,
-                         "format": fmt or "contiguous", "threads": nt,
-                         "target": NORM_DROPIN_TARGET, "ours": statistics.median(full["ours"]),
-                         "torch": statistics.median(full["torch"]), "ratio": ratio,
-                         "ratio_min": lo, "ratio_max": hi, "ratio_1thread": ratio1,
-                         "ratio_1thread_min": lo1, "ratio_1thread_max": hi1,
-                         "samples": full, "samples_1thread": one})
+            r = ratio_record(norm_dropin_case(torch, label, shape, groups, fmt, repeats, None),
+                             norm_dropin_case(torch, label, shape, groups, fmt, repeats, 1),
+                             kind=label, shape=list(shape), groups=groups,
+                             format=fmt or "contiguous", threads=nt, target=NORM_DROPIN_TARGET)
+            rows.append(r)
             w(f"  {label:>9} {'x'.join(map(str, shape)):>14} {groups or '-':>3}"
-              f" {'NHWC' if fmt else 'NCHW':>6} {rows[-1]['ours'] * 1e3:8.3f}"
-              f" {rows[-1]['torch'] * 1e3:8.3f} {ratio:5.2f} [{lo:4.2f}-{hi:4.2f}]"
-              f" {ratio1:5.2f} [{lo1:4.2f}-{hi1:4.2f}]"
-              f" {'met' if ratio <= NORM_DROPIN_TARGET else 'NOT met'}")
-    met = sum(r["ratio"] <= r["target"] for r in rows)
-    w(f"  norm drop-in targets met: {met} of {len(rows)} (all threads); with one thread: "
-      f"{sum(r['ratio_1thread'] <= r['target'] for r in rows)} of {len(rows)}")
+              f" {'NHWC' if fmt else 'NCHW':>6} {r['ours'] * 1e3:8.3f} {r['torch'] * 1e3:8.3f}"
+              f" {r['ratio']:5.2f} [{r['ratio_min']:4.2f}-{r['ratio_max']:4.2f}]"
+              f" {r['ratio_1thread']:5.2f}"
+              f" [{r['ratio_1thread_min']:4.2f}-{r['ratio_1thread_max']:4.2f}]"
+              f" {'met' if r['ratio'] <= NORM_DROPIN_TARGET else 'NOT met'}")
+    w(targets_met("norm drop-in", rows))
     return rows
 
 

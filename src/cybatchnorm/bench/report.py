@@ -12,7 +12,7 @@ import textwrap
 from typing import Any
 
 __all__ = ["RESIDENT", "SWEEP_COLUMNS", "TARGETS", "WIDTH", "case_name", "format_sweeps",
-           "format_table", "format_targets", "printer", "target_rows"]
+           "format_table", "format_targets", "printer", "target_rows", "targets_met"]
 
 
 def case_name(r: Any) -> str:
@@ -150,3 +150,12 @@ def printer(file: Any) -> Callable[..., None]:
                                      break_on_hyphens=False)
             print(line, file=file, flush=True)
     return w
+
+
+def targets_met(what: str, rows: list[dict[str, Any]]) -> str:
+    """The summary line of a table of :func:`timing.ratio_record` rows: how
+    many meet their "target", every core and one thread."""
+    n = len(rows)
+    return (f"  {what} targets met: {sum(r['ratio'] <= r['target'] for r in rows)} of {n} (all "
+            f"threads); with one thread: {sum(r['ratio_1thread'] <= r['target'] for r in rows)} "
+            f"of {n}")

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PAUSE", "interleaved", "pause", "peak_bytes", "ratio_spread", "round_robin",
-           "samples", "spread"]
+__all__ = ["PAUSE", "interleaved", "pause", "peak_bytes", "ratio_record", "ratio_spread",
+           "round_robin", "samples", "spread"]
 
 
 # Pause between two timed calls: longer than an OpenMP runtime's spin-wait
@@ -90,6 +90,21 @@ def ratio_spread(ours: list[float], theirs: list[float]) -> tuple[float, float, 
     of the per-round ratios."""
     per_round = [a / b for a, b in zip(ours, theirs)]
     return statistics.median(ours) / statistics.median(theirs), min(per_round), max(per_round)
+
+
+def ratio_record(full: dict[str, list[float]], one: dict[str, list[float]],
+                 **fields: Any) -> dict[str, Any]:
+    """One row of a table of ours against torch: ``fields``, then the medians
+    of ``full`` (every core, wall time), the ratio and its per-round
+    [min, max], the same ratio of ``one`` (one thread, thread CPU time) and
+    both sets of samples; ``full`` and ``one`` map "ours" and "torch" to
+    seconds per round."""
+    ratio, lo, hi = ratio_spread(full["ours"], full["torch"])
+    ratio1, lo1, hi1 = ratio_spread(one["ours"], one["torch"])
+    return {**fields, "ours": statistics.median(full["ours"]),
+            "torch": statistics.median(full["torch"]), "ratio": ratio, "ratio_min": lo,
+            "ratio_max": hi, "ratio_1thread": ratio1, "ratio_1thread_min": lo1,
+            "ratio_1thread_max": hi1, "samples": full, "samples_1thread": one}
 
 
 def peak_bytes(fn: Any) -> int:
