@@ -425,6 +425,25 @@ def test_minimal_cache_float32_path_stays_within_its_bound(rng, name, shape, psh
         assert err <= 2e-6, (label, err)
 
 
+@pytest.mark.parametrize("shape", [(1050, 4003), (4, 2 ** 20 + 5)])
+def test_rows_written_past_the_caches_have_the_same_bits(rng, shape):
+    # outputs over 16 MiB are streamed (non-temporal stores, the next row
+    # prefetched, the cache's x copied past the caches): row for row the bits
+    # of a small call's (an odd M: rows start unaligned; a row longer than
+    # the whole small call)
+    x, g, b, d = _data(shape, (shape[1],), np.float32, rng)
+    assert x.nbytes > 16 << 20
+    out, cache = bn.layernorm_forward(x, g, b, cache="minimal")
+    dx, dg, db = bn.layernorm_backward_fused(d, cache)
+    out1, cache1 = bn.layernorm_forward(x[:2], g, b, cache="minimal")
+    dx1 = bn.layernorm_backward_fused(d[:2], cache1)[0]
+    assert out[:2].tobytes() == out1.tobytes() and dx[:2].tobytes() == dx1.tobytes()
+    assert cache.x.tobytes() == x.tobytes()
+    dg_ref = (d.astype(np.float64) * (x - cache.mu64[:, None]) * cache.ivar64[:, None]).sum(0)
+    np.testing.assert_allclose(dg, dg_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(db, d.astype(np.float64).sum(0), rtol=1e-5, atol=1e-5)
+
+
 def test_minimal_cache_falls_back_to_float64_where_float32_cannot_hold_the_factors(rng):
     # std 1e-20 and gamma 1e30: gamma * ivar = 1e50 overflows float32,
     # though every output (about 1e30) is a float32 number

@@ -117,6 +117,9 @@ cdef extern from *:
     #define CYBN_MULD _mm512_mul_pd
     #define CYBN_ADDD _mm512_add_pd
     #define CYBN_STREAMD _mm512_stream_pd
+    #define CYBN_ZEROD _mm512_setzero_pd
+    #define CYBN_STORED _mm512_storeu_pd
+    #define CYBN_LOADF2D(p) _mm512_cvtps_pd(_mm256_loadu_ps(p))
     #elif defined(__AVX__)
     #include <immintrin.h>
     #define CYBN_VBYTES 32
@@ -136,6 +139,9 @@ cdef extern from *:
     #define CYBN_MULD _mm256_mul_pd
     #define CYBN_ADDD _mm256_add_pd
     #define CYBN_STREAMD _mm256_stream_pd
+    #define CYBN_ZEROD _mm256_setzero_pd
+    #define CYBN_STORED _mm256_storeu_pd
+    #define CYBN_LOADF2D(p) _mm256_cvtps_pd(_mm_loadu_ps(p))
     #elif defined(__SSE2__)
     #include <emmintrin.h>
     #define CYBN_VBYTES 16
@@ -155,6 +161,9 @@ cdef extern from *:
     #define CYBN_MULD _mm_mul_pd
     #define CYBN_ADDD _mm_add_pd
     #define CYBN_STREAMD _mm_stream_pd
+    #define CYBN_ZEROD _mm_setzero_pd
+    #define CYBN_STORED _mm_storeu_pd
+    #define CYBN_LOADF2D(p) _mm_cvtps_pd(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(p))))
     #else
     #define CYBN_VBYTES 16          /* no vectors: every value takes the scalar loops */
     #endif
@@ -270,6 +279,130 @@ cdef extern from *:
             dx[k] = A[j] * g[k] + E[j] * ((x[k] - m[j]) * iv[j]) + B[j];
         }
     }
+    /* Ask for the next row while this one is computed from cache: its
+       first pass (the sums) then reads L2, not memory, where the hardware
+       prefetcher alone leaves the later passes' time unused. */
+    static inline void cybn_prefetch(const void *p, size_t n) {
+    #if defined(__SSE2__)
+        const char *c = (const char *)p;
+        size_t i;
+        for (i = 0; i < n; i += 64)
+            _mm_prefetch(c + i, _MM_HINT_T1);
+    #else
+        (void)p; (void)n;
+    #endif
+    }
+    /* Layer norm's float32 rows (a gamma per value, the row's scalars
+       broadcast), streamed: out = (x - h) * (gamma * iv) + (beta - dm *
+       (gamma * iv)) and dx = ((gamma * iv) * d + F * (x - h)) + G, the
+       operations and order of _norms.pyx's scalar loops. */
+    static inline void cybn_ln_out_nt(float *out, const float *x, const float *gamma,
+                                      const float *beta, float iv, float h, float dm,
+                                      ptrdiff_t n) {
+        ptrdiff_t k = 0, k0 = cybn_head(out, sizeof(float), n);
+        float a;
+        for (; k < k0; k++) {
+            a = gamma[k] * iv;
+            out[k] = (x[k] - h) * a + (beta[k] - dm * a);
+        }
+    #ifdef CYBN_W
+        {
+            cybn_vf ivv = CYBN_SET1(iv), hv = CYBN_SET1(h), dmv = CYBN_SET1(dm), av;
+            for (; k + CYBN_W <= n; k += CYBN_W) {
+                av = CYBN_MUL(CYBN_LOAD(gamma + k), ivv);
+                CYBN_STREAM(out + k, CYBN_ADD(CYBN_MUL(CYBN_SUB(CYBN_LOAD(x + k), hv), av),
+                                              CYBN_SUB(CYBN_LOAD(beta + k), CYBN_MUL(dmv, av))));
+            }
+        }
+    #endif
+        for (; k < n; k++) {
+            a = gamma[k] * iv;
+            out[k] = (x[k] - h) * a + (beta[k] - dm * a);
+        }
+    }
+    static inline void cybn_ln_dx_nt(float *dx, const float *d, const float *x,
+                                     const float *gamma, float iv, float F, float h, float G,
+                                     ptrdiff_t n) {
+        ptrdiff_t k = 0, k0 = cybn_head(dx, sizeof(float), n);
+        for (; k < k0; k++)
+            dx[k] = (gamma[k] * iv) * d[k] + F * (x[k] - h) + G;
+    #ifdef CYBN_W
+        {
+            cybn_vf ivv = CYBN_SET1(iv), Fv = CYBN_SET1(F), hv = CYBN_SET1(h), Gv = CYBN_SET1(G);
+            for (; k + CYBN_W <= n; k += CYBN_W)
+                CYBN_STREAM(dx + k, CYBN_ADD(CYBN_ADD(CYBN_MUL(CYBN_MUL(CYBN_LOAD(gamma + k), ivv),
+                                                               CYBN_LOAD(d + k)),
+                                                      CYBN_MUL(Fv, CYBN_SUB(CYBN_LOAD(x + k), hv))),
+                                             Gv));
+        }
+    #endif
+        for (; k < n; k++)
+            dx[k] = (gamma[k] * iv) * d[k] + F * (x[k] - h) + G;
+    }
+    /* Layer norm's two row sums in one read of the row: s1 = sum(d * g) and
+       s2 = sum((d * g) * (x - m)) in float64, with run_reduce's lanes (lane j
+       takes values j, j + 16, ...; the values after the last full group go
+       to lane 0 in order; lanes_total's tree combines them) and its terms,
+       so the bits are those of run_dot and run_weighted_centred on every
+       width. Written out because gcc scalarizes the two-accumulator lane
+       loop (measured). */
+    #define CYBN_LANES 16
+    static inline double cybn_lanes_total(double *a) {
+        int w, j;
+        for (w = CYBN_LANES / 2; w >= 1; w /= 2)
+            for (j = 0; j < w; j++)
+                a[j] = a[j] + a[j + w];
+        return a[0];
+    }
+    #ifdef CYBN_WD
+    #define CYBN_NV (CYBN_LANES / CYBN_WD)
+    #define CYBN_ROW_DOTS_LANES(LOADV)                                            \
+        cybn_vd v1[CYBN_NV], v2[CYBN_NV], mv = CYBN_SET1D(m), t;                 \
+        for (j = 0; j < CYBN_NV; j++)                                            \
+            v1[j] = v2[j] = CYBN_ZEROD();                                        \
+        for (; k + CYBN_LANES <= n; k += CYBN_LANES)                             \
+            for (j = 0; j < CYBN_NV; j++) {                                      \
+                t = CYBN_MULD(LOADV(d + k + j * CYBN_WD), LOADV(g + k + j * CYBN_WD)); \
+                v1[j] = CYBN_ADDD(v1[j], t);                                     \
+                v2[j] = CYBN_ADDD(v2[j], CYBN_MULD(t, CYBN_SUBD(LOADV(x + k + j * CYBN_WD), mv))); \
+            }                                                                    \
+        for (j = 0; j < CYBN_NV; j++) {                                          \
+            CYBN_STORED(a1 + j * CYBN_WD, v1[j]);                                \
+            CYBN_STORED(a2 + j * CYBN_WD, v2[j]);                                \
+        }
+    #else
+    #define CYBN_ROW_DOTS_LANES(LOADV)                                            \
+        for (j = 0; j < CYBN_LANES; j++)                                         \
+            a1[j] = a2[j] = 0.0;                                                 \
+        for (; k + CYBN_LANES <= n; k += CYBN_LANES)                             \
+            for (j = 0; j < CYBN_LANES; j++) {                                   \
+                double t = (double)d[k + j] * g[k + j];                          \
+                a1[j] += t;                                                      \
+                a2[j] += t * (x[k + j] - m);                                     \
+            }
+    #endif
+    #define CYBN_ROW_DOTS(NAME, T, LOADV)                                         \
+    static inline void NAME(const T *d, const T *g, const T *x, double m,        \
+                            ptrdiff_t n, double *s1, double *s2) {               \
+        double a1[CYBN_LANES], a2[CYBN_LANES], t0;                               \
+        ptrdiff_t k = 0;                                                         \
+        int j;                                                                   \
+        CYBN_ROW_DOTS_LANES(LOADV)                                               \
+        for (; k < n; k++) {                                                     \
+            t0 = (double)d[k] * g[k];                                            \
+            a1[0] += t0;                                                         \
+            a2[0] += t0 * (x[k] - m);                                            \
+        }                                                                        \
+        *s1 = cybn_lanes_total(a1);                                              \
+        *s2 = cybn_lanes_total(a2);                                              \
+    }
+    #ifdef CYBN_WD
+    CYBN_ROW_DOTS(cybn_row_dots_f32, float, CYBN_LOADF2D)
+    CYBN_ROW_DOTS(cybn_row_dots_f64, double, CYBN_LOADD)
+    #else
+    CYBN_ROW_DOTS(cybn_row_dots_f32, float, _)
+    CYBN_ROW_DOTS(cybn_row_dots_f64, double, _)
+    #endif
     """
     void affine_nt "cybn_affine_nt"(float* out, const float* x, const float* a, const float* h,
                                     const float* b, int row, Py_ssize_t n) noexcept nogil
@@ -283,6 +416,18 @@ cdef extern from *:
                                     const double* A, const double* E, const double* m,
                                     const double* iv, const double* B, int row,
                                     Py_ssize_t n) noexcept nogil
+    void prefetch "cybn_prefetch"(const void* p, size_t n) noexcept nogil
+    void ln_out_nt "cybn_ln_out_nt"(float* out, const float* x, const float* gamma,
+                                    const float* beta, float iv, float h, float dm,
+                                    Py_ssize_t n) noexcept nogil
+    void ln_dx_nt "cybn_ln_dx_nt"(float* dx, const float* d, const float* x, const float* gamma,
+                                  float iv, float F, float h, float G, Py_ssize_t n) noexcept nogil
+    void row_dots_f32 "cybn_row_dots_f32"(const float* d, const float* g, const float* x,
+                                          double m, Py_ssize_t n, double* s1,
+                                          double* s2) noexcept nogil
+    void row_dots_f64 "cybn_row_dots_f64"(const double* d, const double* g, const double* x,
+                                          double m, Py_ssize_t n, double* s1,
+                                          double* s2) noexcept nogil
 
 
 cdef inline void copy_row(void* dst, const void* src, size_t n, bint stream) noexcept nogil:

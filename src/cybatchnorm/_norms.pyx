@@ -18,10 +18,10 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.float cimport FLT_MAX, FLT_MIN
 from libc.math cimport fabs, sqrt
-from libc.string cimport memcpy
 
-from cybatchnorm._common cimport (run_sum, run_dot, run_dot_centred, run_weighted_centred,
-                                  run_sqdev, rstart, f64_out)
+from cybatchnorm._common cimport (run_sum, run_dot_centred, run_sqdev, rstart, f64_out,
+                                  row_dots_f32, row_dots_f64, ln_out_nt, ln_dx_nt,
+                                  store_fence, prefetch, copy_row, STREAM_BYTES)
 cimport cybatchnorm._openmp
 from cybatchnorm._openmp cimport CYBN_SIMD, CYBN_BUILD_CFLAGS
 
@@ -72,7 +72,8 @@ cdef inline bint _f32_row(double iv, const double* grange) noexcept nogil:
 cdef inline void _forward_row(const floating* x, Py_ssize_t Cg, Py_ssize_t S,
                               const floating* gamma, const floating* beta, double eps,
                               floating* out, double* mean, double* var,
-                              double* ivar, floating* xc, const double* grange) noexcept nogil:
+                              double* ivar, floating* xc, const double* grange,
+                              bint stream) noexcept nogil:
     # IN: one row of M = Cg * S values, gamma/beta from the row's first
     # parameter; grange NULL, or (float32 data) the nonzero |gamma| range.
     # OUT: the row's mean and 1/sqrt(var + eps) (two passes: the sum, then
@@ -87,6 +88,8 @@ cdef inline void _forward_row(const floating* x, Py_ssize_t Cg, Py_ssize_t S,
     cdef double m, v, iv, w, b
     cdef float mh, dm, fiv, fa, fb
     m = run_sum(x, M) / M
+    if stream:
+        prefetch(x + M, M * sizeof(floating))
     v = run_sqdev(x, m, M) / M
     iv = 1.0 / sqrt(v + eps)
     mean[0] = m
@@ -94,14 +97,17 @@ cdef inline void _forward_row(const floating* x, Py_ssize_t Cg, Py_ssize_t S,
     ivar[0] = iv
     if xc != NULL:
         # the caller's copy of x, from the row in cache (a separate copy
-        # reads x from memory again)
-        memcpy(xc, x, M * sizeof(floating))
+        # reads x from memory again); past the caches when the outputs are
+        copy_row(xc, x, M * sizeof(floating), stream)
     if floating is float:
         if grange != NULL and _f32_row(iv, grange):
             mh = <float>m
             dm = <float>(m - mh)
             fiv = <float>iv
             if S == 1:
+                if stream:
+                    ln_out_nt(out, x, gamma, beta, fiv, mh, dm, M)
+                    return
                 for j in range(M):
                     fa = gamma[j] * fiv
                     out[j] = (x[j] - mh) * fa + (beta[j] - dm * fa)
@@ -141,6 +147,7 @@ def forward(const floating[:, ::1] x, const floating[::1] gamma, const floating[
     """
     cdef Py_ssize_t R = x.shape[0], M = x.shape[1], Cg, r, g
     cdef floating* xc = NULL
+    cdef bint stream = R * M * sizeof(floating) > STREAM_BYTES
     cdef double grange[2]
     cdef double* gr = NULL
     if R == 0 or M == 0:
@@ -156,7 +163,10 @@ def forward(const floating[:, ::1] x, const floating[::1] gamma, const floating[
     for r in prange(R, schedule='static', num_threads=n_threads, nogil=True):
         g = r % G
         _forward_row(&x[r, 0], Cg, S, &gamma[g * Cg], &beta[g * Cg], eps, &out[r, 0],
-                     &mean[r], &var[r], &ivar[r], NULL if xc == NULL else xc + r * M, gr)
+                     &mean[r], &var[r], &ivar[r], NULL if xc == NULL else xc + r * M, gr,
+                     stream)
+    if stream:
+        store_fence()
 
 
 # ---------------------------------------------------------------- backward
@@ -169,7 +179,7 @@ cdef inline bint _f32_scalar(double v) noexcept nogil:
 cdef inline void _backward_row(const floating* d, const floating* x, double m, double iv,
                                Py_ssize_t Cg, Py_ssize_t S, const floating* gamma,
                                floating* dx, double* pdg, double* pdb,
-                               const double* grange) noexcept nogil:
+                               const double* grange, bint stream) noexcept nogil:
     # IN: one row of dout and x, its mean and ivar, gamma from the row's first
     # parameter; grange NULL, or (float32 data) the nonzero |gamma| range.
     # OUT: the row's dx (the closed form, with dxhat = dout * gamma:
@@ -183,8 +193,15 @@ cdef inline void _backward_row(const floating* d, const floating* x, double m, d
     cdef double s1 = 0.0, s2 = 0.0, a, b, w, sd, sdx, F, G
     cdef float mh, fiv, fF, fG, fA
     if S == 1:
-        s1 = run_dot(d, gamma, M)
-        s2 = run_weighted_centred(d, gamma, x, m, M)
+        # both sums in one read of the row (the bits of run_dot and
+        # run_weighted_centred)
+        if floating is float:
+            row_dots_f32(d, gamma, x, m, M, &s1, &s2)
+        else:
+            row_dots_f64(d, gamma, x, m, M, &s1, &s2)
+        if stream:
+            prefetch(d + M, M * sizeof(floating))
+            prefetch(x + M, M * sizeof(floating))
     else:
         # each channel's sum(dout) and sum(dout * (x - mean)) once: the row's
         # sums weight them by gamma, the parameters' partials take them as
@@ -208,6 +225,9 @@ cdef inline void _backward_row(const floating* d, const floating* x, double m, d
                 fF = <float>F
                 fG = <float>G
                 if S == 1:
+                    if stream:
+                        ln_dx_nt(dx, d, x, gamma, fiv, fF, mh, fG, M)
+                        return
                     for j in range(M):
                         dx[j] = (gamma[j] * fiv) * d[j] + fF * (x[j] - mh) + fG
                     return
@@ -277,6 +297,7 @@ def backward(const floating[:, ::1] dout, const floating[:, ::1] x, const double
     """
     cdef Py_ssize_t R = x.shape[0], M = x.shape[1], K = pdg.shape[0], P = pdg.shape[1]
     cdef Py_ssize_t Cg, k, r, g, p
+    cdef bint stream = R * M * sizeof(floating) > STREAM_BYTES
     cdef double grange[2]
     cdef double* gr = NULL
     pdg[:, :] = 0.0
@@ -293,7 +314,7 @@ def backward(const floating[:, ::1] dout, const floating[:, ::1] x, const double
         for r in range(rstart(k, K, R), rstart(k + 1, K, R)):
             g = r % G
             _backward_row(&dout[r, 0], &x[r, 0], mean[r], ivar[r], Cg, S, &gamma[g * Cg],
-                          &dx[r, 0], &pdg[k, g * Cg], &pdb[k, g * Cg], gr)
+                          &dx[r, 0], &pdg[k, g * Cg], &pdb[k, g * Cg], gr, stream)
             if S != 1:
                 continue        # _backward_row added the row's per-channel shares
             if G == 1 and (r - rstart(k, K, R)) % 4 == 3:
@@ -309,6 +330,8 @@ def backward(const floating[:, ::1] dout, const floating[:, ::1] x, const double
                 for p in range(r - (r - rstart(k, K, R)) % 4, r + 1):
                     _param_rows(&dout[p, 0], &x[p, 0], mean[p], ivar[p], NULL, NULL, 0.0,
                                 0.0, M, &pdg[k, 0], &pdb[k, 0])
+    if stream:
+        store_fence()
     for p in range(P):
         dgamma[p] = pdg[0, p]
         dbeta[p] = pdb[0, p]

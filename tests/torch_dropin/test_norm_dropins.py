@@ -297,3 +297,33 @@ def test_channels_last_group_norm_is_read_in_place(monkeypatch, fmt):
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(x.grad, ref_x.grad, rtol=1e-11, atol=1e-11)
     torch.testing.assert_close(w.grad, ref_w.grad, rtol=1e-11, atol=1e-11)
+
+
+# ------------------------------------------------------------ pooled outputs
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda: cbt.LayerNorm(512), (1024, 512)),                  # 2 MiB of float32
+    (lambda: cbt.GroupNorm(4, 16), (32, 16, 32, 32)),
+    (lambda: cbt.GroupNorm(4, 16), "channels_last"),
+], ids=["layer", "group", "group channels_last"])
+def test_large_outputs_come_from_the_pool_and_are_never_overwritten(pool, make, shape):
+    from cybatchnorm.torch import _outputs
+    m = make()
+    fmt = torch.channels_last if shape == "channels_last" else torch.contiguous_format
+    shape = (32, 16, 32, 32) if shape == "channels_last" else shape
+
+    def x_(seed):
+        return _randn(*shape, seed=seed).to(memory_format=fmt).requires_grad_(True)
+    x1, dout = x_(1), _randn(*shape, seed=9).to(memory_format=fmt)
+    y1 = m(x1)
+    keep = y1.detach().clone()
+    y1.backward(dout)
+    grad = x1.grad.clone()
+    assert _outputs.info()["storages"] >= 2         # out and dx are the pool's
+    for seed in (2, 3):
+        x = x_(seed)
+        m(x).backward(dout)
+        assert not torch.equal(x.grad, grad)
+    assert torch.equal(y1, keep) and torch.equal(x1.grad, grad)   # still held: never lent
+    ptr = m(x1).data_ptr()
+    assert m(x1).data_ptr() == ptr       # nothing holds the first: its storage is lent again

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from .. import _engine
+from . import _outputs
 from ._checks import dispatcher_visible
 from ._layout import F64, kernel_threads
 
@@ -71,6 +72,18 @@ def _rows(x: Any, groups: int) -> int:
     return int(x.shape[0] * groups) if x.dim() == 3 else int(x.shape[0])
 
 
+def _empty(x: Tensor) -> Tensor:
+    # a contiguous output of x's shape and dtype: from the drop-in's pool
+    # when large (fresh memory faults on every page of every call)
+    shape = tuple(x.shape)
+    stride, n = [], 1
+    for size in reversed(shape):
+        stride.append(n)
+        n *= max(int(size), 1)
+    return _outputs.empty_strided(shape, tuple(reversed(stride)), x.dtype,
+                                  x.numel() * x.element_size())
+
+
 def _param(t: Optional[Tensor], P: int, dtype: torch.dtype, fill: float) -> Any:
     # a (P,) parameter as the kernels read it (a view when it is contiguous)
     if t is None:
@@ -88,7 +101,7 @@ def _forward_impl(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], g
     dtype, the others (R,) or (N * groups,) float64."""
     P = _check_op(x, weight, bias, groups, spatial)
     R = _rows(x, groups)
-    out = torch.empty(x.shape, dtype=x.dtype)
+    out = _empty(x)
     if x.numel() == 0:
         return out, torch.zeros(R, dtype=F64), torch.zeros(R, dtype=F64), \
             torch.zeros(R, dtype=F64)
@@ -155,7 +168,7 @@ def _backward_impl(dout: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tens
     not read here (the statistics are the forward's); the gradient of this
     operator recomputes them."""
     P = _check_op(x, weight, None, groups, spatial)
-    dx = torch.empty(x.shape, dtype=x.dtype)
+    dx = _empty(x)
     if x.numel() == 0:
         return dx, torch.zeros(P, dtype=F64), torch.zeros(P, dtype=F64)
     gt = dout.detach()
