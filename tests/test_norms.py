@@ -425,23 +425,33 @@ def test_minimal_cache_float32_path_stays_within_its_bound(rng, name, shape, psh
         assert err <= 2e-6, (label, err)
 
 
-@pytest.mark.parametrize("shape", [(1050, 4003), (4, 2 ** 20 + 5)])
-def test_rows_written_past_the_caches_have_the_same_bits(rng, shape):
+@pytest.mark.parametrize("shape, G", [((1050, 4003), None), ((4, 2 ** 20 + 5), None),
+                                      ((6, 8, 300, 301), 4), ((6, 8, 300, 301), 8)],
+                         ids=["layer", "layer long rows", "group", "instance"])
+def test_rows_written_past_the_caches_have_the_same_bits(rng, shape, G):
     # outputs over 16 MiB are streamed (non-temporal stores, the next row
-    # prefetched, the cache's x copied past the caches): row for row the bits
-    # of a small call's (an odd M: rows start unaligned; a row longer than
-    # the whole small call)
-    x, g, b, d = _data(shape, (shape[1],), np.float32, rng)
+    # prefetched, the cache's x copied past the caches): sample for sample
+    # the bits of a small call's (odd runs: rows start unaligned; a row
+    # longer than the whole small call)
+    pshape = (shape[1],) if G else (shape[-1],)
+    x, g, b, d = _data(shape, pshape, np.float32, rng)
     assert x.nbytes > 16 << 20
-    out, cache = bn.layernorm_forward(x, g, b, cache="minimal")
-    dx, dg, db = bn.layernorm_backward_fused(d, cache)
-    out1, cache1 = bn.layernorm_forward(x[:2], g, b, cache="minimal")
-    dx1 = bn.layernorm_backward_fused(d[:2], cache1)[0]
+
+    def run(x, d):
+        if G is None:
+            out, cache = bn.layernorm_forward(x, g, b, cache="minimal")
+            return (out, cache) + bn.layernorm_backward_fused(d, cache)
+        out, cache = bn.groupnorm_forward(x, g, b, G, cache="minimal")
+        return (out, cache) + bn.groupnorm_backward_fused(d, cache)
+    out, cache, dx, dg, db = run(x, d)
+    out1, _, dx1, _, _ = run(x[:2], d[:2])
     assert out[:2].tobytes() == out1.tobytes() and dx[:2].tobytes() == dx1.tobytes()
     assert cache.x.tobytes() == x.tobytes()
-    dg_ref = (d.astype(np.float64) * (x - cache.mu64[:, None]) * cache.ivar64[:, None]).sum(0)
-    np.testing.assert_allclose(dg, dg_ref, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(db, d.astype(np.float64).sum(0), rtol=1e-5, atol=1e-5)
+    _, ref_dx, ref_dg, ref_db = (ref.layernorm(x, g, b, d) if G is None
+                                 else ref.groupnorm(x, g, b, G, d))
+    np.testing.assert_allclose(dg, ref_dg, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(db, ref_db, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(dx, ref_dx, rtol=0, atol=2e-5 * np.abs(ref_dx).max())
 
 
 def test_minimal_cache_falls_back_to_float64_where_float32_cannot_hold_the_factors(rng):

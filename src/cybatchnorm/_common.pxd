@@ -339,13 +339,15 @@ cdef extern from *:
         for (; k < n; k++)
             dx[k] = (gamma[k] * iv) * d[k] + F * (x[k] - h) + G;
     }
-    /* Layer norm's two row sums in one read of the row: s1 = sum(d * g) and
-       s2 = sum((d * g) * (x - m)) in float64, with run_reduce's lanes (lane j
-       takes values j, j + 16, ...; the values after the last full group go
-       to lane 0 in order; lanes_total's tree combines them) and its terms,
-       so the bits are those of run_dot and run_weighted_centred on every
-       width. Written out because gcc scalarizes the two-accumulator lane
-       loop (measured). */
+    /* The backward's two sums over a row (or a channel's run) in one read:
+       s1 = sum(t) and s2 = sum(t * (x - m)) in float64, t = d * g (layer
+       norm's row: dxhat) or t = d (a channel's run of S values; g unused),
+       with run_reduce's lanes (lane j takes values j, j + 16, ...; the
+       values after the last full group go to lane 0 in order; lanes_total's
+       tree combines them) and its terms, so the bits are those of run_dot
+       and run_weighted_centred (run_sum and run_dot_centred) on every width.
+       Written out because gcc scalarizes the two-accumulator lane loop
+       (measured). */
     #define CYBN_LANES 16
     static inline double cybn_lanes_total(double *a) {
         int w, j;
@@ -354,15 +356,19 @@ cdef extern from *:
                 a[j] = a[j] + a[j + w];
         return a[0];
     }
+    #define CYBN_T_DG(LOADV, o) CYBN_MULD(LOADV(d + (o)), LOADV(g + (o)))
+    #define CYBN_T_D(LOADV, o) LOADV(d + (o))
+    #define CYBN_TS_DG(k) ((double)d[k] * g[k])
+    #define CYBN_TS_D(k) ((double)d[k])
     #ifdef CYBN_WD
     #define CYBN_NV (CYBN_LANES / CYBN_WD)
-    #define CYBN_ROW_DOTS_LANES(LOADV)                                            \
+    #define CYBN_DOTS2_LANES(LOADV, TV, TS)                                       \
         cybn_vd v1[CYBN_NV], v2[CYBN_NV], mv = CYBN_SET1D(m), t;                 \
         for (j = 0; j < CYBN_NV; j++)                                            \
             v1[j] = v2[j] = CYBN_ZEROD();                                        \
         for (; k + CYBN_LANES <= n; k += CYBN_LANES)                             \
             for (j = 0; j < CYBN_NV; j++) {                                      \
-                t = CYBN_MULD(LOADV(d + k + j * CYBN_WD), LOADV(g + k + j * CYBN_WD)); \
+                t = TV(LOADV, k + j * CYBN_WD);                                  \
                 v1[j] = CYBN_ADDD(v1[j], t);                                     \
                 v2[j] = CYBN_ADDD(v2[j], CYBN_MULD(t, CYBN_SUBD(LOADV(x + k + j * CYBN_WD), mv))); \
             }                                                                    \
@@ -371,38 +377,40 @@ cdef extern from *:
             CYBN_STORED(a2 + j * CYBN_WD, v2[j]);                                \
         }
     #else
-    #define CYBN_ROW_DOTS_LANES(LOADV)                                            \
+    #define CYBN_DOTS2_LANES(LOADV, TV, TS)                                       \
         for (j = 0; j < CYBN_LANES; j++)                                         \
             a1[j] = a2[j] = 0.0;                                                 \
         for (; k + CYBN_LANES <= n; k += CYBN_LANES)                             \
             for (j = 0; j < CYBN_LANES; j++) {                                   \
-                double t = (double)d[k + j] * g[k + j];                          \
-                a1[j] += t;                                                      \
-                a2[j] += t * (x[k + j] - m);                                     \
+                t0 = TS(k + j);                                                  \
+                a1[j] += t0;                                                     \
+                a2[j] += t0 * (x[k + j] - m);                                    \
             }
     #endif
-    #define CYBN_ROW_DOTS(NAME, T, LOADV)                                         \
+    #define CYBN_DOTS2(NAME, T, LOADV, TV, TS)                                    \
     static inline void NAME(const T *d, const T *g, const T *x, double m,        \
                             ptrdiff_t n, double *s1, double *s2) {               \
         double a1[CYBN_LANES], a2[CYBN_LANES], t0;                               \
         ptrdiff_t k = 0;                                                         \
         int j;                                                                   \
-        CYBN_ROW_DOTS_LANES(LOADV)                                               \
+        (void)g;                                                                 \
+        CYBN_DOTS2_LANES(LOADV, TV, TS)                                          \
         for (; k < n; k++) {                                                     \
-            t0 = (double)d[k] * g[k];                                            \
+            t0 = TS(k);                                                          \
             a1[0] += t0;                                                         \
             a2[0] += t0 * (x[k] - m);                                            \
         }                                                                        \
         *s1 = cybn_lanes_total(a1);                                              \
         *s2 = cybn_lanes_total(a2);                                              \
     }
-    #ifdef CYBN_WD
-    CYBN_ROW_DOTS(cybn_row_dots_f32, float, CYBN_LOADF2D)
-    CYBN_ROW_DOTS(cybn_row_dots_f64, double, CYBN_LOADD)
-    #else
-    CYBN_ROW_DOTS(cybn_row_dots_f32, float, _)
-    CYBN_ROW_DOTS(cybn_row_dots_f64, double, _)
+    #ifndef CYBN_WD
+    #define CYBN_LOADF2D _
+    #define CYBN_LOADD _
     #endif
+    CYBN_DOTS2(cybn_row_dots_f32, float, CYBN_LOADF2D, CYBN_T_DG, CYBN_TS_DG)
+    CYBN_DOTS2(cybn_row_dots_f64, double, CYBN_LOADD, CYBN_T_DG, CYBN_TS_DG)
+    CYBN_DOTS2(cybn_run_dots_f32, float, CYBN_LOADF2D, CYBN_T_D, CYBN_TS_D)
+    CYBN_DOTS2(cybn_run_dots_f64, double, CYBN_LOADD, CYBN_T_D, CYBN_TS_D)
     """
     void affine_nt "cybn_affine_nt"(float* out, const float* x, const float* a, const float* h,
                                     const float* b, int row, Py_ssize_t n) noexcept nogil
@@ -426,6 +434,12 @@ cdef extern from *:
                                           double m, Py_ssize_t n, double* s1,
                                           double* s2) noexcept nogil
     void row_dots_f64 "cybn_row_dots_f64"(const double* d, const double* g, const double* x,
+                                          double m, Py_ssize_t n, double* s1,
+                                          double* s2) noexcept nogil
+    void run_dots_f32 "cybn_run_dots_f32"(const float* d, const float* g, const float* x,
+                                          double m, Py_ssize_t n, double* s1,
+                                          double* s2) noexcept nogil
+    void run_dots_f64 "cybn_run_dots_f64"(const double* d, const double* g, const double* x,
                                           double m, Py_ssize_t n, double* s1,
                                           double* s2) noexcept nogil
 

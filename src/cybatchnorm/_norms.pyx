@@ -19,8 +19,9 @@ from cython.parallel cimport prange
 from libc.float cimport FLT_MAX, FLT_MIN
 from libc.math cimport fabs, sqrt
 
-from cybatchnorm._common cimport (run_sum, run_dot_centred, run_sqdev, rstart, f64_out,
-                                  row_dots_f32, row_dots_f64, ln_out_nt, ln_dx_nt,
+from cybatchnorm._common cimport (run_sum, run_sqdev, rstart, f64_out, row_dots_f32,
+                                  row_dots_f64, run_dots_f32, run_dots_f64, ln_out_nt,
+                                  ln_dx_nt, affine_nt, dx_nt,
                                   store_fence, prefetch, copy_row, STREAM_BYTES)
 cimport cybatchnorm._openmp
 from cybatchnorm._openmp cimport CYBN_SIMD, CYBN_BUILD_CFLAGS
@@ -115,6 +116,9 @@ cdef inline void _forward_row(const floating* x, Py_ssize_t Cg, Py_ssize_t S,
             for c in range(Cg):
                 fa = gamma[c] * fiv
                 fb = beta[c] - dm * fa
+                if stream:
+                    affine_nt(out + c * S, x + c * S, &fa, &mh, &fb, 0, S)
+                    continue
                 for s in range(c * S, (c + 1) * S):
                     out[s] = (x[s] - mh) * fa + fb
             return
@@ -199,20 +203,22 @@ cdef inline void _backward_row(const floating* d, const floating* x, double m, d
             row_dots_f32(d, gamma, x, m, M, &s1, &s2)
         else:
             row_dots_f64(d, gamma, x, m, M, &s1, &s2)
-        if stream:
-            prefetch(d + M, M * sizeof(floating))
-            prefetch(x + M, M * sizeof(floating))
     else:
-        # each channel's sum(dout) and sum(dout * (x - mean)) once: the row's
-        # sums weight them by gamma, the parameters' partials take them as
-        # they are (one read of the run fewer than summing again)
+        # each channel's sum(dout) and sum(dout * (x - mean)) in one read of
+        # its run (the bits of run_sum and run_dot_centred): the row's sums
+        # weight them by gamma, the parameters' partials take them as they are
         for c in range(Cg):
-            sd = run_sum(d + c * S, S)
-            sdx = run_dot_centred(d + c * S, x + c * S, m, S)
+            if floating is float:
+                run_dots_f32(d + c * S, NULL, x + c * S, m, S, &sd, &sdx)
+            else:
+                run_dots_f64(d + c * S, NULL, x + c * S, m, S, &sd, &sdx)
             s1 += gamma[c] * sd
             s2 += gamma[c] * sdx
             pdg[c] += iv * sdx
             pdb[c] += sd
+    if stream:
+        prefetch(d + M, M * sizeof(floating))
+        prefetch(x + M, M * sizeof(floating))
     a = s1 / M
     b = iv * iv * s2 / M          # mean(dxhat * xhat) / ivar, times ivar once per value below
     if floating is float:
@@ -233,6 +239,9 @@ cdef inline void _backward_row(const floating* d, const floating* x, double m, d
                     return
                 for c in range(Cg):
                     fA = gamma[c] * fiv
+                    if stream:
+                        dx_nt(dx + c * S, d + c * S, x + c * S, &fA, &fF, &mh, &fG, 0, S)
+                        continue
                     for s in range(c * S, (c + 1) * S):
                         dx[s] = fA * d[s] + fF * (x[s] - mh) + fG
                 return
