@@ -1,5 +1,6 @@
 # Small inline helpers shared by the node kernels (_nodes.pyx), the fused
-# kernels (_fused.pyx) and the split kernels (_split.pyx), each written once.
+# kernels (_fused.pyx), the split kernels (_split.pyx) and the per-sample
+# normalizations (_norms.pyx), each written once.
 # Everything works on the (N, C, S) view of the data: S is 1 for (N, D) input
 # and the product of the spatial sizes otherwise, so one channel's values in
 # one row are a contiguous run of S elements.
