@@ -114,6 +114,60 @@ def test_bitwise_the_same_for_every_simd_build(monkeypatch, rng):
                 assert a.tobytes() == c.tobytes(), name
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("R, M, G, S", [(300, 1000, 1, 1), (263, 37, 1, 1), (70, 24, 3, 1),
+                                        (40, 3 * 50, 4, 50)])
+def test_kernels_float64_results_are_bitwise_the_same_for_every_simd_build(rng, dtype, R, M,
+                                                                           G, S):
+    # the kernels' own float64 statistics and parameter gradients (the API
+    # rounds the gradients to float32 for float32 data, which would hide a
+    # different order of the float64 sums): layer norm's rows four at a time
+    # where the vectors allow (AVX-512), one by one elsewhere, the same bits
+    x = (rng.normal(size=(R, M)) * 3 + 1).astype(dtype)
+    d = rng.normal(size=(R, M)).astype(dtype)
+    P = G * (M // S)
+    g, b = rng.uniform(0.5, 2.0, P).astype(dtype), rng.normal(size=P).astype(dtype)
+    runs = []
+    for mod in _simd_builds():
+        out, dx = np.empty_like(x), np.empty_like(x)
+        mean, var, ivar = np.empty(R), np.empty(R), np.empty(R)
+        mod.forward(x, g, b, 1e-5, G, S, out, mean, var, ivar, 2, fast=True)
+        K = mod.row_chunks(R, P)
+        dg, db = np.empty(P), np.empty(P)
+        mod.backward(d, x, mean, ivar, g, G, S, dx, dg, db, np.empty((K, P)), np.empty((K, P)),
+                     2, fast=True)
+        runs.append((out, mean, var, ivar, dx, dg, db))
+    assert len(runs) == len(_simd_builds())
+    for other in runs[1:]:
+        for a, c in zip(runs[0], other):
+            assert a.tobytes() == c.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nt", [1, 3])
+def test_forward_rows_have_the_bits_of_each_row_alone(rng, dtype, nt):
+    # a task sums a row's squared deviations in one loop with the next row's
+    # values: the same statistics and outputs as each row normalized alone
+    from cybatchnorm import _norms
+    R, M, G, S = 37, 3 * 45, 3, 45
+    x = (rng.normal(size=(R, M)) * 3 + 1).astype(dtype)
+    g, b = rng.uniform(0.5, 2.0, G * 3).astype(dtype), rng.normal(size=G * 3).astype(dtype)
+
+    def run(xs, G):
+        out, stats = np.empty_like(xs), [np.empty(len(xs)) for _ in range(3)]
+        _norms.forward(xs, g, b, 1e-5, G, S, out, *stats, nt, fast=True)
+        return [out] + stats
+    whole = run(x, G)
+    for r in range(R):
+        # row r alone: group r % G's parameters (G = 1 and the group's slice)
+        c = (r % G) * 3
+        out, stats = np.empty_like(x[r:r + 1]), [np.empty(1) for _ in range(3)]
+        _norms.forward(x[r:r + 1], g[c:c + 3], b[c:c + 3], 1e-5, 1, S, out, *stats, nt,
+                       fast=True)
+        for a, one in zip(whole, [out] + stats):
+            assert a[r:r + 1].tobytes() == one.tobytes(), r
+
+
 @pytest.mark.parametrize("name, shape, pshape, ours, theirs", CASES, ids=IDS)
 def test_staged_and_fused_agree_and_a_minimal_cache_gives_the_same_bits(
         rng, name, shape, pshape, ours, theirs):

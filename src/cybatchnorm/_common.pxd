@@ -280,19 +280,6 @@ cdef extern from *:
             dx[k] = A[j] * g[k] + E[j] * ((x[k] - m[j]) * iv[j]) + B[j];
         }
     }
-    /* Ask for the next row while this one is computed from cache: its
-       first pass (the sums) then reads L2, not memory, where the hardware
-       prefetcher alone leaves the later passes' time unused. */
-    static inline void cybn_prefetch(const void *p, size_t n) {
-    #if defined(__SSE2__)
-        const char *c = (const char *)p;
-        size_t i;
-        for (i = 0; i < n; i += 64)
-            _mm_prefetch(c + i, _MM_HINT_T1);
-    #else
-        (void)p; (void)n;
-    #endif
-    }
     /* Layer norm's float32 rows (a gamma per value, the row's scalars
        broadcast), streamed: out = (x - h) * (gamma * iv) + (beta - dm *
        (gamma * iv)) and dx = ((gamma * iv) * d + F * (x - h)) + G, the
@@ -412,6 +399,136 @@ cdef extern from *:
     CYBN_DOTS2(cybn_row_dots_f64, double, CYBN_LOADD, CYBN_T_DG, CYBN_TS_DG)
     CYBN_DOTS2(cybn_run_dots_f32, float, CYBN_LOADF2D, CYBN_T_D, CYBN_TS_D)
     CYBN_DOTS2(cybn_run_dots_f64, double, CYBN_LOADD, CYBN_T_D, CYBN_TS_D)
+    /* The forward's two sums of two rows in one loop: sum(p) of the next row
+       (its first read, from memory) and sum((q - m)**2) of this one (from
+       cache, its mean m known), with run_reduce's lanes and terms: the bits of
+       run_sum and run_sqdev, with four independent add chains where each
+       alone had two (AVX-512) and the memory read of one row under the other's
+       arithmetic. */
+    #ifdef CYBN_WD
+    #define CYBN_SUM_SQDEV_LANES(LOADV)                                           \
+        cybn_vd v1[CYBN_NV], v2[CYBN_NV], mv = CYBN_SET1D(m), t;                 \
+        for (j = 0; j < CYBN_NV; j++)                                            \
+            v1[j] = v2[j] = CYBN_ZEROD();                                        \
+        for (; k + CYBN_LANES <= n; k += CYBN_LANES)                             \
+            for (j = 0; j < CYBN_NV; j++) {                                      \
+                v1[j] = CYBN_ADDD(v1[j], LOADV(p + k + j * CYBN_WD));            \
+                t = CYBN_SUBD(LOADV(q + k + j * CYBN_WD), mv);                   \
+                v2[j] = CYBN_ADDD(v2[j], CYBN_MULD(t, t));                       \
+            }                                                                    \
+        for (j = 0; j < CYBN_NV; j++) {                                          \
+            CYBN_STORED(a1 + j * CYBN_WD, v1[j]);                                \
+            CYBN_STORED(a2 + j * CYBN_WD, v2[j]);                                \
+        }
+    #else
+    #define CYBN_SUM_SQDEV_LANES(LOADV)                                           \
+        for (j = 0; j < CYBN_LANES; j++)                                         \
+            a1[j] = a2[j] = 0.0;                                                 \
+        for (; k + CYBN_LANES <= n; k += CYBN_LANES)                             \
+            for (j = 0; j < CYBN_LANES; j++) {                                   \
+                a1[j] += p[k + j];                                               \
+                t0 = q[k + j] - m;                                               \
+                a2[j] += t0 * t0;                                                \
+            }
+    #endif
+    #define CYBN_SUM_SQDEV(NAME, T, LOADV)                                        \
+    static inline void NAME(const T *p, const T *q, double m, ptrdiff_t n,       \
+                            double *sum_p, double *sq_q) {                       \
+        double a1[CYBN_LANES], a2[CYBN_LANES], t0;                               \
+        ptrdiff_t k = 0;                                                         \
+        int j;                                                                   \
+        CYBN_SUM_SQDEV_LANES(LOADV)                                              \
+        for (; k < n; k++) {                                                     \
+            a1[0] += p[k];                                                       \
+            t0 = q[k] - m;                                                       \
+            a2[0] += t0 * t0;                                                    \
+        }                                                                        \
+        *sum_p = cybn_lanes_total(a1);                                           \
+        *sq_q = cybn_lanes_total(a2);                                            \
+    }
+    CYBN_SUM_SQDEV(cybn_sum_sqdev_f32, float, CYBN_LOADF2D)
+    CYBN_SUM_SQDEV(cybn_sum_sqdev_f64, double, CYBN_LOADD)
+    /* Layer norm's backward sums of four consecutive rows (d, x: the first
+       row, M values each) in one read: each row's s1 and s2 as cybn_row_dots
+       gives them, and the rows' shares of the parameter gradients added to
+       the partials, pdg += (p0 + p1) + (p2 + p3) with p = d * ((x - m) * iv)
+       and pdb += (d0 + d1) + (d2 + d3), as _norms.pyx's _param_quad: the
+       same bits, with each value converted to float64 once instead of twice.
+       Where the vectors have 8 lanes (AVX-512: the four rows' sixteen lane
+       accumulators fit in registers); CYBN_LN_QUAD says so. */
+    #if defined(CYBN_WD) && CYBN_WD == 8
+    #define CYBN_LN_QUAD 1
+    #define CYBN_LN_QUAD_FN(NAME, T, LOADV)                                       \
+    static inline void NAME(const T *d, const T *g, const T *x, ptrdiff_t M,     \
+                            const double *m, const double *iv, double *s1,       \
+                            double *s2, double *pdg, double *pdb) {              \
+        cybn_vd a1[4][2], a2[4][2], mv[4], ivv[4], dv[4], xm[4], t, gv;          \
+        double l1[CYBN_LANES], l2[CYBN_LANES], dd, xx;                           \
+        double pg[4];                                                            \
+        ptrdiff_t k = 0;                                                         \
+        int r, j;                                                                \
+        for (r = 0; r < 4; r++) {                                                \
+            mv[r] = CYBN_SET1D(m[r]);                                            \
+            ivv[r] = CYBN_SET1D(iv[r]);                                          \
+            a1[r][0] = a1[r][1] = a2[r][0] = a2[r][1] = CYBN_ZEROD();            \
+        }                                                                        \
+        for (; k + CYBN_LANES <= M; k += CYBN_LANES)                             \
+            for (j = 0; j < 2; j++) {                                            \
+                ptrdiff_t o = k + 8 * j;                                         \
+                gv = LOADV(g + o);                                               \
+                for (r = 0; r < 4; r++) {                                        \
+                    dv[r] = LOADV(d + r * M + o);                                \
+                    xm[r] = CYBN_SUBD(LOADV(x + r * M + o), mv[r]);              \
+                    t = CYBN_MULD(dv[r], gv);                                    \
+                    a1[r][j] = CYBN_ADDD(a1[r][j], t);                           \
+                    a2[r][j] = CYBN_ADDD(a2[r][j], CYBN_MULD(t, xm[r]));         \
+                }                                                                \
+                CYBN_STORED(pdg + o, CYBN_ADDD(CYBN_LOADD(pdg + o), CYBN_ADDD(   \
+                    CYBN_ADDD(CYBN_MULD(dv[0], CYBN_MULD(xm[0], ivv[0])),        \
+                              CYBN_MULD(dv[1], CYBN_MULD(xm[1], ivv[1]))),       \
+                    CYBN_ADDD(CYBN_MULD(dv[2], CYBN_MULD(xm[2], ivv[2])),        \
+                              CYBN_MULD(dv[3], CYBN_MULD(xm[3], ivv[3]))))));    \
+                CYBN_STORED(pdb + o, CYBN_ADDD(CYBN_LOADD(pdb + o), CYBN_ADDD(   \
+                    CYBN_ADDD(dv[0], dv[1]), CYBN_ADDD(dv[2], dv[3]))));         \
+            }                                                                    \
+        for (r = 0; r < 4; r++) {                                                \
+            const T *dr = d + r * M, *xr = x + r * M;                            \
+            ptrdiff_t i;                                                         \
+            CYBN_STORED(l1, a1[r][0]);                                           \
+            CYBN_STORED(l1 + 8, a1[r][1]);                                       \
+            CYBN_STORED(l2, a2[r][0]);                                           \
+            CYBN_STORED(l2 + 8, a2[r][1]);                                       \
+            for (i = k; i < M; i++) {                                            \
+                dd = (double)dr[i] * g[i];                                       \
+                l1[0] += dd;                                                     \
+                l2[0] += dd * (xr[i] - m[r]);                                    \
+            }                                                                    \
+            s1[r] = cybn_lanes_total(l1);                                        \
+            s2[r] = cybn_lanes_total(l2);                                        \
+        }                                                                        \
+        for (; k < M; k++) {                                                     \
+            for (r = 0; r < 4; r++) {                                            \
+                xx = (x[r * M + k] - m[r]) * iv[r];                              \
+                pg[r] = d[r * M + k] * xx;                                       \
+            }                                                                    \
+            pdg[k] += (pg[0] + pg[1]) + (pg[2] + pg[3]);                         \
+            pdb[k] += ((double)d[k] + d[M + k]) + ((double)d[2 * M + k] + d[3 * M + k]); \
+        }                                                                        \
+    }
+    CYBN_LN_QUAD_FN(cybn_ln_quad_f32, float, CYBN_LOADF2D)
+    CYBN_LN_QUAD_FN(cybn_ln_quad_f64, double, CYBN_LOADD)
+    #else
+    #define CYBN_LN_QUAD 0
+    #define CYBN_LN_QUAD_STUB(NAME, T)                                            \
+    static inline void NAME(const T *d, const T *g, const T *x, ptrdiff_t M,     \
+                            const double *m, const double *iv, double *s1,       \
+                            double *s2, double *pdg, double *pdb) {              \
+        (void)d; (void)g; (void)x; (void)M; (void)m; (void)iv;                   \
+        (void)s1; (void)s2; (void)pdg; (void)pdb;                                \
+    }
+    CYBN_LN_QUAD_STUB(cybn_ln_quad_f32, float)
+    CYBN_LN_QUAD_STUB(cybn_ln_quad_f64, double)
+    #endif
     """
     void affine_nt "cybn_affine_nt"(float* out, const float* x, const float* a, const float* h,
                                     const float* b, int row, Py_ssize_t n) noexcept nogil
@@ -425,7 +542,6 @@ cdef extern from *:
                                     const double* A, const double* E, const double* m,
                                     const double* iv, const double* B, int row,
                                     Py_ssize_t n) noexcept nogil
-    void prefetch "cybn_prefetch"(const void* p, size_t n) noexcept nogil
     void ln_out_nt "cybn_ln_out_nt"(float* out, const float* x, const float* gamma,
                                     const float* beta, float iv, float h, float dm,
                                     Py_ssize_t n) noexcept nogil
@@ -443,6 +559,21 @@ cdef extern from *:
     void run_dots_f64 "cybn_run_dots_f64"(const double* d, const double* g, const double* x,
                                           double m, Py_ssize_t n, double* s1,
                                           double* s2) noexcept nogil
+    void sum_sqdev_f32 "cybn_sum_sqdev_f32"(const float* p, const float* q, double m,
+                                            Py_ssize_t n, double* sum_p,
+                                            double* sq_q) noexcept nogil
+    void sum_sqdev_f64 "cybn_sum_sqdev_f64"(const double* p, const double* q, double m,
+                                            Py_ssize_t n, double* sum_p,
+                                            double* sq_q) noexcept nogil
+    bint LN_QUAD "CYBN_LN_QUAD"
+    void ln_quad_f32 "cybn_ln_quad_f32"(const float* d, const float* g, const float* x,
+                                        Py_ssize_t M, const double* m, const double* iv,
+                                        double* s1, double* s2, double* pdg,
+                                        double* pdb) noexcept nogil
+    void ln_quad_f64 "cybn_ln_quad_f64"(const double* d, const double* g, const double* x,
+                                        Py_ssize_t M, const double* m, const double* iv,
+                                        double* s1, double* s2, double* pdg,
+                                        double* pdb) noexcept nogil
 
 
 cdef inline void copy_row(void* dst, const void* src, size_t n, bint stream) noexcept nogil:

@@ -7,8 +7,8 @@ instance norm: G = C, Cg = 1). Each value's scale and shift are
 ``gamma[p]``/``beta[p]``, p = g * Cg + (its index in the row) // S for a row
 of group g: per feature for layer norm, per channel for group norm.
 
-Rows are independent, so the forward runs one row per task and is bitwise
-the same for any thread count; the backward's parameter gradients sum over
+Rows are independent, so the forward (each task a run of consecutive rows)
+is bitwise the same for any thread count; the backward's parameter gradients sum over
 rows: each of K chunks of rows (K a function of the shape alone) sums its
 rows in order into its own partial, and the partials are added in chunk
 order. Every sum runs in float64 over the fixed lanes of ``_common.pxd``'s
@@ -21,8 +21,9 @@ from libc.math cimport fabs, sqrt
 
 from cybatchnorm._common cimport (run_sum, run_sqdev, rstart, f64_out, row_dots_f32,
                                   row_dots_f64, run_dots_f32, run_dots_f64, ln_out_nt,
-                                  ln_dx_nt, affine_nt, dx_nt,
-                                  store_fence, prefetch, copy_row, STREAM_BYTES)
+                                  ln_dx_nt, affine_nt, dx_nt, LN_QUAD, ln_quad_f32,
+                                  ln_quad_f64, sum_sqdev_f32, sum_sqdev_f64,
+                                  store_fence, copy_row, STREAM_BYTES)
 cimport cybatchnorm._openmp
 from cybatchnorm._openmp cimport CYBN_SIMD, CYBN_BUILD_CFLAGS
 
@@ -74,9 +75,13 @@ cdef inline void _forward_row(const floating* x, Py_ssize_t Cg, Py_ssize_t S,
                               const floating* gamma, const floating* beta, double eps,
                               floating* out, double* mean, double* var,
                               double* ivar, floating* xc, const double* grange,
-                              bint stream) noexcept nogil:
+                              bint stream, double* total, bint has_next) noexcept nogil:
     # IN: one row of M = Cg * S values, gamma/beta from the row's first
-    # parameter; grange NULL, or (float32 data) the nonzero |gamma| range.
+    # parameter; grange NULL, or (float32 data) the nonzero |gamma| range;
+    # total[0]: the row's sum (run_sum). has_next: the next M values are the
+    # task's next row: this row's squared deviations are summed in one loop
+    # with that row's sum, which replaces total[0] (its read from memory
+    # runs under this row's arithmetic).
     # OUT: the row's mean and 1/sqrt(var + eps) (two passes: the sum, then
     # the squared deviations from the mean, both exact in float64), and out =
     # ((x - mean) * ivar) * gamma + beta in float64, rounded once; with
@@ -88,10 +93,15 @@ cdef inline void _forward_row(const floating* x, Py_ssize_t Cg, Py_ssize_t S,
     cdef Py_ssize_t M = Cg * S, c, s, j
     cdef double m, v, iv, w, b
     cdef float mh, dm, fiv, fa, fb
-    m = run_sum(x, M) / M
-    if stream:
-        prefetch(x + M, M * sizeof(floating))
-    v = run_sqdev(x, m, M) / M
+    m = total[0] / M
+    if has_next:
+        if floating is float:
+            sum_sqdev_f32(x + M, x, m, M, &total[0], &v)
+        else:
+            sum_sqdev_f64(x + M, x, m, M, &total[0], &v)
+        v = v / M
+    else:
+        v = run_sqdev(x, m, M) / M
     iv = 1.0 / sqrt(v + eps)
     mean[0] = m
     var[0] = v
@@ -133,6 +143,25 @@ cdef inline void _forward_row(const floating* x, Py_ssize_t Cg, Py_ssize_t S,
             out[s] = <floating>(((x[s] - m) * iv) * w + b)
 
 
+cdef void _forward_chunk(const floating* x, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t M,
+                         Py_ssize_t G, Py_ssize_t Cg, Py_ssize_t S, const floating* gamma,
+                         const floating* beta, double eps, floating* out, double* mean,
+                         double* var, double* ivar, floating* xc, const double* grange,
+                         bint stream) noexcept nogil:
+    # rows [r0, r1) of x (R, M) (every pointer at row 0), in order: each
+    # row's squared deviations summed with the next row's values
+    cdef double total = 0.0
+    cdef Py_ssize_t r, g
+    if r0 >= r1:
+        return
+    total = run_sum(x + r0 * M, M)
+    for r in range(r0, r1):
+        g = r % G
+        _forward_row(x + r * M, Cg, S, gamma + g * Cg, beta + g * Cg, eps, out + r * M,
+                     mean + r, var + r, ivar + r, NULL if xc == NULL else xc + r * M, grange,
+                     stream, &total, r + 1 < r1)
+
+
 def forward(const floating[:, ::1] x, const floating[::1] gamma, const floating[::1] beta,
             double eps, Py_ssize_t G, Py_ssize_t S, floating[:, ::1] out, double[::1] mean,
             double[::1] var, double[::1] ivar, int n_threads,
@@ -143,13 +172,13 @@ def forward(const floating[:, ::1] x, const floating[::1] gamma, const floating[
     of S values each. ``gamma``/``beta`` (G * Cg,) scale and shift them;
     ``mean``/``var``/``ivar`` (R,) receive each row's float64 mean, biased
     variance and ``1 / sqrt(var + eps)``; ``out`` (x's shape) the
-    normalized rows. One row per task: bitwise the same for any thread count.
-    ``xcopy`` (x's shape, or None) receives a copy of x, written as each row
+    normalized rows. Each task a run of consecutive rows: bitwise the same
+    for any thread count. ``xcopy`` (x's shape, or None) receives a copy of x, written as each row
     is read. ``fast`` (float32 data): the output computed in float32 where
     that is exact enough (see ``_forward_row``; what a minimal cache and the
     PyTorch drop-in take), else every value in float64.
     """
-    cdef Py_ssize_t R = x.shape[0], M = x.shape[1], Cg, r, g
+    cdef Py_ssize_t R = x.shape[0], M = x.shape[1], Cg, k, K
     cdef floating* xc = NULL
     cdef bint stream = R * M * sizeof(floating) > STREAM_BYTES
     cdef double grange[2]
@@ -164,11 +193,14 @@ def forward(const floating[:, ::1] x, const floating[::1] gamma, const floating[
     if fast and floating is float:
         _gamma_range(gamma, grange)
         gr = grange
-    for r in prange(R, schedule='static', num_threads=n_threads, nogil=True):
-        g = r % G
-        _forward_row(&x[r, 0], Cg, S, &gamma[g * Cg], &beta[g * Cg], eps, &out[r, 0],
-                     &mean[r], &var[r], &ivar[r], NULL if xc == NULL else xc + r * M, gr,
-                     stream)
+    # chunks of consecutive rows, each a task's: a row's second pass runs
+    # with the next row's first (rows are independent: any split gives the
+    # same bits)
+    K = min(R, 4 * max(n_threads, 1))
+    for k in prange(K, schedule='static', num_threads=n_threads, nogil=True):
+        _forward_chunk(&x[0, 0], rstart(k, K, R), rstart(k + 1, K, R), M, G, Cg, S,
+                       &gamma[0], &beta[0], eps, &out[0, 0], &mean[0], &var[0], &ivar[0],
+                       xc, gr, stream)
     if stream:
         store_fence()
 
@@ -193,9 +225,8 @@ cdef inline void _backward_row(const floating* d, const floating* x, double m, d
     # (A = gamma * fl(ivar), F = fl(-ivar * b), mh = fl(mean), G = fl(-ivar *
     # a - F * (mean - mh))), as the batch-norm kernels' float32 dx, when
     # float32 holds every factor; otherwise in float64, rounded once
-    cdef Py_ssize_t M = Cg * S, c, s, j
-    cdef double s1 = 0.0, s2 = 0.0, a, b, w, sd, sdx, F, G
-    cdef float mh, fiv, fF, fG, fA
+    cdef Py_ssize_t M = Cg * S, c
+    cdef double s1 = 0.0, s2 = 0.0, sd, sdx
     if S == 1:
         # both sums in one read of the row (the bits of run_dot and
         # run_weighted_centred)
@@ -216,9 +247,18 @@ cdef inline void _backward_row(const floating* d, const floating* x, double m, d
             s2 += gamma[c] * sdx
             pdg[c] += iv * sdx
             pdb[c] += sd
-    if stream:
-        prefetch(d + M, M * sizeof(floating))
-        prefetch(x + M, M * sizeof(floating))
+    _row_dx(d, x, m, iv, Cg, S, gamma, dx, grange, stream, s1, s2)
+
+
+cdef inline void _row_dx(const floating* d, const floating* x, double m, double iv,
+                         Py_ssize_t Cg, Py_ssize_t S, const floating* gamma, floating* dx,
+                         const double* grange, bint stream, double s1,
+                         double s2) noexcept nogil:
+    # IN: one row as _backward_row's, and its sums s1 = sum(dxhat) and s2 =
+    # sum(dxhat * (x - mean)). OUT: the row's dx, as _backward_row says
+    cdef Py_ssize_t M = Cg * S, c, s, j
+    cdef double a, b, w, F, G
+    cdef float mh, fiv, fF, fG, fA
     a = s1 / M
     b = iv * iv * s2 / M          # mean(dxhat * xhat) / ivar, times ivar once per value below
     if floating is float:
@@ -292,6 +332,41 @@ cdef inline void _param_rows(const floating* d0, const floating* x0, double m0, 
         pdb[j] += <double>d0[j] + d1[j]
 
 
+cdef inline void _layer_chunk(const floating* d, const floating* x, const double* mean,
+                              const double* ivar, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t M,
+                              const floating* gamma, floating* dx, double* pdg, double* pdb,
+                              const double* grange, bint stream) noexcept nogil:
+    # layer norm's rows [r0, r1) of one chunk (d, x, dx: row 0), four at a
+    # time where the vectors allow (LN_QUAD): their sums and parameter
+    # shares in one read (ln_quad: the bits of row_dots and _param_quad),
+    # then each row's dx from cache; the rows short of four one by one
+    cdef double s1[4]
+    cdef double s2[4]
+    cdef Py_ssize_t r = r0, i
+    while LN_QUAD and r + 4 <= r1:
+        if floating is float:
+            ln_quad_f32(d + r * M, gamma, x + r * M, M, mean + r, ivar + r, s1, s2, pdg, pdb)
+        else:
+            ln_quad_f64(d + r * M, gamma, x + r * M, M, mean + r, ivar + r, s1, s2, pdg, pdb)
+        for i in range(4):
+            _row_dx(d + (r + i) * M, x + (r + i) * M, mean[r + i], ivar[r + i], M, 1, gamma,
+                    dx + (r + i) * M, grange, stream, s1[i], s2[i])
+        r += 4
+    while r < r1:
+        _backward_row(d + r * M, x + r * M, mean[r], ivar[r], M, 1, gamma, dx + r * M, pdg,
+                      pdb, grange, stream)
+        if (r - r0) % 4 == 3:
+            # the parameters' shares of this row and the three before
+            _param_quad(d + (r - 3) * M, x + (r - 3) * M, mean + r - 3, ivar + r - 3, M,
+                        pdg, pdb)
+        elif r == r1 - 1:
+            # the chunk's last rows short of four, one by one
+            for i in range(r - (r - r0) % 4, r + 1):
+                _param_rows(d + i * M, x + i * M, mean[i], ivar[i], NULL, NULL, 0.0, 0.0, M,
+                            pdg, pdb)
+        r += 1
+
+
 def backward(const floating[:, ::1] dout, const floating[:, ::1] x, const double[::1] mean,
              const double[::1] ivar, const floating[::1] gamma, Py_ssize_t G, Py_ssize_t S,
              floating[:, ::1] dx, double[::1] dgamma, double[::1] dbeta,
@@ -320,25 +395,21 @@ def backward(const floating[:, ::1] dout, const floating[:, ::1] x, const double
         _gamma_range(gamma, grange)
         gr = grange
     for k in prange(K, schedule='static', num_threads=n_threads, nogil=True):
+        if G == 1 and S == 1:
+            # layer norm: every row shares the parameters
+            _layer_chunk(&dout[0, 0], &x[0, 0], &mean[0], &ivar[0], rstart(k, K, R),
+                         rstart(k + 1, K, R), M, &gamma[0], &dx[0, 0], &pdg[k, 0],
+                         &pdb[k, 0], gr, stream)
+            continue
         for r in range(rstart(k, K, R), rstart(k + 1, K, R)):
             g = r % G
             _backward_row(&dout[r, 0], &x[r, 0], mean[r], ivar[r], Cg, S, &gamma[g * Cg],
                           &dx[r, 0], &pdg[k, g * Cg], &pdb[k, g * Cg], gr, stream)
-            if S != 1:
-                continue        # _backward_row added the row's per-channel shares
-            if G == 1 and (r - rstart(k, K, R)) % 4 == 3:
-                # layer norm: the parameters' shares of this row and the three before
-                _param_quad(&dout[r - 3, 0], &x[r - 3, 0], &mean[r - 3], &ivar[r - 3], M,
-                            &pdg[k, 0], &pdb[k, 0])
-            elif G != 1:
-                # a row of its own group's parameters
+            if S == 1:
+                # a row of its own group's parameters (S != 1: _backward_row
+                # added the row's per-channel shares)
                 _param_rows(&dout[r, 0], &x[r, 0], mean[r], ivar[r], NULL, NULL, 0.0, 0.0,
                             M, &pdg[k, g * Cg], &pdb[k, g * Cg])
-            elif r == rstart(k + 1, K, R) - 1:
-                # the chunk's last rows short of four, one by one
-                for p in range(r - (r - rstart(k, K, R)) % 4, r + 1):
-                    _param_rows(&dout[p, 0], &x[p, 0], mean[p], ivar[p], NULL, NULL, 0.0,
-                                0.0, M, &pdg[k, 0], &pdb[k, 0])
     if stream:
         store_fence()
     for p in range(P):
