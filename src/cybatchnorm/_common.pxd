@@ -327,15 +327,19 @@ cdef extern from *:
         for (; k < n; k++)
             dx[k] = (gamma[k] * iv) * d[k] + F * (x[k] - h) + G;
     }
-    /* The backward's two sums over a row (or a channel's run) in one read:
-       s1 = sum(t) and s2 = sum(t * (x - m)) in float64, t = d * g (layer
-       norm's row: dxhat) or t = d (a channel's run of S values; g unused),
-       with run_reduce's lanes (lane j takes values j, j + 16, ...; the
-       values after the last full group go to lane 0 in order; lanes_total's
-       tree combines them) and its terms, so the bits are those of run_dot
-       and run_weighted_centred (run_sum and run_dot_centred) on every width.
-       Written out because gcc scalarizes the two-accumulator lane loop
-       (measured). */
+    /* Two float64 sums of run_reduce's kind in one loop, with its lanes (lane
+       j takes values j, j + 16, ...; the values after the last full group go
+       to lane 0 in order; lanes_total's tree combines them) and its terms, so
+       each has the bits run_reduce gives it on every width. Written out
+       because gcc scalarizes a lane loop with two accumulators (measured).
+       The functions take (d, g, x, m, n) and return s1, s2:
+       - row_dots (layer norm's backward row): s1 = sum(d * g) and
+         s2 = sum((d * g) * (x - m)): run_dot's and run_weighted_centred's;
+       - run_dots (a channel's run; g unused): s1 = sum(d) and
+         s2 = sum(d * (x - m)): run_sum's and run_dot_centred's;
+       - sum_sqdev (the forward; g unused): s1 = sum(d), the next row's
+         values (its read from memory), and s2 = sum((x - m)**2), this row's
+         squared deviations (from cache): run_sum's and run_sqdev's. */
     #define CYBN_LANES 16
     static inline double cybn_lanes_total(double *a) {
         int w, j;
@@ -344,110 +348,67 @@ cdef extern from *:
                 a[j] = a[j] + a[j + w];
         return a[0];
     }
-    #define CYBN_T_DG(LOADV, o) CYBN_MULD(LOADV(d + (o)), LOADV(g + (o)))
-    #define CYBN_T_D(LOADV, o) LOADV(d + (o))
-    #define CYBN_TS_DG(k) ((double)d[k] * g[k])
-    #define CYBN_TS_D(k) ((double)d[k])
+    /* the two terms at offset o, vector (V, loaded by LOADV) and scalar (S) */
+    #define CYBN_DOTS_V(LOADV, o, t1, t2) do { t1 = CYBN_MULD(LOADV(d + (o)), LOADV(g + (o))); \
+        t2 = CYBN_MULD(t1, CYBN_SUBD(LOADV(x + (o)), mv)); } while (0)
+    #define CYBN_DOTS_S(o, t1, t2) do { t1 = (double)d[o] * g[o]; t2 = t1 * (x[o] - m); } while (0)
+    #define CYBN_RUN_V(LOADV, o, t1, t2) do { t1 = LOADV(d + (o));                     \
+        t2 = CYBN_MULD(t1, CYBN_SUBD(LOADV(x + (o)), mv)); } while (0)
+    #define CYBN_RUN_S(o, t1, t2) do { t1 = d[o]; t2 = t1 * (x[o] - m); } while (0)
+    #define CYBN_SQDEV_V(LOADV, o, t1, t2) do { t1 = LOADV(d + (o));                   \
+        t2 = CYBN_SUBD(LOADV(x + (o)), mv); t2 = CYBN_MULD(t2, t2); } while (0)
+    #define CYBN_SQDEV_S(o, t1, t2) do { t1 = d[o]; t2 = x[o] - m; t2 = t2 * t2; } while (0)
     #ifdef CYBN_WD
     #define CYBN_NV (CYBN_LANES / CYBN_WD)
-    #define CYBN_DOTS2_LANES(LOADV, TV, TS)                                       \
-        cybn_vd v1[CYBN_NV], v2[CYBN_NV], mv = CYBN_SET1D(m), t;                 \
+    #define CYBN_TWO_SUMS_LANES(LOADV, TV, TS)                                    \
+        cybn_vd v1[CYBN_NV], v2[CYBN_NV], mv = CYBN_SET1D(m), u1, u2;            \
         for (j = 0; j < CYBN_NV; j++)                                            \
             v1[j] = v2[j] = CYBN_ZEROD();                                        \
         for (; k + CYBN_LANES <= n; k += CYBN_LANES)                             \
             for (j = 0; j < CYBN_NV; j++) {                                      \
-                t = TV(LOADV, k + j * CYBN_WD);                                  \
-                v1[j] = CYBN_ADDD(v1[j], t);                                     \
-                v2[j] = CYBN_ADDD(v2[j], CYBN_MULD(t, CYBN_SUBD(LOADV(x + k + j * CYBN_WD), mv))); \
+                TV(LOADV, k + j * CYBN_WD, u1, u2);                              \
+                v1[j] = CYBN_ADDD(v1[j], u1);                                    \
+                v2[j] = CYBN_ADDD(v2[j], u2);                                    \
             }                                                                    \
         for (j = 0; j < CYBN_NV; j++) {                                          \
             CYBN_STORED(a1 + j * CYBN_WD, v1[j]);                                \
             CYBN_STORED(a2 + j * CYBN_WD, v2[j]);                                \
         }
     #else
-    #define CYBN_DOTS2_LANES(LOADV, TV, TS)                                       \
+    #define CYBN_LOADF2D _
+    #define CYBN_LOADD _
+    #define CYBN_TWO_SUMS_LANES(LOADV, TV, TS)                                    \
         for (j = 0; j < CYBN_LANES; j++)                                         \
             a1[j] = a2[j] = 0.0;                                                 \
         for (; k + CYBN_LANES <= n; k += CYBN_LANES)                             \
             for (j = 0; j < CYBN_LANES; j++) {                                   \
-                t0 = TS(k + j);                                                  \
-                a1[j] += t0;                                                     \
-                a2[j] += t0 * (x[k + j] - m);                                    \
+                TS(k + j, t1, t2);                                               \
+                a1[j] += t1;                                                     \
+                a2[j] += t2;                                                     \
             }
     #endif
-    #define CYBN_DOTS2(NAME, T, LOADV, TV, TS)                                    \
+    #define CYBN_TWO_SUMS(NAME, T, LOADV, TV, TS)                                 \
     static inline void NAME(const T *d, const T *g, const T *x, double m,        \
                             ptrdiff_t n, double *s1, double *s2) {               \
-        double a1[CYBN_LANES], a2[CYBN_LANES], t0;                               \
+        double a1[CYBN_LANES], a2[CYBN_LANES], t1, t2;                           \
         ptrdiff_t k = 0;                                                         \
         int j;                                                                   \
         (void)g;                                                                 \
-        CYBN_DOTS2_LANES(LOADV, TV, TS)                                          \
+        CYBN_TWO_SUMS_LANES(LOADV, TV, TS)                                       \
         for (; k < n; k++) {                                                     \
-            t0 = TS(k);                                                          \
-            a1[0] += t0;                                                         \
-            a2[0] += t0 * (x[k] - m);                                            \
+            TS(k, t1, t2);                                                       \
+            a1[0] += t1;                                                         \
+            a2[0] += t2;                                                         \
         }                                                                        \
         *s1 = cybn_lanes_total(a1);                                              \
         *s2 = cybn_lanes_total(a2);                                              \
     }
-    #ifndef CYBN_WD
-    #define CYBN_LOADF2D _
-    #define CYBN_LOADD _
-    #endif
-    CYBN_DOTS2(cybn_row_dots_f32, float, CYBN_LOADF2D, CYBN_T_DG, CYBN_TS_DG)
-    CYBN_DOTS2(cybn_row_dots_f64, double, CYBN_LOADD, CYBN_T_DG, CYBN_TS_DG)
-    CYBN_DOTS2(cybn_run_dots_f32, float, CYBN_LOADF2D, CYBN_T_D, CYBN_TS_D)
-    CYBN_DOTS2(cybn_run_dots_f64, double, CYBN_LOADD, CYBN_T_D, CYBN_TS_D)
-    /* The forward's two sums of two rows in one loop: sum(p) of the next row
-       (its first read, from memory) and sum((q - m)**2) of this one (from
-       cache, its mean m known), with run_reduce's lanes and terms: the bits of
-       run_sum and run_sqdev, with four independent add chains where each
-       alone had two (AVX-512) and the memory read of one row under the other's
-       arithmetic. */
-    #ifdef CYBN_WD
-    #define CYBN_SUM_SQDEV_LANES(LOADV)                                           \
-        cybn_vd v1[CYBN_NV], v2[CYBN_NV], mv = CYBN_SET1D(m), t;                 \
-        for (j = 0; j < CYBN_NV; j++)                                            \
-            v1[j] = v2[j] = CYBN_ZEROD();                                        \
-        for (; k + CYBN_LANES <= n; k += CYBN_LANES)                             \
-            for (j = 0; j < CYBN_NV; j++) {                                      \
-                v1[j] = CYBN_ADDD(v1[j], LOADV(p + k + j * CYBN_WD));            \
-                t = CYBN_SUBD(LOADV(q + k + j * CYBN_WD), mv);                   \
-                v2[j] = CYBN_ADDD(v2[j], CYBN_MULD(t, t));                       \
-            }                                                                    \
-        for (j = 0; j < CYBN_NV; j++) {                                          \
-            CYBN_STORED(a1 + j * CYBN_WD, v1[j]);                                \
-            CYBN_STORED(a2 + j * CYBN_WD, v2[j]);                                \
-        }
-    #else
-    #define CYBN_SUM_SQDEV_LANES(LOADV)                                           \
-        for (j = 0; j < CYBN_LANES; j++)                                         \
-            a1[j] = a2[j] = 0.0;                                                 \
-        for (; k + CYBN_LANES <= n; k += CYBN_LANES)                             \
-            for (j = 0; j < CYBN_LANES; j++) {                                   \
-                a1[j] += p[k + j];                                               \
-                t0 = q[k + j] - m;                                               \
-                a2[j] += t0 * t0;                                                \
-            }
-    #endif
-    #define CYBN_SUM_SQDEV(NAME, T, LOADV)                                        \
-    static inline void NAME(const T *p, const T *q, double m, ptrdiff_t n,       \
-                            double *sum_p, double *sq_q) {                       \
-        double a1[CYBN_LANES], a2[CYBN_LANES], t0;                               \
-        ptrdiff_t k = 0;                                                         \
-        int j;                                                                   \
-        CYBN_SUM_SQDEV_LANES(LOADV)                                              \
-        for (; k < n; k++) {                                                     \
-            a1[0] += p[k];                                                       \
-            t0 = q[k] - m;                                                       \
-            a2[0] += t0 * t0;                                                    \
-        }                                                                        \
-        *sum_p = cybn_lanes_total(a1);                                           \
-        *sq_q = cybn_lanes_total(a2);                                            \
-    }
-    CYBN_SUM_SQDEV(cybn_sum_sqdev_f32, float, CYBN_LOADF2D)
-    CYBN_SUM_SQDEV(cybn_sum_sqdev_f64, double, CYBN_LOADD)
+    CYBN_TWO_SUMS(cybn_row_dots_f32, float, CYBN_LOADF2D, CYBN_DOTS_V, CYBN_DOTS_S)
+    CYBN_TWO_SUMS(cybn_row_dots_f64, double, CYBN_LOADD, CYBN_DOTS_V, CYBN_DOTS_S)
+    CYBN_TWO_SUMS(cybn_run_dots_f32, float, CYBN_LOADF2D, CYBN_RUN_V, CYBN_RUN_S)
+    CYBN_TWO_SUMS(cybn_run_dots_f64, double, CYBN_LOADD, CYBN_RUN_V, CYBN_RUN_S)
+    CYBN_TWO_SUMS(cybn_sum_sqdev_f32, float, CYBN_LOADF2D, CYBN_SQDEV_V, CYBN_SQDEV_S)
+    CYBN_TWO_SUMS(cybn_sum_sqdev_f64, double, CYBN_LOADD, CYBN_SQDEV_V, CYBN_SQDEV_S)
     /* Layer norm's backward sums of four consecutive rows (d, x: the first
        row, M values each) in one read: each row's s1 and s2 as cybn_row_dots
        gives them, and the rows' shares of the parameter gradients added to
@@ -559,12 +520,12 @@ cdef extern from *:
     void run_dots_f64 "cybn_run_dots_f64"(const double* d, const double* g, const double* x,
                                           double m, Py_ssize_t n, double* s1,
                                           double* s2) noexcept nogil
-    void sum_sqdev_f32 "cybn_sum_sqdev_f32"(const float* p, const float* q, double m,
-                                            Py_ssize_t n, double* sum_p,
-                                            double* sq_q) noexcept nogil
-    void sum_sqdev_f64 "cybn_sum_sqdev_f64"(const double* p, const double* q, double m,
-                                            Py_ssize_t n, double* sum_p,
-                                            double* sq_q) noexcept nogil
+    void sum_sqdev_f32 "cybn_sum_sqdev_f32"(const float* p, const float* unused,
+                                            const float* q, double m, Py_ssize_t n,
+                                            double* sum_p, double* sq_q) noexcept nogil
+    void sum_sqdev_f64 "cybn_sum_sqdev_f64"(const double* p, const double* unused,
+                                            const double* q, double m, Py_ssize_t n,
+                                            double* sum_p, double* sq_q) noexcept nogil
     bint LN_QUAD "CYBN_LN_QUAD"
     void ln_quad_f32 "cybn_ln_quad_f32"(const float* d, const float* g, const float* x,
                                         Py_ssize_t M, const double* m, const double* iv,

@@ -96,9 +96,9 @@ cdef inline void _forward_row(const floating* x, Py_ssize_t Cg, Py_ssize_t S,
     m = total[0] / M
     if has_next:
         if floating is float:
-            sum_sqdev_f32(x + M, x, m, M, &total[0], &v)
+            sum_sqdev_f32(x + M, NULL, x, m, M, &total[0], &v)
         else:
-            sum_sqdev_f64(x + M, x, m, M, &total[0], &v)
+            sum_sqdev_f64(x + M, NULL, x, m, M, &total[0], &v)
         v = v / M
     else:
         v = run_sqdev(x, m, M) / M
