@@ -684,18 +684,12 @@ cdef inline Moments chan_merge(Moments a, double n_b, double mean_b,
 # and the order is the source's, so every SIMD build and thread count gives
 # the same bits.
 
-cdef enum:
-    LANES = 16
-
-
-cdef inline double lanes_total(double* a) noexcept nogil:
-    # the fixed pairwise combine of LANES partial sums
-    cdef int w = LANES // 2, j
-    while w >= 1:
-        for j in range(w):
-            a[j] = a[j] + a[j + w]
-        w = w // 2
-    return a[0]
+cdef extern from *:
+    # the lane count and the fixed pairwise combine of LANES partial sums:
+    # the C two-sum loops' own (CYBN_LANES, cybn_lanes_total above), one
+    # definition for both, as their bits must be run_reduce's
+    enum: LANES "CYBN_LANES"
+    double lanes_total "cybn_lanes_total"(double* a) noexcept nogil
 
 
 cdef enum:

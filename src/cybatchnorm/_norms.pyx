@@ -7,11 +7,11 @@ instance norm: G = C, Cg = 1). Each value's scale and shift are
 ``gamma[p]``/``beta[p]``, p = g * Cg + (its index in the row) // S for a row
 of group g: per feature for layer norm, per channel for group norm.
 
-Rows are independent, so the forward (each task a run of consecutive rows)
-is bitwise the same for any thread count; the backward's parameter gradients sum over
-rows: each of K chunks of rows (K a function of the shape alone) sums its
-rows in order into its own partial, and the partials are added in chunk
-order. Every sum runs in float64 over the fixed lanes of ``_common.pxd``'s
+Rows are independent, so the forward (each task a run of consecutive
+rows) is bitwise the same for any thread count; the backward's parameter
+gradients sum over rows: each of K chunks of rows (K a function of the
+shape alone) sums its rows in order into its own partial, and the partials
+are added in chunk order. Every sum runs in float64 over the fixed lanes of ``_common.pxd``'s
 run reductions, so every SIMD build gives the same bits.
 """
 from cython cimport floating
@@ -173,8 +173,8 @@ def forward(const floating[:, ::1] x, const floating[::1] gamma, const floating[
     ``mean``/``var``/``ivar`` (R,) receive each row's float64 mean, biased
     variance and ``1 / sqrt(var + eps)``; ``out`` (x's shape) the
     normalized rows. Each task a run of consecutive rows: bitwise the same
-    for any thread count. ``xcopy`` (x's shape, or None) receives a copy of x, written as each row
-    is read. ``fast`` (float32 data): the output computed in float32 where
+    for any thread count. ``xcopy`` (x's shape, or None) receives a copy of
+    x, written as each row is read. ``fast`` (float32 data): the output computed in float32 where
     that is exact enough (see ``_forward_row``; what a minimal cache and the
     PyTorch drop-in take), else every value in float64.
     """
@@ -313,23 +313,15 @@ cdef inline void _param_quad(const floating* d, const floating* x, const double*
         pdb[j] += (<double>d[j] + d1[j]) + (<double>d2[j] + d3[j])
 
 
-cdef inline void _param_rows(const floating* d0, const floating* x0, double m0, double iv0,
-                             const floating* d1, const floating* x1, double m1, double iv1,
-                             Py_ssize_t M, double* pdg, double* pdb) noexcept nogil:
-    # S == 1 (a parameter per value): two rows' shares of dgamma = sum(dout *
-    # xhat) and dbeta = sum(dout) added into the chunk's float64 partials at
-    # once, (row 0 + row 1) per value (d1 NULL: one row). Each partial is
-    # loaded and stored once per two rows: the stores were the backward's
-    # largest cost. The rows are still in L1 from their dx pass
+cdef inline void _param_row(const floating* d, const floating* x, double m, double iv,
+                            Py_ssize_t M, double* pdg, double* pdb) noexcept nogil:
+    # S == 1 (a parameter per value): one row's shares of dgamma = sum(dout *
+    # xhat) and dbeta = sum(dout) added into the chunk's float64 partials
+    # (the row is still in L1 from its dx pass)
     cdef Py_ssize_t j
-    if d1 == NULL:
-        for j in range(M):
-            pdg[j] += d0[j] * ((x0[j] - m0) * iv0)
-            pdb[j] += d0[j]
-        return
     for j in range(M):
-        pdg[j] += d0[j] * ((x0[j] - m0) * iv0) + d1[j] * ((x1[j] - m1) * iv1)
-        pdb[j] += <double>d0[j] + d1[j]
+        pdg[j] += d[j] * ((x[j] - m) * iv)
+        pdb[j] += d[j]
 
 
 cdef inline void _layer_chunk(const floating* d, const floating* x, const double* mean,
@@ -362,8 +354,7 @@ cdef inline void _layer_chunk(const floating* d, const floating* x, const double
         elif r == r1 - 1:
             # the chunk's last rows short of four, one by one
             for i in range(r - (r - r0) % 4, r + 1):
-                _param_rows(d + i * M, x + i * M, mean[i], ivar[i], NULL, NULL, 0.0, 0.0, M,
-                            pdg, pdb)
+                _param_row(d + i * M, x + i * M, mean[i], ivar[i], M, pdg, pdb)
         r += 1
 
 
@@ -408,8 +399,8 @@ def backward(const floating[:, ::1] dout, const floating[:, ::1] x, const double
             if S == 1:
                 # a row of its own group's parameters (S != 1: _backward_row
                 # added the row's per-channel shares)
-                _param_rows(&dout[r, 0], &x[r, 0], mean[r], ivar[r], NULL, NULL, 0.0, 0.0,
-                            M, &pdg[k, g * Cg], &pdb[k, g * Cg])
+                _param_row(&dout[r, 0], &x[r, 0], mean[r], ivar[r], M, &pdg[k, g * Cg],
+                           &pdb[k, g * Cg])
     if stream:
         store_fence()
     for p in range(P):
