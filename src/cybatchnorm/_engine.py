@@ -208,11 +208,37 @@ def fused_double_backward(ggx: AnyArray | None, dout: AnyArray, x: AnyArray, mu6
                           use_batch_stats: bool, ddout: AnyArray, dx: AnyArray,
                           nt: int) -> F64Array:
     """Second derivatives into ``ddout`` and ``dx`` (``ggx`` None reads as
-    zeros); returns the float64 ``dgamma``."""
-    dgamma = np.empty(dout.shape[1])
+    zeros); returns the float64 ``dgamma``. (N, C, S) arrays, (C,) values:
+    one batch of :func:`double_backward_batches`."""
+    dgamma: F64Array = double_backward_batches(
+        None if ggx is None else ggx[None], dout[None], x[None], mu64[None], ivar64[None],
+        gamma[None], ggw[None], ggb[None], use_batch_stats, ddout[None], dx[None], nt)[0]
+    return dgamma
+
+
+def double_backward_batches(ggx: AnyArray | None, dout: AnyArray, x: AnyArray,
+                            mu64: F64Array, ivar64: F64Array, gamma: F64Array, ggw: F64Array,
+                            ggb: F64Array, use_batch_stats: bool, ddout: AnyArray,
+                            dx: AnyArray, nt: int) -> F64Array:
+    """:func:`fused_double_backward` of B independent batches stacked:
+    (B, N, C, S) arrays, (B, C) float64 values; returns the (B, C) ``dgamma``."""
+    dgamma = np.empty(mu64.shape)
     fused.double_backward(dout if ggx is None else ggx, ggx is not None, dout, x, mu64, ivar64,
                           gamma, ggw, ggb, use_batch_stats, ddout, dx, dgamma, nt)
     return dgamma
+
+
+def jvp_batches(tx: AnyArray | None, x: AnyArray, mu64: F64Array, ivar64: F64Array,
+                gamma: F64Array, tgamma: F64Array, tbeta: F64Array, use_batch_stats: bool,
+                tout: AnyArray, nt: int) -> None:
+    """The forward's Jacobian-vector product into ``tout``: the tangent of
+    ``out`` for tangents ``tx`` (None: zero), ``tgamma``, ``tbeta`` of x,
+    gamma and beta, for B batches stacked ((B, N, C, S) arrays, (B, C)
+    float64 values). It is the double backward's ``ddout`` (the kernel's
+    ``jvp`` mode computes that alone)."""
+    fused.double_backward(x if tx is None else tx, tx is not None, x, x, mu64, ivar64, gamma,
+                          tgamma, tbeta, use_batch_stats, tout, tout, np.empty(mu64.shape), nt,
+                          True)
 
 
 def copy(src: AnyArray, dst: AnyArray, nt: int) -> None:
@@ -391,3 +417,5 @@ def update_running_stats(running_mean: AnyArray | None, running_var: AnyArray | 
 
 forward_tensor = fused.forward_tensor
 backward_tensor = fused.backward_tensor
+forward_batches = fused.forward_batches
+backward_batches = fused.backward_batches

@@ -77,6 +77,7 @@ def double_backward(
     dx: AnyArray,
     dgamma: F64Array,
     n_threads: int,
+    jvp: bool = ...,
 ) -> None: ...
 
 def update_running(
@@ -114,6 +115,44 @@ def backward_tensor(
     dout: int,
     x: int,
     dx: int,
+    N: int,
+    C: int,
+    S: int,
+    f64: bool,
+    mean: int,
+    invstd: int,
+    gamma: int,
+    dgamma: int,
+    dbeta: int,
+    training: bool,
+    K: int,
+    n_threads: int,
+) -> None: ...
+
+def forward_batches(
+    x: int,
+    out: int,
+    B: int,
+    N: int,
+    C: int,
+    S: int,
+    f64: bool,
+    gamma: int,
+    beta: int,
+    eps: float,
+    mean: int,
+    var: int,
+    training: bool,
+    stats: int,
+    K: int,
+    n_threads: int,
+) -> None: ...
+
+def backward_batches(
+    dout: int,
+    x: int,
+    dx: int,
+    B: int,
     N: int,
     C: int,
     S: int,

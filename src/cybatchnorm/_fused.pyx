@@ -671,61 +671,69 @@ def copy(const floating[::1] src, floating[::1] dst, int n_threads):
         memcpy(&dst[lo], &src[lo], (hi - lo) * sizeof(floating))
 
 
-cdef inline void _double_channel(const floating[:, :, ::1] ggx, bint has_ggx,
-                                 const floating[:, :, ::1] dout,
-                                 const floating[:, :, ::1] x, double m, double r,
+cdef inline void _double_channel(const floating[:, :, :, ::1] ggx, bint has_ggx,
+                                 const floating[:, :, :, ::1] dout,
+                                 const floating[:, :, :, ::1] x, double m, double r,
                                  double g, double ag, double ab, bint use_batch_stats,
-                                 floating[:, :, ::1] ddout, floating[:, :, ::1] dx,
-                                 double* dgamma, Py_ssize_t c) noexcept nogil:
-    # one channel of the double backward, in two passes over its values
-    cdef Py_ssize_t N = dout.shape[0], S = dout.shape[2], n, s
-    cdef double M = <double>N * S, a = 0.0, dy, xh
+                                 bint jvp, floating[:, :, :, ::1] ddout,
+                                 floating[:, :, :, ::1] dx, double* dgamma, Py_ssize_t i,
+                                 Py_ssize_t c) noexcept nogil:
+    # channel c of batch i of the double backward, in two passes over its
+    # values; ``jvp``: ddout alone (dout is not read, dx and dgamma not written)
+    cdef Py_ssize_t N = x.shape[1], S = x.shape[3], n, s
+    cdef double M = <double>N * S, a = 0.0, dy = 0.0, xh
     cdef double sa = 0.0, sax = 0.0, sd = 0.0, sdx = 0.0, sad = 0.0, inner, pa, pd
     for n in range(N):
         for s in range(S):
-            dy = dout[n, c, s]
-            xh = (x[n, c, s] - m) * r
+            xh = (x[i, n, c, s] - m) * r
             if has_ggx:
-                a = ggx[n, c, s]
+                a = ggx[i, n, c, s]
             sa += a
             sax += a * xh
-            sd += dy
-            sdx += dy * xh
-            sad += a * dy
+            if not jvp:
+                dy = dout[i, n, c, s]
+                sd += dy
+                sdx += dy * xh
+                sad += a * dy
     if use_batch_stats:
         inner = sad - sa * sd / M - sax * sdx / M       # <a, P(dy)>
-        dgamma[0] = r * inner
+        if not jvp:
+            dgamma[0] = r * inner
         for n in range(N):
             for s in range(S):
-                dy = dout[n, c, s]
-                xh = (x[n, c, s] - m) * r
+                xh = (x[i, n, c, s] - m) * r
                 if has_ggx:
-                    a = ggx[n, c, s]
+                    a = ggx[i, n, c, s]
                 pa = a - sa / M - xh * (sax / M)
-                pd = dy - sd / M - xh * (sdx / M)
-                ddout[n, c, s] = <floating>(g * r * pa + ag * xh + ab)
-                dx[n, c, s] = <floating>((g * r * r / M) * (-xh * inner - sax * pd - sdx * pa)
-                                         + ag * r * pd)
+                ddout[i, n, c, s] = <floating>(g * r * pa + ag * xh + ab)
+                if not jvp:
+                    dy = dout[i, n, c, s]
+                    pd = dy - sd / M - xh * (sdx / M)
+                    dx[i, n, c, s] = <floating>((g * r * r / M) * (-xh * inner - sax * pd
+                                                                   - sdx * pa) + ag * r * pd)
     else:
-        dgamma[0] = r * sad
+        if not jvp:
+            dgamma[0] = r * sad
         for n in range(N):
             for s in range(S):
-                xh = (x[n, c, s] - m) * r
+                xh = (x[i, n, c, s] - m) * r
                 if has_ggx:
-                    a = ggx[n, c, s]
-                ddout[n, c, s] = <floating>(g * r * a + ag * xh + ab)
-                dx[n, c, s] = <floating>(ag * r * dout[n, c, s])
+                    a = ggx[i, n, c, s]
+                ddout[i, n, c, s] = <floating>(g * r * a + ag * xh + ab)
+                if not jvp:
+                    dx[i, n, c, s] = <floating>(ag * r * dout[i, n, c, s])
 
 
-def double_backward(const floating[:, :, ::1] ggx, bint has_ggx,
-                    const floating[:, :, ::1] dout, const floating[:, :, ::1] x,
-                    const double[::1] mu64, const double[::1] ivar64,
-                    const double[::1] gamma, const double[::1] ggw,
-                    const double[::1] ggb, bint use_batch_stats,
-                    floating[:, :, ::1] ddout, floating[:, :, ::1] dx,
-                    double[::1] dgamma, int n_threads):
+def double_backward(const floating[:, :, :, ::1] ggx, bint has_ggx,
+                    const floating[:, :, :, ::1] dout, const floating[:, :, :, ::1] x,
+                    const double[:, ::1] mu64, const double[:, ::1] ivar64,
+                    const double[:, ::1] gamma, const double[:, ::1] ggw,
+                    const double[:, ::1] ggb, bint use_batch_stats,
+                    floating[:, :, :, ::1] ddout, floating[:, :, :, ::1] dx,
+                    double[:, ::1] dgamma, int n_threads, bint jvp=False):
     """Second derivatives: the gradients of ``<ggx, dx> + <ggw, dgamma> + <ggb, dbeta>``
-    with respect to dout (``ddout``), x (``dx``) and gamma (``dgamma``).
+    with respect to dout (``ddout``), x (``dx``) and gamma (``dgamma``), for
+    B independent batches stacked: arrays (B, N, C, S), (B, C) per-channel values.
 
     Per channel, over its M values, with xhat = (x - mu) * r, a = ggx and
     P(v) = v - mean(v) - xhat * mean(v * xhat) (the docs' "Double backward"):
@@ -733,14 +741,20 @@ def double_backward(const floating[:, :, ::1] ggx, bint has_ggx,
     ``dx = g*r^2/M * (-xhat*<a, P(dout)> - <a, xhat>*P(dout) - <dout, xhat>*P(a))
     + ggw*r*P(dout)``. With ``use_batch_stats`` false (eval mode: mu and r
     constants) P is the identity and ``dx = ggw*r*dout``. ``has_ggx`` false
-    reads ``ggx`` as zeros (pass any array of the right shape). Sums in
-    float64, one channel per task in a fixed order: bitwise the same for any
-    thread count.
+    reads ``ggx`` as zeros (pass any array of the right shape). ``ddout`` is
+    also the forward's Jacobian-vector product: the tangent of ``out`` for
+    tangents ggx, ggw, ggb of x, gamma, beta (the docs' "Forward mode");
+    ``jvp`` computes it alone (``dout`` is not read, ``dx`` and ``dgamma`` not
+    written). Sums in float64, one (batch, channel) per task in a fixed
+    order: bitwise the same for any thread count.
     """
-    cdef Py_ssize_t C = dout.shape[1], c
-    for c in prange(C, nogil=True, schedule='static', num_threads=n_threads):
-        _double_channel(ggx, has_ggx, dout, x, mu64[c], ivar64[c], gamma[c], ggw[c], ggb[c],
-                        use_batch_stats, ddout, dx, &dgamma[c], c)
+    cdef Py_ssize_t B = x.shape[0], C = x.shape[2], t, i, c
+    for t in prange(B * C, nogil=True, schedule='static', num_threads=n_threads):
+        i = t // C
+        c = t - i * C
+        _double_channel(ggx, has_ggx, dout, x, mu64[i, c], ivar64[i, c], gamma[i, c],
+                        ggw[i, c], ggb[i, c], use_batch_stats, jvp, ddout, dx, &dgamma[i, c],
+                        i, c)
 
 
 ctypedef fused running_t:
@@ -922,3 +936,80 @@ def backward_tensor(size_t dout, size_t x, size_t dx, Py_ssize_t N, Py_ssize_t C
         _backward_at(<const float*>dout, <const float*>x, <float*>dx, N, C, S,
                      <const double*>mean, <const double*>invstd, <const float*>gamma,
                      <float*>dgamma, <float*>dbeta, training, K, n_threads)
+
+
+# ------------------------------------------------- batches stacked (vmap)
+
+cdef int _forward_batches_at(const floating* x, floating* out, Py_ssize_t B, Py_ssize_t N,
+                             Py_ssize_t C, Py_ssize_t S, const floating* gamma,
+                             const floating* beta, double eps, floating* mean,
+                             floating* var, bint training, double* stats, Py_ssize_t K,
+                             int n_threads) except -1:
+    # forward_batches for one dtype: each batch as forward_tensor computes it
+    cdef Py_ssize_t i, L = N * C * S
+    for i in range(B):
+        _forward_at(x + i * L, out + i * L, N, C, S, NULL if gamma == NULL else gamma + i * C,
+                    NULL if beta == NULL else beta + i * C, eps,
+                    NULL if mean == NULL else mean + i * C,
+                    NULL if var == NULL else var + i * C, training, 0.0, stats + 3 * i * C,
+                    K, n_threads)
+    return 0
+
+
+def forward_batches(size_t x, size_t out, Py_ssize_t B, Py_ssize_t N, Py_ssize_t C,
+                    Py_ssize_t S, bint f64, size_t gamma, size_t beta, double eps,
+                    size_t mean, size_t var, bint training, size_t stats, Py_ssize_t K,
+                    int n_threads):
+    """``forward_tensor`` over B independent batches stacked in one call (the
+    drop-in's batching rule under ``torch.func.vmap``): ``x`` and ``out``
+    hold B*N*C*S values, batch i's (N, C, S) values after batch i-1's;
+    ``gamma``, ``beta`` (B, C) contiguous of x's dtype or 0; in eval mode
+    (``training`` false) ``mean`` and ``var`` (B, C) normalize, else they
+    are not read (pass 0) and nothing is updated; ``stats`` a (B, 3, C)
+    float64 block receives each batch's mean, inverse standard deviation and
+    m2. Batch i gets the bits ``forward_tensor`` gives it alone."""
+    if B == 0 or C == 0 or N * S == 0:
+        return
+    if f64:
+        _forward_batches_at(<const double*>x, <double*>out, B, N, C, S, <const double*>gamma,
+                            <const double*>beta, eps, <double*>mean, <double*>var, training,
+                            <double*>stats, K, n_threads)
+    else:
+        _forward_batches_at(<const float*>x, <float*>out, B, N, C, S, <const float*>gamma,
+                            <const float*>beta, eps, <float*>mean, <float*>var, training,
+                            <double*>stats, K, n_threads)
+
+
+cdef int _backward_batches_at(const floating* dout, const floating* x, floating* dx,
+                              Py_ssize_t B, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                              const double* mean, const double* invstd,
+                              const floating* gamma, floating* dgamma, floating* dbeta,
+                              bint training, Py_ssize_t K, int n_threads) except -1:
+    # backward_batches for one dtype: each batch as backward_tensor computes it
+    cdef Py_ssize_t i, L = N * C * S
+    for i in range(B):
+        _backward_at(dout + i * L, x + i * L, dx + i * L, N, C, S, mean + i * C,
+                     invstd + i * C, NULL if gamma == NULL else gamma + i * C,
+                     dgamma + i * C, dbeta + i * C, training, K, n_threads)
+    return 0
+
+
+def backward_batches(size_t dout, size_t x, size_t dx, Py_ssize_t B, Py_ssize_t N,
+                     Py_ssize_t C, Py_ssize_t S, bint f64, size_t mean, size_t invstd,
+                     size_t gamma, size_t dgamma, size_t dbeta, bint training, Py_ssize_t K,
+                     int n_threads):
+    """``backward_tensor`` over B independent batches stacked in one call:
+    ``dout``, ``x``, ``dx`` hold B*N*C*S values, batch after batch; ``mean``,
+    ``invstd`` (B, C) contiguous float64 (each batch's forward statistics);
+    ``gamma`` (B, C) or 0; ``dgamma``, ``dbeta`` (B, C) contiguous of the
+    dtype. Batch i gets the bits ``backward_tensor`` gives it alone."""
+    if B == 0 or C == 0 or N * S == 0:
+        return
+    if f64:
+        _backward_batches_at(<const double*>dout, <const double*>x, <double*>dx, B, N, C, S,
+                             <const double*>mean, <const double*>invstd, <const double*>gamma,
+                             <double*>dgamma, <double*>dbeta, training, K, n_threads)
+    else:
+        _backward_batches_at(<const float*>dout, <const float*>x, <float*>dx, B, N, C, S,
+                             <const double*>mean, <const double*>invstd, <const float*>gamma,
+                             <float*>dgamma, <float*>dbeta, training, K, n_threads)

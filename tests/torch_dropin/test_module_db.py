@@ -148,6 +148,76 @@ def test_samples_gradgrad(info, training):
         assert torch.autograd.gradgradcheck(fn, inputs, check_batched_grad=False)
 
 
+BATCH_NORMS = [m for m in INFOS
+               if issubclass(m.module_cls, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("info", BATCH_NORMS, ids=lambda m: m.module_cls.__name__)
+def test_batch_norm_samples_every_gradcheck_mode(info, training):
+    # forward-mode AD, batched gradients (vmap over the backward), batched
+    # forward gradients (vmap over forward mode), forward over reverse and
+    # batched second derivatives, on every sample, in each of its formats
+    ran = 0
+    for sample in samples(info, torch.float64, training):
+        x0 = sample.forward_input.args[0]
+        if x0.numel() == 0:
+            continue
+        for fmt in FORMATS[x0.dim()]:
+            ours, _ = build(info, sample, torch.float64, training)
+            names = [n for n, _ in ours.named_parameters()]
+            state = copy.deepcopy(ours.state_dict())
+
+            def fn(x, *p, ours=ours, state=state, names=names):
+                ours.load_state_dict(state)      # the same running statistics every call
+                return torch.func.functional_call(ours, dict(zip(names, p)), (x,))
+            inputs = (x0.detach().clone().to(memory_format=fmt).requires_grad_(),) + tuple(
+                p.detach().clone().requires_grad_() for p in ours.parameters())
+            assert torch.autograd.gradcheck(fn, inputs, check_forward_ad=True,
+                                            check_batched_grad=True,
+                                            check_batched_forward_grad=True)
+            assert torch.autograd.gradgradcheck(fn, inputs, check_batched_grad=True,
+                                                check_fwd_over_rev=True)
+            ran += 1
+    assert ran >= 3
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("info", BATCH_NORMS, ids=lambda m: m.module_cls.__name__)
+def test_batch_norm_samples_under_transforms_match_torch(info, training):
+    # grad (input and parameters), jvp, jacfwd and vmap through
+    # functional_call on every sample against torch.nn's module where its
+    # transforms work: eval, and training without running statistics (the
+    # training output does not read them; ours keeps tracking its own, which
+    # it updates under each transform, where torch.nn raises under jvp)
+    ran = 0
+    for sample in samples(info, torch.float64, training, requires_grad=False):
+        x0 = sample.forward_input.args[0]
+        if x0.numel() == 0:
+            continue
+        for fmt in FORMATS[x0.dim()]:
+            ours, theirs = build(info, sample, torch.float64, training)
+            theirs.track_running_stats = False
+            x = x0.detach().clone().to(memory_format=fmt)
+            res = []
+            for m in (ours, theirs):
+                p = {k: v.detach() for k, v in m.named_parameters()}
+
+                def loss(x, p, m=m):
+                    return torch.func.functional_call(m, p, (x,)).sin().sum()
+
+                def out(x, m=m, p=p):
+                    return torch.func.functional_call(m, p, (x,))
+                res.append((torch.func.grad(loss, argnums=(0, 1))(x, p),
+                            torch.func.jvp(out, (x,), (torch.cos(x),)),
+                            torch.func.jacfwd(out)(x[:2]) if x.shape[0] > 2 else None))
+                if not training:        # (training: a shared running statistic raises)
+                    res[-1] += (torch.func.vmap(out)(torch.stack([x, 2 * x])),)
+            torch.testing.assert_close(res[0], res[1], **TOL[torch.float64])
+            ran += 1
+    assert ran >= 1
+
+
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("info", [m for m in INFOS if m.module_error_inputs_func is not None],
                          ids=lambda m: m.module_cls.__name__)

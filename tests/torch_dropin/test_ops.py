@@ -151,29 +151,6 @@ def test_compiled_training_matches_eager(backend, fmt):
         torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6, msg=n)
 
 
-def test_torch_func_support():
-    bn = cbt.BatchNorm1d(3, dtype=F64, track_running_stats=False)
-    ref = torch.nn.BatchNorm1d(3, dtype=F64, track_running_stats=False)
-    x = torch.randn(2, 5, 3, dtype=F64)
-    # vmap: supported (one operator call per batch entry)
-    torch.testing.assert_close(torch.func.vmap(bn)(x), torch.func.vmap(ref)(x))
-    f = lambda t: bn(t).pow(3).sum()    # noqa: E731
-    for transform in (torch.func.grad, torch.func.jacrev, torch.func.hessian,
-                      torch.func.jacfwd):
-        with pytest.raises(NotImplementedError, match="cybatchnorm.torch does not support"):
-            transform(f)(x[0])
-    # jvp would return a zero tangent: it raises instead
-    with pytest.raises(NotImplementedError, match="torch.func.jvp"):
-        torch.func.jvp(bn, (x[0],), (torch.ones_like(x[0]),))
-    import torch.autograd.forward_ad as fwAD
-    with fwAD.dual_level():
-        dual = fwAD.make_dual(x[0], torch.ones_like(x[0]))
-        with pytest.raises(NotImplementedError, match="forward-mode AD"):
-            bn(dual)
-        with pytest.raises(NotImplementedError, match="forward-mode AD"):
-            cbt.batch_norm(dual, None, None, training=True)
-
-
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_eager_calls_equal_the_registered_operators(training):
     # eager calls take a lean path over the operators' own implementations:

@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._checks import PLAIN, check_not_tracing, check_transforms, dispatcher_visible
+from ._checks import PLAIN, check_not_tracing, dispatcher_visible, transformed
 from ._fast import fast_apply, plan_for, unwrap_if_dead
+from ._func import batch_norm_transformed
 from ._layout import spatial_size
 from ._ops import EagerBatchNorm, batch_norm_forward, update_running_stats
 
@@ -38,17 +39,21 @@ def run_batch_norm(
     """Batch norm as the modules and ``batch_norm`` run it: the output, with
     the running statistics updated in training mode and ``counter`` (a
     module's ``num_batches_tracked``, or None) incremented once the batch
-    was accepted. TorchScript tracing and the transforms the operators have
-    no rule for raise first (``check_not_tracing``, ``check_transforms``).
-    The registered operators run whenever something watches or replaces
+    was accepted. TorchScript tracing raises first (``check_not_tracing``);
+    under a torch.func transform or forward-mode AD,
+    ``_func.batch_norm_transformed`` runs it (functions with every
+    transform's rule). Otherwise the registered operators run whenever something watches or replaces
     torch's dispatcher (``_checks.dispatcher_visible``); otherwise one compiled
     call per direction (:class:`_Fast`) for inputs its plan accepts, and the
     operators' implementations through :class:`EagerBatchNorm` for the rest
     (float16/bfloat16, strided input, empty batches)."""
     visible = dispatcher_visible(x, weight, bias, running_mean, running_var)
-    if visible or torch._C._is_tracing() or torch.autograd.forward_ad._current_level >= 0:
+    if visible or torch._C._is_tracing():
         check_not_tracing()
-        check_transforms(x)
+    # (a transform makes the dispatcher visible; forward-mode AD does not)
+    if (visible or torch.autograd.forward_ad._current_level >= 0) and transformed():
+        return batch_norm_transformed(x, weight, bias, running_mean, running_var, training,
+                                      momentum, eps, num_threads, counter)
     res: Tensor
     if visible:
         mean: Tensor

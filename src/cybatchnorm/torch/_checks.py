@@ -115,22 +115,44 @@ def check_batch_norm(
     return torch.float64 if x.dtype in REDUCED else x.dtype
 
 
-_MESSAGE = ("cybatchnorm.torch does not support {}: its operators have autograd formulas "
-            "(.backward() and torch.autograd.grad, to second order) but no forward-mode or "
-            "torch.func rules; use torch.autograd, or torch.nn.BatchNorm under these transforms")
+_MESSAGE = ("cybatchnorm.torch's {what} does not support {how} yet: its operators have "
+            "autograd formulas (.backward() and torch.autograd.grad, to second order) but no "
+            "forward-mode or torch.func rules (batch norm has them); use torch.autograd, or "
+            "torch.nn's module under these transforms")
 _UNSUPPORTED = {"Grad": "torch.func.grad, vjp, jacrev and hessian",
                 "Jvp": "torch.func.jvp and jacfwd (forward-mode AD)"}
 
 
-def check_transforms(x: Any) -> None:
-    """Refuse the torch.func transforms the operators have no rule for.
+def transformed() -> bool:
+    """Whether batch norm runs under a torch.func transform or forward-mode
+    AD (and not while ``torch.compile`` traces, where the operators run):
+    then ``_func``'s functions, which have their rules, compute it."""
+    return not torch.compiler.is_compiling() and (
+        torch._C._functorch.peek_interpreter_stack() is not None
+        or torch.autograd.forward_ad._current_level >= 0)
+
+
+def legacy_vmap() -> bool:
+    """Whether torch's legacy vmap is active (``torch.autograd.grad(...,
+    is_grads_batched=True)`` and gradcheck's batched checks run the backward
+    or forward-mode AD under it): its batched tensors have no memory and no
+    interpreter runs a Function's vmap rule, but its fallback runs a
+    registered operator once per batch entry."""
+    level = torch._C._vmapmode_increment_nesting()
+    torch._C._vmapmode_decrement_nesting()
+    return bool(level > 1)
+
+
+def check_transforms(x: Any, what: str) -> None:
+    """Refuse the torch.func transforms ``what`` (layer, group and instance
+    norm, SyncBatchNorm: their operators) has no rule for.
 
     Autograd (``backward``, ``torch.autograd.grad`` to second order),
     ``torch.compile`` and ``torch.func.vmap`` (one operator call per batch
     entry) work. Under ``torch.func.grad``-like transforms the operators'
     autograd formulas cannot run, and under ``torch.func.jvp`` they would give
     a zero tangent: a wrong value, so these, and forward-mode AD on ``x``,
-    raise here instead.
+    raise here instead. (Batch norm runs every transform: ``_func``.)
     """
     if torch.compiler.is_compiling():
         return
@@ -139,10 +161,11 @@ def check_transforms(x: Any) -> None:
         for interpreter in retrieve_all_functorch_interpreters():
             name = interpreter.key().name
             if name in _UNSUPPORTED:
-                raise NotImplementedError(_MESSAGE.format(_UNSUPPORTED[name]))
+                raise NotImplementedError(_MESSAGE.format(what=what, how=_UNSUPPORTED[name]))
     if torch.autograd.forward_ad._current_level >= 0 and \
             torch.autograd.forward_ad.unpack_dual(x).tangent is not None:  # type: ignore[no-untyped-call]
-        raise NotImplementedError(_MESSAGE.format("forward-mode AD (torch.autograd.forward_ad)"))
+        raise NotImplementedError(_MESSAGE.format(
+            what=what, how="forward-mode AD (torch.autograd.forward_ad)"))
 
 
 TORCHSCRIPT = ("cybatchnorm.torch does not support TorchScript ({}): its operators run "

@@ -12,9 +12,9 @@ from torch import Tensor
 
 from .. import _engine
 from . import _outputs
-from ._checks import check_batch_norm
+from ._checks import check_batch_norm, legacy_vmap, transformed
+from ._func import backward_transformed
 from ._layout import F64, in_layout, is_layout, kernel_threads, layout_of, spatial_size
-from ._ops import batch_norm_backward
 
 __all__ = ["fast_apply", "plan_for", "unwrap_if_dead"]
 
@@ -88,8 +88,9 @@ class _Fast(torch.autograd.Function):
     inputs a :class:`_Plan` accepts, bit for bit, without numpy views,
     conversions or per-call decisions. The running statistics are updated
     inside the forward call; ``out`` and ``dx`` come from the drop-in's pool
-    when large. A backward that builds a graph (``create_graph=True``) runs
-    the differentiable ``batch_norm_backward`` operator, as ``_ops.EagerBatchNorm``'s."""
+    when large. A backward that builds a graph (``create_graph=True``) or runs
+    under a transform (batched gradients) runs ``_func.backward_transformed``,
+    as ``_ops.EagerBatchNorm``'s."""
 
     @staticmethod
     def forward(ctx: Any, x: Any, weight: Any, bias: Any, rest: Any) -> Any:
@@ -119,10 +120,11 @@ class _Fast(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         plan, training, has_bias, stats = ctx.info
         need = ctx.needs_input_grad
-        if torch.is_grad_enabled():
-            # a graph of the backward: the differentiable operator
-            dx, dweight, dbias = batch_norm_backward(dout, x, weight, stats[0], stats[1],
-                                                     training, plan.threads)
+        if torch.is_grad_enabled() or transformed() or legacy_vmap():
+            # a graph of the backward, or a transform (batched gradients):
+            # the differentiable backward with every transform's rule
+            dx, dweight, dbias = backward_transformed(dout, x, weight, stats[0], stats[1],
+                                                      training, plan.threads)
         else:
             if dout.dtype != x.dtype:
                 dout = dout.to(x.dtype)

@@ -32,7 +32,8 @@ import torch
 from torch import Tensor
 
 from .. import _engine
-from ._checks import check_batch_norm, dispatcher_visible
+from ._checks import check_batch_norm, dispatcher_visible, legacy_vmap, transformed
+from ._func import backward_transformed
 from ._layout import (
     F64,
     NUMPY_DTYPE,
@@ -183,7 +184,10 @@ def _forward_setup(ctx: Any, inputs: Any, output: Any) -> None:
 
 
 def _forward_grad(ctx: Any, dout: Any, _dmean: Any, _dinvstd: Any, _dm2: Any) -> tuple[Any, ...]:
-    return _input_grads(ctx, dout, batch_norm_backward) + (None,) * 5
+    # under a transform (batched gradients of a forward the operator ran,
+    # outside torch.compile) the backward with every transform's rule
+    backward = backward_transformed if transformed() or legacy_vmap() else batch_norm_backward
+    return _input_grads(ctx, dout, backward) + (None,) * 5
 
 
 # ----------------------------------------------------------------- backward
@@ -306,6 +310,42 @@ def _double_fake(
     return torch.empty_like(dout), torch.empty_like(x), x.new_empty((C,), dtype=pdt)
 
 
+# ---------------------------------------------------------- forward mode
+
+def _jvp_impl(tx: Optional[Tensor], tw: Optional[Tensor], tb: Optional[Tensor], x: Tensor,
+              weight: Optional[Tensor], mean: Tensor, invstd: Tensor, training: bool,
+              num_threads: int) -> Tensor:
+    """The tangent of ``batch_norm_forward``'s output for tangents ``tx``,
+    ``tw``, ``tb`` of x, weight and bias (None for zero): the compiled
+    kernel ``double_backward`` in its ``jvp`` mode (the double backward's
+    ddout is this Jacobian-vector product; the docs' "Forward mode")."""
+    from ._func import jvp_kernel
+    C = x.shape[1]
+    rows = [None if t is None else t.detach().reshape(1, C) for t in (tw, tb, weight)]
+    return jvp_kernel(None if tx is None else tx.detach().unsqueeze(0), rows[0], rows[1],
+                      x.detach().unsqueeze(0), rows[2], mean.reshape(1, C),
+                      invstd.reshape(1, C), training, num_threads)[0]
+
+
+batch_norm_jvp = torch.library.custom_op("cybatchnorm::batch_norm_jvp", _jvp_impl,
+                                         mutates_args=())
+
+
+@batch_norm_jvp.register_fake
+def _jvp_fake(
+    tx: Any,
+    tw: Any,
+    tb: Any,
+    x: Any,
+    weight: Any,
+    mean: Any,
+    invstd: Any,
+    training: Any,
+    num_threads: Any,
+) -> Tensor:
+    return torch.empty_like(x)
+
+
 batch_norm_forward.register_autograd(_forward_grad, setup_context=_forward_setup)
 batch_norm_backward.register_autograd(_backward_grad, setup_context=_backward_setup)
 
@@ -319,9 +359,9 @@ class EagerBatchNorm(torch.autograd.Function):
     under ``torch.compile`` and torch.func transforms the registered
     operators run. Forward: ``_forward_impl`` and the running statistics'
     update; backward: ``_backward_impl``, or, when a graph of the backward is
-    being built (``create_graph=True``), the differentiable
-    ``batch_norm_backward`` operator, so second derivatives are the
-    operators' own."""
+    being built (``create_graph=True``) or a transform is active (batched
+    gradients), ``_func.backward_transformed``, whose functions have every
+    transform's rule."""
 
     @staticmethod
     def forward(
@@ -346,7 +386,9 @@ class EagerBatchNorm(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, dout: Any) -> tuple[Any, ...]:
-        # building a graph of the backward (create_graph=True): the
-        # differentiable operator; otherwise its implementation directly
-        backward = batch_norm_backward if torch.is_grad_enabled() else _backward_impl
-        return _input_grads(ctx, dout, backward) + (None,) * 6
+        # building a graph of the backward (create_graph=True) or under a
+        # transform (batched gradients): the differentiable backward with
+        # every transform's rule; otherwise the operator's implementation
+        differentiable = torch.is_grad_enabled() or transformed() or legacy_vmap()
+        return _input_grads(ctx, dout, backward_transformed if differentiable
+                            else _backward_impl) + (None,) * 6

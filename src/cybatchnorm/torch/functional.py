@@ -84,7 +84,6 @@ def batch_norm(
             [ 1.,  1.]], dtype=torch.float64)
     """
     check_not_tracing()
-    check_transforms(input)
     if not isinstance(training, bool):
         raise TypeError("batch_norm(): argument 'training' (position 6) must be bool, "
                         f"not {type(training).__name__}")
@@ -137,7 +136,7 @@ def layer_norm(
             [-1.,  1.]], dtype=torch.float64)
     """
     check_not_tracing()
-    check_transforms(input)
+    check_transforms(input, "layer_norm")
     shape = check_layer_norm(input, normalized_shape, weight, bias)
     nt = threads_arg(num_threads)
     M = math.prod(shape)
@@ -191,7 +190,7 @@ def group_norm(
     tensor([[-1.,  1., -1.,  1.]], dtype=torch.float64)
     """
     check_not_tracing()
-    check_transforms(input)
+    check_transforms(input, "group_norm")
     check_group_norm(input, num_groups, weight, bias)
     nt = threads_arg(num_threads)
     N, C, S = input.shape[0], input.shape[1], math.prod(input.shape[2:])
@@ -261,7 +260,7 @@ def instance_norm(
              [-1.,  1.]]], dtype=torch.float64)
     """
     check_not_tracing()
-    check_transforms(input)
+    check_transforms(input, "instance_norm")
     check_instance_norm(input, running_mean, running_var, weight, bias, use_input_stats)
     momentum = _momentum(momentum)
     nt = threads_arg(num_threads)

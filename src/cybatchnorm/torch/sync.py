@@ -205,7 +205,7 @@ class SyncBatchNorm(DropInBatchNorm):
         group, world = self._group()
         if group is None:
             return super().forward(input)
-        check_transforms(input)
+        check_transforms(input, "SyncBatchNorm (synchronised)")
         track, factor = self._momentum()      # training: _group() is None otherwise
         # torch's autograd.Function.apply carries no annotations
         out: Tensor = _SyncBatchNormFunction.apply(  # type: ignore[no-untyped-call]
