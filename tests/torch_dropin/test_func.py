@@ -476,3 +476,16 @@ def test_gradcheck_every_mode(training):
                                     check_batched_forward_grad=True)
     assert torch.autograd.gradgradcheck(fn, inputs, check_batched_grad=True,
                                         check_fwd_over_rev=True)
+
+
+def test_vmap_rule_moves_the_mapped_dimension_to_the_stack():
+    # the rule itself, called with the mapped dimension of x at 1 and of the
+    # weight at 1 (the drop-in's own calls reach it with dimension 0)
+    xs = torch.randn(2, 3, 4, 3, 5, dtype=F64)       # (stack, B', N, C, S)
+    ws = torch.rand(2, 3, 3, dtype=F64) + 0.5        # (stack, B', C)
+
+    def f(x, w):
+        return _func._Forward_apply(x, w, None, None, None, True, 1e-5, 0)[0]
+    got = vmap(f, in_dims=(1, 1), out_dims=1)(xs, ws)
+    for i in range(3):
+        assert torch.equal(got[:, i], f(xs[:, i], ws[:, i]))
