@@ -1,0 +1,143 @@
+"""Batch norm under each torch.func transform: what runs, and how far from the reference.
+
+``python benchmarks/torch_func.py`` prints, per transform of a float64 BatchNorm2d
+(4 vmapped batches of (8, 3, 4, 4) where the transform maps, training and eval),
+the compiled entry points one call of the transform runs (counted by wrapping
+``cybatchnorm._engine``'s), and the largest absolute difference from torch.nn's
+module under the same transform: training without running statistics (where
+torch.nn's transforms work) and eval with them. Where torch.nn's result is
+wrong (second derivatives in training: jacrev(jacfwd(...)) and the Hessian's
+x-weight block), the reference is its autograd Hessian or centred differences
+instead, and the line says so.
+"""
+from collections import Counter
+import sys
+
+import torch
+from torch.func import functional_call, grad, hessian, jacfwd, jacrev, jvp, vjp, vmap
+
+from cybatchnorm import _engine
+import cybatchnorm.torch as cbt
+
+F64 = torch.float64
+ENTRIES = ("forward_batches", "backward_batches", "double_backward_batches", "jvp_batches",
+           "forward_tensor", "backward_tensor")
+calls: Counter = Counter()
+
+
+def count(name):
+    real = getattr(_engine, name)
+
+    def counted(*a, **k):
+        calls[name] += 1
+        return real(*a, **k)
+    setattr(_engine, name, counted)
+
+
+def pair(training):
+    kw = dict(dtype=F64, track_running_stats=not training)
+    theirs, ours = torch.nn.BatchNorm2d(3, **kw), cbt.BatchNorm2d(3, **kw)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        theirs.weight.copy_(torch.rand(3, generator=gen, dtype=F64) + 0.5)
+        theirs.bias.copy_(torch.randn(3, generator=gen, dtype=F64))
+        if not training:
+            theirs.running_mean.copy_(torch.randn(3, generator=gen, dtype=F64))
+            theirs.running_var.copy_(torch.rand(3, generator=gen, dtype=F64) + 0.5)
+    ours.load_state_dict(theirs.state_dict())
+    ours.train(training)
+    theirs.train(training)
+    return ours, theirs
+
+
+def cases(m, x, xs, t):
+    p = {k: v.detach() for k, v in m.named_parameters()}
+
+    def loss(x, p=p):
+        return functional_call(m, p, (x,)).sin().sum()
+
+    def lossp(p):
+        return functional_call(m, p, (x,)).sin().sum()
+
+    def out(x):
+        return m(x).sin()
+
+    def fwad():
+        import torch.autograd.forward_ad as fwAD
+        with fwAD.dual_level():
+            return fwAD.unpack_dual(m(fwAD.make_dual(x, t))).tangent.clone()
+    return {
+        "grad": lambda: grad(loss)(x),
+        "grad (parameters)": lambda: grad(lossp)(p),
+        "vjp": lambda: vjp(out, x)[1](torch.cos(x))[0],
+        "jacrev": lambda: jacrev(out)(x[:2, :, :2]),
+        "jvp": lambda: jvp(out, (x,), (t,))[1],
+        "jacfwd": lambda: jacfwd(out)(x[:2, :, :2]),
+        "forward_ad dual": fwad,
+        "hessian": lambda: hessian(loss)(x[:2, :, :2]),
+        "hessian (x, weight)": lambda: torch.cat([
+            h.flatten() for row in hessian(lambda x, w: functional_call(
+                m, {"weight": w, "bias": p["bias"]}, (x,)).sin().sum(), argnums=(0, 1))(
+                x[:2, :, :2], p["weight"]) for h in row]),
+        "jacfwd(jacrev)": lambda: jacfwd(jacrev(loss))(x[:2, :, :2]),
+        "jacrev(jacfwd)": lambda: jacrev(jacfwd(loss))(x[:2, :, :2]),
+        "vmap": lambda: vmap(m)(xs),
+        "vmap(grad)": lambda: vmap(grad(loss))(xs),
+        "vmap(jvp)": lambda: vmap(lambda x, t: jvp(out, (x,), (t,))[1])(xs, torch.cos(xs)),
+    }
+
+
+def autograd_hessian_xw(theirs, x):
+    # torch.nn's (x, weight) Hessian built by autograd (right where its torch.func one is not)
+    b = theirs.bias.detach()
+    h = torch.autograd.functional.hessian(
+        lambda x, w: torch.nn.functional.batch_norm(x, None, None, w, b, training=True)
+        .sin().sum(), (x, theirs.weight.detach()))
+    return torch.cat([t.flatten() for row in h for t in row])
+
+
+def flat(r):
+    # one tensor of a result (a tensor, a dict or a tuple of them)
+    if isinstance(r, dict):
+        r = list(r.values())
+    if isinstance(r, (tuple, list)):
+        return torch.cat([flat(v) for v in r])
+    return r.detach().flatten()
+
+
+def main():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 3, 4, 4, generator=gen, dtype=F64)
+    xs = torch.randn(4, 8, 3, 4, 4, generator=gen, dtype=F64)
+    t = torch.randn(8, 3, 4, 4, generator=gen, dtype=F64)
+    for name in ENTRIES:
+        count(name)
+    out = sys.stdout
+    out.write(f"torch {torch.__version__}; x (8, 3, 4, 4) float64, vmap over 4 such batches\n")
+    out.write(f" {'transform':22s} {'mode':5s} {'compiled calls per transform call':52s} "
+              "largest |ours - reference|\n")
+    for training in (True, False):
+        ours, theirs = pair(training)
+        mine, ref = cases(ours, x, xs, t), cases(theirs, x, xs, t)
+        for name in mine:
+            calls.clear()
+            got = mine[name]()
+            ran = ", ".join(f"{k} x{v}" for k, v in sorted(calls.items())) or "-"
+            note = "torch.nn"
+            if training and name == "jacrev(jacfwd)":
+                want = mine["hessian"]()
+                wrong = float((flat(ref[name]()) - flat(want)).abs().max())
+                note = f"our hessian (torch.nn's differs by {wrong:.1e})"
+            elif training and name == "hessian (x, weight)":
+                want = autograd_hessian_xw(theirs, x[:2, :, :2])
+                wrong = float((flat(ref[name]()) - flat(want)).abs().max())
+                note = f"torch.nn's autograd (its torch.func one differs by {wrong:.1e})"
+            else:
+                want = ref[name]()
+            err = float((flat(got) - flat(want)).abs().max())
+            out.write(f" {name:22s} {'train' if training else 'eval':5s} {ran:52s} "
+                      f"{err:.1e} vs {note}\n")
+
+
+if __name__ == "__main__":
+    main()
