@@ -9,9 +9,16 @@ torch.nn's transforms work) and eval with them. Where torch.nn's result is
 wrong (second derivatives in training: jacrev(jacfwd(...)) and the Hessian's
 x-weight block), the reference is its autograd Hessian or centred differences
 instead, and the line says so.
+
+``python benchmarks/torch_func.py --time [rounds]`` times ``vmap(grad(...))`` of a
+float32 BatchNorm2d training step over 8 stacked batches of (16, 32, 8, 8) — ours, torch.nn's,
+and ours called batch by batch in a Python loop — interleaved, median of the rounds
+[min-max of the per-round ratios], one thread (thread CPU time) and all threads (wall).
 """
 from collections import Counter
+import statistics
 import sys
+import time
 
 import torch
 from torch.func import functional_call, grad, hessian, jacfwd, jacrev, jvp, vjp, vmap
@@ -139,5 +146,53 @@ def main():
                       f"{err:.1e} vs {note}\n")
 
 
+def timing(rounds):
+    B, shape = 8, (16, 32, 8, 8)
+    gen = torch.Generator().manual_seed(2)
+    xs = torch.randn(B, *shape, generator=gen)
+    mods = {"ours": cbt.BatchNorm2d(32, track_running_stats=False),
+            "torch.nn": torch.nn.BatchNorm2d(32, track_running_stats=False)}
+
+    def step(m):
+        p = dict(m.named_parameters())
+        return lambda: vmap(grad(lambda p, x: functional_call(m, p, (x,)).square().sum()),
+                            in_dims=(None, 0))(p, xs)
+
+    def loop(m=mods["ours"]):
+        p = dict(m.named_parameters())
+        f = grad(lambda p, x: functional_call(m, p, (x,)).square().sum())
+        return lambda: [f(p, x) for x in xs]
+    runs = {"ours": step(mods["ours"]), "torch.nn": step(mods["torch.nn"]), "ours, loop": loop()}
+    out = sys.stdout
+    out.write(f"vmap(grad) of a training step, {B} batches of {shape} float32, "
+              f"{rounds} rounds\n")
+    modes = ((1, time.thread_time, "1 thread, thread CPU time"),
+             (torch.get_num_threads(), time.perf_counter, "all threads, wall"))
+    for threads, clock, label in modes:
+        prev = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        for m in mods.values():
+            m.num_threads = threads if isinstance(m, cbt.BatchNorm2d) else None
+        times = {k: [] for k in runs}
+        for _ in range(rounds):
+            for k, f in runs.items():         # interleaved
+                f()
+                t0 = clock()
+                for _ in range(5):
+                    f()
+                times[k].append((clock() - t0) / 5)
+        torch.set_num_threads(prev)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        for k in ("torch.nn", "ours, loop"):
+            ratios = [a / b for a, b in zip(times["ours"], times[k])]
+            out.write(f" {label:28s} ours {med['ours'] * 1e3:7.3f} ms  {k:10s} "
+                      f"{med[k] * 1e3:7.3f} ms  ours/{k} {statistics.median(ratios):.2f} "
+                      f"[{min(ratios):.2f}-{max(ratios):.2f}]\n")
+
+
 if __name__ == "__main__":
-    main()
+    if "--time" in sys.argv:
+        args = [a for a in sys.argv[1:] if a != "--time"]
+        timing(int(args[0]) if args else 15)
+    else:
+        main()

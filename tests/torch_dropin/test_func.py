@@ -365,16 +365,21 @@ def test_vmap_in_dims_on_every_argument():
 
 # ------------------------------------------------------ running statistics
 
-def ensemble(cls, B=3, seed=0):
+def ensemble(cls, B=3, seed=0, momentum=0.1):
     torch.manual_seed(seed)
-    return [torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), cls(4), torch.nn.ReLU(),
-                                torch.nn.Flatten(), torch.nn.Linear(64, 2)).double()
+    return [torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), cls(4, momentum=momentum),
+                                torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(64, 2)).double()
             for _ in range(B)]
 
 
-def test_vmapped_ensemble_trains_like_each_model_alone():
+@pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum", "cumulative"])
+def test_vmapped_ensemble_trains_like_each_model_alone(momentum):
     # each model of the ensemble keeps its own running statistics and counter
-    models = ensemble(cbt.BatchNorm2d)
+    # (momentum None: each its own cumulative average; torch.nn raises there)
+    models = ensemble(cbt.BatchNorm2d, momentum=momentum)
+    for i, m in enumerate(models):      # counters apart: cumulative factors differ per model
+        m[1].num_batches_tracked.fill_(2 * i)
     alone = copy.deepcopy(models)
     params, buffers = stack_module_state(models)
     base = copy.deepcopy(models[0]).to("meta")
@@ -400,7 +405,13 @@ def test_vmapped_ensemble_trains_like_each_model_alone():
             torch.testing.assert_close(params[k][i], v, rtol=1e-12, atol=1e-14)
         for k, v in m.named_buffers():
             torch.testing.assert_close(buffers[k][i], v, rtol=1e-12, atol=1e-14)
-    assert buffers["1.num_batches_tracked"].tolist() == [3, 3, 3]
+    assert buffers["1.num_batches_tracked"].tolist() == [3, 5, 7]
+    if momentum is None:
+        theirs = ensemble(torch.nn.BatchNorm2d, momentum=None)
+        p, b = stack_module_state(theirs)
+        tbase = copy.deepcopy(theirs[0]).to("meta")
+        with pytest.raises(RuntimeError, match=r"\.item\(\)"):
+            vmap(lambda p, b, x: functional_call(tbase, (p, b), (x,)))(p, b, x)
 
 
 def test_shared_running_statistics_under_vmap_raise_naming_the_fix():
@@ -492,3 +503,23 @@ def test_vmap_rule_moves_the_mapped_dimension_to_the_stack():
     got = vmap(f, in_dims=(1, 1), out_dims=1)(xs, ws)
     for i in range(3):
         assert torch.equal(got[:, i], f(xs[:, i], ws[:, i]))
+
+
+def test_torch_compile_and_transforms_compose_or_raise():
+    # while torch.compile traces, the transforms run these functions on fake
+    # tensors: they call the registered operators per batch (traceable)
+    # instead of reading memory; a wrong value (uninitialised output) is what
+    # reading the fake tensors' memory gave
+    m = cbt.BatchNorm1d(3, dtype=F64, track_running_stats=False)
+    xs = data((2, 4, 3), seed=12)[0].reshape(2, 4, 3) + torch.arange(2.0, dtype=F64)[:, None, None]
+    want = vmap(m)(xs)
+    try:
+        torch.testing.assert_close(torch.compile(vmap(m))(xs), want, **TOL)
+        torch.testing.assert_close(vmap(torch.compile(m))(xs), want, **TOL)
+
+        def f(x):
+            return m(x).pow(3).sum()
+        torch.testing.assert_close(grad(lambda x: torch.compile(m)(x).pow(3).sum())(xs[0]),
+                                   grad(f)(xs[0]), **TOL)
+    finally:
+        torch._dynamo.reset()       # compiled frames under transforms confuse later compiles

@@ -137,7 +137,11 @@ def legacy_vmap() -> bool:
     is_grads_batched=True)`` and gradcheck's batched checks run the backward
     or forward-mode AD under it): its batched tensors have no memory and no
     interpreter runs a Function's vmap rule, but its fallback runs a
-    registered operator once per batch entry."""
+    registered operator once per batch entry. False while torch.compile
+    traces: the level is read by raising and lowering it, which a trace
+    interrupted between the two would leave raised."""
+    if torch.compiler.is_compiling():
+        return False
     level = torch._C._vmapmode_increment_nesting()
     torch._C._vmapmode_decrement_nesting()
     return bool(level > 1)

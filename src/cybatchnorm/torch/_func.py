@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from .. import _engine
-from ._checks import check_batch_norm, legacy_vmap
+from ._checks import PLAIN, check_batch_norm, legacy_vmap
 from ._layout import F64, compute_dtype, kernel_threads, spatial_size
 
 __all__ = ["backward_transformed", "batch_norm_transformed"]
@@ -114,6 +114,11 @@ def forward_stacked(x: Tensor, weight: Tensor | None, bias: Tensor | None,
     ``training`` normalizes with each batch's statistics, otherwise with
     ``mean_in`` and ``var_in`` (B, C). One compiled call
     (``_fused.forward_batches``); nothing is modified."""
+    if _per_entry_needed(x, weight, bias, mean_in, var_in):
+        outs: tuple[Tensor, Tensor, Tensor, Tensor] = _per_entry(
+            "batch_norm_forward", x.shape[0], (x, weight, bias, mean_in, var_in),
+            (training, eps, nt))
+        return outs
     cdt = compute_dtype(x)
     xc, layout = _prepare(x, cdt)
     out = torch.empty_like(xc)            # dense in xc's layout
@@ -135,7 +140,7 @@ def backward_stacked(dout: Tensor, x: Tensor, weight: Tensor | None, mean: Tenso
     """The closed-form ``(dx, dweight, dbias)`` of each stacked batch, the
     parameters' gradients (B, C) in the computation dtype. One compiled call
     (``_fused.backward_batches``)."""
-    if legacy_vmap():
+    if _per_entry_needed(dout, x, weight, mean, invstd):
         grads: tuple[Tensor, Tensor, Tensor] = _per_entry(
             "batch_norm_backward", x.shape[0], (dout, x, weight, mean, invstd), (training, nt))
         return grads
@@ -163,7 +168,7 @@ def double_backward_stacked(ggx: Tensor | None, ggw: Tensor | None,
     + <ggb, dbias>`` (None: zero) with respect to dout, x and weight, for
     each stacked batch; dweight (B, C) float64. One compiled call
     (``_fused.double_backward``)."""
-    if legacy_vmap():
+    if _per_entry_needed(ggx, ggw, ggb, dout, x, weight, mean, invstd):
         second: tuple[Tensor, Tensor, Tensor] = _per_entry(
             "batch_norm_double_backward", x.shape[0],
             (ggx, ggw, ggb, dout, x, weight, mean, invstd), (training, nt))
@@ -189,7 +194,7 @@ def jvp_stacked(tx: Tensor | None, tw: Tensor | None, tb: Tensor | None, x: Tens
     """The tangent of each stacked batch's output for tangents ``tx``, ``tw``,
     ``tb`` of x, weight and bias (None: zero): the double backward's ddout,
     computed alone (``_fused.double_backward`` in its ``jvp`` mode, one call)."""
-    if legacy_vmap():
+    if _per_entry_needed(tx, tw, tb, x, weight, mean, invstd):
         tout: Tensor = _per_entry("batch_norm_jvp", x.shape[0],
                                   (tx, tw, tb, x, weight, mean, invstd), (training, nt))[0]
         return tout
@@ -214,10 +219,20 @@ def jvp_kernel(tx: Tensor | None, tw: Tensor | None, tb: Tensor | None, x: Tenso
     return tout.to(x.dtype)
 
 
+def _per_entry_needed(*tensors: Any) -> bool:
+    # whether the kernels cannot read these tensors' memory: under torch's
+    # legacy vmap (batched tensors without memory), while torch.compile
+    # traces (its transforms run these functions on fake tensors), or for a
+    # tensor subclass or another device
+    if torch.compiler.is_compiling() or legacy_vmap():
+        return True
+    return any(t is not None and (type(t) not in PLAIN or not t.is_cpu) for t in tensors)
+
+
 def _per_entry(op: str, B: int, tensors: tuple[Any, ...], rest: tuple[Any, ...]) -> Any:
-    # under torch's legacy vmap: the registered operator ``op`` on each
-    # stacked batch, which the legacy fallback runs once per batch entry
-    # (its batched tensors have no memory the kernels could read)
+    # the registered operator ``op`` on each stacked batch, where the
+    # kernels cannot read the memory (``_per_entry_needed``): the legacy
+    # vmap's fallback runs it once per batch entry, torch.compile traces it
     from . import _ops
     fn = getattr(_ops, op)
     rows = [fn(*(None if t is None else t[i] for t in tensors), *rest) for i in range(B)]
@@ -445,7 +460,7 @@ def _stack(t: Any, C: int) -> Any:
 
 
 def batch_norm_transformed(x: Tensor, weight: Any, bias: Any, running_mean: Any,
-                           running_var: Any, training: bool, momentum: float, eps: float,
+                           running_var: Any, training: bool, momentum: Any, eps: float,
                            num_threads: int, counter: Any = None) -> Tensor:
     """Batch norm while a torch.func transform or forward-mode AD is active:
     the output through ``_Forward`` (differentiable and vmappable), and in
@@ -494,7 +509,7 @@ def _unwrapped(t: Tensor, name: str) -> Tensor:
 
 
 def _update_running(running_mean: Any, running_var: Any, mean: Tensor, m2: Tensor,
-                    count: int, momentum: float) -> None:
+                    count: int, momentum: Any) -> None:
     # _ops.update_running_stats under a transform. A statistic passed into
     # the transformed function (functional_call's buffers) is wrapped like
     # the batch statistics and updated by torch operations the transforms

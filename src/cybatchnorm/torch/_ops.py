@@ -115,7 +115,9 @@ def update_running_stats(
                 continue
             wide = run.dtype == torch.float64
             dt = torch.float64 if wide else torch.float32
-            mf = torch.tensor(momentum, dtype=dt)
+            # (a tensor under a transform: cumulative averages per vmapped batch)
+            mf = momentum.to(dt) if isinstance(momentum, Tensor) else torch.tensor(momentum,
+                                                                                   dtype=dt)
             keep = 1 - mf
             cur = run.to(dt)
             if run is running_mean:

@@ -18,7 +18,7 @@ __all__ = ["BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GroupNorm"
 
 
 def _momentum_of(training: bool, track_running_stats: bool, seen: Any,
-                 momentum: float | None) -> tuple[bool, float]:
+                 momentum: float | None) -> tuple[bool, Any]:
     # (whether a forward counts a batch, the running statistics' update
     # factor) as torch's _BatchNorm.forward has them; seen is
     # num_batches_tracked (a tensor, or None)
@@ -26,6 +26,10 @@ def _momentum_of(training: bool, track_running_stats: bool, seen: Any,
     factor = 0.0 if momentum is None else momentum
     if track and seen is not None and momentum is None:
         # the cumulative average over the batches seen, this one included
+        if torch._C._functorch.is_functorch_wrapped_tensor(seen):
+            # a counter passed into a transform (vmap over stacked buffers:
+            # one per model): a factor per batch, as a float64 tensor
+            return bool(track), 1.0 / (seen + 1).double()
         factor = 1.0 / float(seen + 1)
     return bool(track), float(factor)
 
@@ -57,7 +61,7 @@ class DropInBatchNorm(_BatchNorm):
     def _check_input_dim(self, input: Tensor) -> None:
         raise NotImplementedError   # each class says which ranks it takes, as torch's do
 
-    def _momentum(self) -> tuple[bool, float]:
+    def _momentum(self) -> tuple[bool, Any]:
         """(whether this training forward counts a batch, the running
         statistics' update factor), as torch's ``_BatchNorm.forward`` has them."""
         return _momentum_of(self.training, self.track_running_stats, self.num_batches_tracked,
