@@ -523,3 +523,20 @@ def test_torch_compile_and_transforms_compose_or_raise():
                                    grad(f)(xs[0]), **TOL)
     finally:
         torch._dynamo.reset()       # compiled frames under transforms confuse later compiles
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_running_statistics_are_not_differentiable_as_in_torch(training):
+    # a gradient in them would be zero: torch raises, and so do we, word for word
+    x, _, _, rm, rv = data((4, 3), seed=13)
+    for fn in (cbt.batch_norm, torch.nn.functional.batch_norm):
+        msgs = []
+        for call in (lambda fn=fn: fn(x, rm.clone().requires_grad_(), rv.clone(),
+                                      training=training),
+                     lambda fn=fn: grad(lambda r: fn(x, r, rv.clone(), training=training).sum())(
+                         rm.clone())):
+            with pytest.raises(RuntimeError) as info:
+                call()
+            msgs.append(str(info.value))
+        assert all("not differentiable with respect to argument 'running_mean'" in m
+                   for m in msgs), msgs

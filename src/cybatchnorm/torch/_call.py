@@ -15,7 +15,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._checks import PLAIN, check_not_tracing, dispatcher_visible, transformed
+from ._checks import (
+    PLAIN,
+    check_not_tracing,
+    check_running_not_differentiated,
+    dispatcher_visible,
+    transformed,
+)
 from ._fast import fast_apply, plan_for, unwrap_if_dead
 from ._func import batch_norm_transformed
 from ._layout import spatial_size
@@ -50,6 +56,7 @@ def run_batch_norm(
     visible = dispatcher_visible(x, weight, bias, running_mean, running_var)
     if visible or torch._C._is_tracing():
         check_not_tracing()
+    check_running_not_differentiated(running_mean, running_var)
     # (a transform makes the dispatcher visible; forward-mode AD does not)
     if (visible or torch.autograd.forward_ad._current_level >= 0) and transformed():
         return batch_norm_transformed(x, weight, bias, running_mean, running_var, training,

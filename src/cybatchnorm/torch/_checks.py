@@ -132,6 +132,17 @@ def transformed() -> bool:
         or torch.autograd.forward_ad._current_level >= 0)
 
 
+def check_running_not_differentiated(running_mean: Any, running_var: Any) -> None:
+    """Raise as torch's autograd kernel does when a running statistic
+    requires grad: batch norm is not differentiable in them (a gradient
+    would silently be zero)."""
+    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+        if t is not None and t.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError(f"The function 'native_batch_norm' is not differentiable with "
+                               f"respect to argument '{name}'. This input cannot have "
+                               "requires_grad True.")
+
+
 def legacy_vmap() -> bool:
     """Whether torch's legacy vmap is active (``torch.autograd.grad(...,
     is_grads_batched=True)`` and gradcheck's batched checks run the backward
