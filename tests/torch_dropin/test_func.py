@@ -521,6 +521,9 @@ def test_torch_compile_and_transforms_compose_or_raise():
             return m(x).pow(3).sum()
         torch.testing.assert_close(grad(lambda x: torch.compile(m)(x).pow(3).sum())(xs[0]),
                                    grad(f)(xs[0]), **TOL)
+        # grad inside the compiled function: torch's error, as the docs say
+        with pytest.raises(RuntimeError):
+            torch.compile(grad(f))(xs[0])
     finally:
         torch._dynamo.reset()       # compiled frames under transforms confuse later compiles
 
