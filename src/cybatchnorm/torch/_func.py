@@ -12,9 +12,11 @@ all reach the compiled kernels:
 - ``_Backward``: (dout, x, weight) -> dx, dweight, dbias (the closed form);
   backward ``_DoubleBackward``, jvp ``_Backward`` + ``_DoubleBackward``.
 - ``_Jvp``: (tangents of x, weight, bias; x, weight) -> the tangent of out;
-  backward ``_Backward`` + ``_DoubleBackward``, jvp raises.
+  backward ``_Backward`` + ``_DoubleBackward``, jvp ``_Jvp`` + ``_SecondJvp``.
 - ``_DoubleBackward``: (ggx, ggw, ggb; dout, x, weight) -> ddout, dx,
   dweight; backward and jvp raise (third derivatives).
+- ``_SecondJvp``: the forward's second derivative along two directions
+  (forward over forward); backward and jvp raise.
 
 Why the table closes: the double backward's ``ddout`` is the forward's
 Jacobian-vector product (``_Jvp`` runs that half of its kernel), and the
@@ -25,8 +27,8 @@ A vmap rule moves each batched argument's vmapped dimension to the front,
 merges it with B (an unbatched argument is expanded), applies the same
 Function once over the B' * B batches (one compiled call; outer transforms
 see that call) and splits the result: batch i gets the bits it gets alone.
-The only transforms that raise are third derivatives and forward over
-forward (``jacfwd(jacfwd(...))``), with a message saying what works.
+The only transforms that raise are third derivatives, with a message
+saying what works.
 
 :func:`batch_norm_transformed` is what ``_call.run_batch_norm`` runs while a
 transform or forward-mode AD is active; :func:`backward_transformed` is the
@@ -269,13 +271,8 @@ def _vmapped(fn: Any, info: Any, in_dims: Any, args: tuple[Any, ...]) -> tuple[A
 
 _THIRD = ("cybatchnorm.torch: {} of batch norm is not implemented: its operators "
           "differentiate to second order in any mix of reverse and forward mode "
-          "(torch.func.hessian, jacfwd(jacrev(...)), jacrev(jacrev(...)), jvp of grad, grad of "
-          "jvp), not further")
-_FOR_FOR = ("cybatchnorm.torch: forward-mode AD over forward-mode AD (jacfwd(jacfwd(...)), "
-            "jvp of jvp) of batch norm is not implemented; for second derivatives use "
-            "torch.func.hessian or jacfwd(jacrev(...)), which are")
-
-
+          "(torch.func.hessian, jacfwd(jacrev(...)), jacrev(jacrev(...)), jacfwd(jacfwd(...)), "
+          "jvp of grad, grad of jvp), not further")
 class _Forward(torch.autograd.Function):
     """``forward_stacked`` as a differentiable, vmappable function of
     (x, weight, bias); the running statistics (eval mode) are constants."""
@@ -377,6 +374,7 @@ class _Jvp(torch.autograd.Function):
     def setup_context(ctx: Any, inputs: Any, output: Any) -> None:
         tx, tw, tb, x, weight, mean, invstd, training, nt = inputs
         ctx.save_for_backward(tx, tw, tb, x, weight, mean, invstd)
+        ctx.save_for_forward(tx, tw, tb, x, weight, mean, invstd)
         ctx.training, ctx.nt = training, nt
 
     @staticmethod
@@ -396,12 +394,91 @@ class _Jvp(torch.autograd.Function):
                 _like(dweight, weight) if need[4] else None, None, None, None, None)
 
     @staticmethod
-    def jvp(ctx: Any, *_: Any) -> Any:
-        raise NotImplementedError(_FOR_FOR)
+    def jvp(ctx: Any, stx: Any, stw: Any, stb: Any, sx: Any, sw: Any, *_: Any) -> Any:
+        # forward over forward: linear in the tangents t (the JVP of their
+        # tangents), and in (x, weight) the second derivative of the forward
+        # along t and s (``_SecondJvp``)
+        tx, tw, tb, x, weight, mean, invstd = ctx.saved_tensors
+        parts = []
+        if stx is not None or stw is not None or stb is not None:
+            parts.append(_Jvp_apply(stx, stw, stb, x, weight, mean, invstd, ctx.training,
+                                    ctx.nt))
+        if sx is not None or sw is not None:
+            parts.append(_SecondJvp_apply(tx, tw, sx, sw, x, weight, mean, invstd,
+                                          ctx.training))
+        return _sum(parts)
 
     @staticmethod
     def vmap(info: Any, in_dims: Any, *args: Any) -> tuple[Any, Any]:
         return _vmapped(_Jvp.apply, info, in_dims, args)
+
+
+def second_jvp_stacked(tx: Tensor | None, tw: Tensor | None, sx: Tensor | None,
+                       sw: Tensor | None, x: Tensor, weight: Tensor | None, mean: Tensor,
+                       invstd: Tensor, training: bool) -> Tensor:
+    """The forward's second derivative along (tx, tw) and (sx, sw), the
+    tangents of (x, weight) (None: zero), for each stacked batch: the
+    derivative of ``g r P(tx) + tw xhat + tb`` in the direction (sx, sw),
+
+        sw r P(tx) + tw r P(sx)
+        - g r^2 (mean(xhat sx) P(tx) + mean(xhat tx) P(sx) + xhat mean(tx P(sx)))
+
+    (eval mode: ``sw r tx + tw r sx``), in float64 torch operations (a
+    handful of sums per channel; used only by forward over forward)."""
+    dims = [1] + list(range(3, x.dim()))
+    shape = (x.shape[0], 1, x.shape[2]) + (1,) * (x.dim() - 3)
+
+    def chan(t: Tensor | None, fill: float) -> Tensor:
+        return torch.full(shape, fill, dtype=F64) if t is None else t.to(F64).reshape(shape)
+
+    def avg(v: Tensor) -> Tensor:
+        return v.mean(dims, keepdim=True)
+    r, g = chan(invstd, 0.0), chan(weight, 1.0)
+    xhat = (x.to(F64) - chan(mean, 0.0)) * r
+    a = None if tx is None else tx.to(F64)
+    c = None if sx is None else sx.to(F64)
+    if training:
+        def P(v: Tensor) -> Tensor:
+            return v - avg(v) - xhat * avg(xhat * v)
+        pa = None if a is None else P(a)
+        pc = None if c is None else P(c)
+    else:
+        pa, pc = a, c
+    out = torch.zeros(x.shape, dtype=F64)
+    if pa is not None and sw is not None:
+        out = out + chan(sw, 0.0) * r * pa
+    if pc is not None and tw is not None:
+        out = out + chan(tw, 0.0) * r * pc
+    if training and a is not None and c is not None and pa is not None and pc is not None:
+        out = out - g * r * r * (avg(xhat * c) * pa + avg(xhat * a) * pc + xhat * avg(a * pc))
+    return out.to(x.dtype)
+
+
+class _SecondJvp(torch.autograd.Function):
+    """``second_jvp_stacked``, vmappable; not differentiable again (its
+    torch operations treat mean and invstd as constants: a further
+    derivative would be wrong, so it raises)."""
+
+    @staticmethod
+    def forward(tx: Any, tw: Any, sx: Any, sw: Any, x: Tensor, weight: Tensor | None,
+                mean: Tensor, invstd: Tensor, training: bool) -> Tensor:
+        return second_jvp_stacked(tx, tw, sx, sw, x, weight, mean, invstd, training)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: Any, output: Any) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx: Any, *_: Any) -> Any:
+        raise NotImplementedError(_THIRD.format("a third derivative"))
+
+    @staticmethod
+    def jvp(ctx: Any, *_: Any) -> Any:
+        raise NotImplementedError(_THIRD.format("a third derivative"))
+
+    @staticmethod
+    def vmap(info: Any, in_dims: Any, *args: Any) -> tuple[Any, Any]:
+        return _vmapped(_SecondJvp.apply, info, in_dims, args)
 
 
 class _DoubleBackward(torch.autograd.Function):
@@ -438,6 +515,7 @@ _Forward_apply: Any = _Forward.apply
 _Backward_apply: Any = _Backward.apply
 _Jvp_apply: Any = _Jvp.apply
 _DoubleBackward_apply: Any = _DoubleBackward.apply
+_SecondJvp_apply: Any = _SecondJvp.apply
 
 
 def _sum(ts: Any) -> Any:
