@@ -273,6 +273,8 @@ _THIRD = ("cybatchnorm.torch: {} of batch norm is not implemented: its operators
           "differentiate to second order in any mix of reverse and forward mode "
           "(torch.func.hessian, jacfwd(jacrev(...)), jacrev(jacrev(...)), jacfwd(jacfwd(...)), "
           "jvp of grad, grad of jvp), not further")
+
+
 class _Forward(torch.autograd.Function):
     """``forward_stacked`` as a differentiable, vmappable function of
     (x, weight, bias); the running statistics (eval mode) are constants."""
