@@ -104,7 +104,7 @@ def fd_error(module, H, x, h=1e-5):
         return grad(lambda x: functional_call(module, dict(module.named_parameters()),
                                               (x,)).sin().sum())(x)
     fd = (g(x + h * t) - g(x - h * t)) / (2 * h)
-    return float((torch.einsum("abcdefgh,efgh->abcd", H, t) - fd).abs().max())
+    return float((torch.einsum("abcdefgh,efgh->abcd", H, t) - fd).detach().abs().max())
 
 
 def autograd_hessian_xw(theirs, x):
