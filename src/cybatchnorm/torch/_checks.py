@@ -212,6 +212,13 @@ def dispatcher_visible(*tensors: Any) -> bool:
     if (torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled()
             or torch._C._autograd._profiler_enabled()):
         return True
+    return without_memory(*tensors)
+
+
+def without_memory(*tensors: Any) -> bool:
+    """Whether a tensor's memory cannot be read through numpy or its
+    address: a subclass (FakeTensor, DTensor, functorch's wrappers, ...) or
+    no CPU memory (device "meta")."""
     for t in tensors:
         # is_cpu is false for meta and every other device (a cheap attribute)
         if t is not None and (type(t) not in PLAIN or not t.is_cpu):

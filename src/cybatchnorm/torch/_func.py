@@ -37,39 +37,34 @@ differentiated or vmapped (``create_graph=True``, batched gradients).
 """
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from .. import _engine
-from ._checks import PLAIN, check_batch_norm, legacy_vmap
-from ._layout import F64, compute_dtype, kernel_threads, spatial_size
+from ._checks import check_batch_norm, legacy_vmap, without_memory
+from ._layout import (
+    F64,
+    channel_array,
+    compute_dtype,
+    in_layout,
+    kernel_threads,
+    layout_of,
+    spatial_size,
+)
 
 __all__ = ["backward_transformed", "batch_norm_transformed"]
 
 # ---------------------------------------------------- the stacked kernels
 
 
-def _layout(t: Tensor) -> str | None:
-    # how the kernels read a stacked (B, N, C, *spatial) tensor in place:
-    # each batch contiguous ("ncs") or channels last ("nsc"), batch after batch
-    if t.is_contiguous():
-        return "ncs"
-    if t.dim() > 3 and t.movedim(2, -1).is_contiguous():
-        return "nsc"
-    return None
-
-
 def _prepare(t: Tensor, dtype: torch.dtype, layout: str | None = None) -> tuple[Tensor, str]:
-    # t in the computation dtype and a layout the kernels read in place
-    # (``layout``, or t's own when it has one, else contiguous)
+    # a stacked tensor (channels on axis 2) in the computation dtype and a
+    # layout the kernels read in place (``layout``, or t's own when it has
+    # one, else contiguous)
     if t.dtype != dtype:
         t = t.to(dtype)              # keeps the memory format
-    have = _layout(t)
-    want = layout or have or "ncs"
-    if have != want:
-        t = t.contiguous() if want == "ncs" else t.movedim(2, -1).contiguous().movedim(-1, 2)
-    return t, want
+    want = layout or layout_of(t, 2) or "ncs"
+    return in_layout(t, want, 2), want
 
 
 def _dims(t: Tensor, layout: str) -> tuple[int, int, int, int]:
@@ -94,10 +89,8 @@ def _rows(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
 
 
 def _rows64(t: Tensor | None, like: Tensor, fill: float) -> Any:
-    # a (B, C) float64 numpy array (``fill`` where t is None)
-    if t is None:
-        return np.full(tuple(like.shape), fill)
-    return t.detach().to(F64).contiguous().numpy()
+    # a (B, C) float64 numpy array shaped like ``like`` (``fill`` where t is None)
+    return channel_array(t, tuple(like.shape), F64, fill)
 
 
 def _ptr(t: Tensor | None) -> int:
@@ -226,9 +219,7 @@ def _per_entry_needed(*tensors: Any) -> bool:
     # legacy vmap (batched tensors without memory), while torch.compile
     # traces (its transforms run these functions on fake tensors), or for a
     # tensor subclass or another device
-    if torch.compiler.is_compiling() or legacy_vmap():
-        return True
-    return any(t is not None and (type(t) not in PLAIN or not t.is_cpu) for t in tensors)
+    return torch.compiler.is_compiling() or legacy_vmap() or without_memory(*tensors)
 
 
 def _per_entry(op: str, B: int, tensors: tuple[Any, ...], rest: tuple[Any, ...]) -> Any:

@@ -40,30 +40,32 @@ def spatial_size(t: Any) -> int:
     return math.prod(t.shape[2:])
 
 
-def is_layout(t: Tensor, layout: Any) -> bool:
-    """Whether ``t`` is dense in ``layout`` ("ncs" or "nsc", see :func:`layout_of`)."""
+def is_layout(t: Tensor, layout: Any, axis: int = 1) -> bool:
+    """Whether ``t`` is dense in ``layout`` ("ncs" or "nsc", see :func:`layout_of`),
+    its channels on ``axis`` (2 for the stacked batches of ``_func``)."""
     if layout == "ncs":
         return t.is_contiguous()
-    return t.dim() > 2 and t.movedim(1, -1).is_contiguous()
+    return t.dim() > axis + 1 and t.movedim(axis, -1).is_contiguous()
 
 
-def layout_of(t: Any) -> Any:
+def layout_of(t: Any, axis: int = 1) -> Any:
     """How the kernels read ``t`` in place: "ncs" (contiguous: an (N, C, S)
     array), "nsc" (channels last: an (N*S, C, 1) matrix), or None (neither:
-    it needs a copy)."""
+    it needs a copy); the channels on ``axis``."""
     for layout in ("ncs", "nsc"):
-        if is_layout(t, layout):
+        if is_layout(t, layout, axis):
             return layout
     return None
 
 
-def in_layout(t: Tensor, layout: Any) -> Tensor:
-    """``t`` dense in ``layout``, copied only when it is not already."""
-    if is_layout(t, layout):
+def in_layout(t: Tensor, layout: Any, axis: int = 1) -> Tensor:
+    """``t`` dense in ``layout`` (the channels on ``axis``), copied only when
+    it is not already."""
+    if is_layout(t, layout, axis):
         return t
     if layout == "ncs":
         return t.contiguous()
-    return t.movedim(1, -1).contiguous().movedim(-1, 1)
+    return t.movedim(axis, -1).contiguous().movedim(-1, axis)
 
 
 def view3(t: Any, layout: Any) -> Any:
@@ -102,7 +104,8 @@ NUMPY_DTYPE: dict[torch.dtype, np.dtype[Any]] = {
 
 
 def channel_array(t: Any, C: Any, dtype: Any, fill: Any) -> Any:
-    """A (C,) parameter as a contiguous numpy array of ``dtype`` (a view when it already is)."""
+    """A (C,) parameter as a contiguous numpy array of ``dtype`` (a view when it already is);
+    ``C`` may be a shape (the (B, C) rows of ``_func``'s stacked batches)."""
     if t is None:
         return np.full(C, fill, dtype=NUMPY_DTYPE[dtype])
     t = t.detach()
